@@ -1,0 +1,13 @@
+"""Typed errors of the launcher. Library code raises them; only cli.py prints and exits."""
+
+
+class LaunchError(Exception):
+    """A failure at run time (exit code 1). The message is one line."""
+
+    exit_code = 1
+
+
+class UsageError(LaunchError):
+    """Bad usage or input (exit code 2): nothing was created or written."""
+
+    exit_code = 2
