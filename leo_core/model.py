@@ -1,0 +1,409 @@
+"""LEO (Rusu et al., ICLR 2019) in MindSpore, following the original DeepMind `model.py`.
+
+The model is a pure function of its parameters, a batch of tasks and, in
+meta-training, the random numbers it consumes (dropout masks and Gaussian noise).
+The random numbers are drawn on the host from per-task NumPy streams
+(`sample_noise`): a step is then reproducible, resumable and identical whether its
+tasks run in one process or are split across data-parallel ranks.
+
+The two inner loops use closed-form gradients of the summed support cross-entropy
+(MindSpore 2.10 cannot compile nested autodiff in graph mode). They are written
+with differentiable operations, so the outer gradient, taken by autodiff, is the
+full second-order gradient through both loops, as in the original. The test suite
+checks the closed forms against autodiff.
+
+Shapes (per batch of B tasks): N classes, K shots, Q queries, D = 640, L latents.
+Following the original, latents and decoded weights keep K copies per class
+(`[B, N, K, L]`, `[B, N, K, D]`) and logits average over the K weight samples.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import numpy as np
+
+from leo_core.config import ExperimentConfig
+
+EMBEDDING_DIM = 640
+
+# Trainable tensors: name -> shape function of (D, L). Sonnet layout [in, out].
+PARAM_SHAPES = {
+    "encoder/w": lambda d, z: (d, z),
+    "relation/w_0": lambda d, z: (2 * z, 2 * z),
+    "relation/w_1": lambda d, z: (2 * z, 2 * z),
+    "relation/w_2": lambda d, z: (2 * z, 2 * z),
+    "decoder/w": lambda d, z: (z, 2 * d),
+    "inner_lr": lambda d, z: (z,),
+    "finetuning_lr": lambda d, z: (d,),
+}
+PARAM_NAMES = tuple(PARAM_SHAPES)
+# Tensors under the L2 penalty (not the learning rates).
+WEIGHT_NAMES = PARAM_NAMES[:5]
+
+
+def init_parameters(cfg: ExperimentConfig, seed: int, dim: int = EMBEDDING_DIM) -> dict[str, np.ndarray]:
+    """Glorot-uniform weights (no biases) and the learning rates' initial values."""
+    rng = np.random.default_rng(seed)
+    params = {}
+    for name in WEIGHT_NAMES:
+        fan_in, fan_out = PARAM_SHAPES[name](dim, cfg.num_latents)
+        limit = math.sqrt(6.0 / (fan_in + fan_out))
+        params[name] = rng.uniform(-limit, limit, (fan_in, fan_out)).astype(np.float32)
+    params["inner_lr"] = np.full((cfg.num_latents,), cfg.inner_lr_init, np.float32)
+    params["finetuning_lr"] = np.full((dim,), cfg.finetuning_lr_init, np.float32)
+    return params
+
+
+# ---------------------------------------------------------------- random numbers
+
+
+@dataclass
+class Noise:
+    """The random numbers one meta-training step consumes, for B tasks.
+
+    Dropout masks already hold 0 or 1/(1 - rate) (inverted dropout, as tf.nn.dropout).
+    """
+
+    latent_eps: np.ndarray  # [B, N, K, L]     sampling of the latents
+    weight_eps: np.ndarray  # [S, B, N, K, D]  one per decode (S = inner_unroll + 1)
+    tr_masks: np.ndarray  # [T, B, N*K, D]   encoder, each decode's prediction, fine-tuning
+    val_mask: np.ndarray  # [B, N*Q, D]      query prediction
+
+    def as_tuple(self) -> tuple[np.ndarray, ...]:
+        return (self.latent_eps, self.weight_eps, self.tr_masks, self.val_mask)
+
+
+def num_support_masks(cfg: ExperimentConfig) -> int:
+    # Encoder input, the inner loop's inner_unroll + 1 predictions, and the
+    # fine-tuning predictions whose gradients are used (its first step reuses the
+    # inner loop's last loss; the loss after its last step is never used).
+    return 1 + (cfg.inner_unroll_length + 1) + max(cfg.finetuning_unroll_length - 1, 0)
+
+
+def task_rng(seed: int, step: int, task: int) -> np.random.Generator:
+    """The stream of task `task` (global index in the meta-batch) at `step`."""
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, 7, step, task])))
+
+
+def sample_noise(
+    cfg: ExperimentConfig, seed: int, step: int, tasks: range, num_queries: int,
+    dim: int = EMBEDDING_DIM,
+) -> Noise:
+    """Noise for the global tasks `tasks` of meta-training step `step`."""
+    n, k, latents = cfg.num_classes, cfg.num_tr_examples_per_class, cfg.num_latents
+    decodes, masks = cfg.inner_unroll_length + 1, num_support_masks(cfg)
+    keep = 1.0 - cfg.dropout_rate
+    scale = np.float32(1.0 / keep)
+    parts = []
+    for task in tasks:
+        rng = task_rng(seed, step, task)
+        latent = rng.standard_normal((n, k, latents), np.float32)
+        weight = rng.standard_normal((decodes, n, k, dim), np.float32)
+        tr = (rng.random((masks, n * k, dim), np.float32) < keep).astype(np.float32) * scale
+        val = (rng.random((n * num_queries, dim), np.float32) < keep).astype(np.float32) * scale
+        parts.append((latent, weight, tr, val))
+    return Noise(
+        latent_eps=np.stack([p[0] for p in parts]),
+        weight_eps=np.stack([p[1] for p in parts], axis=1),
+        tr_masks=np.stack([p[2] for p in parts], axis=1),
+        val_mask=np.stack([p[3] for p in parts]),
+    )
+
+
+# ---------------------------------------------------------------- the graph
+
+_GRAPHS: dict[tuple, object] = {}
+
+
+def _ms():
+    import mindspore as ms
+
+    return ms
+
+
+def make_functions(cfg: ExperimentConfig, dim: int = EMBEDDING_DIM) -> SimpleNamespace:
+    """The model's MindSpore functions for one configuration (uncompiled; tests call
+    them in PyNative mode to check the closed-form gradients against autodiff)."""
+    import mindspore as ms
+    from mindspore import ops
+
+    n, k = cfg.num_classes, cfg.num_tr_examples_per_class
+    latents = cfg.num_latents
+    inner_steps, finetune_steps = cfg.inner_unroll_length, cfg.finetuning_unroll_length
+    weight_offset = 1.0 - math.sqrt(2.0 / (dim + n))  # Glorot-style std offset of the decoder
+    log_2pi = math.log(2.0 * math.pi)
+    kl_weight, penalty_weight = cfg.kl_weight, cfg.encoder_penalty_weight
+    l2_weight, orth_weight = cfg.l2_penalty_weight, cfg.orthogonality_penalty_weight
+
+    def linear(x, w):
+        """x [..., in] @ w [in, out]. MindSpore's CPU matmul of an N-d tensor by a
+        matrix is ~10x slower than the same product on a 2-d view, so flatten."""
+        out = ops.matmul(x.reshape(-1, x.shape[-1]), w)
+        return out.reshape(x.shape[:-1] + (w.shape[-1],))
+
+    def mean_axis(x, axis):
+        """Mean over one axis as a batched product with a constant row: MindSpore's
+        CPU reductions over a middle axis are several times slower than bmm."""
+        size = x.shape[axis]
+        if size == 1:
+            return ops.squeeze(x, axis)
+        outer = 1
+        for extent in x.shape[:axis]:
+            outer *= extent
+        rows = x.reshape(outer, size, -1)
+        weights = ops.full((outer, 1, size), 1.0 / size, dtype=ms.float32)
+        return ops.bmm(weights, rows).reshape(x.shape[:axis] + x.shape[axis + 1:])
+
+    def bmm_t(a, b):  # a [B, M, X], b [B, P, X] -> [B, M, P]
+        return ops.BatchMatMul(transpose_b=True)(a, b)
+
+    def support_loss_and_grad(x, y, w):
+        """Summed cross-entropy of x [B, M, D] with weights w [B, N, K, D] and its gradient."""
+        w_mean = mean_axis(w, 2)  # logits average over the K weight samples
+        logits = bmm_t(x, w_mean)  # [B, M, N]
+        log_p = ops.log_softmax(logits, axis=-1)
+        loss = -(y * log_p).sum(axis=(1, 2))  # [B]
+        delta = ops.exp(log_p) - y  # dloss/dlogits
+        grad_mean = ops.BatchMatMul(transpose_a=True)(delta, x)  # [B, N, D]
+        # Each of the K weight samples of a class receives 1/K of the class gradient.
+        # Kept as [B, N, 1, D]: broadcasting applies it to every sample.
+        return loss, ops.expand_dims(grad_mean / k, 2)
+
+    def query_ce_and_accuracy(x, y, labels, w):
+        logits = bmm_t(x, mean_axis(w, 2))
+        ce = -(y * ops.log_softmax(logits, axis=-1)).sum(axis=-1)  # [B, M]
+        correct = (ops.argmax(logits, dim=-1) == labels).astype(ms.float32)
+        return ce.mean(axis=1), correct.mean(axis=1)
+
+    def sample(mean, u, eps, offset):
+        std = ops.maximum(ops.exp(u) - offset, 1e-10)
+        return mean + std * eps, std
+
+    def encode(x, w_enc, w_r0, w_r1, w_r2, mask):
+        """Encoder and relation network -> latent distribution parameters [B, N, K, 2L]."""
+        if mask is not None:
+            x = x * mask
+        codes = linear(x, w_enc)  # [B, NK, L]
+        # The first relation layer on concat(left, right) of all (NK)^2 pairs equals
+        # left @ W0[:L] + right @ W0[L:], computed per example and broadcast.
+        w_left, w_right = ops.split(w_r0, latents, axis=0)
+        left = linear(codes, w_left)  # [B, NK, 2L]
+        right = linear(codes, w_right)
+        h = ops.relu(ops.expand_dims(left, 2) + ops.expand_dims(right, 1))  # [B, NK, NK, 2L]
+        h = ops.relu(linear(h, w_r1))
+        h = linear(h, w_r2)  # no activation after the last layer
+        h = mean_axis(h, 2)  # average over the second element of each pair
+        h = h.reshape(h.shape[0], n, k, 2 * latents).mean(axis=2, keep_dims=True)
+        return ops.broadcast_to(h, (h.shape[0], n, k, 2 * latents))
+
+    def decode(z, w_dec, eps):
+        mean, u = ops.split(linear(z, w_dec), dim, axis=-1)  # [B, N, K, D] each
+        if eps is None:
+            return mean, mean, u
+        w, _ = sample(mean, u, eps, weight_offset)
+        return w, mean, u
+
+    def latent_grad(grad_w, u, eps, w_dec):
+        """Chain rule from dloss/dW through sampling and the decoder to dloss/dz."""
+        w_mean, w_u = ops.split(w_dec, dim, axis=1)
+        grad_z = linear(grad_w, w_mean.T)  # [B, N, 1, L]: the same for the K copies
+        if eps is None:
+            return grad_z
+        exp_u = ops.exp(u)
+        grad_u = grad_w * eps * exp_u * (exp_u - weight_offset > 1e-10).astype(ms.float32)
+        return grad_z + linear(grad_u, w_u.T)
+
+    def adapt(params, tr_x, tr_y, noise):
+        """Latent inner loop, then fine-tuning; returns adapted weights, KL and encoder penalty."""
+        w_enc, w_r0, w_r1, w_r2, w_dec, inner_lr, finetuning_lr = params
+        training = noise is not None
+        latent_eps, weight_eps, tr_masks = noise if training else (None, None, None)
+
+        def support(i):
+            return tr_x * tr_masks[i] if training else tr_x
+
+        dist = encode(tr_x, w_enc, w_r0, w_r1, w_r2, tr_masks[0] if training else None)
+        mean, u = ops.split(dist, latents, axis=-1)
+        if training:
+            z, std = sample(mean, u, latent_eps, 1.0)
+            # One-sample KL estimate: log q(z) - log N(z; 0, 1), mean per task.
+            log_q = -0.5 * ops.square((z - mean) / std) - ops.log(std) - 0.5 * log_2pi
+            log_prior = -0.5 * ops.square(z) - 0.5 * log_2pi
+            kl = (log_q - log_prior).mean(axis=(1, 2, 3))
+        else:
+            # Without sampling the K copies per class are identical: adapt one
+            # (its update already carries the original's 1/K per copy).
+            z, kl = mean[:, :, :1], None
+        z_start = z
+        eps0 = weight_eps[0] if training else None
+        w, _, u_w = decode(z, w_dec, eps0)
+        loss, grad_w = support_loss_and_grad(support(1), tr_y, w)
+        for step in range(inner_steps):
+            z = z - inner_lr * latent_grad(grad_w, u_w, eps0, w_dec)
+            eps0 = weight_eps[step + 1] if training else None
+            w, _, u_w = decode(z, w_dec, eps0)
+            loss, grad_w = support_loss_and_grad(support(step + 2), tr_y, w)
+        penalty = None
+        if training:
+            penalty = ops.square(z_start - ops.stop_gradient(z)).mean(axis=(1, 2, 3))
+        for step in range(finetune_steps):
+            w = w - finetuning_lr * grad_w
+            if step + 1 < finetune_steps:
+                loss, grad_w = support_loss_and_grad(support(inner_steps + 2 + step), tr_y, w)
+        return w, kl, penalty
+
+    def sum_of_squares(w):
+        flat = w.reshape(1, -1)
+        return ops.matmul(flat, flat.T).reshape(())
+
+    def regularisers(params):
+        w_enc, w_r0, w_r1, w_r2, w_dec = params[:5]
+        l2 = 0.5 * (sum_of_squares(w_enc) + sum_of_squares(w_r0) + sum_of_squares(w_r1)
+                    + sum_of_squares(w_r2) + sum_of_squares(w_dec))
+        # Orthogonality of the decoder's rows: the 64x64 correlation matrix.
+        norms = ops.norm(w_dec, dim=1, keepdim=True) + 1e-32
+        corr = ops.matmul(w_dec, w_dec.T) / ops.matmul(norms, norms.T)
+        orth = ops.square(corr - ops.eye(corr.shape[0], corr.shape[0], ms.float32)).mean()
+        return l2, orth
+
+    def meta_loss(w_enc, w_r0, w_r1, w_r2, w_dec, inner_lr, finetuning_lr,
+                  tr_x, tr_y, val_x, val_y, val_labels,
+                  latent_eps, weight_eps, tr_masks, val_mask, task_weight, reg_weight):
+        params = (w_enc, w_r0, w_r1, w_r2, w_dec, inner_lr, finetuning_lr)
+        w, kl, penalty = adapt(params, tr_x, tr_y, (latent_eps, weight_eps, tr_masks))
+        ce, acc = query_ce_and_accuracy(val_x * val_mask, val_y, val_labels, w)
+        task_loss = ce + kl_weight * kl + penalty_weight * penalty
+        l2, orth = regularisers(params)
+        total = task_loss.sum() * task_weight + (l2_weight * l2 + orth_weight * orth) * reg_weight
+        return total, ce, acc
+
+    return SimpleNamespace(
+        linear=linear, mean_axis=mean_axis, support_loss_and_grad=support_loss_and_grad,
+        query_ce_and_accuracy=query_ce_and_accuracy, sample=sample, encode=encode,
+        decode=decode, latent_grad=latent_grad, adapt=adapt, regularisers=regularisers,
+        meta_loss=meta_loss, weight_offset=weight_offset,
+    )
+
+
+def _build_graphs(cfg: ExperimentConfig, dim: int):
+    """Compile-once MindSpore functions for one configuration."""
+    import mindspore as ms
+
+    f = make_functions(cfg, dim)
+    grad_fn = ms.value_and_grad(f.meta_loss, grad_position=(0, 1, 2, 3, 4, 5, 6), has_aux=True)
+
+    @ms.jit
+    def train_step(*args):
+        (total, ce, acc), grads = grad_fn(*args)
+        return total, ce, acc, grads
+
+    @ms.jit
+    def evaluate(w_enc, w_r0, w_r1, w_r2, w_dec, inner_lr, finetuning_lr,
+                 tr_x, tr_y, val_x, val_y, val_labels):
+        params = (w_enc, w_r0, w_r1, w_r2, w_dec, inner_lr, finetuning_lr)
+        w, _, _ = f.adapt(params, tr_x, tr_y, None)
+        return f.query_ce_and_accuracy(val_x, val_y, val_labels, w)
+
+    @ms.jit
+    def regulariser_value(w_enc, w_r0, w_r1, w_r2, w_dec):
+        return f.regularisers((w_enc, w_r0, w_r1, w_r2, w_dec))
+
+    return train_step, evaluate, regulariser_value
+
+
+def _one_hot(labels: np.ndarray, depth: int) -> np.ndarray:
+    return np.eye(depth, dtype=np.float32)[labels]
+
+
+def _flat(x: np.ndarray) -> np.ndarray:
+    """[B, N, K, D] -> [B, N*K, D] (examples of a task in class order)."""
+    return np.ascontiguousarray(x.reshape(x.shape[0], -1, *x.shape[3:]), dtype=x.dtype)
+
+
+class LEO:
+    """A LEO model for one experiment configuration; parameters live on the host."""
+
+    def __init__(self, cfg: ExperimentConfig, seed: int = 0, dim: int = EMBEDDING_DIM):
+        self.cfg = cfg
+        self.dim = dim
+        self.params = init_parameters(cfg, seed, dim)
+        key = (cfg, dim)
+        if key not in _GRAPHS:
+            _GRAPHS[key] = _build_graphs(cfg, dim)
+        self._train_step, self._evaluate, self._regularisers = _GRAPHS[key]
+
+    # -- parameters
+    def parameters_as_numpy(self) -> dict[str, np.ndarray]:
+        return {name: value.copy() for name, value in self.params.items()}
+
+    def load_numpy(self, params: dict[str, np.ndarray]) -> None:
+        missing = set(PARAM_NAMES) - set(params)
+        if missing:
+            raise ValueError(f"parameters missing: {', '.join(sorted(missing))}")
+        for name in PARAM_NAMES:
+            expected = PARAM_SHAPES[name](self.dim, self.cfg.num_latents)
+            value = np.asarray(params[name], np.float32)
+            if value.shape != expected:
+                raise ValueError(f"parameter {name} has shape {value.shape}, expected {expected}")
+            self.params[name] = value.copy()
+
+    def _param_tensors(self):
+        ms = _ms()
+        return [ms.Tensor(self.params[name]) for name in PARAM_NAMES]
+
+    # -- meta-training
+    def loss_and_grads(
+        self, tr_x, tr_y, val_x, val_y, noise: Noise, task_weight: float, reg_weight: float = 1.0
+    ):
+        """Meta-loss part of these tasks and its gradients.
+
+        The returned loss is `task_weight * sum(task losses) + reg_weight * penalties`:
+        with task_weight = 1 / global batch and reg_weight = 1 / world size, the
+        sum over data-parallel ranks is the original's meta-batch objective.
+        Returns (loss, per-task query CE [B], per-task accuracy [B], grads dict).
+        """
+        ms = _ms()
+        n = self.cfg.num_classes
+        args = [
+            *self._param_tensors(),
+            ms.Tensor(_flat(np.asarray(tr_x, np.float32))),
+            ms.Tensor(_flat(_one_hot(tr_y, n))),
+            ms.Tensor(_flat(np.asarray(val_x, np.float32))),
+            ms.Tensor(_flat(_one_hot(val_y, n))),
+            ms.Tensor(_flat(np.asarray(val_y, np.int32)[..., None])[..., 0]),
+            *(ms.Tensor(a) for a in noise.as_tuple()),
+            ms.Tensor(np.float32(task_weight)),
+            ms.Tensor(np.float32(reg_weight)),
+        ]
+        total, ce, acc, grads = self._train_step(*args)
+        grads = {name: g.asnumpy() for name, g in zip(PARAM_NAMES, grads, strict=True)}
+        return float(total.asnumpy()), ce.asnumpy(), acc.asnumpy(), grads
+
+    def regularisation(self) -> tuple[float, float]:
+        """(Σ ½‖w‖², orthogonality penalty) at the current weights, without weights."""
+        ms = _ms()
+        l2, orth = self._regularisers(*(ms.Tensor(self.params[n]) for n in WEIGHT_NAMES))
+        return float(l2.asnumpy()), float(orth.asnumpy())
+
+    # -- evaluation
+    def evaluate_batch(self, tr_x, tr_y, val_x, val_y) -> tuple[np.ndarray, np.ndarray]:
+        """Per-task mean query cross-entropy and accuracy in evaluation mode.
+
+        No dropout, latent and weight means, no sampling. Inputs are NumPy:
+        tr_x [B, N, K, D] float32 (unit-normalised), tr_y [B, N, K] int,
+        val_x [B, N, Q, D], val_y [B, N, Q].
+        """
+        ms = _ms()
+        n = self.cfg.num_classes
+        ce, acc = self._evaluate(
+            *self._param_tensors(),
+            ms.Tensor(_flat(np.asarray(tr_x, np.float32))),
+            ms.Tensor(_flat(_one_hot(tr_y, n))),
+            ms.Tensor(_flat(np.asarray(val_x, np.float32))),
+            ms.Tensor(_flat(_one_hot(val_y, n))),
+            ms.Tensor(_flat(np.asarray(val_y, np.int32)[..., None])[..., 0]),
+        )
+        return ce.asnumpy(), acc.asnumpy()
