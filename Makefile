@@ -24,7 +24,6 @@ lint: install
 	$(BIN)/ruff check launcher leo_core tests
 
 bench-core: install
-	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
 	$(BIN)/python tests/benchmarks/bench_core.py
 
 clean:
