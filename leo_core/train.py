@@ -1,0 +1,225 @@
+"""Meta-train LEO, one process or data-parallel under msrun.
+
+    python -m leo_core.train --experiment mini_5shot --data-root DIR --out DIR [--steps N]
+    msrun --worker_num 8 --local_worker_num 8 ... leo_core/train.py --experiment ... (same flags)
+
+`metatrain_batch_size` is the GLOBAL meta-batch: under data parallelism every rank
+draws the same episodes from the shared seed and trains on its own contiguous
+slice of the tasks; per-rank losses are pre-scaled so the all-reduced SUM of the
+gradients is the gradient of the original's mean objective. W ranks × B/W tasks
+therefore make the same update as one process × B tasks. Only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script (msrun takes a script path)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+
+from leo_core import checkpoint, cli_common
+from leo_core.config import ConfigError, ExperimentConfig
+from leo_core.distributed import Comm, shard
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m leo_core.train", description=__doc__.split("\n\n")[0])
+    cli_common.add_config_arguments(parser)
+    parser.add_argument("--out", required=True, type=Path, help="output dir: checkpoints/, metrics.jsonl")
+    parser.add_argument("--steps", type=int, help="total meta-training steps (overrides num_steps_limit)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from OUT/checkpoints/latest.json when it exists")
+    parser.add_argument("--log-every", type=int, default=100, help="steps between progress lines (100)")
+    return parser.parse_args(argv)
+
+
+class Trainer:
+    def __init__(self, cfg: ExperimentConfig, data_root: Path, out: Path, seed: int, comm: Comm,
+                 log_every: int = 100):
+        from leo_core import data
+        from leo_core.model import LEO
+        from leo_core.optim import Adam
+
+        self.cfg, self.out, self.seed, self.comm, self.log_every = cfg, out, seed, comm, log_every
+        k = cfg.num_tr_examples_per_class
+        train_split = data.load_split(data_root, cfg.dataset_name, cfg.embedding_crop, "train",
+                                      train_on_val=cfg.train_on_val)
+        self.val_split = data.load_split(data_root, cfg.dataset_name, cfg.embedding_crop, "val")
+        # The same stream on every rank: all draw the global meta-batch.
+        self.sampler = data.EpisodeSampler(train_split, cfg.num_classes, k,
+                                           cfg.num_val_examples_per_class, data.make_rng(seed, 0))
+        self.val_sampler = data.EpisodeSampler(self.val_split, cfg.num_classes, k,
+                                               cfg.eval_queries_per_class, data.make_rng(seed, 1))
+        self.model = LEO(cfg, seed)
+        self.adam = Adam(cfg.outer_lr)
+        self.step = 0
+        self.best = {"accuracy": -1.0, "step": None}
+        self.my_tasks = shard(cfg.metatrain_batch_size, comm.rank, comm.world)
+        if comm.world > cfg.metatrain_batch_size:
+            raise ConfigError(
+                f"{comm.world} ranks exceed metatrain_batch_size={cfg.metatrain_batch_size} "
+                "(it is the global meta-batch): raise it with --set metatrain_batch_size=N")
+
+    # -- state
+    def restore(self) -> bool:
+        try:
+            ckpt = checkpoint.load(self.out, "latest")
+        except checkpoint.CheckpointError:
+            return False
+        self.model.load_numpy(ckpt.params)
+        self.adam.load_state(ckpt.optimizer)
+        self.step = ckpt.step
+        self.sampler.rng.bit_generator.state = ckpt.state["train_rng"]
+        self.best = ckpt.state.get("best", self.best)
+        if self.comm.is_main:
+            self._truncate_metrics(self.step)
+            print(f"resumed from {ckpt.path} at step {self.step} "
+                  f"(written by {ckpt.state.get('world_size', '?')} rank(s), now {self.comm.world})", flush=True)
+        return True
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop metrics logged after the checkpoint we resume from (they will be redone)."""
+        path = self.out / "metrics.jsonl"
+        if not path.exists():
+            return
+        kept = [line for line in path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= step]
+        path.write_text("".join(f"{line}\n" for line in kept))
+
+    def save(self) -> None:
+        if not self.comm.is_main:
+            return
+        state = {"train_rng": self.sampler.rng.bit_generator.state, "seed": self.seed,
+                 "experiment": self.cfg.name, "world_size": self.comm.world, "best": self.best,
+                 "config": self.cfg.to_dict()}
+        checkpoint.save(self.out, self.step, self.model.params, self.adam.state(), state)
+        if self.best["step"] == self.step:
+            checkpoint.mark_best(self.out, self.step, self.best["accuracy"])
+        checkpoint.prune(self.out)
+
+    def log(self, record: dict) -> None:
+        if self.comm.is_main:
+            with open(self.out / "metrics.jsonl", "a") as handle:
+                handle.write(json.dumps({**record, "time": round(time.time(), 3)}) + "\n")
+
+    # -- one meta-training step
+    def train_step(self) -> tuple[float, float]:
+        from leo_core.model import PARAM_NAMES, WEIGHT_NAMES, sample_noise
+        from leo_core.optim import clip_gradients, has_nan, nan_guard_gradients
+
+        cfg, comm = self.cfg, self.comm
+        batch_size = cfg.metatrain_batch_size
+        mine = self.my_tasks
+        batch = self.sampler.sample(batch_size, tasks=slice(mine.start, mine.stop))
+        noise = sample_noise(cfg, self.seed, self.step, mine, cfg.num_val_examples_per_class)
+        loss, ce, acc, grads = self.model.loss_and_grads(
+            batch.tr_x, batch.tr_y, batch.val_x, batch.val_y, noise,
+            task_weight=1.0 / batch_size, reg_weight=1.0 / comm.world)
+        # One all-reduce carries every gradient and the step's statistics.
+        flat = np.concatenate([grads[name].ravel() for name in PARAM_NAMES]
+                              + [np.array([loss, acc.sum()], np.float32)])
+        flat = comm.allreduce_sum(flat)
+        offset = 0
+        for name in PARAM_NAMES:
+            size = grads[name].size
+            grads[name] = flat[offset:offset + size].reshape(grads[name].shape)
+            offset += size
+        loss, acc_sum = float(flat[-2]), float(flat[-1])
+        if has_nan(loss, grads):
+            grads = nan_guard_gradients(self.model.params, WEIGHT_NAMES)
+            loss = 0.0  # as the original, keep NaNs out of the summaries
+        grads = clip_gradients(grads, cfg.gradient_threshold, cfg.gradient_norm_threshold)
+        self.adam.update(self.model.params, grads)
+        self.step += 1
+        return loss, acc_sum / batch_size
+
+    def validate(self) -> dict:
+        from leo_core.data import make_rng
+        from leo_core.evaluate import evaluate_tasks
+
+        # Fresh tasks at every validation, reproducibly (a function of seed and step).
+        self.val_sampler.rng = make_rng(self.seed, 1_000_000 + self.step)
+        tasks = self.cfg.num_validation_batches * self.cfg.metavalid_batch_size
+        return evaluate_tasks(self.model, self.val_sampler, tasks, self.comm)
+
+    def run(self, total_steps: int) -> dict:
+        cfg, main = self.cfg, self.comm.is_main
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            print(f"training {cfg.name}: steps {self.step}→{total_steps}, global meta-batch "
+                  f"{cfg.metatrain_batch_size} over {self.comm.world} rank(s), "
+                  f"validation every {cfg.checkpoint_steps} steps", flush=True)
+        window_start, window_steps, losses, accs = time.monotonic(), 0, [], []
+        while self.step < total_steps:
+            loss, acc = self.train_step()
+            losses.append(loss)
+            accs.append(acc)
+            window_steps += 1
+            if self.step % self.log_every == 0 or self.step == total_steps:
+                rate = window_steps / max(time.monotonic() - window_start, 1e-9)
+                record = {"step": self.step, "kind": "train", "loss": float(np.mean(losses)),
+                          "accuracy": float(np.mean(accs)), "steps_per_s": round(rate, 3)}
+                self.log(record)
+                if main:
+                    eta = (total_steps - self.step) / max(rate, 1e-9)
+                    print(f"step {self.step}/{total_steps}  loss {record['loss']:.4f}  "
+                          f"train acc {record['accuracy']:.3f}  {rate:.2f} steps/s  "
+                          f"eta {_duration(eta)}", flush=True)
+                window_start, window_steps, losses, accs = time.monotonic(), 0, [], []
+            if self.step % cfg.checkpoint_steps == 0 or self.step == total_steps:
+                if self.step % cfg.checkpoint_steps == 0:
+                    self._validate_and_log()
+                self.save()
+                window_start = time.monotonic()  # keep validation out of the step rate
+        if self.best["step"] is None:
+            # Runs shorter than checkpoint_steps still leave a best checkpoint.
+            self._validate_and_log()
+            self.save()
+        return self.best
+
+    def _validate_and_log(self) -> None:
+        result = self.validate()
+        improved = result["accuracy"] > self.best["accuracy"]
+        if improved:
+            self.best = {"accuracy": result["accuracy"], "step": self.step}
+        self.log({"step": self.step, "kind": "validation", "accuracy": result["accuracy"],
+                  "ci95": result["ci95"], "loss": result["loss"], "tasks": result["tasks"],
+                  "best": improved})
+        if self.comm.is_main:
+            print(f"validation at step {self.step}: accuracy {100 * result['accuracy']:.2f}% "
+                  f"± {100 * result['ci95']:.2f}% over {result['tasks']} tasks"
+                  + ("  (new best)" if improved else ""), flush=True)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    with cli_common.exit_on_user_error():
+        cfg = cli_common.resolve_config(args)
+        if args.steps is not None:
+            cfg = cfg.with_overrides({"num_steps_limit": args.steps})
+        from leo_core.distributed import setup
+
+        comm = setup(args.device)
+        trainer = Trainer(cfg, Path(args.data_root), args.out, args.seed, comm, args.log_every)
+        if args.resume:
+            trainer.restore()
+    best = trainer.run(cfg.num_steps_limit)
+    if comm.is_main:
+        print(f"done: best validation accuracy {100 * best['accuracy']:.2f}% at step {best['step']}; "
+              f"checkpoints in {args.out / 'checkpoints'}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
