@@ -1,0 +1,471 @@
+"""One small interface over object storage and local directories.
+
+URLs: `s3://bucket/prefix`, `obs://bucket/prefix` (Huawei OBS through its S3 API),
+`file:///abs/path` and plain paths. A *store* is rooted at a URL; its keys are
+'/'-separated paths relative to that root. Both kinds of store offer the same
+operations (list, stat, get/put small objects, get/put files, delete), and the
+functions at the bottom of this module (sync_up, sync_down, push, download, read_json,
+write_json, ...) work on any of them.
+
+This module imports no boto3: the object-store backend (`launcher.storage_s3`) is
+loaded when an s3:// or obs:// URL is opened.
+
+Endpoint, addressing and retries of object stores (see `StorageOptions`):
+- endpoint: `--storage-endpoint`, else `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL`, else
+  the service default: AWS for s3://, `https://obs.<region>.myhuaweicloud.com` for obs://
+  with the region from `--storage-region`, `OBS_REGION`, `AWS_REGION` or `AWS_DEFAULT_REGION`;
+- addressing: path-style when asked (`--path-style`, `LEO_STORAGE_PATH_STYLE=1`),
+  otherwise virtual-hosted for obs:// and botocore's choice for s3://;
+- credentials: boto3's standard chain (variables, profiles, web identity...). They are
+  never printed, logged or written anywhere by this code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from launcher.errors import LaunchError, UsageError
+
+MB = 1024 * 1024
+SCHEMES = ("s3", "obs", "file")
+DEFAULT_CONCURRENCY = 10
+DEFAULT_PART_SIZE = 16 * MB
+DEFAULT_MAX_ATTEMPTS = 5
+# Temporary files of downloads and atomic writes start with this; listings skip them.
+TMP_PREFIX = ".leo-tmp-"
+
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_ENDPOINT_RE = re.compile(r"^https?://[^/\s?#]+/?$")
+_REGION_RE = re.compile(r"^[a-z0-9-]{2,40}$")
+
+
+class StorageError(LaunchError):
+    """A storage operation failed at run time (exit code 1); one-line message."""
+
+
+class NotFoundError(StorageError):
+    """The object or file does not exist."""
+
+
+class IntegrityError(StorageError):
+    """Downloaded content does not match its recorded size or hash."""
+
+
+# --------------------------------------------------------------------------- URLs
+
+
+@dataclass(frozen=True)
+class StorageURL:
+    """A parsed storage URL. `key` is the prefix inside the bucket ('' for the root);
+    for local URLs `path` is the absolute path and `bucket`/`key` are empty."""
+
+    scheme: str  # "s3", "obs" or "file"
+    bucket: str = ""
+    key: str = ""
+    path: str = ""
+
+    @property
+    def is_local(self) -> bool:
+        return self.scheme == "file"
+
+    @property
+    def name(self) -> str:
+        """The last path segment ('' for a bucket root)."""
+        if self.is_local:
+            return Path(self.path).name
+        return self.key.rsplit("/", 1)[-1] if self.key else ""
+
+    def child(self, relative: str) -> StorageURL:
+        """This URL with '/'-separated `relative` appended."""
+        parts = split_key(relative, str(self), allow_empty=True)
+        if not parts:
+            return self
+        if self.is_local:
+            return StorageURL("file", path=str(Path(self.path).joinpath(*parts)))
+        key = "/".join(([self.key] if self.key else []) + parts)
+        return StorageURL(self.scheme, self.bucket, key)
+
+    def parent(self) -> StorageURL:
+        if self.is_local:
+            return StorageURL("file", path=str(Path(self.path).parent))
+        if not self.key:
+            raise UsageError(f"{self} is a bucket root: it has no parent")
+        return StorageURL(self.scheme, self.bucket, self.key.rpartition("/")[0])
+
+    def __str__(self) -> str:
+        if self.is_local:
+            return Path(self.path).as_uri()
+        return f"{self.scheme}://{self.bucket}/{self.key}" if self.key else f"{self.scheme}://{self.bucket}"
+
+
+def split_key(text: str, shown: str, *, allow_empty: bool = False) -> list[str]:
+    text = text[:-1] if text.endswith("/") else text
+    parts = text.split("/") if text else []
+    for part in parts:
+        if part in ("", ".", ".."):
+            raise UsageError(f"malformed storage URL {shown!r}: empty, '.' or '..' path segment")
+    if not parts and not allow_empty:
+        raise UsageError(f"malformed storage URL {shown!r}: no path")
+    return parts
+
+
+def parse_url(text: str | os.PathLike | StorageURL) -> StorageURL:
+    """Parse `s3://bucket/prefix`, `obs://bucket/prefix`, `file:///abs/path` or a plain
+    path (made absolute). Raises UsageError (exit 2) on a malformed URL."""
+    if isinstance(text, StorageURL):
+        return text
+    if isinstance(text, os.PathLike):
+        return StorageURL("file", path=os.path.abspath(os.fspath(text)))
+    if not isinstance(text, str) or not text.strip():
+        raise UsageError("empty storage URL")
+    text = text.strip()
+    if "://" not in text:
+        if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:/", text):
+            raise UsageError(f"malformed storage URL {text!r}: expected scheme://...")
+        return StorageURL("file", path=os.path.abspath(os.path.expanduser(text)))
+    scheme, _, rest = text.partition("://")
+    scheme = scheme.lower()
+    if scheme not in SCHEMES:
+        raise UsageError(
+            f"unsupported storage URL scheme {scheme!r} in {text!r}: use s3://, obs://, file:// or a path"
+        )
+    if scheme == "file":
+        host, slash, path = rest.partition("/")
+        if host not in ("", "localhost") or not slash:
+            raise UsageError(f"malformed file URL {text!r}: expected file:///absolute/path")
+        return StorageURL("file", path=os.path.abspath("/" + path))
+    if any(c in rest for c in "?#\\") or any(ord(c) < 32 for c in rest):
+        raise UsageError(f"malformed storage URL {text!r}: '?', '#', '\\' and control characters are not allowed")
+    bucket, _, key = rest.partition("/")
+    if not _BUCKET_RE.match(bucket) or ".." in bucket:
+        raise UsageError(
+            f"malformed storage URL {text!r}: bucket name must be 3-63 lowercase letters, digits, '.' or '-'"
+        )
+    parts = split_key(key, text, allow_empty=True)
+    return StorageURL(scheme, bucket, "/".join(parts))
+
+
+# ----------------------------------------------------------------------- options
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class StorageOptions:
+    """How to reach object storage. `None` fields fall back to the environment."""
+
+    endpoint: str | None = None
+    path_style: bool | None = None
+    region: str | None = None
+    max_attempts: int | None = None
+    concurrency: int = DEFAULT_CONCURRENCY
+    part_size: int = DEFAULT_PART_SIZE
+    progress: bool | None = None  # None: a bar when stderr is a terminal
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.endpoint is not None and not _ENDPOINT_RE.match(self.endpoint):
+            raise UsageError(f"malformed storage endpoint {redact_endpoint(self.endpoint)!r}: expected http(s)://host[:port]")
+        if self.region is not None and not _REGION_RE.match(self.region):
+            raise UsageError(f"malformed storage region {self.region!r}")
+        if self.concurrency < 1:
+            raise UsageError("storage concurrency must be at least 1")
+        if self.part_size < 5 * MB:
+            raise UsageError("storage part size must be at least 5 MiB (the S3 minimum)")
+        if self.max_attempts is not None and self.max_attempts < 1:
+            raise UsageError("storage max attempts must be at least 1")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, **overrides: Any) -> StorageOptions:
+        """Options from the flags added by `add_storage_arguments`."""
+        values: dict[str, Any] = {
+            "endpoint": getattr(args, "storage_endpoint", None),
+            "path_style": True if getattr(args, "path_style", False) else None,
+            "region": getattr(args, "storage_region", None),
+        }
+        concurrency = getattr(args, "concurrency", None)
+        if concurrency is not None:
+            values["concurrency"] = concurrency
+        values.update(overrides)
+        return cls(**values)
+
+    def resolved_endpoint(self, scheme: str, environ: Mapping[str, str] | None = None) -> str | None:
+        """The endpoint URL to use for `scheme`, or None for the AWS default."""
+        env = os.environ if environ is None else environ
+        endpoint = self.endpoint or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+        if endpoint:
+            if not _ENDPOINT_RE.match(endpoint):
+                raise UsageError(f"malformed storage endpoint {redact_endpoint(endpoint)!r}: expected http(s)://host[:port]")
+            return endpoint.rstrip("/")
+        if scheme == "obs":
+            region = self.resolved_region(scheme, env)
+            if not region:
+                raise UsageError(
+                    "obs:// needs a region: set OBS_REGION (e.g. cn-north-4) or pass --storage-endpoint"
+                )
+            return f"https://obs.{region}.myhuaweicloud.com"
+        return None
+
+    def resolved_region(self, scheme: str, environ: Mapping[str, str] | None = None) -> str | None:
+        env = os.environ if environ is None else environ
+        region = self.region
+        if not region and scheme == "obs":
+            region = env.get("OBS_REGION")
+        region = region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
+        if region and not _REGION_RE.match(region):
+            raise UsageError(f"malformed storage region {region!r}")
+        return region or None
+
+    def resolved_path_style(self, environ: Mapping[str, str] | None = None) -> bool:
+        env = os.environ if environ is None else environ
+        if self.path_style is not None:
+            return self.path_style
+        return _truthy(env.get("LEO_STORAGE_PATH_STYLE"))
+
+    def resolved_max_attempts(self, environ: Mapping[str, str] | None = None) -> int:
+        env = os.environ if environ is None else environ
+        if self.max_attempts is not None:
+            return self.max_attempts
+        try:
+            return max(1, int(env.get("AWS_MAX_ATTEMPTS", "")))
+        except ValueError:
+            return DEFAULT_MAX_ATTEMPTS
+
+
+def add_storage_arguments(parser: argparse.ArgumentParser) -> None:
+    """The storage flags shared by push and pull."""
+    group = parser.add_argument_group("storage")
+    group.add_argument("--storage-endpoint", metavar="URL",
+                       help="S3-compatible endpoint (default: AWS_ENDPOINT_URL, AWS for s3://, "
+                       "https://obs.<region>.myhuaweicloud.com for obs://)")
+    group.add_argument("--storage-region", metavar="REGION",
+                       help="region (default: OBS_REGION for obs://, AWS_REGION, AWS_DEFAULT_REGION)")
+    group.add_argument("--path-style", action="store_true",
+                       help="path-style addressing (endpoint/bucket/key) instead of virtual-hosted")
+    group.add_argument("--concurrency", type=_positive_int, metavar="N",
+                       help=f"parallel transfers (default {DEFAULT_CONCURRENCY})")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def redact_endpoint(endpoint: str) -> str:
+    """An endpoint without any user:password@ part."""
+    return re.sub(r"^(\w+://)[^/@]*@", r"\1", endpoint)
+
+
+# ------------------------------------------------------------------------ stores
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What a listing or stat knows of one object. `etag` is without quotes; `sha256`
+    is known from object metadata (stat of an object store) or by hashing (local)."""
+
+    key: str
+    size: int
+    etag: str | None = None
+    sha256: str | None = None
+    mtime: float | None = None
+
+    @property
+    def md5(self) -> str | None:
+        """The content MD5 when the ETag is one (single-part, unencrypted uploads)."""
+        if self.etag and re.fullmatch(r"[0-9a-f]{32}", self.etag):
+            return self.etag
+        return None
+
+
+ProgressFn = Callable[[int], None]
+
+
+class Store(Protocol):
+    """Operations shared by local directories and object-store prefixes.
+    Keys are '/'-separated paths relative to `url`."""
+
+    url: StorageURL
+    options: StorageOptions
+
+    def list(self, prefix: str = "") -> dict[str, ObjectInfo]:
+        """All objects under `prefix` (recursively), by key."""
+        ...
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        """Size and sha256 of one object, None when it does not exist."""
+        ...
+
+    def get_bytes(self, key: str) -> bytes:
+        """The content of a small object, verified. NotFoundError when missing."""
+        ...
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        """Write a small object in one request (atomically for local stores)."""
+        ...
+
+    def put_file(self, local: Path, key: str, progress: ProgressFn | None = None) -> str:
+        """Upload a file (multipart when large); returns its sha256."""
+        ...
+
+    def get_file(self, key: str, dest: Path, info: ObjectInfo | None = None,
+                 progress: ProgressFn | None = None) -> str:
+        """Download to `dest` through a temporary file, verified against the object's
+        recorded hash, renamed into place at the end; returns the sha256."""
+        ...
+
+    def delete(self, keys: list[str]) -> None:
+        ...
+
+    def close(self) -> None:
+        ...
+
+    def __enter__(self) -> Store:
+        ...
+
+    def __exit__(self, *exc: object) -> None:
+        ...
+
+
+def open_store(url: str | StorageURL, options: StorageOptions | None = None) -> Store:
+    """A store rooted at `url` (no network traffic until it is used)."""
+    parsed = parse_url(url)
+    options = options or StorageOptions()
+    if parsed.is_local:
+        from launcher.storage_local import LocalStore
+
+        return LocalStore(parsed, options)
+    from launcher.storage_s3 import ObjectStore
+
+    return ObjectStore(parsed, options)
+
+
+# ---------------------------------------------------------- whole-URL operations
+
+
+@dataclass
+class SyncReport:
+    """What a sync, push or pull did."""
+
+    files: int = 0  # files considered at the source
+    transferred: int = 0
+    skipped: int = 0  # unchanged at the destination
+    deleted: int = 0
+    bytes: int = 0  # bytes transferred
+    seconds: float = 0.0
+    sha256: dict[str, str] = field(default_factory=dict)  # of transferred files, by key
+
+    def summary(self, verb: str) -> str:
+        text = (f"{verb} {self.transferred} file(s), {_human(self.bytes)}; "
+                f"{self.skipped} unchanged")
+        if self.deleted:
+            text += f"; {self.deleted} deleted"
+        return text + f"; {self.seconds:.1f} s"
+
+
+def _human(nbytes: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if nbytes < 1024 or unit == "GB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+    return f"{nbytes:.1f} GB"
+
+
+def sync_up(local: str | Path, url: str | StorageURL, *, options: StorageOptions | None = None,
+            delete: bool = False) -> SyncReport:
+    """Upload the tree `local` under `url`, skipping files whose size and content hash
+    already match; delete extra objects only when `delete`."""
+    from launcher.storage_sync import sync_up as _sync_up
+
+    with open_store(url, options) as store:
+        return _sync_up(Path(local), store, delete=delete)
+
+
+def sync_down(url: str | StorageURL, local: str | Path, *, options: StorageOptions | None = None,
+              delete: bool = False) -> SyncReport:
+    """Download everything under `url` into `local`, each file verified and renamed into
+    place when complete; unchanged files are skipped; extra local files deleted only
+    when `delete`. Re-running after an interruption continues."""
+    from launcher.storage_sync import sync_down as _sync_down
+
+    with open_store(url, options) as store:
+        return _sync_down(store, Path(local), delete=delete)
+
+
+def push(local: str | Path, url: str | StorageURL, *, options: StorageOptions | None = None,
+         delete: bool = False) -> SyncReport:
+    """`leo-launch push`: a directory is synced under `url`; a file is uploaded to `url`,
+    or to `url/<file name>` when `url` ends with '/', is a bucket root or a local directory."""
+    path = Path(local)
+    if path.is_dir():
+        return sync_up(path, url, options=options, delete=delete)
+    if not path.is_file():
+        raise StorageError(f"{local}: no such file or directory")
+    target = parse_url(url)
+    if ((isinstance(url, str) and url.endswith("/")) or (not target.is_local and not target.key)
+            or (target.is_local and Path(target.path).is_dir())):
+        target = target.child(path.name)
+    from launcher.storage_sync import sync_files_up
+
+    with open_store(target.parent(), options) as store:
+        return sync_files_up({target.name: path}, store)
+
+
+def upload(local: str | Path, url: str | StorageURL, *, options: StorageOptions | None = None) -> str:
+    """Upload one file to the object `url`; returns its sha256."""
+    target = parse_url(url)
+    with open_store(target.parent(), options) as store:
+        return store.put_file(Path(local), target.name)
+
+
+def download(url: str | StorageURL, local: str | Path, *, options: StorageOptions | None = None) -> str:
+    """Download the object `url` to the file `local` (verified, atomic); returns its sha256."""
+    source = parse_url(url)
+    with open_store(source.parent(), options) as store:
+        return store.get_file(source.name, Path(local))
+
+
+def list_objects(url: str | StorageURL, *, options: StorageOptions | None = None) -> dict[str, ObjectInfo]:
+    """Everything under the prefix `url`, by key relative to it."""
+    with open_store(url, options) as store:
+        return store.list()
+
+
+def read_json(url: str | StorageURL, *, options: StorageOptions | None = None) -> Any:
+    """A small JSON object; NotFoundError when missing, StorageError when not JSON."""
+    source = parse_url(url)
+    with open_store(source.parent(), options) as store:
+        return get_json(store, source.name)
+
+
+def write_json(url: str | StorageURL, obj: Any, *, options: StorageOptions | None = None) -> None:
+    target = parse_url(url)
+    with open_store(target.parent(), options) as store:
+        put_json(store, target.name, obj)
+
+
+def get_json(store: Store, key: str) -> Any:
+    data = store.get_bytes(key)
+    try:
+        return json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise StorageError(f"{store.url.child(key)} is not valid JSON") from None
+
+
+def put_json(store: Store, key: str, obj: Any) -> None:
+    store.put_bytes(key, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
