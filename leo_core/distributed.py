@@ -17,7 +17,9 @@ DEVICES = ("CPU", "GPU", "Ascend")
 
 
 def launched_distributed(env=os.environ) -> bool:
-    if env.get("MS_ROLE") == "MS_WORKER" and int(env.get("MS_WORKER_NUM", "1")) > 1:
+    # msrun runs the script in its scheduler process too (MS_SCHED): there, init()
+    # serves the cluster and ends the process when the workers are done.
+    if env.get("MS_ROLE") in ("MS_WORKER", "MS_SCHED") and int(env.get("MS_WORKER_NUM", "1")) > 1:
         return True
     return bool(env.get("RANK_TABLE_FILE")) and int(env.get("RANK_SIZE", "1")) > 1
 
