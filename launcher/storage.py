@@ -226,11 +226,17 @@ class StorageOptions:
             raise UsageError(f"malformed storage region {region!r}")
         return region or None
 
-    def resolved_path_style(self, environ: Mapping[str, str] | None = None) -> bool:
+    def resolved_addressing(self, scheme: str, environ: Mapping[str, str] | None = None) -> str:
+        """"path", "virtual" or "auto" (botocore decides: virtual on AWS, path on an IP).
+        `path_style` True/False forces it; else LEO_STORAGE_PATH_STYLE; else virtual for
+        obs:// and auto for s3://."""
         env = os.environ if environ is None else environ
-        if self.path_style is not None:
-            return self.path_style
-        return _truthy(env.get("LEO_STORAGE_PATH_STYLE"))
+        path_style = self.path_style
+        if path_style is None and env.get("LEO_STORAGE_PATH_STYLE", "").strip():
+            path_style = _truthy(env.get("LEO_STORAGE_PATH_STYLE"))
+        if path_style is None:
+            return "virtual" if scheme == "obs" else "auto"
+        return "path" if path_style else "virtual"
 
     def resolved_max_attempts(self, environ: Mapping[str, str] | None = None) -> int:
         env = os.environ if environ is None else environ

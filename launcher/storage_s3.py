@@ -55,10 +55,7 @@ def make_client(scheme: str, options: StorageOptions):
     """A boto3 S3 client for `scheme` ("s3" or "obs") with the options resolved."""
     endpoint = options.resolved_endpoint(scheme)
     region = options.resolved_region(scheme) or ("us-east-1" if endpoint else None)
-    if options.resolved_path_style():
-        addressing = "path"
-    else:
-        addressing = "virtual" if scheme == "obs" else "auto"
+    addressing = options.resolved_addressing(scheme)
     extra = {}
     if scheme == "obs" or endpoint:
         extra = {"request_checksum_calculation": "when_required",

@@ -10,3 +10,40 @@ ROOT = Path(__file__).resolve().parent.parent
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 # Keep MindSpore's C++ log to warnings and errors.
 os.environ.setdefault("GLOG_v", "2")
+
+
+# --- Object storage: a real S3 server (SeaweedFS `weed mini`), see tests/s3server.py ---
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """One authenticated SeaweedFS S3 server per test session, stopped at the end."""
+    from tests.s3server import start_s3_server
+
+    server = start_s3_server(tmp_path_factory.mktemp("s3server"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """The server, with AWS variables pointing at it only: no profiles, no instance
+    metadata, no endpoint or region from the outer environment."""
+    for key in list(os.environ):
+        if key.startswith(("AWS_", "OBS_", "LEO_STORAGE_")):
+            monkeypatch.delenv(key)
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    return s3_server
+
+
+@pytest.fixture(scope="session")
+def localhost_subdomains():
+    """`<bucket>.localhost` resolves to 127.0.0.1 (virtual-hosted addressing in tests)."""
+    from tests.s3server import resolve_localhost_subdomains
+
+    with resolve_localhost_subdomains():
+        yield

@@ -130,9 +130,13 @@ def test_obs_client_configuration():
     assert path_style.meta.config.s3["addressing_style"] == "path"
 
 
-def test_path_style_from_environment():
-    assert StorageOptions().resolved_path_style({"LEO_STORAGE_PATH_STYLE": "1"})
-    assert not StorageOptions().resolved_path_style({})
+def test_addressing_style():
+    assert StorageOptions().resolved_addressing("s3", {"LEO_STORAGE_PATH_STYLE": "1"}) == "path"
+    assert StorageOptions().resolved_addressing("obs", {"LEO_STORAGE_PATH_STYLE": "0"}) == "virtual"
+    assert StorageOptions().resolved_addressing("obs", {}) == "virtual"
+    assert StorageOptions().resolved_addressing("s3", {}) == "auto"
+    assert StorageOptions(path_style=False).resolved_addressing("s3", {}) == "virtual"
+    assert StorageOptions(path_style=True).resolved_addressing("obs", {}) == "path"
     assert StorageOptions().resolved_max_attempts({"AWS_MAX_ATTEMPTS": "2"}) == 2
 
 
