@@ -42,8 +42,15 @@ def _available_commands():
         yield name, module
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI contract's one-line usage errors (exit code 2)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="leo-launch",
         description="Train LEO (Latent Embedding Optimization) with MindSpore on CPU, "
         "Ascend or NVIDIA nodes, locally or on Kubernetes.",
