@@ -8,7 +8,7 @@ export PATH := $(BIN):$(PATH)
 # MindSpore's C++ logging: warnings and errors only.
 export GLOG_v ?= 2
 
-.PHONY: install test lint bench-core clean
+.PHONY: install test lint bench-core bench-launcher clean
 
 install: $(STAMP)
 
@@ -25,6 +25,9 @@ lint: install
 
 bench-core: install
 	$(BIN)/python tests/benchmarks/bench_core.py
+
+bench-launcher: install
+	$(BIN)/python tests/benchmarks/bench_launcher.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -115,7 +115,7 @@ def load_inventory(path: str | Path) -> tuple[InventoryNode, ...]:
     except OSError as err:
         raise RankTableError(f"cannot read inventory {path}: {err.strerror or err}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506
     except yaml.YAMLError as err:
         raise RankTableError(f"inventory {path} is not valid YAML: {str(err).splitlines()[0]}") from None
     if not isinstance(data, dict) or not isinstance(data.get("nodes"), list) or not data["nodes"]:
