@@ -1,0 +1,124 @@
+"""leo_core.train and leo_core.evaluate as a user runs them: real processes, tiny data."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from leo_core.synthetic import write_dataset
+
+pytestmark = pytest.mark.integration
+
+TINY = ["--set", "total_examples_per_class=20", "--set", "num_validation_batches=1",
+        "--set", "metavalid_batch_size=4", "--set", "checkpoint_steps=3"]
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    write_dataset(root, "miniImageNet", scale=0.1, images_per_class=20, seed=5, quiet=True)
+    return root
+
+
+def run(module, *args, check=True):
+    proc = subprocess.run([sys.executable, "-m", module, *map(str, args)],
+                          capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{module} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def train(root, out, steps, *extra):
+    return run("leo_core.train", "--experiment", "mini_5shot", "--data-root", root, "--out", out,
+               "--steps", steps, "--log-every", 1, *TINY, *extra)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_root, tmp_path_factory):
+    """Six steps straight; validation and checkpoints every three."""
+    out = tmp_path_factory.mktemp("straight") / "out"
+    return out, train(tiny_root, out, 6)
+
+
+def weights(path):
+    with np.load(path / "weights.npz") as data:
+        return {k: data[k] for k in data.files}
+
+
+def test_resume_continues_exactly(tiny_root, trained, tmp_path):
+    straight, split = trained[0], tmp_path / "split"
+    train(tiny_root, split, 3)
+    resumed = train(tiny_root, split, 6, "--resume")
+    assert "resumed from" in resumed.stdout and "at step 3" in resumed.stdout
+    a, b = weights(straight / "checkpoints/step-6"), weights(split / "checkpoints/step-6")
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=0, atol=1e-6, err_msg=name)
+    # Adam moments and the sampler state travel with the checkpoint too.
+    state = json.loads((split / "checkpoints/step-6/state.json").read_text())
+    assert state["step"] == 6 and "train_rng" in state
+    # Metrics continue rather than restart or repeat.
+    steps = [json.loads(line)["step"] for line in (split / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["kind"] == "train"]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    pointer = json.loads((split / "checkpoints/latest.json").read_text())
+    assert pointer == {"step": 6, "path": "step-6"}
+    best = json.loads((split / "checkpoints/best.json").read_text())
+    assert best["path"] in {p.name for p in (split / "checkpoints").glob("step-*")}
+
+
+def test_progress_and_metrics(trained):
+    out, proc = trained
+    assert "step 3/6" in proc.stdout and "validation at step 6" in proc.stdout
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    kinds = {r["kind"] for r in records}
+    assert kinds == {"train", "validation"}
+    train_rec = [r for r in records if r["kind"] == "train"][-1]
+    assert {"loss", "accuracy", "steps_per_s", "time"} <= set(train_rec)
+    assert np.isfinite(train_rec["loss"]) and 0 <= train_rec["accuracy"] <= 1
+
+
+def test_evaluate_reports_an_interval(tiny_root, trained, tmp_path):
+    out = trained[0]
+    result = tmp_path / "result.json"
+    proc = run("leo_core.evaluate", "--experiment", "mini_5shot", "--data-root", tiny_root,
+               "--checkpoint", out, "--tasks", 40, "--json", result,
+               "--set", "total_examples_per_class=20")
+    data = json.loads(result.read_text())
+    best_step = json.loads((out / "checkpoints/best.json").read_text())["step"]
+    assert data["tasks"] == 40 and data["queries_per_class"] == 15 and data["step"] == best_step
+    assert 0 < data["ci95"] < 0.2 and 0 <= data["accuracy"] <= 1
+    assert "95% interval" in proc.stdout
+    # Evaluation is deterministic for a seed.
+    again = tmp_path / "again.json"
+    run("leo_core.evaluate", "--experiment", "mini_5shot", "--data-root", tiny_root,
+        "--checkpoint", out, "--tasks", 40, "--json", again,
+        "--set", "total_examples_per_class=20")
+    assert json.loads(again.read_text())["accuracy"] == data["accuracy"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--experiment", "mini_5shot", "--set", "outer_rl=1"], "unknown config key 'outer_rl'"),
+        (["--experiment", "mini_5shot", "--set", "outer_lr=fast"], "outer_lr expects a number"),
+        (["--experiment", "mini5shot"], "unknown experiment 'mini5shot'"),
+        (["--experiment", "mini_5shot"], "fewer than"),  # 600 - 5 queries do not fit 20 images
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tiny_root, tmp_path, args, message):
+    proc = run("leo_core.train", *args, "--data-root", tiny_root, "--out", tmp_path / "out",
+               "--steps", 1, check=False)
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_missing_data_names_the_file(tmp_path):
+    proc = run("leo_core.train", "--experiment", "mini_1shot", "--data-root", tmp_path / "nothing",
+               "--out", tmp_path / "out", "--steps", 1, check=False)
+    assert proc.returncode == 2
+    assert "train_embeddings.pkl" in proc.stderr and "Traceback" not in proc.stderr
