@@ -161,7 +161,7 @@ def _fetch_checkpoint(store: Store, name: str, dest_root: Path) -> tuple[Path, d
         dest_root.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise local_error(err, dest_root) from err
-    remove_stale_tmp(dest_root)
+    remove_stale_tmp(dest_root, recursive=False)
     token = f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
     tmp, old = dest_root / f"{token}-{name}", dest_root / f"{token}-old-{name}"
     try:
@@ -213,7 +213,7 @@ def pull(job_url: str, which: str = "best", to: str | Path | None = None, *,
                                f"exist{hint}") from None
         pointer = _parse_pointer(raw, str(store.url.child(pointer_key)))
         path, manifest = _fetch_checkpoint(store, pointer["path"], dest_root)
-        atomic_write(dest_root / f"{which}.json", raw)
+        atomic_write(dest_root / f"{which}.json", raw, durable=True)
     files = _manifest_files(manifest, "manifest")
     return PulledCheckpoint(which, pointer["step"], path, pointer, len(files),
                             sum(f["size"] for f in files))
@@ -241,7 +241,7 @@ def resume_from_remote(job_url: str, local_out: str | Path, *, logs_dir: str | P
                 and verify_checkpoint(ckpt / local[0]["path"])):
             return local[0]["step"]
         _fetch_checkpoint(store, latest["path"], ckpt)
-        atomic_write(ckpt / "latest.json", raw)
+        atomic_write(ckpt / "latest.json", raw, durable=True)
         try:
             best_raw = store.get_bytes("checkpoints/best.json")
         except NotFoundError:
@@ -250,7 +250,7 @@ def resume_from_remote(job_url: str, local_out: str | Path, *, logs_dir: str | P
             best = _parse_pointer(best_raw, str(store.url.child("checkpoints/best.json")))
             if best["path"] != latest["path"]:
                 _fetch_checkpoint(store, best["path"], ckpt)
-            atomic_write(ckpt / "best.json", best_raw)
+            atomic_write(ckpt / "best.json", best_raw, durable=True)
         if not (out / "metrics.jsonl").exists():
             try:
                 metrics = store.get_bytes("metrics.jsonl")
@@ -358,6 +358,8 @@ class Publisher:
         except NotFoundError:
             remote = None
         if not isinstance(remote, dict) or remote.get("files") != manifest["files"]:
+            if remote is not None:  # another run's step of that number: unpublish it first
+                self.store.delete([manifest_key])
             files = {f"checkpoints/{name}/{f['name']}": step_dir.joinpath(*f["name"].split("/"))
                      for f in manifest["files"]}
             try:

@@ -116,7 +116,7 @@ def split_key(text: str, shown: str, *, allow_empty: bool = False) -> list[str]:
     return parts
 
 
-def parse_url(text: str | os.PathLike | StorageURL) -> StorageURL:
+def parse_url(text: URLLike) -> StorageURL:
     """Parse `s3://bucket/prefix`, `obs://bucket/prefix`, `file:///abs/path` or a plain
     path (made absolute). Raises UsageError (exit 2) on a malformed URL."""
     if isinstance(text, StorageURL):
@@ -151,6 +151,8 @@ def parse_url(text: str | os.PathLike | StorageURL) -> StorageURL:
     parts = split_key(key, text, allow_empty=True)
     return StorageURL(scheme, bucket, "/".join(parts))
 
+
+URLLike = str | os.PathLike | StorageURL
 
 # ----------------------------------------------------------------------- options
 
@@ -348,7 +350,7 @@ class Store(Protocol):
         ...
 
 
-def open_store(url: str | StorageURL, options: StorageOptions | None = None) -> Store:
+def open_store(url: URLLike, options: StorageOptions | None = None) -> Store:
     """A store rooted at `url` (no network traffic until it is used)."""
     parsed = parse_url(url)
     options = options or StorageOptions()
@@ -392,7 +394,7 @@ def _human(nbytes: float) -> str:
     return f"{nbytes:.1f} GB"
 
 
-def sync_up(local: str | Path, url: str | StorageURL, *, options: StorageOptions | None = None,
+def sync_up(local: str | Path, url: URLLike, *, options: StorageOptions | None = None,
             delete: bool = False) -> SyncReport:
     """Upload the tree `local` under `url`, skipping files whose size and content hash
     already match; delete extra objects only when `delete`."""
@@ -402,7 +404,7 @@ def sync_up(local: str | Path, url: str | StorageURL, *, options: StorageOptions
         return _sync_up(Path(local), store, delete=delete)
 
 
-def sync_down(url: str | StorageURL, local: str | Path, *, options: StorageOptions | None = None,
+def sync_down(url: URLLike, local: str | Path, *, options: StorageOptions | None = None,
               delete: bool = False) -> SyncReport:
     """Download everything under `url` into `local`, each file verified and renamed into
     place when complete; unchanged files are skipped; extra local files deleted only
@@ -413,7 +415,7 @@ def sync_down(url: str | StorageURL, local: str | Path, *, options: StorageOptio
         return _sync_down(store, Path(local), delete=delete)
 
 
-def push(local: str | Path, url: str | StorageURL, *, options: StorageOptions | None = None,
+def push(local: str | Path, url: URLLike, *, options: StorageOptions | None = None,
          delete: bool = False) -> SyncReport:
     """`leo-launch push`: a directory is synced under `url`; a file is uploaded to `url`,
     or to `url/<file name>` when `url` ends with '/', is a bucket root or a local directory."""
@@ -432,34 +434,34 @@ def push(local: str | Path, url: str | StorageURL, *, options: StorageOptions | 
         return sync_files_up({target.name: path}, store)
 
 
-def upload(local: str | Path, url: str | StorageURL, *, options: StorageOptions | None = None) -> str:
+def upload(local: str | Path, url: URLLike, *, options: StorageOptions | None = None) -> str:
     """Upload one file to the object `url`; returns its sha256."""
     target = parse_url(url)
     with open_store(target.parent(), options) as store:
         return store.put_file(Path(local), target.name)
 
 
-def download(url: str | StorageURL, local: str | Path, *, options: StorageOptions | None = None) -> str:
+def download(url: URLLike, local: str | Path, *, options: StorageOptions | None = None) -> str:
     """Download the object `url` to the file `local` (verified, atomic); returns its sha256."""
     source = parse_url(url)
     with open_store(source.parent(), options) as store:
         return store.get_file(source.name, Path(local))
 
 
-def list_objects(url: str | StorageURL, *, options: StorageOptions | None = None) -> dict[str, ObjectInfo]:
+def list_objects(url: URLLike, *, options: StorageOptions | None = None) -> dict[str, ObjectInfo]:
     """Everything under the prefix `url`, by key relative to it."""
     with open_store(url, options) as store:
         return store.list()
 
 
-def read_json(url: str | StorageURL, *, options: StorageOptions | None = None) -> Any:
+def read_json(url: URLLike, *, options: StorageOptions | None = None) -> Any:
     """A small JSON object; NotFoundError when missing, StorageError when not JSON."""
     source = parse_url(url)
     with open_store(source.parent(), options) as store:
         return get_json(store, source.name)
 
 
-def write_json(url: str | StorageURL, obj: Any, *, options: StorageOptions | None = None) -> None:
+def write_json(url: URLLike, obj: Any, *, options: StorageOptions | None = None) -> None:
     target = parse_url(url)
     with open_store(target.parent(), options) as store:
         put_json(store, target.name, obj)

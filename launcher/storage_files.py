@@ -79,16 +79,18 @@ def tmp_path(dest: Path) -> Path:
     return dest.parent / f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-{dest.name[:160]}"
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file and a rename."""
+def atomic_write(path: Path, data: bytes, *, durable: bool = False) -> None:
+    """Write `data` to `path` through a temporary file and a rename (after an fsync when
+    `durable`: pointers and markers, not every downloaded file)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = tmp_path(path)
         try:
             with open(tmp, "wb") as stream:
                 stream.write(data)
-                stream.flush()
-                os.fsync(stream.fileno())
+                if durable:
+                    stream.flush()
+                    os.fsync(stream.fileno())
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
@@ -96,8 +98,9 @@ def atomic_write(path: Path, data: bytes) -> None:
         raise local_error(err, path) from err
 
 
-def remove_stale_tmp(root: Path) -> int:
-    """Delete temporaries under `root` left by processes that are gone; returns how many."""
+def remove_stale_tmp(root: Path, *, recursive: bool = True) -> int:
+    """Delete temporaries in `root` (and below when `recursive`) left by processes that
+    are gone; returns how many."""
     removed = 0
     if not root.is_dir():
         return 0
@@ -115,6 +118,8 @@ def remove_stale_tmp(root: Path) -> int:
             else:
                 path.unlink(missing_ok=True)
             removed += 1
+        if not recursive:
+            break
     return removed
 
 

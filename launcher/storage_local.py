@@ -71,7 +71,7 @@ class LocalStore:
             raise local_error(err, path) from err
 
     def put_bytes(self, key: str, data: bytes) -> None:
-        atomic_write(self._path(key), data)
+        atomic_write(self._path(key), data, durable=key.endswith(".json"))
 
     def put_file(self, local: Path, key: str, progress: ProgressFn | None = None) -> str:
         return _copy(local, self._path(key), None, progress)

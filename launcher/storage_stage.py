@@ -113,7 +113,7 @@ def stage(data_url: str, cache_dir: str | Path = DEFAULT_CACHE, *, lock: str | P
         root = find_data_root(target)
         atomic_write(cache / MARKER, json.dumps({
             "data_url": str(url), "fingerprint": fingerprint,
-            "root": str(root.relative_to(cache)), "staged": time.time()}, indent=1).encode())
+            "root": str(root.relative_to(cache)), "staged": time.time()}, indent=1).encode(), durable=True)
         return root
 
 
@@ -144,7 +144,7 @@ def _stage_zip(store: Store, url: StorageURL, cache: Path, target: Path) -> None
         cache.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise local_error(err, cache) from err
-    remove_stale_tmp(cache)
+    remove_stale_tmp(cache, recursive=False)
     token = f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
     archive, unpacked, old = cache / f"{token}-{url.name}", cache / f"{token}-unpacked", cache / f"{token}-old"
     try:
