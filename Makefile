@@ -31,3 +31,19 @@ bench-launcher: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
+
+# Training images (images/README.md): `docker build -f images/<accel>/Dockerfile .`, tagged
+# as the image render/submit use by default (leo-launch:<accel>). Pinned versions are the
+# Dockerfiles' build arguments; override them with IMAGE_BUILD_ARGS, e.g.
+#   make image-ascend IMAGE_BUILD_ARGS="--build-arg CANN_IMAGE=ascendai/cann:8.5.0-a3-ubuntu22.04-py3.11"
+# Push elsewhere with IMAGE_REPO=registry.example.com/leo-launch and pass --image to submit.
+.PHONY: image-cpu image-ascend image-nvidia
+DOCKER            ?= docker
+IMAGE_REPO        ?= leo-launch
+MINDSPORE_VERSION ?= 2.10.0
+IMAGE_BUILD_ARGS  ?=
+
+image-cpu image-ascend image-nvidia: image-%:
+	@command -v $(DOCKER) >/dev/null 2>&1 || { echo "make $@: '$(DOCKER)' is not installed: building images needs a Docker engine (or set DOCKER=podman)" >&2; exit 1; }
+	@$(DOCKER) info >/dev/null 2>&1 || { echo "make $@: no Docker engine answers ('$(DOCKER) info' failed): start one, or build elsewhere with: $(DOCKER) build -f images/$*/Dockerfile -t $(IMAGE_REPO):$* ." >&2; exit 1; }
+	$(DOCKER) build -f images/$*/Dockerfile -t $(IMAGE_REPO):$* --build-arg MINDSPORE_VERSION=$(MINDSPORE_VERSION) $(IMAGE_BUILD_ARGS) .
