@@ -36,7 +36,7 @@ from launcher.errors import LaunchError, UsageError
 MB = 1024 * 1024
 SCHEMES = ("s3", "obs", "file")
 DEFAULT_CONCURRENCY = 10
-DEFAULT_PART_SIZE = 16 * MB
+DEFAULT_PART_SIZE = 64 * MB
 DEFAULT_MAX_ATTEMPTS = 5
 # Temporary files of downloads and atomic writes start with this; listings skip them.
 TMP_PREFIX = ".leo-tmp-"

@@ -40,7 +40,7 @@ def run_parallel(tasks: list[Callable[[], T]], concurrency: int) -> list[T]:
                             thread_name_prefix="leo-storage") as pool:
         futures = [pool.submit(task) for task in tasks]
         try:
-            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            wait(futures, return_when=FIRST_EXCEPTION)
             failed = [f for f in futures if f.done() and not f.cancelled() and f.exception()]
             if failed:
                 for future in futures:

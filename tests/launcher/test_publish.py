@@ -64,7 +64,7 @@ def remote_pointer(server, bucket: str, job: str, which: str) -> dict:
 @pytest.fixture
 def job(s3_env, tmp_path):
     bucket = s3_env.create_bucket("leo-" + secrets.token_hex(4))
-    options = StorageOptions(endpoint=s3_env.endpoint, path_style=True, max_attempts=2)
+    options = StorageOptions(endpoint=s3_env.endpoint, path_style=True, max_attempts=2, part_size=8 * MB)
     return {"bucket": bucket, "url": f"s3://{bucket}/train/job-1", "options": options,
             "out": tmp_path / "out", "logs": tmp_path / "logs", "server": s3_env}
 

@@ -83,7 +83,7 @@ def test_round_trip_multipart_and_many_small_files(s3_env, localhost_subdomains,
                                                    scheme, path_style):
     bucket = new_bucket(s3_env)
     url = f"{scheme}://{bucket}/data/run"
-    options = options_for(s3_env, path_style, scheme)
+    options = options_for(s3_env, path_style, scheme, part_size=8 * MB)  # 21 MB: 3 parts
     hosts = []
     with open_store(url, options) as store:
         store.client.meta.events.register("before-send.s3", lambda request, **_: hosts.append(request.url))
@@ -94,9 +94,9 @@ def test_round_trip_multipart_and_many_small_files(s3_env, localhost_subdomains,
         assert hosts and all(u.startswith(f"{s3_env.endpoint}/{bucket}") for u in hosts)
     else:
         assert hosts and all(u.startswith(f"http://{bucket}.localhost:{s3_env.port}") for u in hosts)
-    # The 21 MB file went up in parts (ETag "<md5>-<parts>") with its sha256 in the metadata.
+    # The 21 MB file went up in 8 MB parts (ETag "<md5>-<parts>") with its sha256 in the metadata.
     head = s3_env.client().head_object(Bucket=bucket, Key="data/run/big/embeddings.pkl")
-    assert head["ETag"].strip('"').endswith("-2") and len(head["Metadata"]["sha256"]) == 64
+    assert head["ETag"].strip('"').endswith("-3") and len(head["Metadata"]["sha256"]) == 64
 
     again = sync_up(tree, url, options=options)
     assert again.transferred == 0 and again.skipped == 201
@@ -282,14 +282,18 @@ def private_server(tmp_path, s3_env, monkeypatch):
         assert not server.alive()
 
 
-@pytest.mark.parametrize("direction", ["upload", "download"])
-def test_server_stopped_mid_transfer(private_server, tmp_path, direction):
+@pytest.mark.parametrize("direction, part_size", [
+    ("upload", 8 * MB),  # multipart
+    ("download", 8 * MB),  # parallel ranged GETs
+    ("download", 64 * MB),  # one streamed GET
+])
+def test_server_stopped_mid_transfer(private_server, tmp_path, direction, part_size):
     server = private_server
     bucket = server.create_bucket("leo-stop")
     big = tmp_path / "big.bin"
     big.write_bytes(os.urandom(48 * MB))
     options = StorageOptions(endpoint=server.endpoint, path_style=True, max_attempts=2,
-                             connect_timeout=2, read_timeout=5, concurrency=2, part_size=8 * MB)
+                             connect_timeout=2, read_timeout=5, concurrency=2, part_size=part_size)
     if direction == "download":
         sync_up(tmp_path, f"s3://{bucket}/d", options=options)
     started, stopped = threading.Event(), threading.Event()
