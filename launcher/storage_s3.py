@@ -70,9 +70,10 @@ def make_client(scheme: str, options: StorageOptions):
                  "response_checksum_validation": "when_required"}
     config = Config(
         signature_version="s3v4",
-        # Bodies are not hashed into the signature (UNSIGNED-PAYLOAD, as on HTTPS with a
-        # checksum): every object carries its sha256, verified on every read instead.
-        s3={"addressing_style": addressing, "payload_signing_enabled": False},
+        # Bodies are not hashed into the signature by default (UNSIGNED-PAYLOAD): every
+        # object carries its sha256, verified on every read instead.
+        s3={"addressing_style": addressing,
+            "payload_signing_enabled": options.resolved_sign_payload()},
         retries={"mode": "standard", "total_max_attempts": options.resolved_max_attempts()},
         connect_timeout=options.connect_timeout,
         read_timeout=options.read_timeout,

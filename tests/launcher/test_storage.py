@@ -126,8 +126,10 @@ def test_obs_client_configuration():
     assert config.s3["addressing_style"] == "virtual"
     assert config.request_checksum_calculation == "when_required"
     assert config.response_checksum_validation == "when_required"
-    path_style = make_client("obs", StorageOptions(region="cn-north-4", path_style=True))
+    assert config.s3["payload_signing_enabled"] is False
+    path_style = make_client("obs", StorageOptions(region="cn-north-4", path_style=True, sign_payload=True))
     assert path_style.meta.config.s3["addressing_style"] == "path"
+    assert path_style.meta.config.s3["payload_signing_enabled"] is True
 
 
 def test_addressing_style():

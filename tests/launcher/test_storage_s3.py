@@ -191,6 +191,14 @@ def test_json_helpers_and_missing_objects(s3_env):
         read_json(f"obs://{bucket}/job/checkpoints/best.json", options=options)
 
 
+def test_signed_payloads_on_request(s3_env, tmp_path):
+    bucket = new_bucket(s3_env)
+    make_tree(tmp_path / "src", small=3, big=0)
+    options = options_for(s3_env, True, sign_payload=True)
+    assert sync_up(tmp_path / "src", f"s3://{bucket}/signed", options=options).transferred == 3
+    assert sync_down(f"s3://{bucket}/signed", tmp_path / "down", options=options).transferred == 3
+
+
 # ------------------------------------------------------------------ errors
 
 
