@@ -24,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="local directory that receives step-<n>/ and <checkpoint>.json, or "
                         "the tree (default: ./<job name>)")
     add_storage_arguments(parser)
+    k8s = parser.add_argument_group("Kubernetes (a NAME that is not a local job)")
+    k8s.add_argument("-n", "--namespace", help="namespace of the job (default: the context's)")
+    k8s.add_argument("--context", help="kubeconfig context (default: the current one)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from launcher.storage import StorageOptions, parse_url, sync_down
 
     options = StorageOptions.from_args(args)
-    base = resolve_job_url(args.job)
+    base = resolve_job_url(args.job, namespace=args.namespace, context=args.context)
     if args.tree:
         dest = args.to or parse_url(base).name or "."
         report = sync_down(base, dest, options=options)

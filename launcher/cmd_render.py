@@ -38,7 +38,8 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
                      help="nodes, one pod each (default: cards / 8 rounded up); cards must split "
                           "evenly, Ascend nodes take 1, 2, 4 or 8")
     job.add_argument("--name", help="job name, a DNS-1035 label (default: leo-<exp>-<accel><cards>)")
-    job.add_argument("--namespace", default="default", help="namespace (default: default)")
+    job.add_argument("--namespace", help="namespace (default: default; submit to Kubernetes: "
+                     "the kubeconfig context's namespace, else default)")
     job.add_argument("--context", help="kubeconfig context (used by submit)")
     job.add_argument("--image", help="training image (default: leo-launch:<accel>)")
     job.add_argument("--steps", type=int, metavar="N", help="meta-training steps (num_steps_limit)")
@@ -85,7 +86,7 @@ def spec_from_args(args: argparse.Namespace) -> Any:
 
     return build_job_spec(
         experiment=args.exp, accelerator=args.accel, cards=args.cards, nodes=args.nodes,
-        name=args.name, namespace=args.namespace, image=args.image, steps=args.steps,
+        name=args.name, namespace=args.namespace or "default", image=args.image, steps=args.steps,
         set_overrides=args.set_overrides, data_url=args.data_url, train_url=args.train_url,
         storage_secret=args.storage_secret, storage_endpoint=args.storage_endpoint,
         scheduler=args.scheduler, rank_table=args.rank_table, node_selectors=args.node_selectors,

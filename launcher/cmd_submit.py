@@ -1,8 +1,10 @@
 """`leo-launch submit`: render, validate and submit a job.
 
-Only `--dry-run` works so far (it prints exactly what `render` prints); the
-k8s and local backends arrive with the cluster-operations issue and plug in at
-`submit()` below.
+`--dry-run` prints exactly what `render` prints. Otherwise `submit()` below hands the
+job to a backend: `k8s` (launcher.cluster: the objects are created in the cluster of
+the kubeconfig context) or `local` (launcher.local_backend: the same bootstrap as
+detached processes on this machine); `auto` picks k8s when a kubeconfig or an
+in-cluster service account exists, else local, and says which on stderr.
 """
 
 from __future__ import annotations
@@ -29,8 +31,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "auto (default: k8s when a cluster is configured, else local)")
     sub.add_argument("--dry-run", action="store_true",
                      help="render and validate only; print the manifests (same output as render)")
-    sub.add_argument("--wait", action="store_true", help="wait until the job ends; exit code = job result")
-    sub.add_argument("-f", "--follow", action="store_true", help="stream the logs of every rank")
+    sub.add_argument("--wait", action="store_true",
+                     help="return once every rank runs (exit code 0) or the job failed (1), "
+                          "reporting why it is pending meanwhile")
+    sub.add_argument("-f", "--follow", action="store_true",
+                     help="stream the logs of every rank until the job ends; exit code 0 when "
+                          "it succeeded, else 1")
     add_output_argument(parser)
 
 
@@ -48,8 +54,30 @@ def run(args: argparse.Namespace) -> int:
 
 def submit(spec: Any, objects: list[dict[str, Any]], args: argparse.Namespace) -> int:
     """Create the job with the chosen backend (args.backend, args.context, args.wait, args.follow)."""
-    from launcher.errors import LaunchError
+    import dataclasses
+    import sys
 
-    raise LaunchError(f"submission backends (k8s, local) arrive with the cluster-operations issue; "
-                      f"--backend {args.backend} is not available yet: use --dry-run (or render) "
-                      "and kubectl apply -f")
+    from launcher.errors import UsageError
+    from launcher.jobs import choose_backend
+
+    if spec.data_url is None:
+        raise UsageError("submit needs --data-url: the embeddings (s3://, obs://, file:// or a path)")
+    backend = choose_backend(args.backend)
+    if args.backend == "auto":
+        why = ("a Kubernetes configuration was found" if backend == "k8s"
+               else "no Kubernetes configuration was found")
+        print(f"leo-launch: backend {backend} ({why}; choose with --backend)", file=sys.stderr)
+    if backend == "local":
+        from launcher.local_backend import submit as submit_local
+
+        return submit_local(spec, wait=args.wait, follow=args.follow)
+    from launcher import cluster
+    from launcher.cmd_render import warnings
+    from launcher.render import render_validated
+
+    target = cluster.connect(args.context, args.namespace)
+    if args.namespace is None and spec.namespace != target.namespace:
+        spec = dataclasses.replace(spec, namespace=target.namespace)  # the context's namespace
+        objects = render_validated(spec)
+    return cluster.submit(target, spec, objects, wait=args.wait, follow=args.follow,
+                          warnings=warnings(spec))

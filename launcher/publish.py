@@ -457,10 +457,13 @@ def state_dir(environ: dict[str, str] | None = None) -> Path:
     return Path(base) / "leo-launch"
 
 
-def resolve_job_url(name_or_url: str, environ: dict[str, str] | None = None) -> str:
+def resolve_job_url(name_or_url: str, environ: dict[str, str] | None = None, *,
+                    namespace: str | None = None, context: str | None = None) -> str:
     """The base URL of a job: a URL or path is returned as given; a job NAME is looked up
     in the local job registry (`$XDG_STATE_HOME/leo-launch/jobs/<name>/job.yaml`, key
-    `train_url`) and becomes `<train_url>/<name>`."""
+    `train_url`) and becomes `<train_url>/<name>`; a name that is not there is looked up
+    on the configured Kubernetes cluster (the job's ConfigMap, in `namespace` of
+    `context`)."""
     text = name_or_url.strip()
     if "://" in text or "/" in text or text.startswith((".", "~")):
         return str(parse_url(text))
@@ -473,7 +476,18 @@ def resolve_job_url(name_or_url: str, environ: dict[str, str] | None = None) -> 
 
         data = yaml.safe_load(job_yaml.read_text())
     except FileNotFoundError:
-        raise LaunchError(f"unknown job {text!r}: {job_yaml} does not exist; pass the job's "
+        from launcher.jobs import kube_configured
+
+        if kube_configured(environ):
+            from launcher.cluster import train_url_of
+
+            url = train_url_of(text, namespace=namespace, context=context)
+            if url is not None:
+                return url
+            where = f"{job_yaml} does not exist and the cluster has no job of that name"
+        else:
+            where = f"{job_yaml} does not exist"
+        raise LaunchError(f"unknown job {text!r}: {where}; pass the job's "
                           f"URL instead (<train_url>/{text})") from None
     except (OSError, ValueError) as err:
         raise LaunchError(f"cannot read {job_yaml}: {str(err).splitlines()[0]}") from None

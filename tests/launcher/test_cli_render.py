@@ -60,11 +60,11 @@ def test_submit_dry_run_prints_exactly_what_render_prints(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("backend", ["auto", "k8s", "local"])
-def test_submit_without_dry_run_says_backends_are_not_there_yet(capsys, backend):
+def test_submit_without_data_url_is_refused_before_any_backend_starts(capsys, backend):
     code, out, err = run_cli(capsys, ["submit", *BASE, "--train-url", "/out", "--backend", backend,
                                       "--wait", "--follow"])
-    assert code == 1 and out == ""
-    assert len(err.splitlines()) == 1 and "cluster-operations issue" in err and "--dry-run" in err
+    assert code == 2 and out == ""
+    assert len(err.splitlines()) == 1 and "submit needs --data-url" in err
 
 
 BAD_INPUTS = [
