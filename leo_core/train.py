@@ -8,14 +8,25 @@ draws the same episodes from the shared seed and trains on its own contiguous
 slice of the tasks; per-rank losses are pre-scaled so the all-reduced SUM of the
 gradients is the gradient of the original's mean objective. W ranks × B/W tasks
 therefore make the same update as one process × B tasks. Only rank 0 writes.
+
+A rank that fails after joining the cluster (e.g. its all-reduce times out because a
+peer died) prints the traceback and exits with status 1 at once, skipping MindSpore's
+interpreter shutdown, which would wait for the scheduler; see `leo_core.distributed`
+for the timeouts that bound how long survivors wait.
+
+Debugging/testing hook: with `LEO_DUMP_PARAMS_DIR=DIR` in the environment, EVERY rank
+writes its final parameters to `DIR/params-rank<r>.npz` (one array per parameter name,
+plus `step`) at the end of `Trainer.run`, so data-parallel ranks can be compared.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+import traceback
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script (msrun takes a script path)
@@ -181,7 +192,18 @@ class Trainer:
             # Runs shorter than checkpoint_steps still leave a best checkpoint.
             self._validate_and_log()
             self.save()
+        self.dump_parameters()
         return self.best
+
+    def dump_parameters(self) -> Path | None:
+        """Opt-in (env LEO_DUMP_PARAMS_DIR): this rank's parameters to params-rank<r>.npz."""
+        target = os.environ.get("LEO_DUMP_PARAMS_DIR")
+        if not target:
+            return None
+        path = Path(target) / f"params-rank{self.comm.rank}.npz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, step=np.int64(self.step), **self.model.params)
+        return path
 
     def _validate_and_log(self) -> None:
         result = self.validate()
@@ -202,6 +224,15 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
+def _exit_failed_rank(comm: Comm) -> None:
+    """End a failed data-parallel rank now, with status 1 (see the module docstring)."""
+    print(f"rank {comm.rank}: training failed", file=sys.stderr)
+    traceback.print_exc()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     with cli_common.exit_on_user_error():
@@ -214,7 +245,12 @@ def main(argv: list[str] | None = None) -> int:
         trainer = Trainer(cfg, Path(args.data_root), args.out, args.seed, comm, args.log_every)
         if args.resume:
             trainer.restore()
-    best = trainer.run(cfg.num_steps_limit)
+    try:
+        best = trainer.run(cfg.num_steps_limit)
+    except Exception:
+        if comm.world == 1:
+            raise
+        _exit_failed_rank(comm)
     if comm.is_main:
         print(f"done: best validation accuracy {100 * best['accuracy']:.2f}% at step {best['step']}; "
               f"checkpoints in {args.out / 'checkpoints'}", flush=True)
