@@ -529,9 +529,18 @@ class Bootstrap:
         return code
 
     def stage_data(self, spec: js.JobSpec, config: Any) -> Path:
-        from launcher.storage import NotFoundError
-        from launcher.storage_stage import stage
+        from launcher.storage import NotFoundError, StorageError, parse_url
+        from launcher.storage_stage import find_data_root, stage
 
+        url = parse_url(spec.data_url)
+        if url.is_local:  # a directory used in place: what it lacks will not appear by retrying
+            if not Path(url.path).exists():
+                raise BadConfig(f"data_url {url}: no such file or directory")
+            if Path(url.path).is_dir():
+                try:
+                    find_data_root(Path(url.path))
+                except StorageError as err:
+                    raise BadConfig(f"data_url: {err}") from None
         self.stage("staging")
         self.out.node(f"staging {spec.data_url} into {self.paths.cache}")
         started = time.monotonic()

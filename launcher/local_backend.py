@@ -205,6 +205,34 @@ def submit(spec: js.JobSpec, *, wait: bool = False, follow: bool = False,
     if spec.train_url is None:
         spec = dataclasses.replace(spec, train_url=default_train_url(env))
         err.write(f"leo-launch: outputs go to {spec.train_url}/{spec.name} (no --train-url)\n")
+    final, token = create_job_dir(spec, env)
+    child_env = dict(env)
+    child_env[ENV_LOCAL_JOB] = f"{spec.name}:{token}"
+    child_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    child_env.setdefault("PYTHONUNBUFFERED", "1")
+    with open(final / SUPERVISOR_LOG, "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "launcher.local_backend", str(final)],
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                env=child_env, cwd=final, start_new_session=True, close_fds=True)
+    (final / PID_FILE).write_text(f"{proc.pid}\n")
+    out.write(f"job {spec.name} started on this machine ({spec.cards} CPU worker process(es), "
+              f"supervisor pid {proc.pid}); follow it with: leo-launch logs {spec.name} -f\n")
+    out.flush()
+    if follow:
+        logs(spec.name, follow=True, all_ranks=True, environ=env, out=out)
+        return 0 if wait_for(spec.name, FINAL_PHASES, environ=env)["phase"] == "Succeeded" else 1
+    if wait:
+        status = wait_for(spec.name, FINAL_PHASES, environ=env, all_running=True)
+        out.write(f"job {spec.name}: {status['phase']}"
+                  + (f" ({status['reason']})" if status.get("reason") else "") + "\n")
+        return 1 if status["phase"] == "Failed" else 0
+    return 0
+
+
+def create_job_dir(spec: js.JobSpec, environ: Mapping[str, str] | None = None) -> tuple[Path, str]:
+    """Write the job's state directory (atomically: a duplicate name is refused) and
+    return it with the job's process-mark token."""
+    env = dict(os.environ if environ is None else environ)
     root = jobs_root(env)
     final = root / spec.name
     if final.exists():
@@ -229,27 +257,7 @@ def submit(spec: js.JobSpec, *, wait: bool = False, follow: bool = False,
             raise JobExistsError(_exists_message(LocalJob(spec.name, final), env)) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    child_env = dict(env)
-    child_env[ENV_LOCAL_JOB] = f"{spec.name}:{token}"
-    child_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    child_env.setdefault("PYTHONUNBUFFERED", "1")
-    with open(final / SUPERVISOR_LOG, "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "launcher.local_backend", str(final)],
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                env=child_env, cwd=final, start_new_session=True, close_fds=True)
-    (final / PID_FILE).write_text(f"{proc.pid}\n")
-    out.write(f"job {spec.name} started on this machine ({spec.cards} CPU worker process(es), "
-              f"supervisor pid {proc.pid}); follow it with: leo-launch logs {spec.name} -f\n")
-    out.flush()
-    if follow:
-        logs(spec.name, follow=True, all_ranks=True, environ=env, out=out)
-        return 0 if wait_for(spec.name, FINAL_PHASES, environ=env)["phase"] == "Succeeded" else 1
-    if wait:
-        status = wait_for(spec.name, FINAL_PHASES, environ=env, all_running=True)
-        out.write(f"job {spec.name}: {status['phase']}"
-                  + (f" ({status['reason']})" if status.get("reason") else "") + "\n")
-        return 1 if status["phase"] == "Failed" else 0
-    return 0
+    return final, token
 
 
 def _exists_message(job: LocalJob, environ: Mapping[str, str] | None = None) -> str:
@@ -284,7 +292,10 @@ def wait_for(name: str, phases: tuple[str, ...], *, environ: Mapping[str, str] |
 class Supervisor:
     """Runs the bootstrap until it succeeds, fails for good or is cancelled."""
 
-    def __init__(self, path: Path) -> None:
+    BOOTSTRAP = ("-m", "launcher.bootstrap")
+
+    def __init__(self, path: Path, command: list[str] | None = None) -> None:
+        self.command = command or [sys.executable, *self.BOOTSTRAP]
         self.job = LocalJob(path.name, path)
         self.state = self.job.state()
         self.cancelled = False
@@ -308,10 +319,17 @@ class Supervisor:
                 pass
 
     def run(self) -> int:
+        signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        previous = {sig: signal.signal(sig, self.on_signal) for sig in signals}
+        try:
+            return self._run()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _run(self) -> int:
         from launcher.bootstrap import ENV_STATUS_FILE, ENV_WORK_DIR, kill_marked
 
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, self.on_signal)
         spec = self.job.spec()
         mark = self.job.mark(self.state)
         work = self.job.work
@@ -338,7 +356,7 @@ class Supervisor:
                              f"({time.strftime('%Y-%m-%d %H:%M:%S')})\n".encode())
                 output.flush()
                 self.current = subprocess.Popen(
-                    [sys.executable, "-m", "launcher.bootstrap"], stdin=subprocess.DEVNULL,
+                    self.command, stdin=subprocess.DEVNULL,
                     stdout=output, stderr=subprocess.STDOUT, env=env, cwd=work,
                     start_new_session=True)
             self.save(bootstrap_pid=self.current.pid)
