@@ -697,6 +697,16 @@ def our_pods(api: ClusterAPI, namespace: str | None, job: str | None = None) -> 
     return [p for p in api.list(*POD, namespace, label_selector=selector) if is_ours(p, job)]
 
 
+def _optional(api: ClusterAPI, kind: tuple[str, str], namespace: str, **selectors: Any) -> list[dict[str, Any]]:
+    """Objects that only refine a status (events, PodGroups): none when we may not read them."""
+    try:
+        return api.list(*kind, namespace, **selectors)
+    except KubeError as err:
+        if err.status in (401, 403):
+            return []
+        raise
+
+
 def status(cluster: Cluster, name: str, namespace: str | None = None, *,
            progress: bool = True) -> dict[str, Any]:
     api, ns = cluster.api, namespace or cluster.namespace
@@ -707,10 +717,10 @@ def status(cluster: Cluster, name: str, namespace: str | None = None, *,
                 else "")
         raise JobNotFoundError(f"no job {name!r} in namespace {ns} ({cluster.describe()}){hint}")
     pods = our_pods(api, ns, name)
-    groups = podgroups_of(api.list(*PODGROUP, ns), name) if info.scheduler == "volcano" else []
+    groups = podgroups_of(_optional(api, PODGROUP, ns), name) if info.scheduler == "volcano" else []
     result = summarize(info, pods, podgroups=groups)
     if result["phase"] in ("Pending", "Restarting"):
-        events = api.list(*EVENT, ns, field_selector="type=Warning")
+        events = _optional(api, EVENT, ns, field_selector="type=Warning")
         result = summarize(info, pods, events=events, podgroups=groups)
     if progress:
         result.update(read_progress(info.job_url, endpoint=info.storage_endpoint))

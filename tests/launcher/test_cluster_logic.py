@@ -145,6 +145,7 @@ class FakeAPI:
         self.objects = {}
         self.fail_create, self.fail_delete = set(fail_create), set(fail_delete)
         self.calls = []
+        self.forbidden = set()
 
     def key(self, api_version, kind, namespace, name):
         return (api_version, kind, namespace, name)
@@ -164,6 +165,8 @@ class FakeAPI:
         return self.objects.get(self.key(api_version, kind, namespace, name))
 
     def list(self, api_version, kind, namespace, *, label_selector=None, field_selector=None):
+        if kind in self.forbidden:
+            raise cluster.KubeError(403, "Forbidden", f"{kind.lower()}s is forbidden")
         return [o for (v, k, ns, _), o in self.objects.items()
                 if (v, k) == (api_version, kind) and namespace in (None, ns)]
 
@@ -320,3 +323,17 @@ def test_status_table_groups_ranks_by_pod():
     assert lines[-2].split() == ["0-1", "0", "leo-u-0-a", "Running", "n1", "0", "5m"]
     assert lines[-1].split()[:4] == ["2-3", "1", "leo-u-1-b", "Pending"]
     assert "(Unschedulable: 0/2 nodes)" in lines[-1]
+
+
+def test_status_without_permission_to_read_events_still_says_why_it_waits():
+    s = spec()
+    api = FakeAPI()
+    cluster.submit(fake_cluster(api), s, render(s), out=io.StringIO(), err=io.StringIO())
+    api.objects[("v1", "Pod", "default", "leo-u-0-abcde")] = pod("leo-u", 0, conditions=[
+        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/1 nodes"}])
+    api.forbidden = {"Event"}
+    result = cluster.status(fake_cluster(api), "leo-u", progress=False)
+    assert (result["phase"], result["reason"]) == ("Pending", "Unschedulable: 0/1 nodes")
+    api.forbidden = {"Pod"}
+    with pytest.raises(cluster.KubeError, match="Forbidden"):
+        cluster.status(fake_cluster(api), "leo-u", progress=False)

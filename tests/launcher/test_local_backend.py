@@ -133,7 +133,7 @@ def wait(condition, timeout, what, e2e, name):
         value = condition()
         if value:
             return value
-        time.sleep(1)
+        time.sleep(0.5)
     log = lb.job_dir(name, e2e["env"]) / lb.OUTPUT_LOG
     tail = "\n".join(log.read_text().splitlines()[-40:]) if log.exists() else "(no output)"
     raise AssertionError(f"{what} within {timeout} s; the job's output ends with:\n{tail}")
