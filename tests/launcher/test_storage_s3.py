@@ -301,7 +301,7 @@ def test_server_stopped_mid_transfer(private_server, tmp_path, direction, part_s
     big = tmp_path / "big.bin"
     big.write_bytes(os.urandom(48 * MB))
     options = StorageOptions(endpoint=server.endpoint, path_style=True, max_attempts=2,
-                             connect_timeout=2, read_timeout=5, concurrency=2, part_size=part_size)
+                             connect_timeout=2, read_timeout=2, concurrency=2, part_size=part_size)
     if direction == "download":
         sync_up(tmp_path, f"s3://{bucket}/d", options=options)
     started, stopped = threading.Event(), threading.Event()
