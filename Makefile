@@ -20,6 +20,9 @@ $(STAMP): pyproject.toml
 test: install
 	$(BIN)/python -m pytest
 
+demo: install
+	$(BIN)/python -m launcher.demo
+
 lint: install
 	$(BIN)/ruff check launcher leo_core tests
 
