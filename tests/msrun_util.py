@@ -19,7 +19,6 @@ stragglers by pid. Nothing is killed by name.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -30,6 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+
+from launcher.bootstrap import kill_processes
+from launcher.local_backend import workers_by_rank
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -127,21 +129,8 @@ class Job:
         return alive
 
     def workers(self) -> dict[int, psutil.Process]:
-        """Live msrun workers by rank.
-
-        msrun exports MS_ROLE / RANK_ID before starting each worker with `setsid`; its
-        `tail -f` log followers inherit the same variables but lead no process group.
-        """
-        found = {}
-        for proc in self.processes():
-            try:
-                env = proc.environ()
-                leader = os.getpgid(proc.pid) == proc.pid
-            except (psutil.Error, OSError):
-                continue
-            if leader and env.get("MS_ROLE") == "MS_WORKER" and env.get("RANK_ID", "").isdigit():
-                found[int(env["RANK_ID"])] = proc
-        return found
+        """Live msrun workers by rank (the launcher's own rule, see workers_by_rank)."""
+        return workers_by_rank(self.processes())
 
     def output(self) -> str:
         if not self._output.closed:
@@ -185,28 +174,11 @@ class Job:
 
     def kill(self) -> None:
         """SIGKILL every process group of the job, then any straggler by pid; reap msrun."""
-        own_group = os.getpgrp()
         for _ in range(3):
             procs = self.processes()
             if not procs:
                 break
-            groups = set()
-            for proc in procs:
-                try:
-                    groups.add(os.getpgid(proc.pid))
-                except OSError:
-                    pass
-            for group in groups - {own_group, 0, 1}:
-                try:
-                    os.killpg(group, signal.SIGKILL)
-                except OSError:
-                    pass
-            for proc in procs:
-                try:
-                    proc.kill()
-                except psutil.Error:
-                    pass
-            psutil.wait_procs(procs, timeout=5)
+            kill_processes(procs)
         try:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
