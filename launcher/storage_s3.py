@@ -205,16 +205,20 @@ class ObjectStore:
         data, _ = self._get(key)
         return data
 
+    def _get_object(self, key: str, what) -> dict:
+        """GetObject, with a missing key (or bucket) turned into one clear error."""
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+        except Exception as err:  # noqa: BLE001 - translated
+            if _code(err) in ("NoSuchKey", "404"):
+                self._probe()
+                raise NotFoundError(f"{what} does not exist") from None
+            raise self._error(err, key, probe=True) from err
+
     def _get(self, key: str) -> tuple[bytes, str]:
         """GET a whole object with retries of interrupted bodies; verified; (data, sha256)."""
         for attempt in range(1, self._attempts + 1):
-            try:
-                response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
-            except Exception as err:  # noqa: BLE001 - translated
-                if _code(err) in ("NoSuchKey", "404"):
-                    self._probe()
-                    raise NotFoundError(f"{self.url.child(key)} does not exist") from None
-                raise self._error(err, key, probe=True) from err
+            response = self._get_object(key, self.url.child(key))
             try:
                 data = response["Body"].read()
                 break
@@ -305,13 +309,7 @@ class ObjectStore:
         tmp = tmp_path(dest)
         try:
             for attempt in range(1, self._attempts + 1):
-                try:
-                    response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
-                except Exception as err:  # noqa: BLE001 - translated
-                    if _code(err) in ("NoSuchKey", "404"):
-                        self._probe()
-                        raise NotFoundError(f"{what} does not exist") from None
-                    raise self._error(err, key, probe=True) from err
+                response = self._get_object(key, what)
                 recorded = (response.get("Metadata") or {}).get(SHA_KEY)
                 etag_md5 = ObjectInfo(key, 0, _etag(response.get("ETag"))).md5
                 sha = hashlib.sha256()
