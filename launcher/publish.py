@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import re
-import secrets
 import shutil
 import threading
 import time
@@ -38,7 +37,6 @@ from typing import Any
 
 from launcher.errors import LaunchError, UsageError
 from launcher.storage import (
-    TMP_PREFIX,
     IntegrityError,
     NotFoundError,
     ObjectInfo,
@@ -54,7 +52,7 @@ from launcher.storage_files import (
     atomic_write,
     hash_file,
     local_error,
-    remove_stale_tmp,
+    prepare_tmp_root,
     safe_parts,
     walk_files,
 )
@@ -157,12 +155,7 @@ def _fetch_checkpoint(store: Store, name: str, dest_root: Path) -> tuple[Path, d
     dest = dest_root / name
     if dest.is_dir() and verify_checkpoint(dest, manifest):
         return dest, manifest
-    try:
-        dest_root.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise local_error(err, dest_root) from err
-    remove_stale_tmp(dest_root, recursive=False)
-    token = f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+    token = prepare_tmp_root(dest_root)
     tmp, old = dest_root / f"{token}-{name}", dest_root / f"{token}-old-{name}"
     try:
         items = [(f"checkpoints/{name}/{f['name']}", tmp.joinpath(*f["name"].split("/")),

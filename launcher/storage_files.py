@@ -73,10 +73,26 @@ def walk_files(root: Path) -> dict[str, Path]:
     return files
 
 
+def tmp_token() -> str:
+    """The start of a temporary name; the pid in it lets a later run remove what a
+    killed run left."""
+    return f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+
+
 def tmp_path(dest: Path) -> Path:
-    """A temporary name beside `dest` (same file system, so os.replace is atomic); the
-    pid in it lets a later run remove what a killed run left."""
-    return dest.parent / f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-{dest.name[:160]}"
+    """A temporary name beside `dest` (same file system, so os.replace is atomic)."""
+    return dest.parent / f"{tmp_token()}-{dest.name[:160]}"
+
+
+def prepare_tmp_root(root: Path) -> str:
+    """Create `root`, remove temporaries dead processes left directly in it, and return
+    a fresh token for this process's temporaries there."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise local_error(err, root) from err
+    remove_stale_tmp(root, recursive=False)
+    return tmp_token()
 
 
 def atomic_write(path: Path, data: bytes, *, durable: bool = False) -> None:

@@ -17,7 +17,6 @@ import fcntl
 import hashlib
 import json
 import os
-import secrets
 import shutil
 import time
 import zipfile
@@ -26,7 +25,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from launcher.storage import (
-    TMP_PREFIX,
     StorageError,
     StorageOptions,
     StorageURL,
@@ -34,7 +32,12 @@ from launcher.storage import (
     open_store,
     parse_url,
 )
-from launcher.storage_files import atomic_write, local_error, remove_stale_tmp, safe_parts
+from launcher.storage_files import (
+    atomic_write,
+    local_error,
+    prepare_tmp_root,
+    safe_parts,
+)
 from launcher.storage_sync import sync_down
 
 DATA_DIR = "data"  # the staged tree: <cache_dir>/data
@@ -140,12 +143,7 @@ def _read_marker(path: Path) -> dict:
 
 def _stage_zip(store: Store, url: StorageURL, cache: Path, target: Path) -> None:
     """Download the zip (verified), unpack it beside `target`, rename it into place."""
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise local_error(err, cache) from err
-    remove_stale_tmp(cache, recursive=False)
-    token = f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+    token = prepare_tmp_root(cache)
     archive, unpacked, old = cache / f"{token}-{url.name}", cache / f"{token}-unpacked", cache / f"{token}-old"
     try:
         store.get_file(url.name, archive)
