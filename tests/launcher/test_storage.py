@@ -40,6 +40,11 @@ def make_tree(root: Path, small: int = 30) -> dict[str, bytes]:
     for i in range(small):
         content[f"d{i % 4}/sub/f{i}.bin"] = os.urandom(100 + 37 * i)
     content["top.txt"] = b"hello\n"
+    return write_tree(root, content)
+
+
+def write_tree(root: Path, content: dict[str, bytes]) -> dict[str, bytes]:
+    """Write `content` (relative path -> bytes) under `root`; returns it."""
     for key, data in content.items():
         path = root / key
         path.parent.mkdir(parents=True, exist_ok=True)

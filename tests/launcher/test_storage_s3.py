@@ -28,7 +28,7 @@ from launcher.storage import (
     sync_up,
     write_json,
 )
-from launcher.storage_files import walk_files
+from tests.launcher.test_storage import read_tree, write_tree
 from tests.s3server import start_s3_server
 
 pytestmark = pytest.mark.integration
@@ -45,15 +45,7 @@ def make_tree(root: Path, small: int = 200, big: int = 21 * MB) -> dict[str, byt
     content = {f"small/{i % 10}/file-{i}.bin": os.urandom(64 + (i * 97) % 4000) for i in range(small)}
     if big:
         content["big/embeddings.pkl"] = os.urandom(big)
-    for key, data in content.items():
-        path = root / key
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-    return content
-
-
-def read_tree(root: Path) -> dict[str, bytes]:
-    return {key: path.read_bytes() for key, path in walk_files(root).items()}
+    return write_tree(root, content)
 
 
 @pytest.fixture(scope="module")
