@@ -21,10 +21,12 @@ test: install
 	$(BIN)/python -m pytest
 
 demo: install
-	$(BIN)/python -m launcher.demo
+	$(BIN)/python -m launcher.cli.demo
 
+# ruff, then the layered import contract in pyproject.toml ([tool.importlinter]).
 lint: install
 	$(BIN)/ruff check launcher leo_core tests
+	$(BIN)/lint-imports --no-cache
 
 bench-core: install
 	$(BIN)/python tests/benchmarks/bench_core.py

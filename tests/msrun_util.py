@@ -30,8 +30,8 @@ from pathlib import Path
 
 import psutil
 
-from launcher.bootstrap import kill_processes
-from launcher.local_backend import workers_by_rank
+from launcher.backends.localjob import workers_by_rank
+from launcher.util.procs import kill_processes
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent

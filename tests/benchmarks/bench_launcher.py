@@ -78,9 +78,9 @@ def _job_flags(inventory: Path | None, scheduler: str = "job", accel: str = "asc
 _COLD = """
 import sys, time
 start = time.perf_counter()
-from launcher.cli import build_parser
-from launcher.cmd_render import spec_from_args
-from launcher.render import render_validated
+from launcher.cli.main import build_parser
+from launcher.cli.cmd_render import spec_from_args
+from launcher.render.render import render_validated
 args = build_parser().parse_args(["render", *sys.argv[1:]])
 objects = render_validated(spec_from_args(args))
 print(time.perf_counter() - start)
@@ -89,8 +89,8 @@ print(time.perf_counter() - start)
 
 def _warm(flags: list[str], repeat: int) -> dict[str, float]:
     from launcher import manifest_check, render
-    from launcher.cli import build_parser
-    from launcher.cmd_render import spec_from_args
+    from launcher.cli.cmd_render import spec_from_args
+    from launcher.cli.main import build_parser
 
     args = build_parser().parse_args(["render", *flags])
     render.render_validated(spec_from_args(args))  # imports, schemas and validators loaded once

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from launcher.cli import main
+from launcher.cli.main import main
 
 
 def run_cli(capsys: Any, argv: list[str]) -> tuple[int, str, str]:

@@ -1,0 +1,68 @@
+"""Where jobs run. `get_backend()` is the one way a command reaches a backend:
+`k8s` (launcher.backends.kubernetes: the cluster of the kubeconfig context) or `local`
+(launcher.backends.local: detached processes on this machine). `auto` picks, for a
+command about job NAME, a local job of that name, else the configured cluster, else
+local; for submit and list, the cluster when one is configured, else local.
+
+`outputs_url()` says where a job's outputs are, for `pull` and `report`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from launcher.backends.base import Backend
+from launcher.errors import UsageError
+from launcher.k8s.config import kube_configured
+from launcher.spec.names import check_job_name, looks_like_url
+
+BACKENDS = ("auto", "k8s", "local")
+
+
+def choose_backend(requested: str, name: str | None = None,
+                   environ: Mapping[str, str] | None = None) -> str:
+    """`k8s` or `local` (see the module docstring)."""
+    if requested in ("k8s", "local"):
+        return requested
+    if requested != "auto":
+        raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}")
+    if name is not None and local_job_exists(name, environ):
+        return "local"
+    return "k8s" if kube_configured(environ) else "local"
+
+
+def local_job_exists(name: str, environ: Mapping[str, str] | None = None) -> bool:
+    from launcher.backends.localjob import job_dir
+
+    return job_dir(name, environ).is_dir()
+
+
+def get_backend(requested: str = "auto", name: str | None = None, *,
+                context: str | None = None, namespace: str | None = None,
+                environ: Mapping[str, str] | None = None) -> Backend:
+    """The backend for a command about job `name` (None: submit, list)."""
+    if choose_backend(requested, name, environ) == "local":
+        from launcher.backends.local import LocalBackend
+
+        return LocalBackend(environ)
+    from launcher.backends.kubernetes import KubernetesBackend
+
+    return KubernetesBackend.connect(context, namespace)
+
+
+def outputs_url(name_or_url: str, *, requested: str = "auto", context: str | None = None,
+                namespace: str | None = None, environ: Mapping[str, str] | None = None) -> str:
+    """The base URL of a job's outputs: a URL or path is returned as given (normalised);
+    a job NAME is looked up as `get_backend` would (local job registry, then the
+    configured cluster) and becomes `<train_url>/<name>`."""
+    from launcher.storage import parse_url
+
+    text = name_or_url.strip()
+    if looks_like_url(text):
+        return str(parse_url(text))
+    try:
+        name = check_job_name(text)
+    except UsageError as err:
+        raise UsageError(f"{text!r} is neither a storage URL nor a job name (lowercase letters, "
+                         "digits and '-', starting with a letter)") from err
+    backend = get_backend(requested, name, context=context, namespace=namespace, environ=environ)
+    return backend.outputs_url(name)

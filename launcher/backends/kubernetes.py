@@ -1,0 +1,390 @@
+"""The Kubernetes backend: submit, status, logs, list and cancel with the official client,
+through the thin `ClusterAPI` (launcher.k8s.api) and the pure reading of API objects
+(launcher.k8s.state).
+
+What a job is made of: the ConfigMap `<name>-config` (job.yaml, experiment.yaml), for
+`--scheduler job` a headless Service and an Indexed `batch/v1` Job, for `--scheduler
+volcano` a `batch.volcano.sh/v1alpha1` Job (its PodGroup is Volcano's), for Ascend with
+Volcano also `rings-config-<name>`. Every object and pod is labelled
+`app.kubernetes.io/managed-by: leo-launch` and `leo-launch/job: <name>`; label selectors
+are sent to the API and also checked here.
+"""
+
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TextIO
+
+from launcher.backends.base import (
+    FINAL_PHASES,
+    JobExistsError,
+    JobNotFoundError,
+    JobStatus,
+)
+from launcher.errors import LaunchError, UsageError
+from launcher.k8s.api import (
+    BATCH_JOB,
+    CONFIGMAP,
+    EVENT,
+    POD,
+    PODGROUP,
+    SERVICE,
+    VOLCANO_JOB,
+    ClusterAPI,
+    KubeError,
+)
+from launcher.k8s.config import Cluster, connect
+from launcher.k8s.state import (
+    JobInfo,
+    container_status,
+    current_pod,
+    is_ours,
+    job_info,
+    labels_of,
+    meta,
+    pod_rank,
+    podgroups_of,
+    pods_by_rank,
+    summarize,
+)
+from launcher.outputs.layout import job_url_of
+from launcher.outputs.logs import last_lines, print_published_logs, rank_filter
+from launcher.outputs.metrics import read_progress
+from launcher.spec import contract
+from launcher.spec import jobspec as js
+
+POLL = 2.0
+
+
+# ------------------------------------------------------------------ reading a job
+
+
+def read_spec(api: ClusterAPI, name: str, namespace: str) -> js.JobSpec | None:
+    """The JobSpec in the job's ConfigMap (None when missing or unreadable)."""
+    cm = api.get(*CONFIGMAP, namespace, f"{name}-config")
+    if not cm or not is_ours(cm):
+        return None
+    text = (cm.get("data") or {}).get(contract.JOB_FILE)
+    if not text:
+        return None
+    try:
+        return js.JobSpec.from_yaml(text)
+    except Exception:  # noqa: BLE001 - e.g. written by another version of leo-launch
+        return None
+
+
+def find_job(api: ClusterAPI, name: str, namespace: str,
+             spec: js.JobSpec | None = None) -> JobInfo | None:
+    order = ("volcano", "job") if spec is not None and spec.scheduler == "volcano" else ("job", "volcano")
+    for scheduler in order:
+        kind = VOLCANO_JOB if scheduler == "volcano" else BATCH_JOB
+        obj = api.get(*kind, namespace, name)
+        if obj is not None:
+            if not is_ours(obj):
+                raise JobNotFoundError(f"{kind[0]} Job {name} in namespace {namespace} is not "
+                                       "managed by leo-launch")
+            return job_info(obj, scheduler, spec)
+    return None
+
+
+def our_pods(api: ClusterAPI, namespace: str | None, job: str | None = None) -> list[dict[str, Any]]:
+    selector = f"{contract.LABEL_JOB}={job}" if job else f"{contract.LABEL_MANAGED_BY}={contract.MANAGER}"
+    return [p for p in api.list(*POD, namespace, label_selector=selector) if is_ours(p, job)]
+
+
+def _optional(api: ClusterAPI, kind: tuple[str, str], namespace: str, **selectors: Any) -> list[dict[str, Any]]:
+    """Objects that only refine a status (events, PodGroups): none when we may not read them."""
+    try:
+        return api.list(*kind, namespace, **selectors)
+    except KubeError as err:
+        if err.status in (401, 403):
+            return []
+        raise
+
+
+def status(cluster: Cluster, name: str, namespace: str | None = None, *,
+           progress: bool = True) -> dict[str, Any]:
+    api, ns = cluster.api, namespace or cluster.namespace
+    spec = read_spec(api, name, ns)
+    info = find_job(api, name, ns, spec)
+    if info is None:
+        hint = (" (its ConfigMap is left over: leo-launch cancel removes it)" if spec is not None
+                else "")
+        raise JobNotFoundError(f"no job {name!r} in namespace {ns} ({cluster.describe()}){hint}")
+    pods = our_pods(api, ns, name)
+    groups = podgroups_of(_optional(api, PODGROUP, ns), name) if info.scheduler == "volcano" else []
+    result = summarize(info, pods, podgroups=groups)
+    if result["phase"] in ("Pending", "Restarting"):
+        events = _optional(api, EVENT, ns, field_selector="type=Warning")
+        result = summarize(info, pods, events=events, podgroups=groups)
+    if progress:
+        result.update(read_progress(info.job_url, endpoint=info.storage_endpoint))
+    return result
+
+
+def list_jobs(cluster: Cluster, namespace: str | None = None, *, all_namespaces: bool = False,
+              progress: bool = True) -> list[dict[str, Any]]:
+    api = cluster.api
+    ns = None if all_namespaces else (namespace or cluster.namespace)
+    selector = f"{contract.LABEL_MANAGED_BY}={contract.MANAGER}"
+    infos = [job_info(j, "job") for j in api.list(*BATCH_JOB, ns, label_selector=selector) if is_ours(j)]
+    infos += [job_info(j, "volcano") for j in api.list(*VOLCANO_JOB, ns, label_selector=selector)
+              if is_ours(j)]
+    pods: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for pod in our_pods(api, ns):
+        key = (meta(pod).get("namespace", ""), labels_of(pod).get(contract.LABEL_JOB, ""))
+        pods.setdefault(key, []).append(pod)
+    items = [summarize(info, pods.get((info.namespace, info.name), [])) for info in infos]
+    if progress and items:
+        with ThreadPoolExecutor(max_workers=min(8, len(items))) as pool:
+            found = list(pool.map(lambda info: read_progress(info.job_url, endpoint=info.storage_endpoint),
+                                  infos))
+        for item, extra in zip(items, found, strict=True):
+            item.update(extra)
+    return sorted(items, key=lambda i: (i.get("namespace", ""), i["name"]))
+
+
+def train_url_of(name: str, *, namespace: str | None = None, context: str | None = None,
+                 cluster: Cluster | None = None) -> str | None:
+    """`<train_url>/<name>` of a Kubernetes job (from its ConfigMap, else its Job), None
+    when there is no such job."""
+    cluster = cluster or connect(context, namespace)
+    ns = namespace or cluster.namespace
+    spec = read_spec(cluster.api, name, ns)
+    info = find_job(cluster.api, name, ns, spec) if spec is None else None
+    if spec is None and info is None:
+        return None
+    train_url = spec.train_url if spec is not None else info.train_url  # type: ignore[union-attr]
+    if not train_url:
+        raise LaunchError(f"job {name} in namespace {ns} has no train_url: its outputs were not published")
+    return job_url_of(train_url, name)
+
+
+# ------------------------------------------------------------------ submit, cancel
+
+
+def submit(cluster: Cluster, spec: js.JobSpec, objects: list[dict[str, Any]], *,
+           warnings: Iterable[str] = (), out: TextIO | None = None,
+           err: TextIO | None = None) -> None:
+    """Create the objects in order; on a failure delete what was created and raise with
+    the API's reason."""
+    out, err = out or sys.stdout, err or sys.stderr
+    api, ns = cluster.api, spec.namespace
+    existing = find_job(api, spec.name, ns, spec)
+    if existing is not None:
+        phase = summarize(existing, our_pods(api, ns, spec.name))["phase"]
+        raise JobExistsError(f"job {spec.name} exists already in namespace {ns} ({phase}); choose "
+                             f"another --name, or remove it with: leo-launch cancel {spec.name}")
+    created: list[dict[str, Any]] = []
+    for obj in objects:
+        try:
+            api.create(obj)
+        except KubeError as error:
+            what = f"{obj['kind']} {meta(obj).get('name')}"
+            raise LaunchError(f"creating {what} in namespace {ns} failed: {error}; "
+                              f"{rollback(api, created)}") from error
+        created.append(obj)
+    names = ", ".join(f"{o['kind']} {meta(o).get('name')}" for o in objects)
+    out.write(f"job {spec.name} submitted to namespace {ns} ({cluster.describe()}): {names}\n")
+    out.flush()
+    for warning in warnings:
+        err.write(f"leo-launch: warning: {warning}\n")
+    err.flush()
+
+
+def rollback(api: ClusterAPI, created: list[dict[str, Any]]) -> str:
+    """Delete `created` in reverse order; a sentence saying what happened."""
+    if not created:
+        return "nothing had been created"
+    removed, failed = [], []
+    for obj in reversed(created):
+        what = f"{obj['kind']} {meta(obj).get('name')}"
+        try:
+            api.delete(obj["apiVersion"], obj["kind"], meta(obj).get("namespace"), meta(obj).get("name"))
+            removed.append(what)
+        except KubeError as error:
+            failed.append(f"{what} ({error})")
+    text = f"rolled back {', '.join(removed)}" if removed else ""
+    if failed:
+        text += ("; " if text else "") + f"could NOT delete {', '.join(failed)}: delete by hand"
+    return text
+
+
+def cancel(cluster: Cluster, name: str, namespace: str | None = None) -> str:
+    """Delete the job's Job (with its pods), Service, ConfigMaps and any pod left;
+    idempotent (a job that does not exist is nothing to cancel)."""
+    api, ns = cluster.api, namespace or cluster.namespace
+    deleted = []
+    candidates = [BATCH_JOB + (name,), VOLCANO_JOB + (name,), SERVICE + (name,),
+                  CONFIGMAP + (f"{name}-config",), CONFIGMAP + (f"rings-config-{name}",)]
+    for api_version, kind, obj_name in candidates:
+        obj = api.get(api_version, kind, ns, obj_name)
+        if obj is None or not is_ours(obj, name):
+            continue
+        if api.delete(api_version, kind, ns, obj_name, propagation="Background"):
+            deleted.append(f"{kind} {obj_name}")
+    pods = 0
+    for pod in our_pods(api, ns, name):  # the garbage collector would; we do not wait for it
+        if api.delete(*POD, ns, meta(pod).get("name"), propagation="Background"):
+            pods += 1
+    if pods:
+        deleted.append(f"{pods} pod(s)")
+    if not deleted:
+        return f"no job {name!r} in namespace {ns}: nothing to cancel"
+    return f"job {name} cancelled in namespace {ns}: deleted {', '.join(deleted)}"
+
+
+# ------------------------------------------------------------------ logs
+
+
+def logs(cluster: Cluster, name: str, namespace: str | None = None, *, rank: int | None = None,
+         all_ranks: bool = False, follow: bool = False, tail: int | None = None,
+         out: TextIO | None = None, err: TextIO | None = None, poll: float = POLL) -> int:
+    """Print rank `rank`'s lines (default 0; with its node's bootstrap lines) or, with
+    `all_ranks`, every pod's stream merged live. With `follow`, keep going until the job
+    ends (following restarted pods too). When no pod has logs any more, print what the
+    job published under its train_url."""
+    out, err = out or sys.stdout, err or sys.stderr
+    api, ns = cluster.api, namespace or cluster.namespace
+    spec = read_spec(api, name, ns)
+    info = find_job(api, name, ns, spec)
+    if info is None:
+        raise JobNotFoundError(f"no job {name!r} in namespace {ns}; the logs of a job that is "
+                               "gone are under its train_url: leo-launch logs <train_url>/<job>")
+    per_node = info.cards_per_node
+    world = (info.cards or per_node * (info.nodes or 1))
+    if rank is not None and rank >= world:
+        raise UsageError(f"--rank {rank}: job {name} has ranks 0..{world - 1}")
+    wanted_rank = None if all_ranks else (rank or 0)
+    node = None if wanted_rank is None else wanted_rank // per_node
+    keep = rank_filter(wanted_rank, node)
+    seen: set[str] = set()
+    first = True
+    while True:
+        pods = [p for r, p in ((r, current_pod(items)) for r, items in
+                               pods_by_rank(our_pods(api, ns, name)).items())
+                if node is None or r == node]
+        ready = [p for p in pods if meta(p).get("name") not in seen and _has_log(p)]
+        if ready:
+            _stream(api, ns, ready, keep, follow=follow, tail=tail if first else None,
+                    per_node=per_node, out=out)
+            seen.update(meta(p).get("name") for p in ready)
+            first = False
+        elif first and not follow:
+            return _published_fallback(info, wanted_rank, tail, out, err, pods)
+        if not follow:
+            return 0
+        current = status(cluster, name, ns, progress=False)
+        if current["phase"] in FINAL_PHASES and not [
+                p for p in our_pods(api, ns, name) if meta(p).get("name") not in seen and _has_log(p)
+                and (node is None or pod_rank(p) == node)]:
+            if first:
+                return _published_fallback(info, wanted_rank, tail, out, err, pods)
+            return 0
+        time.sleep(poll)
+
+
+def _has_log(pod: Mapping[str, Any]) -> bool:
+    """A container has started (running or terminated), so the API has a log for it."""
+    state = container_status(pod).get("state") or {}
+    if state.get("running") or state.get("terminated"):
+        return True
+    return (pod.get("status") or {}).get("phase") in ("Running", "Succeeded", "Failed")
+
+
+def _stream(api: ClusterAPI, namespace: str, pods: list[dict[str, Any]], keep: Callable[[str], bool],
+            *, follow: bool, tail: int | None, per_node: int, out: TextIO) -> None:
+    """Merge the logs of `pods` line by line as they arrive."""
+    lines: queue.Queue = queue.Queue()
+    done = object()
+    # with a rank filter a pod's tail holds its other ranks' lines too: ask for more
+    fetch = None if tail is None else tail * (per_node + 1)
+
+    def reader(pod_name: str) -> None:
+        try:
+            for line in api.log_lines(namespace, pod_name, container=contract.CONTAINER_NAME,
+                                      follow=follow, tail_lines=fetch):
+                lines.put(line)
+        except KubeError as error:
+            lines.put(f"[leo-launch] cannot read the log of pod {pod_name}: {error}")
+        finally:
+            lines.put(done)
+
+    threads = [threading.Thread(target=reader, args=(meta(p).get("name"),), daemon=True) for p in pods]
+    for thread in threads:
+        thread.start()
+    finished = 0
+    buffered: list[str] = []
+    while finished < len(threads):
+        item = lines.get()
+        if item is done:
+            finished += 1
+            continue
+        if not keep(item):
+            continue
+        if follow:
+            out.write(item + "\n")
+            out.flush()
+        else:
+            buffered.append(item)
+    for line in last_lines(buffered, tail):
+        out.write(line + "\n")
+    out.flush()
+
+
+def _published_fallback(info: JobInfo, rank: int | None, tail: int | None, out: TextIO,
+                        err: TextIO, pods: list[dict[str, Any]]) -> int:
+    if info.job_url is None:
+        state = "pending" if pods else "gone"
+        err.write(f"leo-launch: no logs: the job's pods are {state} and it has no train_url\n")
+        return 0
+    err.write(f"leo-launch: no pod has logs now; showing the logs published under {info.job_url}\n")
+    print_published_logs(info.job_url, rank=rank, tail=tail, endpoint=info.storage_endpoint, out=out,
+                         err=err)
+    return 0
+
+
+class KubernetesBackend:
+    """`Backend` over a cluster (see launcher.backends.base)."""
+
+    name = "k8s"
+
+    def __init__(self, cluster: Cluster, namespace: str | None = None) -> None:
+        self.cluster = cluster
+        self.namespace = namespace or cluster.namespace
+
+    @classmethod
+    def connect(cls, context: str | None = None, namespace: str | None = None) -> KubernetesBackend:
+        return cls(connect(context, namespace))
+
+    def submit(self, spec: js.JobSpec, objects: list[dict[str, Any]], *, out: TextIO,
+               err: TextIO, warnings: Iterable[str] = ()) -> None:
+        submit(self.cluster, spec, objects, warnings=warnings, out=out, err=err)
+
+    def status(self, name: str, *, progress: bool = True) -> JobStatus:
+        return JobStatus.from_dict(status(self.cluster, name, self.namespace, progress=progress))
+
+    def list(self, *, all_namespaces: bool = False) -> list[JobStatus]:
+        return [JobStatus.from_dict(item) for item in
+                list_jobs(self.cluster, self.namespace, all_namespaces=all_namespaces)]
+
+    def logs(self, name: str, *, rank: int | None = None, all_ranks: bool = False,
+             follow: bool = False, tail: int | None = None, out: TextIO, err: TextIO) -> int:
+        return logs(self.cluster, name, self.namespace, rank=rank, all_ranks=all_ranks,
+                    follow=follow, tail=tail, out=out, err=err)
+
+    def cancel(self, name: str) -> str:
+        return cancel(self.cluster, name, self.namespace)
+
+    def outputs_url(self, name: str) -> str:
+        url = train_url_of(name, namespace=self.namespace, cluster=self.cluster)
+        if url is None:
+            raise JobNotFoundError(f"unknown job {name!r}: the cluster has no job of that name in "
+                                   f"namespace {self.namespace}; pass the job's URL instead "
+                                   f"(<train_url>/{name})")
+        return url

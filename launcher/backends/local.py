@@ -1,0 +1,344 @@
+"""The local backend: a job's bootstrap as detached processes on this machine.
+
+`submit --backend local` (and `--backend auto` with no cluster configured) writes the
+job's state directory (launcher.backends.localjob) and starts a *supervisor*
+(launcher.backends.supervisor) in a session of its own, so the job survives the CLI (and
+its terminal) exiting; it reruns the bootstrap after a retriable failure, at most
+`--max-restarts` times. Cards are CPU worker processes under msrun on 127.0.0.1.
+
+Every process of a job carries `LEO_LOCAL_JOB=<name>:<token>` in its environment. msrun
+starts each worker in a session of its own, so `cancel` finds the processes by that mark
+(not by name, not only by process group), stops them (SIGTERM, then SIGKILL after a
+grace period), checks that none is left and removes the state directory. Outputs stay
+under the job's train_url (default `$XDG_STATE_HOME/leo-launch/outputs/<name>`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TextIO
+
+from launcher.backends.base import FINAL_PHASES, JobExistsError, JobNotFoundError, JobStatus
+from launcher.backends.localjob import (
+    CANCEL_GRACE,
+    OUTPUT_LOG,
+    PID_FILE,
+    POLL,
+    STATE_FILE,
+    SUPERVISOR_LOG,
+    WORK_DIR,
+    LocalJob,
+    default_train_url,
+    job_dir,
+    job_processes,
+    jobs_root,
+    workers_by_rank,
+)
+from launcher.errors import LaunchError, UsageError
+from launcher.outputs.layout import job_url_of
+from launcher.outputs.logs import last_lines, rank_filter
+from launcher.outputs.metrics import read_progress
+from launcher.spec import contract
+from launcher.spec import jobspec as js
+from launcher.spec.contract import ENV_LOCAL_JOB
+from launcher.util.files import write_json
+from launcher.util.procs import kill_marked, kill_processes
+from launcher.util.times import age
+
+# ------------------------------------------------------------------ submit
+
+
+def submit(spec: js.JobSpec, *, environ: Mapping[str, str] | None = None,
+           out: TextIO | None = None, err: TextIO | None = None) -> None:
+    """Start `spec` on this machine, detached."""
+    env = dict(os.environ if environ is None else environ)
+    out, err = out or sys.stdout, err or sys.stderr
+    if spec.accelerator != "cpu":
+        raise UsageError(f"the local backend runs CPU worker processes: use --accel cpu "
+                         f"(--accel {spec.accelerator} jobs go to Kubernetes with --backend k8s)")
+    if spec.nodes != 1:
+        raise UsageError(f"the local backend runs one node, not {spec.nodes}: use --nodes 1")
+    if spec.data_url is None:
+        raise UsageError("submit needs --data-url: the embeddings (s3://, obs://, file:// or a path)")
+    if spec.train_url is None:
+        spec = dataclasses.replace(spec, train_url=default_train_url(env))
+        err.write(f"leo-launch: outputs go to {spec.train_url}/{spec.name} (no --train-url)\n")
+    final, token = create_job_dir(spec, env)
+    child_env = dict(env)
+    child_env[ENV_LOCAL_JOB] = f"{spec.name}:{token}"
+    child_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    child_env.setdefault("PYTHONUNBUFFERED", "1")
+    with open(final / SUPERVISOR_LOG, "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "launcher.backends.supervisor", str(final)],
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                env=child_env, cwd=final, start_new_session=True, close_fds=True)
+    (final / PID_FILE).write_text(f"{proc.pid}\n")
+    out.write(f"job {spec.name} started on this machine ({spec.cards} CPU worker process(es), "
+              f"supervisor pid {proc.pid}); follow it with: leo-launch logs {spec.name} -f\n")
+    out.flush()
+
+
+def create_job_dir(spec: js.JobSpec, environ: Mapping[str, str] | None = None) -> tuple[Path, str]:
+    """Write the job's state directory (atomically: a duplicate name is refused) and
+    return it with the job's process-mark token."""
+    env = dict(os.environ if environ is None else environ)
+    root = jobs_root(env)
+    final = root / spec.name
+    if final.exists():
+        raise JobExistsError(_exists_message(LocalJob(spec.name, final), env))
+    root.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex[:16]
+    tmp = root / f".{spec.name}.{token}"
+    tmp.mkdir()
+    try:
+        import yaml
+
+        (tmp / contract.JOB_FILE).write_text(spec.to_yaml())
+        (tmp / contract.EXPERIMENT_FILE).write_text(yaml.safe_dump(spec.experiment_config().to_dict(),
+                                                             sort_keys=False))
+        (tmp / WORK_DIR).mkdir()
+        write_json(tmp / STATE_FILE, {"name": spec.name, "token": token, "phase": "Pending",
+                                       "reason": "starting", "restarts": 0, "attempt": 0,
+                                       "max_restarts": spec.max_restarts, "created": time.time()})
+        try:
+            os.rename(tmp, final)
+        except OSError as err:
+            raise JobExistsError(_exists_message(LocalJob(spec.name, final), env)) from err
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final, token
+
+
+def _exists_message(job: LocalJob, environ: Mapping[str, str] | None = None) -> str:
+    try:
+        phase = status(job.name, environ=environ, progress=False)["phase"] if job.path.is_dir() else "unknown"
+    except (LaunchError, UsageError):
+        phase = "unreadable"
+    return (f"a local job named {job.name!r} exists already ({phase}); choose another --name, "
+            f"or remove it with: leo-launch cancel {job.name}")
+
+
+# ------------------------------------------------------------------ status, list, logs, cancel
+
+
+def status(name: str, *, environ: Mapping[str, str] | None = None, progress: bool = True,
+           procs: dict[str, list[Any]] | None = None) -> dict[str, Any]:
+    job = LocalJob.find(name, environ)
+    spec = job.spec()
+    state = job.state()
+    mark = job.mark(state)
+    mine = (job_processes() if procs is None else procs).get(mark, [])
+    pid = job.supervisor_pid()
+    supervisor_alive = any(p.pid == pid for p in mine)
+    phase = state.get("phase", "Pending")
+    reason = state.get("reason")
+    stage = job.stage()
+    workers = workers_by_rank(mine)
+    if phase not in FINAL_PHASES:
+        doing = stage.get("stage")
+        if not supervisor_alive:
+            phase, reason = "Failed", "the job's supervisor process is gone (killed, or the machine restarted)"
+        elif (doing == "training" and workers) or doing in ("evaluating", "done"):
+            phase = "Running"
+            reason = "evaluating the best checkpoint on meta-test" if doing == "evaluating" else None
+        elif doing:
+            what = "starting the training processes" if doing == "training" else doing
+            reason = (f"{state['reason']}; now {what}" if phase == "Restarting" and state.get("reason")
+                      else what)
+    now = time.time()
+    host = socket.gethostname()
+    ranks = []
+    for rank in range(spec.world_size):
+        proc = workers.get(rank)
+        entry: dict[str, Any] = {"rank": rank, "node_rank": 0, "pid": None, "node": host,
+                                 "restarts": state.get("restarts", 0)}
+        if proc is not None:
+            try:
+                started = proc.create_time()
+            except Exception:  # noqa: BLE001 - just exited
+                started = None
+            entry.update(pid=proc.pid, phase="Running",
+                         age_seconds=None if started is None else round(now - started, 1),
+                         age=age(None if started is None else now - started))
+        elif phase in FINAL_PHASES:
+            entry["phase"] = phase
+        elif phase == "Running":
+            entry["phase"] = "Succeeded" if stage.get("stage") in ("evaluating", "done") else "Pending"
+        else:
+            entry["phase"] = "Pending"
+        ranks.append(entry)
+    created = state.get("created")
+    result: dict[str, Any] = {
+        "name": spec.name, "backend": "local", "phase": phase,
+        "experiment": spec.experiment, "accelerator": spec.accelerator, "cards": spec.cards,
+        "nodes": spec.nodes, "restarts": state.get("restarts", 0), "max_restarts": spec.max_restarts,
+        "age_seconds": None if created is None else round(now - created, 1),
+        "age": age(None if created is None else now - created),
+        "outputs_url": job_url_of(spec.train_url, spec.name), "state_dir": str(job.path),
+        "ranks": ranks,
+    }
+    if reason:
+        result["reason"] = reason
+    if state.get("exit_code") is not None:
+        result["exit_code"] = state["exit_code"]
+    if progress:
+        result.update(read_progress(result["outputs_url"], endpoint=spec.storage_endpoint,
+                                    local_out=job.work / "out"))
+    return result
+
+
+def list_jobs(environ: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    root = jobs_root(environ)
+    if not root.is_dir():
+        return []
+    procs = job_processes()
+    items = []
+    for path in sorted(root.iterdir()):
+        if path.name.startswith(".") or not (path / contract.JOB_FILE).is_file():
+            continue
+        try:
+            items.append(status(path.name, environ=environ, procs=procs))
+        except (LaunchError, UsageError) as err:
+            items.append({"name": path.name, "backend": "local", "phase": "Failed",
+                          "reason": f"unreadable state: {err}", "ranks": []})
+    return items
+
+
+def logs(name: str, *, follow: bool = False, rank: int | None = None, all_ranks: bool = False,
+         tail: int | None = None, environ: Mapping[str, str] | None = None,
+         out: TextIO | None = None) -> int:
+    """Print the job's output (rank `rank`'s lines and node 0's, or all with `all_ranks`);
+    with `follow` keep printing until the job has ended."""
+    out = out or sys.stdout
+    job = LocalJob.find(name, environ)
+    spec = job.spec()
+    if rank is not None and rank >= spec.world_size:
+        raise UsageError(f"--rank {rank}: job {name} has ranks 0..{spec.world_size - 1}")
+    keep = rank_filter(None if all_ranks else (rank or 0), 0)
+    path = job.path / OUTPUT_LOG
+    offset, partial = 0, b""
+
+    def read() -> list[str]:
+        nonlocal offset, partial
+        try:
+            with open(path, "rb") as handle:
+                handle.seek(offset)
+                data = handle.read()
+        except FileNotFoundError:
+            return []
+        offset += len(data)
+        pieces = (partial + data).split(b"\n")
+        partial = pieces.pop()
+        return [p.decode("utf-8", errors="replace") for p in pieces]
+
+    for line in last_lines((line for line in read() if keep(line)), tail):
+        out.write(line + "\n")
+    out.flush()
+    if not follow:
+        return 0
+    while True:
+        ended = status(name, environ=environ, progress=False)["phase"] in FINAL_PHASES
+        lines = [line for line in read() if keep(line)]
+        for line in lines:
+            out.write(line + "\n")
+        out.flush()
+        if ended and not lines:
+            if partial and keep(partial.decode("utf-8", errors="replace")):
+                out.write(partial.decode("utf-8", errors="replace") + "\n")
+            return 0
+        time.sleep(POLL)
+
+
+def cancel(name: str, *, environ: Mapping[str, str] | None = None,
+           grace: float = CANCEL_GRACE) -> str:
+    """Stop every process of the job (SIGTERM, SIGKILL after `grace` s), check that none
+    is left, remove its state directory. Idempotent."""
+    path = job_dir(name, environ)
+    if not path.is_dir():
+        return f"no local job {name!r}: nothing to cancel"
+    job = LocalJob(name, path)
+    mark = job.mark()
+    try:
+        phase = status(name, environ=environ, progress=False)["phase"]
+    except (LaunchError, UsageError):
+        phase = "unreadable"
+    procs = job_processes().get(mark, [])
+    count = len(procs)
+    if procs:
+        kill_processes(procs, grace=grace)
+    count += kill_marked(ENV_LOCAL_JOB, mark)
+    left = job_processes().get(mark, [])
+    if left:
+        raise LaunchError(f"could not stop {len(left)} process(es) of job {name}: "
+                          f"{', '.join(str(p.pid) for p in left)}")
+    outputs = job_url_of(_train_url(job), name)
+    shutil.rmtree(path, ignore_errors=True)
+    if phase in FINAL_PHASES and not count:
+        text = f"job {name} had ended ({phase}): removed {path}"
+    else:
+        text = f"job {name} cancelled: stopped {count} process(es), removed {path}"
+    if outputs:
+        text += f"; its outputs stay in {outputs}"
+    return text
+
+
+def _train_url(job: LocalJob) -> str | None:
+    try:
+        return job.spec().train_url
+    except (LaunchError, UsageError):
+        return None
+
+
+class LocalBackend:
+    """`Backend` on this machine (see launcher.backends.base)."""
+
+    name = "local"
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        self.environ = environ
+
+    def submit(self, spec: js.JobSpec, objects: list[dict[str, Any]], *, out: TextIO,
+               err: TextIO, warnings: Any = ()) -> None:  # noqa: ARG002 - no manifests here
+        submit(spec, environ=self.environ, out=out, err=err)
+
+    def status(self, name: str, *, progress: bool = True) -> JobStatus:
+        return JobStatus.from_dict(status(name, environ=self.environ, progress=progress))
+
+    def list(self) -> list[JobStatus]:
+        return [JobStatus.from_dict(item) for item in list_jobs(self.environ)]
+
+    def logs(self, name: str, *, rank: int | None = None, all_ranks: bool = False,
+             follow: bool = False, tail: int | None = None, out: TextIO, err: TextIO) -> int:  # noqa: ARG002
+        return logs(name, follow=follow, rank=rank, all_ranks=all_ranks, tail=tail,
+                    environ=self.environ, out=out)
+
+    def cancel(self, name: str) -> str:
+        return cancel(name, environ=self.environ)
+
+    def outputs_url(self, name: str) -> str:
+        """From the job's job.yaml, read leniently (a job of another version has one too)."""
+        job_yaml = job_dir(name, self.environ) / contract.JOB_FILE
+        try:
+            import yaml
+
+            data = yaml.safe_load(job_yaml.read_text())
+        except FileNotFoundError as err:
+            raise JobNotFoundError(f"unknown job {name!r}: {job_yaml} does not exist; pass the "
+                                   f"job's URL instead (<train_url>/{name})") from err
+        except (OSError, ValueError) as err:
+            raise LaunchError(f"cannot read {job_yaml}: {str(err).splitlines()[0]}") from err
+        train_url = data.get("train_url") if isinstance(data, dict) else None
+        if not train_url and isinstance(data, dict) and isinstance(data.get("spec"), dict):
+            train_url = data["spec"].get("train_url")
+        if not train_url:
+            raise LaunchError(f"job {name!r} has no train_url in {job_yaml}")
+        return str(job_url_of(str(train_url), name))

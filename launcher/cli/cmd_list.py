@@ -1,0 +1,43 @@
+"""`leo-launch list [-o table|json]`: the jobs of leo-launch, local and on Kubernetes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from launcher.cli.format import print_json, print_list
+from launcher.cli.options import add_cluster_arguments
+
+HELP = "list jobs (local ones and those labelled as ours on the cluster) with phase and accuracy"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-o", "--output", choices=("table", "json"), default="table",
+                        help="table (default) or json: a list of status objects")
+    parser.add_argument("-A", "--all-namespaces", action="store_true",
+                        help="Kubernetes: jobs of every namespace")
+    add_cluster_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from launcher.backends import get_backend
+    from launcher.errors import LaunchError
+    from launcher.k8s.config import kube_configured
+
+    items = []
+    if args.backend in ("auto", "local"):
+        items += get_backend("local").list()
+    if args.backend == "k8s" or (args.backend == "auto" and kube_configured()):
+        try:
+            cluster = get_backend("k8s", context=args.context, namespace=args.namespace)
+            items += cluster.list(all_namespaces=args.all_namespaces)
+        except LaunchError as err:
+            if args.backend == "k8s":
+                raise
+            print(f"leo-launch: warning: Kubernetes jobs not listed: {err}", file=sys.stderr)
+    rows = [item.to_dict() for item in items]
+    if args.output == "json":
+        print_json(rows)
+    else:
+        print_list(rows)
+    return 0

@@ -1,0 +1,55 @@
+"""`leo-launch pull NAME|URL [--checkpoint best|latest] [--to DIR]`: download a checkpoint
+(or, with --tree, everything under the URL)."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "download a job's best or latest checkpoint, verified against its manifest"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from launcher.cli.options import add_cluster_arguments
+    from launcher.storage import add_storage_arguments
+
+    parser.add_argument("job", metavar="NAME|URL",
+                        help="a job name (looked up in the local job registry) or the job's "
+                        "base URL <train_url>/<job>")
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--checkpoint", choices=("best", "latest"),
+                      help="which pointer to follow (default: best)")
+    what.add_argument("--tree", action="store_true",
+                      help="download everything under NAME|URL instead (each file verified, "
+                      "unchanged files skipped, nothing deleted)")
+    parser.add_argument("--to", metavar="DIR",
+                        help="local directory that receives step-<n>/ and <checkpoint>.json, or "
+                        "the tree (default: ./<job name>)")
+    add_storage_arguments(parser)
+    add_cluster_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from launcher.backends import outputs_url
+    from launcher.outputs.checkpoints import pull
+    from launcher.storage import (
+        StorageOptions,
+        parse_url,
+        sync_down,
+    )
+
+    options = StorageOptions.from_args(args)
+    base = outputs_url(args.job, requested=args.backend, context=args.context,
+                       namespace=args.namespace)
+    if args.tree:
+        dest = args.to or parse_url(base).name or "."
+        report = sync_down(base, dest, options=options)
+        print(f"{report.summary('pulled')} → {dest}")
+        return 0
+    which = args.checkpoint or "best"
+    pulled = pull(base, which, args.to, options=options)
+    extra = ""
+    if "accuracy" in pulled.pointer:
+        extra = f", accuracy {pulled.pointer['accuracy']}"
+    print(f"pulled {which} checkpoint step {pulled.step}{extra}: {pulled.files} file(s), "
+          f"{pulled.bytes / 1e6:.1f} MB, sha256 verified → {pulled.path}")
+    return 0

@@ -1,0 +1,32 @@
+"""`leo-launch push LOCAL_PATH URL`: upload a file or a directory tree."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "upload a file or directory to s3://, obs://, file:// or a path (unchanged files skipped)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from launcher.storage import add_storage_arguments
+
+    parser.add_argument("local_path", metavar="LOCAL_PATH", help="file or directory to upload")
+    parser.add_argument("url", metavar="URL",
+                        help="destination: s3://bucket/prefix, obs://bucket/prefix, file:///path or a path")
+    parser.add_argument("--delete", action="store_true",
+                        help="also delete objects under URL that LOCAL_PATH does not have")
+    add_storage_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from launcher.storage import (
+        StorageOptions,
+        parse_url,
+        push,
+    )
+
+    url = parse_url(args.url)  # malformed → exit 2 before anything is read
+    report = push(args.local_path, args.url if args.url.endswith("/") else url,
+                  options=StorageOptions.from_args(args), delete=args.delete)
+    print(f"{report.summary('pushed')} → {url}")
+    return 0

@@ -1,0 +1,40 @@
+"""`leo-launch ranktable`: build an HCCL rank table (version 1.0) from pod annotations
+or a static inventory and print it as JSON."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = "print the HCCL rank table (JSON) of device-plugin annotations or a node inventory"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--annotations", nargs="+", metavar="FILE",
+                        help="one file per node, in node-rank order, each holding the pod's "
+                             "ascend.kubectl.kubernetes.io/ascend-910-configuration JSON")
+    source.add_argument("--inventory", metavar="FILE",
+                        help="YAML: nodes: [{name, host_ip, device_ips: [...]}, ...]")
+    parser.add_argument("--version", choices=("1.0",), default="1.0", help="rank table format (1.0)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from launcher.spec import ranktable
+    if args.inventory is not None:
+        fragments = ranktable.inventory_fragments(ranktable.load_inventory(args.inventory))
+    else:
+        fragments = [ranktable.fragment_from_annotation(_read(path), where=path)
+                     for path in args.annotations]
+    sys.stdout.write(ranktable.dumps(ranktable.build_table(fragments)))
+    return 0
+
+
+def _read(path: str) -> str:
+    from launcher.spec.ranktable import RankTableError
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except (OSError, UnicodeDecodeError) as err:
+        raise RankTableError(f"cannot read {path}: {getattr(err, 'strerror', None) or err}") from err

@@ -1,0 +1,53 @@
+"""`leo-launch report NAME|URL [--png FILE] [-o table|json]`: a run's summary and curves."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = ("summarise a job's run (steps, steps/s, best meta-validation and meta-test accuracy) "
+        "and plot its training curves")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from launcher.cli.options import add_cluster_arguments
+    from launcher.storage import add_storage_arguments
+
+    parser.add_argument("job", metavar="NAME|URL",
+                        help="a job name (looked up in the local job registry) or the job's "
+                        "base URL <train_url>/<job>")
+    parser.add_argument("--png", metavar="FILE",
+                        help="also write meta-train and meta-validation accuracy over steps "
+                        "to FILE (PNG)")
+    parser.add_argument("-o", "--output", choices=("table", "json"), default="table",
+                        help="table (default) or json (accuracies as fractions)")
+    add_storage_arguments(parser)
+    add_cluster_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from launcher.backends import outputs_url
+    from launcher.outputs.report import (
+        check_png_target,
+        load_report,
+        write_png,
+    )
+    from launcher.storage import StorageOptions
+
+    options = StorageOptions.from_args(args, progress=False)
+    png = check_png_target(args.png) if args.png else None  # refused before any reading
+    report = load_report(outputs_url(args.job, requested=args.backend, context=args.context,
+                                     namespace=args.namespace), options=options)
+    if png is not None:
+        png = write_png(report, png)
+    if args.output == "json":
+        data = report.to_dict()
+        if png is not None:
+            data["png"] = str(png)
+        print(json.dumps(data, indent=2))
+        return 0
+    print(report.table())
+    if png is not None:
+        print(f"training curves → {png}")
+    return 0

@@ -1,0 +1,100 @@
+"""How the commands print jobs: the status header and rank table, the list table, JSON."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping
+from typing import Any, TextIO
+
+
+def _percent(value: Any) -> str:
+    return f"{100 * value:.2f}%" if isinstance(value, int | float) else "-"
+
+
+def ranks_text(ranks: list[int]) -> str:
+    if not ranks:
+        return "-"
+    if len(ranks) > 1 and ranks == list(range(ranks[0], ranks[-1] + 1)):
+        return f"{ranks[0]}-{ranks[-1]}"
+    return ",".join(str(r) for r in ranks)
+
+
+def print_status(status: Mapping[str, Any], out: TextIO | None = None) -> None:
+    """The human-readable `status` (a header, then one row per pod or process)."""
+    out = out or sys.stdout
+    where = status.get("backend", "?")
+    if status.get("namespace"):
+        where += f", namespace {status['namespace']}"
+    phase = status.get("phase", "?")
+    rows = [("NAME", f"{status.get('name')}  ({where})"),
+            ("PHASE", phase + (f": {status['reason']}" if status.get("reason") else ""))]
+    if status.get("experiment"):
+        rows.append(("JOB", f"{status.get('experiment')} on {status.get('cards')} "
+                            f"{status.get('accelerator')} card(s), {status.get('nodes')} node(s)"))
+    rows.append(("RESTARTS", f"{status.get('restarts', 0)} of at most {status.get('max_restarts', '?')}"))
+    rows.append(("AGE", status.get("age", "-")))
+    if "step" in status or "best_accuracy" in status:
+        rows.append(("PROGRESS", f"step {status.get('step', '-')}, best meta-validation accuracy "
+                                 f"{_percent(status.get('best_accuracy'))}"))
+    result = status.get("result")
+    if isinstance(result, dict) and "accuracy" in result:
+        rows.append(("RESULT", f"meta-test accuracy {_percent(result.get('accuracy'))} "
+                               f"± {_percent(result.get('ci95'))} over {result.get('tasks', '?')} tasks "
+                               f"(checkpoint step {result.get('step', '?')})"))
+    if status.get("storage_error"):
+        rows.append(("STORAGE", f"progress unavailable: {status['storage_error']}"))
+    if status.get("outputs_url"):
+        rows.append(("OUTPUTS", str(status["outputs_url"])))
+    width = max(len(key) for key, _ in rows)
+    for key, value in rows:
+        out.write(f"{key.ljust(width)}  {value}\n")
+    ranks = status.get("ranks") or []
+    if not ranks:
+        return
+    # one row per pod (k8s) or per process (local)
+    groups: dict[Any, dict[str, Any]] = {}
+    for entry in ranks:
+        key = entry.get("pod") or entry.get("pid") or f"rank-{entry.get('rank')}"
+        group = groups.setdefault(key, {**entry, "ranks": []})
+        group["ranks"].append(entry.get("rank"))
+    what = "POD" if any(e.get("pod") for e in ranks) else "PID"
+    table = [("RANK", "NODE RANK", what, "PHASE", "NODE", "RESTARTS", "AGE")]
+    for group in groups.values():
+        phase = group.get("phase", "-")
+        if group.get("reason") and phase not in ("Running", "Succeeded"):
+            phase += f" ({group['reason']})"
+        table.append((ranks_text(group["ranks"]), str(group.get("node_rank", "-")),
+                      str(group.get("pod") or group.get("pid") or "-"), phase,
+                      str(group.get("node") or "-"), str(group.get("restarts", 0)),
+                      group.get("age", "-")))
+    out.write("\n")
+    write_table(table, out)
+
+
+def write_table(rows: list[tuple[str, ...]], out: TextIO) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        cells = [cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])] + [row[-1]]
+        out.write("  ".join(cells).rstrip() + "\n")
+
+
+def print_list(items: list[Mapping[str, Any]], out: TextIO | None = None) -> None:
+    out = out or sys.stdout
+    if not items:
+        out.write("no jobs\n")
+        return
+    rows = [("NAME", "BACKEND", "EXPERIMENT", "ACCEL", "CARDS", "PHASE", "AGE", "STEP", "BEST ACC")]
+    for item in items:
+        backend = item.get("backend", "-")
+        if item.get("namespace"):
+            backend += f"/{item['namespace']}"
+        rows.append((str(item.get("name")), backend, str(item.get("experiment") or "-"),
+                     str(item.get("accelerator") or "-"), str(item.get("cards") or "-"),
+                     str(item.get("phase")), str(item.get("age", "-")),
+                     str(item.get("step", "-")), _percent(item.get("best_accuracy"))))
+    write_table(rows, out)
+
+
+def print_json(obj: Any, out: TextIO | None = None) -> None:
+    (out or sys.stdout).write(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")

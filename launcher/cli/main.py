@@ -1,0 +1,93 @@
+"""`leo-launch`: the command-line entry point.
+
+Each command lives in its own module `launcher.cli.cmd_<name>` with `HELP`,
+`add_arguments(parser)` and `run(args) -> int`. Command modules import heavy
+libraries (MindSpore, boto3, the Kubernetes client) inside `run` only, so that
+`leo-launch --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import traceback
+
+from launcher.errors import LaunchError
+
+# Order is the order shown by --help.
+COMMANDS = (
+    "experiments",
+    "render",
+    "submit",
+    "status",
+    "logs",
+    "list",
+    "cancel",
+    "pull",
+    "push",
+    "ranktable",
+    "report",
+)
+
+
+def _commands():
+    for name in COMMANDS:
+        yield name, importlib.import_module(f"launcher.cli.cmd_{name}")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI contract's one-line usage errors (exit code 2)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="leo-launch",
+        description="Train LEO (Latent Embedding Optimization) with MindSpore on CPU, "
+        "Ascend or NVIDIA nodes, locally or on Kubernetes.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of failures")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, module in _commands():
+        command = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="show tracebacks of failures")
+        module.add_arguments(command)
+        command.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        print("leo-launch: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - the one place that turns errors into exit codes
+        code = _exit_code(err)
+        if args.debug:
+            traceback.print_exc()
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"leo-launch: error: {message}", file=sys.stderr)
+        return code
+
+
+def _exit_code(err: Exception) -> int:
+    if isinstance(err, LaunchError):
+        return err.exit_code
+    # Bad experiment names and overrides come from leo_core's registry.
+    from leo_core.config import ConfigError
+
+    if isinstance(err, ConfigError):
+        return 2
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

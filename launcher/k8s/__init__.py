@@ -1,0 +1,1 @@
+"""Kubernetes API access, configuration, and the pure reading of API objects."""

@@ -1,0 +1,381 @@
+"""Pure functions over Kubernetes API objects: a job's phase, per-rank state and why it
+waits, from its Job (or vcjob), pods, events and PodGroups. No HTTP: unit-tested on dicts."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from launcher.outputs.layout import job_url_of
+from launcher.spec import contract
+from launcher.spec import jobspec as js
+from launcher.util.times import age, parse_time
+
+VOLCANO_TASK_INDEX = "volcano.sh/task-index"
+WAITING_PROBLEMS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull",
+                    "CreateContainerConfigError", "CreateContainerError", "RunContainerError",
+                    "CrashLoopBackOff", "PreCreateHookError", "PostStartHookError")
+_POD_NAME_INDEX = re.compile(r"-(\d+)(?:-[a-z0-9]{5})?$")
+
+
+def meta(obj: Mapping[str, Any] | None) -> dict[str, Any]:
+    return (obj or {}).get("metadata") or {}
+
+
+def labels_of(obj: Mapping[str, Any] | None) -> dict[str, str]:
+    return meta(obj).get("labels") or {}
+
+
+def is_ours(obj: Mapping[str, Any] | None, job: str | None = None) -> bool:
+    labels = labels_of(obj)
+    if labels.get(contract.LABEL_MANAGED_BY) != contract.MANAGER:
+        return False
+    return job is None or labels.get(contract.LABEL_JOB) == job
+
+
+def created_at(obj: Mapping[str, Any] | None) -> float | None:
+    return parse_time(meta(obj).get("creationTimestamp"))
+
+
+def pod_rank(pod: Mapping[str, Any]) -> int | None:
+    """A pod's node rank: the Job's completion index, Volcano's task index, or the
+    index in its name (`<job>-<index>-<suffix>`, `<job>-worker-<index>`)."""
+    m = meta(pod)
+    for source in (m.get("annotations") or {}, m.get("labels") or {}):
+        for key in (contract.JOB_INDEX_ANNOTATION, VOLCANO_TASK_INDEX):
+            value = str(source.get(key, ""))
+            if value.isdigit():
+                return int(value)
+    match = _POD_NAME_INDEX.search(str(m.get("name", "")))
+    return int(match.group(1)) if match else None
+
+
+def pods_by_rank(pods: Iterable[Mapping[str, Any]]) -> dict[int, list[dict[str, Any]]]:
+    """Pods of each node rank, oldest first."""
+    out: dict[int, list[dict[str, Any]]] = {}
+    for pod in pods:
+        rank = pod_rank(pod)
+        if rank is not None:
+            out.setdefault(rank, []).append(dict(pod))
+    for items in out.values():
+        items.sort(key=lambda p: (created_at(p) or 0.0, meta(p).get("name", "")))
+    return out
+
+
+def current_pod(pods: list[dict[str, Any]]) -> dict[str, Any]:
+    """The pod that stands for a rank now: the newest one not being deleted."""
+    live = [p for p in pods if not meta(p).get("deletionTimestamp")]
+    return (live or pods)[-1]
+
+
+def container_status(pod: Mapping[str, Any]) -> dict[str, Any]:
+    statuses = ((pod.get("status") or {}).get("containerStatuses")) or []
+    for status in statuses:
+        if status.get("name") == contract.CONTAINER_NAME:
+            return status
+    return statuses[0] if statuses else {}
+
+
+def exit_description(code: Any, reason: str | None = None) -> str:
+    text = f"exit code {code}"
+    if code == contract.EXIT_BAD_CONFIG:
+        text += " (bad configuration, not retried)"
+    elif reason and reason not in ("Error", "Completed"):
+        text += f" ({reason})"
+    return text
+
+
+def pod_problem(pod: Mapping[str, Any], events: Iterable[Mapping[str, Any]] = ()) -> str | None:
+    """Why a pod does not run: a container waiting on an image or config, the scheduler's
+    verdict in its conditions, or its latest warning event."""
+    status = pod.get("status") or {}
+    state = container_status(pod).get("state") or {}
+    waiting = state.get("waiting") or {}
+    if waiting.get("reason") in WAITING_PROBLEMS:
+        return _reason_text(waiting.get("reason"), waiting.get("message"))
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+            return _reason_text(condition.get("reason") or "Unschedulable", condition.get("message"))
+    name = meta(pod).get("name")
+    warnings = [e for e in events if _involves(e, "Pod", name) and e.get("type") == "Warning"]
+    if warnings:
+        latest = max(warnings, key=event_time)
+        return _reason_text(latest.get("reason"), latest.get("message"))
+    if waiting.get("reason"):
+        return _reason_text(waiting.get("reason"), waiting.get("message"))
+    return None
+
+
+def _reason_text(reason: Any, message: Any) -> str:
+    reason, message = str(reason or "").strip(), " ".join(str(message or "").split())
+    if reason and message:
+        return f"{reason}: {message}"
+    return reason or message
+
+
+def _involves(event: Mapping[str, Any], kind: str, name: Any) -> bool:
+    obj = event.get("involvedObject") or event.get("regarding") or {}
+    return obj.get("kind") == kind and obj.get("name") == name
+
+
+def event_time(event: Mapping[str, Any]) -> float:
+    for key in ("lastTimestamp", "eventTime", "firstTimestamp"):
+        value = parse_time(event.get(key))
+        if value is not None:
+            return value
+    return created_at(event) or 0.0
+
+
+def podgroup_problem(podgroups: Iterable[Mapping[str, Any]]) -> str | None:
+    """Volcano's reason a gang does not start (PodGroup conditions, e.g. Unschedulable)."""
+    for group in podgroups:
+        conditions = (group.get("status") or {}).get("conditions") or []
+        bad = [c for c in conditions if c.get("type") == "Unschedulable" and c.get("status") == "True"]
+        if bad:
+            latest = max(bad, key=lambda c: parse_time(c.get("lastTransitionTime")) or 0.0)
+            return _reason_text(latest.get("reason") or "Unschedulable", latest.get("message"))
+    return None
+
+
+def podgroups_of(podgroups: Iterable[Mapping[str, Any]], job: str) -> list[dict[str, Any]]:
+    """The PodGroups Volcano made for vcjob `job` (owner reference, else name)."""
+    out = []
+    for group in podgroups:
+        owners = meta(group).get("ownerReferences") or []
+        name = meta(group).get("name", "")
+        if any(o.get("kind") == "Job" and o.get("name") == job for o in owners) or \
+                (not owners and (name == job or name.startswith(f"{job}-"))):
+            out.append(dict(group))
+    return out
+
+
+# ------------------------------------------------------------------ what a job is
+
+
+@dataclasses.dataclass
+class JobInfo:
+    """What status needs to know of a job, from its Job object (and ConfigMap, if any)."""
+
+    name: str
+    namespace: str
+    scheduler: str  # job | volcano
+    obj: dict[str, Any]
+    experiment: str | None = None
+    accelerator: str | None = None
+    cards: int | None = None
+    nodes: int | None = None
+    max_restarts: int | None = None
+    train_url: str | None = None
+    storage_endpoint: str | None = None
+
+    @property
+    def cards_per_node(self) -> int:
+        if self.cards and self.nodes:
+            return max(self.cards // self.nodes, 1)
+        return 1
+
+    @property
+    def job_url(self) -> str | None:
+        return job_url_of(self.train_url, self.name)
+
+
+def _template_env(obj: Mapping[str, Any]) -> dict[str, str]:
+    spec = obj.get("spec") or {}
+    template = spec.get("template") or next(iter(spec.get("tasks") or [{}]), {}).get("template") or {}
+    containers = (template.get("spec") or {}).get("containers") or []
+    env = {}
+    for container in containers[:1]:
+        for var in container.get("env") or []:
+            if "value" in var:
+                env[var.get("name")] = var.get("value")
+    return env
+
+
+def job_info(obj: Mapping[str, Any], scheduler: str, spec: js.JobSpec | None = None) -> JobInfo:
+    m = meta(obj)
+    labels, annotations = m.get("labels") or {}, m.get("annotations") or {}
+
+    def number(value: Any) -> int | None:
+        return int(value) if str(value).isdigit() else None
+
+    nodes = number(annotations.get(contract.ANNOTATION_NODES))
+    body = obj.get("spec") or {}
+    if scheduler == "volcano":
+        max_restarts = number(body.get("maxRetry"))
+        nodes = nodes or number(body.get("minAvailable"))
+    else:
+        nodes = nodes or number(body.get("completions"))
+        backoff = number(body.get("backoffLimit"))
+        max_restarts = backoff // nodes if backoff is not None and nodes else backoff
+    env = _template_env(obj)
+    info = JobInfo(name=m.get("name", ""), namespace=m.get("namespace", ""), scheduler=scheduler,
+                   obj=dict(obj), experiment=labels.get(contract.LABEL_EXPERIMENT),
+                   accelerator=labels.get(contract.LABEL_ACCEL),
+                   cards=number(annotations.get(contract.ANNOTATION_CARDS)), nodes=nodes,
+                   max_restarts=max_restarts, train_url=env.get(contract.ENV_TRAIN_URL),
+                   storage_endpoint=env.get("AWS_ENDPOINT_URL"))
+    if spec is not None:
+        info.experiment, info.accelerator = spec.experiment, spec.accelerator
+        info.cards, info.nodes, info.max_restarts = spec.cards, spec.nodes, spec.max_restarts
+        info.train_url, info.storage_endpoint = spec.train_url, spec.storage_endpoint
+    return info
+
+
+VOLCANO_PHASES = {"Pending": "Pending", "Inqueue": "Pending", "Running": "Running",
+                  "Restarting": "Restarting", "Completing": "Running", "Completed": "Succeeded",
+                  "Failed": "Failed", "Aborting": "Failed", "Aborted": "Failed",
+                  "Terminating": "Failed", "Terminated": "Failed"}
+
+
+def summarize(info: JobInfo, pods: Iterable[Mapping[str, Any]], *,
+              events: Iterable[Mapping[str, Any]] = (), podgroups: Iterable[Mapping[str, Any]] = (),
+              now: float | None = None) -> dict[str, Any]:
+    """The status dict of a job (see launcher.jobs) from its API objects; no progress."""
+    now = time.time() if now is None else now
+    events = list(events)
+    by_rank = pods_by_rank(p for p in pods if is_ours(p, info.name))
+    nodes = info.nodes or (max(by_rank) + 1 if by_rank else 1)
+    per_node = info.cards_per_node
+    current = {rank: current_pod(items) for rank, items in by_rank.items()}
+    ranks: list[dict[str, Any]] = []
+    restarts_max = 0
+    for node_rank in range(nodes):
+        pod = current.get(node_rank)
+        entry: dict[str, Any] = {"node_rank": node_rank}
+        if pod is None:
+            entry.update(phase="Pending", pod=None, node=None, restarts=0, reason="no pod yet")
+        else:
+            cstatus = container_status(pod)
+            restarts = len(by_rank[node_rank]) - 1 + int(cstatus.get("restartCount") or 0)
+            restarts_max = max(restarts_max, restarts)
+            started = created_at(pod)
+            phase = (pod.get("status") or {}).get("phase") or "Pending"
+            entry.update(phase=phase, pod=meta(pod).get("name"),
+                         node=(pod.get("spec") or {}).get("nodeName"), restarts=restarts,
+                         age_seconds=None if started is None else round(now - started, 1),
+                         age=age(None if started is None else now - started))
+            terminated = (cstatus.get("state") or {}).get("terminated") or {}
+            if phase == "Pending":
+                problem = pod_problem(pod, events)
+                if problem:
+                    entry["reason"] = problem
+            elif phase == "Failed":
+                entry["reason"] = (exit_description(terminated.get("exitCode"), terminated.get("reason"))
+                                   if terminated else _reason_text((pod.get("status") or {}).get("reason"),
+                                                                   (pod.get("status") or {}).get("message")))
+        for offset in range(per_node):
+            ranks.append({"rank": node_rank * per_node + offset, **entry})
+    phase, reason = _job_phase(info, current, by_rank, podgroups, events)
+    created = created_at(info.obj)
+    out: dict[str, Any] = {
+        "name": info.name, "backend": "k8s", "namespace": info.namespace, "phase": phase,
+        "experiment": info.experiment, "accelerator": info.accelerator, "cards": info.cards,
+        "nodes": nodes, "scheduler": info.scheduler, "restarts": restarts_max,
+        "max_restarts": info.max_restarts,
+        "age_seconds": None if created is None else round(now - created, 1),
+        "age": age(None if created is None else now - created),
+        "outputs_url": info.job_url, "ranks": ranks,
+    }
+    if info.scheduler == "volcano":
+        retries = ((info.obj.get("status") or {}).get("retryCount"))
+        if isinstance(retries, int):
+            out["restarts"] = max(restarts_max, retries)
+    if reason:
+        out["reason"] = reason
+    return out
+
+
+def _job_phase(info: JobInfo, current: dict[int, dict[str, Any]],
+               by_rank: dict[int, list[dict[str, Any]]], podgroups: Iterable[Mapping[str, Any]],
+               events: list[Mapping[str, Any]]) -> tuple[str, str | None]:
+    status = info.obj.get("status") or {}
+    nodes = info.nodes or len(current) or 1
+    phases = {rank: (pod.get("status") or {}).get("phase") or "Pending" for rank, pod in current.items()}
+    failed_pods = sum(1 for items in by_rank.values() for p in items
+                      if (p.get("status") or {}).get("phase") == "Failed")
+    last_failure = _last_failure(by_rank)
+    if info.scheduler == "volcano":
+        state = status.get("state") or {}
+        vphase = state.get("phase")
+        mapped = VOLCANO_PHASES.get(vphase or "Pending", "Pending")
+        if mapped == "Failed":
+            return "Failed", _reason_text(state.get("reason") or vphase, state.get("message")) or last_failure
+        if mapped in ("Succeeded", "Running"):
+            return mapped, None
+        if mapped == "Restarting":
+            return "Restarting", last_failure or _reason_text(state.get("reason"), state.get("message")) or None
+    else:
+        conditions = {c.get("type"): c for c in status.get("conditions") or []
+                      if c.get("status") == "True"}
+        for kind in ("Complete", "SuccessCriteriaMet"):
+            if kind in conditions:
+                return "Succeeded", None
+        for kind in ("Failed", "FailureTarget"):
+            if kind in conditions:
+                c = conditions[kind]
+                text = _reason_text(c.get("reason"), c.get("message"))
+                if last_failure and last_failure not in text:
+                    text = f"{text}; last failure: {last_failure}" if text else last_failure
+                return "Failed", text or "failed"
+        if (info.obj.get("spec") or {}).get("suspend") or "Suspended" in conditions:
+            queue_name = labels_of(info.obj).get(contract.KUEUE_QUEUE_LABEL)
+            where = f" in queue {queue_name}" if queue_name else ""
+            return "Pending", f"suspended: waiting to be admitted{where} (Kueue)"
+        failed_pods = max(failed_pods, int(status.get("failed") or 0))
+    all_running = len(phases) >= nodes and all(p in ("Running", "Succeeded") for p in phases.values())
+    if all_running and any(p == "Running" for p in phases.values()):
+        return "Running", None
+    if all_running:
+        return "Running", "finishing"
+    waiting = pending_reason(info, current, podgroups, events)
+    if failed_pods:
+        text = f"after {last_failure}" if last_failure else "after a failure"
+        return "Restarting", f"{text}; {waiting}" if waiting else text
+    return "Pending", waiting
+
+
+def _last_failure(by_rank: dict[int, list[dict[str, Any]]]) -> str | None:
+    failures = []
+    for rank, items in by_rank.items():
+        for pod in items:
+            if (pod.get("status") or {}).get("phase") != "Failed":
+                continue
+            terminated = (container_status(pod).get("state") or {}).get("terminated") or {}
+            when = parse_time(terminated.get("finishedAt")) or created_at(pod) or 0.0
+            what = exit_description(terminated.get("exitCode"), terminated.get("reason")) \
+                if terminated else ((pod.get("status") or {}).get("reason") or "failed")
+            failures.append((when, f"node rank {rank} ({meta(pod).get('name')}) {what}"))
+    return max(failures)[1] if failures else None
+
+
+def pending_reason(info: JobInfo, current: dict[int, dict[str, Any]],
+                   podgroups: Iterable[Mapping[str, Any]],
+                   events: list[Mapping[str, Any]]) -> str | None:
+    """Why the job does not run yet: the first pod problem (by rank), else Volcano's
+    PodGroup, else the Job's own warnings (e.g. FailedCreate over a quota)."""
+    nodes = info.nodes or len(current) or 1
+    waiting = [(rank, pod) for rank, pod in sorted(current.items())
+               if (pod.get("status") or {}).get("phase") in (None, "Pending")]
+    for rank, pod in waiting:
+        problem = pod_problem(pod, events)
+        if problem:
+            return problem if nodes == 1 else f"node rank {rank}: {problem}"
+    problem = podgroup_problem(podgroups)
+    if problem:
+        return problem
+    kind = "Job"
+    warnings = [e for e in events if _involves(e, kind, info.name) and e.get("type") == "Warning"]
+    if warnings:
+        latest = max(warnings, key=event_time)
+        return _reason_text(latest.get("reason"), latest.get("message"))
+    missing = nodes - len(current)
+    if missing == nodes:
+        return "waiting for the job's pods to be created"
+    if missing > 0:
+        return f"{missing} of {nodes} pods not created yet"
+    if waiting:
+        return f"{len(waiting)} of {nodes} pods starting"
+    return None

@@ -1,0 +1,234 @@
+"""The one reader of a job's `metrics.jsonl` and `result.json` (status, list and report
+all use it, so they show the same best accuracy).
+
+`metrics.jsonl` holds one JSON object per line, written by leo_core.train:
+`{"step", "kind": "train", "loss", "accuracy", "steps_per_s", "time"}` and
+`{"step", "kind": "validation", "accuracy", "ci95", "loss", "tasks", "best", "time"}`;
+`result.json`: `{"accuracy", "ci95", "tasks", "step", "experiment"}`, fractions.
+The best validation is the trainer's latest `best` mark (the checkpoint it kept), else
+the highest accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from launcher.errors import LaunchError
+from launcher.outputs.layout import METRICS_FILE, RESULT_FILE
+
+RECENT_TRAIN_RECORDS = 10  # steps/s is the mean over this many of the latest train records
+
+
+@dataclass(frozen=True)
+class Point:
+    """One logged record on a curve."""
+
+    step: int
+    accuracy: float  # a fraction
+    ci95: float | None = None
+    best: bool = False  # validation: the trainer marked it a new best
+    steps_per_s: float | None = None  # train: the rate over the logging window
+    time: float | None = None
+
+
+@dataclass(frozen=True)
+class MetaTest:
+    accuracy: float  # fractions
+    ci95: float | None
+    tasks: int | None
+    step: int | None
+
+
+def parse_metrics(data: bytes, where: str = METRICS_FILE) -> tuple[list[Point], list[Point], int]:
+    """Train and validation points of a metrics.jsonl, each sorted by step with one point
+    per step (the last logged wins: a resumed run may log a step again), and the number
+    of lines that were not records (a torn last line, foreign text)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise LaunchError(f"{where} is not UTF-8 text") from err
+    curves: dict[str, dict[int, Point]] = {"train": {}, "validation": {}}
+    skipped = 0
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            skipped += 1
+            continue
+        if not isinstance(record, dict) or step_or_none(record.get("step")) is None:
+            skipped += 1
+            continue
+        kind = record.get("kind")
+        accuracy = _fraction(record.get("accuracy"))
+        if kind not in curves or accuracy is None:
+            continue  # other kinds of record (or a train record without accuracy)
+        step = step_or_none(record["step"])
+        curves[kind][step] = Point(step=step, accuracy=accuracy, ci95=_fraction(record.get("ci95")),
+                                   best=record.get("best") is True,
+                                   steps_per_s=_positive(record.get("steps_per_s")),
+                                   time=_number(record.get("time")))
+    if skipped and not any(curves.values()):
+        raise LaunchError(f"{where} is not JSON lines: none of its lines is a metrics record")
+    train = [curves["train"][s] for s in sorted(curves["train"])]
+    validation = [curves["validation"][s] for s in sorted(curves["validation"])]
+    return train, validation, skipped
+
+
+def parse_result(data: bytes, where: str = RESULT_FILE) -> MetaTest:
+    try:
+        result = json.loads(data)
+    except (UnicodeDecodeError, ValueError) as err:
+        raise LaunchError(f"{where} is not valid JSON") from err
+    accuracy = _fraction(result.get("accuracy")) if isinstance(result, dict) else None
+    if accuracy is None:
+        raise LaunchError(f"{where} has no meta-test accuracy (expected "
+                          '{"accuracy": 0.7631, "ci95": 0.0012, ...} with fractions)')
+    return MetaTest(accuracy=accuracy, ci95=_fraction(result.get("ci95")),
+                    tasks=positive_int(result.get("tasks")), step=step_or_none(result.get("step")))
+
+
+def meta_test_experiment(data: bytes) -> str | None:
+    try:
+        result = json.loads(data)
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return text_or_none(result.get("experiment")) if isinstance(result, dict) else None
+
+
+def recent_rate(train: Sequence[Point], recent: int = RECENT_TRAIN_RECORDS) -> float | None:
+    """Mean steps/s of the latest train records; from their steps and times when the
+    records carry no rate."""
+    window = list(train)[-recent:]
+    rates = [p.steps_per_s for p in window if p.steps_per_s is not None]
+    if rates:
+        return sum(rates) / len(rates)
+    timed = [p for p in window if p.time is not None]
+    if len(timed) >= 2 and timed[-1].time > timed[0].time:
+        return (timed[-1].step - timed[0].step) / (timed[-1].time - timed[0].time)
+    return None
+
+
+def best_validation(validation: Iterable[Point]) -> Point | None:
+    """The trainer's latest new best; the highest accuracy (earliest on ties) when no
+    record carries the mark."""
+    points = list(validation)
+    marked = [p for p in points if p.best]
+    if marked:
+        return marked[-1]
+    return max(points, key=lambda p: (p.accuracy, -p.step), default=None)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _fraction(value: Any) -> float | None:
+    number = _number(value)
+    return number if number is not None and number >= 0 else None
+
+
+def _positive(value: Any) -> float | None:
+    number = _number(value)
+    return number if number is not None and number > 0 else None
+
+
+def step_or_none(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    return value
+
+
+def positive_int(value: Any) -> int | None:
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        return None
+    return value
+
+
+def text_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def summarize_metrics(data: bytes | str) -> dict[str, Any]:
+    """`step` (the latest logged by any record) and `best_accuracy` / `best_step` (see
+    the module docstring) of a metrics.jsonl; {} for what holds no record."""
+    text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data
+    out: dict[str, Any] = {}
+    steps = [step_or_none(record.get("step")) for record in _records(text)]
+    steps = [s for s in steps if s is not None]
+    if steps:
+        out["step"] = max(steps)
+    try:
+        _, validation, _ = parse_metrics(text.encode())
+    except LaunchError:
+        return out
+    best = best_validation(validation)
+    if best is not None:
+        out["best_accuracy"] = round(float(best.accuracy), 6)
+        out["best_step"] = best.step
+    return out
+
+
+def _records(text: str) -> list[dict[str, Any]]:
+    records = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a partial last line
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def read_progress(job_url: str | None, *, endpoint: str | None = None,
+                  local_out: Path | None = None) -> dict[str, Any]:
+    """`step`, `best_accuracy` and `result` of a job from its metrics.jsonl and result.json:
+    the local output directory when given and present, else `job_url` (object storage).
+    Storage that cannot be reached gives `{"storage_error": "..."}` instead, quickly."""
+    out: dict[str, Any] = {}
+    if local_out is not None and (local_out / METRICS_FILE).is_file():
+        try:
+            out.update(summarize_metrics((local_out / METRICS_FILE).read_bytes()))
+            result_path = local_out / RESULT_FILE
+            if result_path.is_file():
+                out["result"] = json.loads(result_path.read_text())
+            return out
+        except (OSError, ValueError):
+            pass
+    if not job_url:
+        return out
+    from launcher.storage import (
+        NotFoundError,
+        StorageOptions,
+        open_store,
+    )
+
+    try:
+        options = StorageOptions(endpoint=endpoint, max_attempts=1, progress=False,
+                                 connect_timeout=3.0, read_timeout=10.0)
+        with open_store(job_url, options) as store:
+            try:
+                out.update(summarize_metrics(store.get_bytes(METRICS_FILE)))
+            except NotFoundError:
+                pass
+            try:
+                out["result"] = json.loads(store.get_bytes(RESULT_FILE))
+            except NotFoundError:
+                pass
+            except ValueError:
+                pass
+    except Exception as err:  # noqa: BLE001 - progress is optional: say why it is missing
+        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        out["storage_error"] = text
+    return out

@@ -1,0 +1,409 @@
+"""The bootstrap of one node of a job: `python -m launcher.bootstrap`.
+
+It is the training images' entrypoint (every pod runs it) and what the local backend
+runs on this machine. In order:
+
+1. reads the resolved job (`job.yaml`, `experiment.yaml`) from `$LEO_CONFIG_DIR`
+   (default /etc/leo-launch, where the job's ConfigMap is mounted) and finds this node's
+   rank (`LEO_NODE_RANK`, `JOB_COMPLETION_INDEX`, `VC_TASK_INDEX`; with an inventory,
+   the node's place in it);
+2. stages `data_url` into `$LEO_CACHE_DIR` (default /cache) once per node;
+3. brings `train_url`'s latest checkpoint (and metrics, and this node's earlier logs)
+   into the local output directory, so training resumes where the job stopped;
+4. Ascend: prepares the HCCL rank table (dynamic rendezvous, hccl-controller or the
+   ConfigMap's file); NVIDIA/CPU: msrun's dynamic cluster needs only the master address;
+5. runs `msrun --join True ... leo_core/train.py --config experiment.yaml --resume ...`
+   and prints every worker's lines on stdout as `[rank R] line` (its own as `[node K] ...`),
+   keeping them in `logs/rank-R.log`;
+6. publishes checkpoints, metrics and logs to `<train_url>/<job>/` while training
+   (node 0: everything; other nodes: their ranks' logs), every `$LEO_PUBLISH_INTERVAL`
+   seconds (default 30);
+7. node 0 then evaluates the best checkpoint on meta-test (50 × metatest_batch_size
+   tasks, 10,000 by default; `$LEO_EVAL_TASKS` overrides) into `result.json`, publishes it
+   and the rest, and exits.
+
+Exit codes (the Job's podFailurePolicy and Volcano's policies read them):
+0 done; 2 bad configuration (`EXIT_BAD_CONFIG`: unreadable job, bad experiment, missing
+data, a worker that exited 2) — retrying cannot help; 1 anything else (retriable: a dead
+peer, storage trouble, ...); 143 terminated by SIGTERM (after a last publication).
+
+Variables for the local backend (pods need none of them): `LEO_WORK_DIR` (outputs, logs;
+default `$LEO_CACHE_DIR/job`), `LEO_MASTER_ADDR` / `LEO_MASTER_PORT` (override the
+job's), `LEO_STATUS_FILE` (the bootstrap writes its stage there as JSON).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TextIO
+
+from launcher.errors import UsageError
+from launcher.pod.logrelay import NOISE, LogRelay, Output
+from launcher.pod.node import (
+    BadConfig,
+    Terminated,
+    check_data_root,
+    eval_tasks,
+    load_job,
+    log_every,
+    node_rank_of,
+    paths_from_env,
+    prepare_rank_table,
+    resolve_master,
+)
+from launcher.spec import contract
+from launcher.spec import jobspec as js
+from launcher.spec.contract import (
+    ENV_PROCESS_MARK,
+    ENV_PUBLISH_INTERVAL,
+    ENV_STATUS_FILE,
+    EXIT_RETRIABLE,
+    EXIT_TERMINATED,
+)
+from launcher.util.procs import kill_marked, kill_processes
+
+DEFAULT_PUBLISH_INTERVAL = 30.0
+DEVICES = {"cpu": "CPU", "nvidia": "GPU", "ascend": "Ascend"}
+# msrun variables that must not leak into a launch from the caller's environment
+_INHERITED = ("MS_ROLE", "MS_SCHED_HOST", "MS_SCHED_PORT", "MS_WORKER_NUM", "MS_NODE_ID",
+              "RANK_ID", "RANK_SIZE", "DEVICE_ID", ENV_PROCESS_MARK)
+# MindSpore's C++ INFO/DEBUG lines: dropped (GLOG_v=2 should keep them away anyway)
+_ERROR_CODE = re.compile(r"exit with exception\. Error code: (-?\d+)")
+
+
+class Bootstrap:
+    """One run of the bootstrap (see the module docstring)."""
+
+    def __init__(self, environ: Mapping[str, str] | None = None, stream: TextIO | None = None) -> None:
+        self.env = dict(os.environ if environ is None else environ)
+        self.out = Output(stream)
+        self.paths = paths_from_env(self.env)
+        self.mark = uuid.uuid4().hex
+        self.terminating = threading.Event()
+        self.msrun: subprocess.Popen | None = None
+        self.worker_codes: list[int] = []
+        self.publisher: Any = None
+        self.relay: LogRelay | None = None
+        self._status_file = self.env.get(ENV_STATUS_FILE)
+
+    # -------------------------------------------------------------- helpers
+    def stage(self, name: str, **extra: Any) -> None:
+        if not self._status_file:
+            return
+        data = json.dumps({"stage": name, "time": time.time(), "pid": os.getpid(), **extra})
+        tmp = Path(f"{self._status_file}.tmp{os.getpid()}")
+        try:
+            tmp.write_text(data)
+            os.replace(tmp, self._status_file)
+        except OSError:
+            pass
+
+    def storage_options(self, spec: js.JobSpec) -> Any:
+        from launcher.storage import StorageOptions
+
+        return StorageOptions(endpoint=spec.storage_endpoint, progress=False)
+
+    def on_signal(self, signum: int, frame: Any) -> None:  # noqa: ARG002
+        if self.terminating.is_set():
+            return
+        self.terminating.set()
+        self.out.node(f"received {signal.Signals(signum).name}: stopping")
+        self.stop_training()
+        raise Terminated(signum)
+
+    def stop_training(self) -> None:
+        proc = self.msrun
+        if proc is not None and proc.poll() is None:
+            try:
+                import psutil
+
+                root = psutil.Process(proc.pid)
+                kill_processes([root, *root.children(recursive=True)])
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+        kill_marked(ENV_PROCESS_MARK, self.mark, exclude={os.getpid()})
+
+    def child_env(self) -> dict[str, str]:
+        env = {k: v for k, v in self.env.items() if k not in _INHERITED}
+        bin_dir = str(Path(sys.executable).parent)
+        env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"  # msrun runs `python`
+        env["PYTHONUNBUFFERED"] = "1"
+        env.setdefault("GLOG_v", "2")
+        env[ENV_PROCESS_MARK] = self.mark
+        return env
+
+    # -------------------------------------------------------------- steps
+    def run(self) -> int:
+        spec, config = load_job(self.paths)
+        node_rank = node_rank_of(spec, self.env)
+        self.out.node_rank = node_rank
+        port = self.env.get(contract.ENV_MASTER_PORT, "").strip()
+        if port and port != str(spec.master_port):
+            try:
+                spec = dataclasses.replace(spec, master_port=int(port))
+            except ValueError as err:
+                raise BadConfig(f"{contract.ENV_MASTER_PORT}={port!r} is not a port") from err
+        if spec.data_url is None:
+            raise BadConfig("the job has no data_url: submit it with --data-url")
+        local_ranks = list(range(node_rank * spec.cards_per_node, (node_rank + 1) * spec.cards_per_node))
+        self.out.node(f"job {spec.name}: {spec.experiment}, node {node_rank} of {spec.nodes}, "
+                      f"ranks {local_ranks[0]}-{local_ranks[-1]} of {spec.world_size} on {spec.accelerator}")
+        for path in (self.paths.out, self.paths.logs, self.paths.cache):
+            path.mkdir(parents=True, exist_ok=True)
+        job_url = None
+        if spec.train_url:
+            from launcher.storage import parse_url
+
+            job_url = str(parse_url(spec.train_url).child(spec.name))
+
+        root = self.stage_data(spec, config)
+        resumed = self.resume(spec, job_url, local_ranks)
+        self.stage("preparing")
+        addr = self.env.get(contract.ENV_MASTER_ADDR) or spec.master_addr
+        if node_rank == 0 and self.env.get("POD_IP"):
+            master_ip = self.env["POD_IP"]  # our own address: no need to wait for DNS
+        else:
+            master_ip = resolve_master(addr, spec.cluster_timeout)
+        server = None
+        if spec.accelerator == "ascend" and spec.rank_table == "dynamic" and node_rank == 0:
+            from launcher.pod.rendezvous import FragmentRendezvous
+
+            server = FragmentRendezvous(spec.name, spec.nodes, port=spec.ranktable_port,
+                                        timeout=spec.cluster_timeout).start()
+        try:
+            table = prepare_rank_table(spec, node_rank, self.env, master_ip, self.out,
+                                       config_dir=self.paths.config_dir)
+            if job_url:
+                self.start_publishing(spec, job_url, node_rank)
+            code = self.train(spec, config, node_rank, local_ranks, master_ip, table, root, resumed)
+            if code == 0 and node_rank == 0 and not self.terminating.is_set():
+                code = self.evaluate(spec, config, root)
+        finally:
+            if server is not None:
+                server.close()
+            if self.relay is not None:
+                self.relay.close()
+            self.finish_publishing()
+        if self.terminating.is_set():
+            return EXIT_TERMINATED
+        if code == 0:
+            self.stage("done")
+            self.out.node("done")
+        return code
+
+    def stage_data(self, spec: js.JobSpec, config: Any) -> Path:
+        from launcher.pod.stage import (
+            find_data_root,
+            stage,
+        )
+        from launcher.storage import (
+            NotFoundError,
+            StorageError,
+            parse_url,
+        )
+
+        url = parse_url(spec.data_url)
+        if url.is_local:  # a directory used in place: what it lacks will not appear by retrying
+            if not Path(url.path).exists():
+                raise BadConfig(f"data_url {url}: no such file or directory")
+            if Path(url.path).is_dir():
+                try:
+                    find_data_root(Path(url.path))
+                except StorageError as err:
+                    raise BadConfig(f"data_url: {err}") from err
+        self.stage("staging")
+        self.out.node(f"staging {spec.data_url} into {self.paths.cache}")
+        started = time.monotonic()
+        try:
+            root = stage(spec.data_url, self.paths.cache, options=self.storage_options(spec))
+        except NotFoundError as err:
+            raise BadConfig(f"data_url: {err}") from err
+        check_data_root(root, config)
+        self.out.node(f"data ready in {root} ({time.monotonic() - started:.1f} s)")
+        return root
+
+    def resume(self, spec: js.JobSpec, job_url: str | None, local_ranks: list[int]) -> int | None:
+        if not job_url:
+            return None
+        from launcher.outputs.checkpoints import resume_from_remote
+
+        self.stage("resuming")
+        previous = self.paths.previous_logs
+        step = resume_from_remote(job_url, self.paths.out, logs_dir=previous,
+                                  options=self.storage_options(spec))
+        for rank in local_ranks:  # only this node's ranks: others publish their own
+            src, dest = previous / f"rank-{rank}.log", self.paths.logs / f"rank-{rank}.log"
+            if src.is_file() and not dest.exists():
+                os.replace(src, dest)
+        shutil.rmtree(previous, ignore_errors=True)
+        if step is not None:
+            self.out.node(f"resuming from the checkpoint of step {step} in {job_url}")
+        return step
+
+    def start_publishing(self, spec: js.JobSpec, job_url: str, node_rank: int) -> None:
+        from launcher.outputs.publish import Publisher
+
+        interval = self.env.get(ENV_PUBLISH_INTERVAL, "").strip()
+        try:
+            seconds = float(interval) if interval else DEFAULT_PUBLISH_INTERVAL
+        except ValueError as err:
+            raise BadConfig(f"{ENV_PUBLISH_INTERVAL}={interval!r} is not a number of seconds") from err
+        out_dir = self.paths.out if node_rank == 0 else self.paths.nothing
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.publisher = Publisher(out_dir, job_url, logs_dir=self.paths.logs,
+                                   options=self.storage_options(spec))
+        if node_rank == 0:
+            self.publisher.put_file(self.paths.job_file, "job.yaml")
+            self.publisher.put_file(self.paths.experiment_file, "experiment.yaml")
+            self.out.node(f"publishing checkpoints, metrics and logs to {job_url} every {seconds:g} s")
+        self.publisher.start(max(seconds, 0.2))
+
+    def finish_publishing(self) -> None:
+        if self.publisher is None:
+            return
+        try:
+            self.publisher.final()
+        except Exception as err:  # noqa: BLE001 - report, the exit code says the rest
+            self.out.node(f"warning: last publication failed: {str(err).splitlines()[0] if str(err) else err}")
+        finally:
+            self.publisher.close()
+            self.publisher = None
+
+    def train(self, spec: js.JobSpec, config: Any, node_rank: int, local_ranks: list[int],
+              master_ip: str, table: str | None, root: Path, resumed: int | None) -> int:
+        import importlib.util
+
+        script = importlib.util.find_spec("leo_core.train").origin
+        msrun_dir = self.paths.msrun_logs
+        shutil.rmtree(msrun_dir, ignore_errors=True)
+        msrun_dir.mkdir(parents=True)
+        msrun = Path(sys.executable).parent / "msrun"
+        cmd = [str(msrun) if msrun.exists() else "msrun",
+               *spec.msrun_args(node_rank, log_dir=str(msrun_dir), master_addr=master_ip,
+                                rank_table_file=table),
+               # an id no worker has: msrun's own tailing off, we relay with rank tags
+               "--tail_worker_log", str(spec.world_size),
+               script, "--config", str(self.paths.experiment_file), "--data-root", str(root),
+               "--out", str(self.paths.out), "--resume", "--device", DEVICES[spec.accelerator],
+               "--log-every", str(log_every(config))]
+        env = self.child_env()
+        if table:
+            env["RANK_TABLE_FILE"] = table
+        self.stage("training", resumed_step=resumed)
+        self.out.node(f"starting {spec.cards_per_node} training process(es) with msrun "
+                      f"(master {master_ip}:{spec.master_port})")
+        self.relay = LogRelay(msrun_dir, local_ranks, self.paths.logs, self.out)
+        self.relay.start()
+        try:
+            self.msrun = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                          stdin=subprocess.DEVNULL, env=env, cwd=self.paths.work,
+                                          start_new_session=True)
+            if self.terminating.is_set():  # a signal arrived while starting
+                self.stop_training()
+            assert self.msrun.stdout is not None
+            for raw in self.msrun.stdout:
+                line = raw.decode("utf-8", errors="replace").rstrip()
+                match = _ERROR_CODE.search(line)
+                if match:
+                    self.worker_codes.append(int(match.group(1)))
+                if "tail_worker_log" in line or NOISE.match(raw) or not line:
+                    continue
+                self.out.node(f"msrun: {line}")
+            code = self.msrun.wait()
+        finally:
+            self.relay.stop()
+            kill_marked(ENV_PROCESS_MARK, self.mark, exclude={os.getpid()})  # no stragglers
+        if self.terminating.is_set():
+            return EXIT_TERMINATED
+        if code == 0:
+            return 0
+        if contract.EXIT_BAD_CONFIG in self.worker_codes:
+            self.out.node(f"training failed: a worker exited with code {contract.EXIT_BAD_CONFIG} "
+                          "(bad configuration or data); not retrying")
+            return contract.EXIT_BAD_CONFIG
+        codes = ", ".join(str(c) for c in self.worker_codes) or "none reported"
+        self.out.node(f"training failed: msrun exited with {code} (worker exit codes: {codes})")
+        return EXIT_RETRIABLE
+
+    def evaluate(self, spec: js.JobSpec, config: Any, root: Path) -> int:
+        tasks = eval_tasks(config, self.env)
+        result_path = self.paths.out / "result.json"
+        result_path.unlink(missing_ok=True)
+        self.stage("evaluating")
+        self.out.node(f"evaluating the best checkpoint on {tasks} meta-test tasks")
+        cmd = [sys.executable, "-m", "leo_core.evaluate", "--config", str(self.paths.experiment_file),
+               "--data-root", str(root), "--checkpoint", str(self.paths.out), "--which", "best",
+               "--tasks", str(tasks), "--json", str(result_path),
+               "--device", DEVICES[spec.accelerator]]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=self.child_env(), cwd=self.paths.work)
+        self.msrun = proc  # a signal stops it the same way
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            if not NOISE.match(raw) and self.relay is not None:
+                self.relay.write_line(0, raw.decode("utf-8", errors="replace").rstrip())
+        code = proc.wait()
+        if self.terminating.is_set():
+            return EXIT_TERMINATED
+        if code != 0 or not result_path.is_file():
+            self.out.node(f"evaluation failed with exit code {code}")
+            return contract.EXIT_BAD_CONFIG if code == contract.EXIT_BAD_CONFIG else EXIT_RETRIABLE
+        result = json.loads(result_path.read_text())
+        result["job"] = spec.name
+        result_path.write_text(json.dumps(result, indent=2) + "\n")
+        if self.publisher is not None:
+            self.publisher.put_json("result.json", result)
+        self.out.node(f"meta-test accuracy {100 * result['accuracy']:.2f}% ± {100 * result['ci95']:.2f}% "
+                      f"over {result['tasks']} tasks (checkpoint step {result.get('step')})")
+        return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv:
+        print("usage: python -m launcher.bootstrap (configured by the job's ConfigMap and "
+              "LEO_* variables; see the module docstring)", file=sys.stderr)
+        return contract.EXIT_BAD_CONFIG
+    boot = Bootstrap()
+    previous = {sig: signal.signal(sig, boot.on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return boot.run()
+    except Terminated:
+        return EXIT_TERMINATED
+    except UsageError as err:  # BadConfig, bad JobSpec, bad rank table, ...
+        boot.out.node(f"error: {err} (bad configuration: not retrying)")
+        return contract.EXIT_BAD_CONFIG
+    except Exception as err:  # noqa: BLE001 - the exit code tells the Job to retry
+        if boot.terminating.is_set():
+            return EXIT_TERMINATED
+        from leo_core.config import ConfigError
+
+        if isinstance(err, ConfigError):
+            boot.out.node(f"error: {err} (bad configuration: not retrying)")
+            return contract.EXIT_BAD_CONFIG
+        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        boot.out.node(f"error: {text} (retriable)")
+        if boot.env.get("LEO_DEBUG"):
+            import traceback
+
+            traceback.print_exc()
+        return EXIT_RETRIABLE
+    finally:
+        boot.stop_training()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,553 @@
+"""JobSpec: one LEO training job, validated and immutable.
+
+A JobSpec is what `render` turns into Kubernetes objects and what the in-pod
+bootstrap (`python -m launcher.bootstrap`) and the local backend reload from
+`job.yaml`: `to_dict()` / `from_dict()` round-trip through plain YAML-safe data.
+It holds names, storage URLs and the *name* of the storage Secret, never
+credentials.
+
+The constants below are the contract between the rendered manifests, the
+bootstrap and the images; import them rather than repeating the strings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from launcher.errors import UsageError
+from launcher.spec import names as syn
+from launcher.spec.contract import (
+    ANNOTATION_CARDS,
+    ANNOTATION_NODES,
+    ANNOTATION_RANK_TABLE,
+    ANNOTATION_SCHEDULER,
+    APP_NAME,
+    LABEL_ACCEL,
+    LABEL_APP,
+    LABEL_EXPERIMENT,
+    LABEL_JOB,
+    LABEL_MANAGED_BY,
+    MANAGER,
+    NODE_RANK_ENV_VARS,
+    VOLCANO_TASK,
+)
+from launcher.spec.ranktable import (
+    InventoryNode,
+    RankTableError,
+)
+from launcher.spec.values import (
+    _ACCEL_ALIASES,
+    _NCCL_VALUE,
+    Toleration,
+    _check_node_selector,
+    _text_problem,
+    endpoint_problem,
+    image_problem,
+    parse_node_selectors,
+    parse_rank_table,
+    storage_url_problem,
+)
+
+# ------------------------------------------------------------------ accelerators, images
+ACCELERATORS = ("ascend", "nvidia", "cpu")
+DEFAULT_IMAGES = {accel: f"leo-launch:{accel}" for accel in ACCELERATORS}
+DOCKERFILES = {accel: f"images/{accel}/Dockerfile" for accel in ACCELERATORS}
+RESOURCE_NAMES = {"ascend": "huawei.com/Ascend910", "nvidia": "nvidia.com/gpu"}
+ASCEND_CARDS_PER_NODE = (1, 2, 4, 8)
+MAX_CARDS_PER_NODE = {"ascend": 8, "nvidia": 16, "cpu": 64}
+DEFAULT_CARDS_PER_NODE = 8  # --nodes defaults to ceil(cards / 8)
+SCHEDULERS = ("job", "volcano")
+RANK_TABLE_MODES = ("dynamic", "controller", "file")
+NCCL_DEBUG_LEVELS = ("VERSION", "WARN", "INFO", "TRACE")
+DEFAULT_MASTER_PORT = 8118  # msrun's default
+DEFAULT_CLUSTER_TIMEOUT = 1800  # msrun --cluster_time_out, seconds
+DEFAULT_HCCL_CONNECT_TIMEOUT = 1200  # HCCL_CONNECT_TIMEOUT, seconds
+DEFAULT_MAX_RESTARTS = 3
+DEFAULT_NCCL_SOCKET_IFNAME = "eth0"
+
+JOBSPEC_VERSION = 1
+
+# ------------------------------------------------------------------ the JobSpec
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One training job. Omitted values (None) are resolved to their defaults."""
+
+    name: str
+    experiment: str
+    accelerator: str
+    cards: int
+    nodes: int | None = None
+    namespace: str = "default"
+    overrides: tuple[tuple[str, str], ...] = ()
+    image: str | None = None
+    data_url: str | None = None
+    train_url: str | None = None
+    storage_secret: str | None = None
+    storage_endpoint: str | None = None
+    scheduler: str = "job"
+    rank_table: str | None = None  # ascend: dynamic (default), controller or file
+    inventory: tuple[InventoryNode, ...] = ()  # rank_table == "file"
+    node_selector: tuple[tuple[str, str], ...] = ()
+    tolerations: tuple[Toleration, ...] = ()
+    priority_class: str | None = None
+    queue: str | None = None
+    max_restarts: int = DEFAULT_MAX_RESTARTS
+    cpu: str | None = None  # per pod
+    memory: str | None = None  # per pod
+    shm_size: str | None = None  # /dev/shm size limit per pod
+    master_port: int = DEFAULT_MASTER_PORT
+    cluster_timeout: int = DEFAULT_CLUSTER_TIMEOUT
+    hccl_connect_timeout: int = DEFAULT_HCCL_CONNECT_TIMEOUT
+    nccl_socket_ifname: str | None = None  # nvidia: default eth0
+    nccl_ib_hca: str | None = None
+    nccl_debug: str | None = None
+    _config: Any = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._check_experiment()
+        self._check_accelerator()
+        self._check_cards()
+        self._check_names()
+        self._check_storage()
+        self._check_scheduling()
+        self._check_resources()
+        self._check_cluster()
+
+    # -------------------------------------------------------------- validation
+    def _set(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+
+    def _check_experiment(self) -> None:
+        from leo_core.config import ConfigError, load_experiment
+
+        if not isinstance(self.experiment, str) or not self.experiment:
+            raise UsageError("--exp is required (see leo-launch experiments)")
+        overrides = tuple((str(k), _override_text(v)) for k, v in _pairs(self.overrides, "overrides"))
+        self._set("overrides", tuple(dict(overrides).items()))  # last one wins
+        for key, value in self.overrides:
+            if _text_problem(value):
+                raise UsageError(f"--set {key}: value {_text_problem(value)}")
+        try:
+            config = load_experiment(self.experiment, [f"{k}={v}" for k, v in self.overrides])
+        except ConfigError as err:
+            raise UsageError(str(err)) from err
+        self._set("_config", config)
+
+    def _check_accelerator(self) -> None:
+        if self.accelerator not in ACCELERATORS:
+            text = str(self.accelerator).lower()
+            close = [_ACCEL_ALIASES[text]] if text in _ACCEL_ALIASES else \
+                difflib.get_close_matches(text, ACCELERATORS, n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise UsageError(f"unknown accelerator {self.accelerator!r}{hint}; "
+                             f"choose {', '.join(ACCELERATORS)}")
+
+    def _check_cards(self) -> None:
+        cards = _int(self.cards, "--cards", minimum=1)
+        nodes = self.nodes
+        if nodes is None:
+            nodes = math.ceil(cards / DEFAULT_CARDS_PER_NODE)
+        nodes = _int(nodes, "--nodes", minimum=1)
+        self._set("nodes", nodes)
+        if nodes > cards:
+            raise UsageError(f"--nodes {nodes} exceeds --cards {cards}: every node needs at least one card")
+        if cards % nodes:
+            raise UsageError(f"{cards} cards do not split evenly across {nodes} nodes; "
+                             f"{self._split_hint(cards)}")
+        per_node = cards // nodes
+        if self.accelerator == "ascend" and per_node not in ASCEND_CARDS_PER_NODE:
+            raise UsageError(f"Ascend nodes take 1, 2, 4 or 8 cards each, not {per_node} "
+                             f"({cards} cards on {nodes} nodes); {self._split_hint(cards)}")
+        limit = MAX_CARDS_PER_NODE[self.accelerator]
+        if per_node > limit:
+            raise UsageError(f"{per_node} cards per node is more than {limit} for {self.accelerator}; "
+                             f"{self._split_hint(cards)}")
+        batch = self._config.metatrain_batch_size
+        if cards > batch:
+            unit = "worker processes" if self.accelerator == "cpu" else "cards"
+            raise UsageError(
+                f"{cards} {unit} exceed metatrain_batch_size {batch} of {self.experiment}: the "
+                f"global meta-batch is split across ranks; use fewer cards or "
+                f"--set metatrain_batch_size={cards}")
+
+    def _split_hint(self, cards: int) -> str:
+        limit = MAX_CARDS_PER_NODE[self.accelerator]
+        options = [n for n in range(1, cards + 1) if cards % n == 0 and cards // n <= limit
+                   and (self.accelerator != "ascend" or cards // n in ASCEND_CARDS_PER_NODE)]
+        if not options:
+            return "choose a card count that is a multiple of 1, 2, 4 or 8 per node"
+        return f"try --nodes {' or '.join(str(n) for n in options[:3])}"
+
+    def _check_names(self) -> None:
+        if self.scheduler not in SCHEDULERS:
+            raise UsageError(f"unknown scheduler {self.scheduler!r}; choose job or volcano")
+        if not isinstance(self.name, str):
+            raise UsageError("--name must be a string")
+        suffix = len(self.pod_hostname(self.nodes - 1)) - len(self.name)
+        problem = syn.dns1035_label_problem(self.name, 63 - suffix)
+        if problem:
+            why = f" (pod host names {self.pod_hostname(self.nodes - 1).replace(self.name, '<name>', 1)} must fit 63)" \
+                if "characters" in problem else ""
+            raise UsageError(f"--name {self.name!r} {problem}{why}")
+        if not isinstance(self.namespace, str):
+            raise UsageError("--namespace must be a string")
+        problem = syn.dns1123_label_problem(self.namespace)
+        if problem:
+            raise UsageError(f"--namespace {self.namespace!r} {problem}")
+        image = DEFAULT_IMAGES[self.accelerator] if self.image is None else self.image
+        problem = image_problem(image) if isinstance(image, str) else "must be a string"
+        if problem:
+            raise UsageError(f"--image {image!r} {problem}")
+        self._set("image", image)
+
+    def _check_storage(self) -> None:
+        for flag, value in (("--data-url", self.data_url), ("--train-url", self.train_url)):
+            if value is not None:
+                problem = storage_url_problem(value) if isinstance(value, str) else "must be a string"
+                if problem:
+                    raise UsageError(f"{flag} {value!r}: {problem}")
+        if self.storage_secret is not None:
+            problem = _name_problem(self.storage_secret, syn.dns1123_subdomain_problem)
+            if problem:
+                raise UsageError(f"--storage-secret {self.storage_secret!r} {problem} (a Secret name)")
+        if self.storage_endpoint is not None:
+            value = self.storage_endpoint
+            problem = endpoint_problem(value) if isinstance(value, str) else "must be a string"
+            if problem:
+                raise UsageError(f"--storage-endpoint {value!r} {problem}")
+
+    def _check_scheduling(self) -> None:
+        self._set("node_selector", _pairs(self.node_selector, "node_selector"))
+        _check_node_selector(self.node_selector)
+        tolerations = tuple(t if isinstance(t, Toleration) else Toleration.from_dict(t)
+                            for t in self.tolerations)
+        for tol in tolerations:
+            tol.check(f"--toleration {tol.key}")
+        self._set("tolerations", tolerations)
+        if self.priority_class is not None:
+            problem = _name_problem(self.priority_class, syn.dns1123_subdomain_problem)
+            if problem:
+                raise UsageError(f"--priority-class {self.priority_class!r} {problem}")
+        if self.queue is not None:
+            problem = _name_problem(self.queue, syn.dns1123_label_problem)
+            if problem:
+                raise UsageError(f"--queue {self.queue!r} {problem}")
+        self._set("max_restarts", _int(self.max_restarts, "--max-restarts", minimum=0, maximum=100))
+        self._check_rank_table()
+
+    def _check_rank_table(self) -> None:
+        mode = self.rank_table
+        if self.accelerator != "ascend":
+            if mode is not None:
+                raise UsageError(f"--rank-table applies to --accel ascend only, not {self.accelerator}")
+            if self.inventory:
+                raise UsageError("an inventory is for Ascend rank tables only")
+            return
+        mode = mode or "dynamic"
+        if mode not in RANK_TABLE_MODES:
+            raise UsageError(f"unknown rank-table mode {mode!r}; use dynamic, controller or an inventory file")
+        self._set("rank_table", mode)
+        inventory = tuple(n if isinstance(n, InventoryNode) else InventoryNode.from_dict(n, "inventory node")
+                          for n in self.inventory)
+        self._set("inventory", inventory)
+        if mode == "controller" and self.scheduler != "volcano":
+            raise UsageError("--rank-table controller needs --scheduler volcano "
+                             "(the hccl-controller fills rings-config for Volcano jobs)")
+        if mode != "file":
+            if inventory:
+                raise UsageError(f"an inventory is only used with --rank-table FILE, not {mode}")
+            return
+        if len(inventory) != self.nodes:
+            raise UsageError(f"the inventory lists {len(inventory)} nodes but the job has {self.nodes}; "
+                             f"use --nodes {len(inventory)} or an inventory of {self.nodes} nodes")
+        for node in inventory:
+            if len(node.device_ips) != self.cards_per_node:
+                raise UsageError(f"inventory node {node.name} lists {len(node.device_ips)} devices but the "
+                                 f"job uses {self.cards_per_node} cards per node")
+        from launcher.spec.ranktable import (
+            build_table,
+            inventory_fragments,
+        )
+
+        try:
+            build_table(inventory_fragments(inventory))
+        except RankTableError as err:
+            raise UsageError(f"inventory: {err}") from err
+
+    def _check_resources(self) -> None:
+        per_node = self.cards_per_node
+        if self.accelerator == "cpu":
+            defaults = (str(per_node), f"{4 * per_node}Gi", "1Gi")
+        else:
+            defaults = (str(4 * per_node), f"{16 * per_node}Gi", "16Gi")
+        for attr, flag, default in zip(("cpu", "memory", "shm_size"), ("--cpu", "--memory", "--shm-size"),
+                                       defaults, strict=True):
+            value = getattr(self, attr)
+            value = default if value is None else value
+            if not syn.is_quantity(value) or syn.parse_quantity(value) <= 0:
+                raise UsageError(f"{flag} {value!r} is not a positive Kubernetes quantity (e.g. 8, 500m, 16Gi)")
+            self._set(attr, value)
+
+    def _check_cluster(self) -> None:
+        self._set("master_port", _int(self.master_port, "--master-port", minimum=1024, maximum=65534))
+        self._set("cluster_timeout", _int(self.cluster_timeout, "--cluster-timeout", minimum=1))
+        self._set("hccl_connect_timeout",
+                  _int(self.hccl_connect_timeout, "--hccl-connect-timeout", minimum=1, maximum=7200))
+        nccl = {"--nccl-socket-ifname": self.nccl_socket_ifname, "--nccl-ib-hca": self.nccl_ib_hca}
+        if self.accelerator != "nvidia":
+            given = next((flag for flag, value in {**nccl, "--nccl-debug": self.nccl_debug}.items()
+                          if value is not None), None)
+            if given:
+                raise UsageError(f"{given} applies to --accel nvidia only")
+            return
+        if self.nccl_socket_ifname is None:
+            self._set("nccl_socket_ifname", DEFAULT_NCCL_SOCKET_IFNAME)
+            nccl["--nccl-socket-ifname"] = DEFAULT_NCCL_SOCKET_IFNAME
+        for flag, value in nccl.items():
+            if value is not None and (not isinstance(value, str) or not _NCCL_VALUE.fullmatch(value)):
+                raise UsageError(f"{flag} {value!r} must be interface names such as eth0, ^lo,docker or mlx5_0:1")
+        if self.nccl_debug is not None and self.nccl_debug not in NCCL_DEBUG_LEVELS:
+            raise UsageError(f"--nccl-debug must be one of {', '.join(NCCL_DEBUG_LEVELS)}")
+
+    # -------------------------------------------------------------- derived values
+    @property
+    def cards_per_node(self) -> int:
+        return self.cards // self.nodes
+
+    @property
+    def world_size(self) -> int:
+        return self.cards
+
+    @property
+    def resource_name(self) -> str | None:
+        return RESOURCE_NAMES.get(self.accelerator)
+
+    @property
+    def service_name(self) -> str:
+        """The headless Service (batch Job) or Volcano svc-plugin Service of the pods."""
+        return self.name
+
+    def pod_hostname(self, node_rank: int) -> str:
+        if self.scheduler == "volcano":
+            return f"{self.name}-{VOLCANO_TASK}-{node_rank}"
+        return f"{self.name}-{node_rank}"
+
+    @property
+    def master_addr(self) -> str:
+        """Stable DNS name of node rank 0's pod (resolves once the pod exists)."""
+        return f"{self.pod_hostname(0)}.{self.service_name}.{self.namespace}.svc"
+
+    @property
+    def ranktable_port(self) -> int:
+        return self.master_port + 1
+
+    @property
+    def config_map_name(self) -> str:
+        return f"{self.name}-config"
+
+    @property
+    def rings_config_name(self) -> str:
+        return f"rings-config-{self.name}"
+
+    @property
+    def uses_rings_config(self) -> bool:
+        return self.accelerator == "ascend" and self.scheduler == "volcano"
+
+    def inventory_rank(self, node_name: str) -> int:
+        """FILE rank-table mode: a pod's node rank is its node's position in the inventory
+        (the static table orders servers that way), not its completion index."""
+        for index, node in enumerate(self.inventory):
+            if node.name == node_name:
+                return index
+        raise UsageError(f"node {node_name!r} is not in the job's inventory")
+
+    def experiment_config(self) -> Any:
+        """The resolved `leo_core.config.ExperimentConfig` (registry + overrides)."""
+        return self._config
+
+    def labels(self) -> dict[str, str]:
+        return {LABEL_APP: APP_NAME, LABEL_MANAGED_BY: MANAGER, LABEL_JOB: self.name,
+                LABEL_EXPERIMENT: self.experiment, LABEL_ACCEL: self.accelerator}
+
+    def annotations(self) -> dict[str, str]:
+        out = {ANNOTATION_CARDS: str(self.cards), ANNOTATION_NODES: str(self.nodes),
+               ANNOTATION_SCHEDULER: self.scheduler}
+        if self.rank_table:
+            out[ANNOTATION_RANK_TABLE] = self.rank_table
+        return out
+
+    def msrun_args(self, node_rank: int, *, log_dir: str, master_addr: str | None = None,
+                   rank_table_file: str | None = None) -> list[str]:
+        """msrun's arguments for this node (the bootstrap appends the script and its args)."""
+        if not 0 <= node_rank < self.nodes:
+            raise UsageError(f"node rank {node_rank} is outside 0..{self.nodes - 1}")
+        args = ["--worker_num", str(self.world_size), "--local_worker_num", str(self.cards_per_node),
+                "--master_addr", master_addr or self.master_addr, "--master_port", str(self.master_port),
+                "--node_rank", str(node_rank), "--log_dir", log_dir, "--join", "True",
+                "--cluster_time_out", str(self.cluster_timeout)]
+        if rank_table_file:
+            args += ["--rank_table_file", rank_table_file]
+        return args
+
+    # -------------------------------------------------------------- plain data
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": JOBSPEC_VERSION,
+            "name": self.name,
+            "namespace": self.namespace,
+            "experiment": self.experiment,
+            "overrides": dict(self.overrides),
+            "accelerator": self.accelerator,
+            "cards": self.cards,
+            "nodes": self.nodes,
+            "image": self.image,
+            "data_url": self.data_url,
+            "train_url": self.train_url,
+            "storage_secret": self.storage_secret,
+            "storage_endpoint": self.storage_endpoint,
+            "scheduler": self.scheduler,
+            "rank_table": self.rank_table,
+            "inventory": [node.to_dict() for node in self.inventory],
+            "node_selector": dict(self.node_selector),
+            "tolerations": [tol.to_dict() for tol in self.tolerations],
+            "priority_class": self.priority_class,
+            "queue": self.queue,
+            "max_restarts": self.max_restarts,
+            "cpu": self.cpu,
+            "memory": self.memory,
+            "shm_size": self.shm_size,
+            "master_port": self.master_port,
+            "cluster_timeout": self.cluster_timeout,
+            "hccl_connect_timeout": self.hccl_connect_timeout,
+            "nccl_socket_ifname": self.nccl_socket_ifname,
+            "nccl_ib_hca": self.nccl_ib_hca,
+            "nccl_debug": self.nccl_debug,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> JobSpec:
+        if not isinstance(data, Mapping):
+            raise UsageError("a job spec must be a mapping")
+        values = dict(data)
+        version = values.pop("version", JOBSPEC_VERSION)
+        if version != JOBSPEC_VERSION:
+            raise UsageError(f"job spec version {version!r} is not supported (expected {JOBSPEC_VERSION})")
+        known = {f.name for f in dataclasses.fields(cls) if f.init}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], known, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise UsageError(f"unknown job spec key {unknown[0]!r}{hint}")
+        for key in ("overrides", "node_selector"):
+            if key in values:
+                values[key] = _pairs(values[key], key)
+        if "tolerations" in values:
+            values["tolerations"] = tuple(Toleration.from_dict(t) for t in values["tolerations"] or ())
+        if "inventory" in values:
+            values["inventory"] = tuple(InventoryNode.from_dict(n, "inventory node")
+                                        for n in values["inventory"] or ())
+        return cls(**values)
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+        return yaml.dump(self.to_dict(), Dumper=dumper, sort_keys=False, allow_unicode=True)
+
+    @classmethod
+    def from_yaml(cls, text: str) -> JobSpec:
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise UsageError(f"job spec is not valid YAML: {str(err).splitlines()[0]}") from err
+        return cls.from_dict(data)
+
+
+def build_job_spec(*, experiment: str, accelerator: str, cards: int, nodes: int | None = None,
+                   name: str | None = None, set_overrides: Iterable[str] = (),
+                   steps: int | None = None, rank_table: str | None = None,
+                   node_selectors: Iterable[str] = (), tolerations: Iterable[str] = (),
+                   **values: Any) -> JobSpec:
+    """A JobSpec from command-line style values (`--set k=v`, `--toleration k=v:Effect`, ...)."""
+    from leo_core.config import ConfigError, parse_override
+
+    overrides: dict[str, str] = {}
+    for item in set_overrides:
+        try:
+            key, value = parse_override(item)
+        except ConfigError as err:
+            raise UsageError(f"--set: {err}") from err
+        overrides[key] = value
+    if steps is not None:
+        overrides["num_steps_limit"] = str(_int(steps, "--steps", minimum=1))
+    mode, inventory = parse_rank_table(rank_table)
+    if name is None:
+        name = default_name(experiment, accelerator, cards)
+    return JobSpec(name=name, experiment=experiment, accelerator=accelerator, cards=cards, nodes=nodes,
+                   overrides=tuple(overrides.items()), rank_table=mode, inventory=inventory,
+                   node_selector=parse_node_selectors(node_selectors),
+                   tolerations=tuple(Toleration.parse(t) for t in tolerations), **values)
+
+
+def default_name(experiment: str, accelerator: str, cards: int) -> str:
+    """`leo-mini-5shot-ascend16`: deterministic, so re-rendering gives the same objects."""
+    return f"leo-{str(experiment).replace('_', '-').lower()}-{accelerator}{cards}"
+
+
+def node_rank_from_env(environ: Mapping[str, str]) -> int:
+    """This pod's node rank from the first of NODE_RANK_ENV_VARS that is set."""
+    for var in NODE_RANK_ENV_VARS:
+        value = environ.get(var, "")
+        if value.strip():
+            if not value.strip().isdigit():
+                raise UsageError(f"{var}={value!r} is not a node rank")
+            return int(value)
+    raise UsageError(f"no node rank: none of {', '.join(NODE_RANK_ENV_VARS)} is set")
+
+
+def _int(value: Any, flag: str, minimum: int | None = None, maximum: int | None = None) -> int:
+    if isinstance(value, str) and re.fullmatch(r"\s*-?[0-9]+\s*", value):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UsageError(f"{flag} expects a whole number, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise UsageError(f"{flag} must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise UsageError(f"{flag} must be at most {maximum}, got {value}")
+    return value
+
+
+def _name_problem(value: Any, rule: Any) -> str | None:
+    return rule(value) if isinstance(value, str) else "must be a string"
+
+
+def _pairs(value: Any, what: str) -> tuple[tuple[str, str], ...]:
+    if value is None:
+        return ()
+    if isinstance(value, Mapping):
+        items = list(value.items())
+    else:
+        try:
+            items = [tuple(item) for item in value]
+        except TypeError as err:
+            raise UsageError(f"{what} must be a mapping of keys to values") from err
+    if any(len(item) != 2 or not isinstance(item[0], str) for item in items):
+        raise UsageError(f"{what} must be a mapping of keys to values")
+    return tuple((k, v) for k, v in items)
+
+
+def _override_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float | str):
+        return str(value)
+    raise UsageError(f"override value {value!r} must be a string or number")

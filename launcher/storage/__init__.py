@@ -1,0 +1,132 @@
+"""Object storage and local directories behind one interface (see `launcher.storage.base`
+for URLs, options and the Store protocol): `open_store` and whole-URL operations.
+
+This package imports no boto3: the object-store backend (`launcher.storage.s3`) is
+loaded when an s3:// or obs:// URL is opened.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from launcher.storage.base import (  # noqa: F401 - the package's public names
+    DEFAULT_CONCURRENCY,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_PART_SIZE,
+    MB,
+    SCHEMES,
+    TMP_PREFIX,
+    IntegrityError,
+    NotFoundError,
+    ObjectInfo,
+    StorageError,
+    StorageOptions,
+    StorageURL,
+    Store,
+    SyncReport,
+    URLLike,
+    add_storage_arguments,
+    parse_url,
+    redact_endpoint,
+    split_key,
+)
+
+
+def open_store(url: URLLike, options: StorageOptions | None = None) -> Store:
+    """A store rooted at `url` (no network traffic until it is used)."""
+    parsed = parse_url(url)
+    options = options or StorageOptions()
+    if parsed.is_local:
+        from launcher.storage.local import LocalStore
+
+        return LocalStore(parsed, options)
+    from launcher.storage.s3 import ObjectStore
+
+    return ObjectStore(parsed, options)
+
+
+def sync_up(local: str | Path, url: URLLike, *, options: StorageOptions | None = None,
+            delete: bool = False) -> SyncReport:
+    """Upload the tree `local` under `url`, skipping files whose size and content hash
+    already match; delete extra objects only when `delete`."""
+    from launcher.storage.sync import sync_up as _sync_up
+
+    with open_store(url, options) as store:
+        return _sync_up(Path(local), store, delete=delete)
+
+
+def sync_down(url: URLLike, local: str | Path, *, options: StorageOptions | None = None,
+              delete: bool = False) -> SyncReport:
+    """Download everything under `url` into `local`, each file verified and renamed into
+    place when complete; unchanged files are skipped; extra local files deleted only
+    when `delete`. Re-running after an interruption continues."""
+    from launcher.storage.sync import sync_down as _sync_down
+
+    with open_store(url, options) as store:
+        return _sync_down(store, Path(local), delete=delete)
+
+
+def push(local: str | Path, url: URLLike, *, options: StorageOptions | None = None,
+         delete: bool = False) -> SyncReport:
+    """`leo-launch push`: a directory is synced under `url`; a file is uploaded to `url`,
+    or to `url/<file name>` when `url` ends with '/', is a bucket root or a local directory."""
+    path = Path(local)
+    if path.is_dir():
+        return sync_up(path, url, options=options, delete=delete)
+    if not path.is_file():
+        raise StorageError(f"{local}: no such file or directory")
+    target = parse_url(url)
+    if ((isinstance(url, str) and url.endswith("/")) or (not target.is_local and not target.key)
+            or (target.is_local and Path(target.path).is_dir())):
+        target = target.child(path.name)
+    from launcher.storage.sync import sync_files_up
+
+    with open_store(target.parent(), options) as store:
+        return sync_files_up({target.name: path}, store)
+
+
+def upload(local: str | Path, url: URLLike, *, options: StorageOptions | None = None) -> str:
+    """Upload one file to the object `url`; returns its sha256."""
+    target = parse_url(url)
+    with open_store(target.parent(), options) as store:
+        return store.put_file(Path(local), target.name)
+
+
+def download(url: URLLike, local: str | Path, *, options: StorageOptions | None = None) -> str:
+    """Download the object `url` to the file `local` (verified, atomic); returns its sha256."""
+    source = parse_url(url)
+    with open_store(source.parent(), options) as store:
+        return store.get_file(source.name, Path(local))
+
+
+def list_objects(url: URLLike, *, options: StorageOptions | None = None) -> dict[str, ObjectInfo]:
+    """Everything under the prefix `url`, by key relative to it."""
+    with open_store(url, options) as store:
+        return store.list()
+
+
+def read_json(url: URLLike, *, options: StorageOptions | None = None) -> Any:
+    """A small JSON object; NotFoundError when missing, StorageError when not JSON."""
+    source = parse_url(url)
+    with open_store(source.parent(), options) as store:
+        return get_json(store, source.name)
+
+
+def write_json(url: URLLike, obj: Any, *, options: StorageOptions | None = None) -> None:
+    target = parse_url(url)
+    with open_store(target.parent(), options) as store:
+        put_json(store, target.name, obj)
+
+
+def get_json(store: Store, key: str) -> Any:
+    data = store.get_bytes(key)
+    try:
+        return json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise StorageError(f"{store.url.child(key)} is not valid JSON") from err
+
+
+def put_json(store: Store, key: str, obj: Any) -> None:
+    store.put_bytes(key, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())

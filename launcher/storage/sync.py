@@ -1,0 +1,192 @@
+"""Sync between a local tree and a store: skip what is unchanged, transfer the rest in
+parallel, verify every download, never delete unless asked.
+
+"Unchanged" means the same size and the same content hash: the sha256 kept in the
+object's metadata (written by every upload of leo-launch), or the MD5 of a single-part
+ETag, or for local stores the sha256 of both files. A sync that was interrupted leaves
+complete files only (downloads are renamed into place when verified; objects appear
+when their upload completes), so running it again continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import TypeVar
+
+from launcher.storage.base import ObjectInfo, StorageError, Store, SyncReport
+from launcher.storage.files import (
+    hash_file,
+    local_error,
+    remove_stale_tmp,
+    safe_parts,
+    walk_files,
+)
+from launcher.storage.progress import Progress
+
+T = TypeVar("T")
+
+
+def run_parallel(tasks: list[Callable[[], T]], concurrency: int) -> list[T]:
+    """Run `tasks` on `concurrency` threads; the first failure cancels what has not
+    started and is raised once the running tasks have ended."""
+    if not tasks:
+        return []
+    if len(tasks) == 1:
+        return [tasks[0]()]
+    with ThreadPoolExecutor(max_workers=min(concurrency, len(tasks)),
+                            thread_name_prefix="leo-storage") as pool:
+        futures = [pool.submit(task) for task in tasks]
+        try:
+            wait(futures, return_when=FIRST_EXCEPTION)
+            failed = [f for f in futures if f.done() and not f.cancelled() and f.exception()]
+            if failed:
+                for future in futures:
+                    future.cancel()
+                raise failed[0].exception()
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+        return [f.result() for f in futures]
+
+
+def unchanged(store: Store, key: str, info: ObjectInfo, path: Path, size: int) -> bool:
+    """Whether the object `key` (as listed: `info`) holds the same bytes as `path`."""
+    if info.size != size:
+        return False
+    if info.md5 is not None:
+        sha, md5 = hash_file(path, md5=True)
+        if md5 == info.md5:
+            return True
+        if info.sha256 is None:  # an ETag that is not an MD5 (e.g. SSE-KMS): ask the metadata
+            full = store.stat(key)
+            return bool(full and full.sha256 == sha and full.size == size)
+        return info.sha256 == sha
+    if info.sha256 is None:
+        full = store.stat(key)
+        if full is None or full.sha256 is None or full.size != size:
+            return False
+        info = full
+    return hash_file(path)[0] == info.sha256
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError as err:
+        raise local_error(err, path) from err
+
+
+def sync_files_up(files: dict[str, Path], store: Store, *,
+                  remote: dict[str, ObjectInfo] | None = None, label: str = "push") -> SyncReport:
+    """Upload `files` (key → local path) unless unchanged. `remote` is a listing of the
+    store; without one each key is looked up on its own."""
+    started = time.monotonic()
+    report = SyncReport(files=len(files))
+    concurrency = store.options.concurrency
+
+    def decide(key: str, path: Path) -> tuple[str, Path, int] | None:
+        size = _size(path)
+        info = remote.get(key) if remote is not None else store.stat(key)
+        if info is not None and unchanged(store, key, info, path, size):
+            return None
+        return key, path, size
+
+    plan = run_parallel([lambda k=k, p=p: decide(k, p) for k, p in files.items()], concurrency)
+    todo = [item for item in plan if item is not None]
+    report.skipped = len(files) - len(todo)
+    progress = Progress(label, store.options.progress)
+    progress.set_total(sum(size for _, _, size in todo), len(todo))
+
+    def send(key: str, path: Path) -> tuple[str, str]:
+        sha = store.put_file(path, key, progress.add)
+        progress.file_done()
+        return key, sha
+
+    try:
+        sent = run_parallel([lambda k=k, p=p: send(k, p) for k, p, _ in todo], concurrency)
+    finally:
+        progress.close()
+    report.transferred = len(sent)
+    report.bytes = sum(size for _, _, size in todo)
+    report.sha256 = dict(sent)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def sync_up(local: Path, store: Store, *, delete: bool = False, label: str = "push") -> SyncReport:
+    """Upload the tree `local` into `store`; with `delete`, remove objects that have no
+    local file."""
+    if not local.is_dir():
+        raise StorageError(f"{local}: not a directory")
+    started = time.monotonic()
+    files = walk_files(local)
+    remote = store.list()
+    report = sync_files_up(files, store, remote=remote, label=label)
+    if delete:
+        extra = sorted(key for key in remote if key not in files)
+        store.delete(extra)
+        report.deleted = len(extra)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def download_files(store: Store, items: list[tuple[str, Path, ObjectInfo | None]], *,
+                   label: str = "pull") -> SyncReport:
+    """Download each (key, destination, listed info), verified; no skipping."""
+    started = time.monotonic()
+    progress = Progress(label, store.options.progress)
+    progress.set_total(sum(info.size for _, _, info in items if info is not None), len(items))
+
+    def fetch(key: str, dest: Path, info: ObjectInfo | None) -> tuple[str, str]:
+        sha = store.get_file(key, dest, info, progress.add)
+        progress.file_done()
+        return key, sha
+
+    try:
+        got = run_parallel([lambda k=k, d=d, i=i: fetch(k, d, i) for k, d, i in items],
+                           store.options.concurrency)
+    finally:
+        progress.close()
+    return SyncReport(files=len(items), transferred=len(got),
+                      bytes=sum(info.size for _, _, info in items if info is not None),
+                      sha256=dict(got), seconds=time.monotonic() - started)
+
+
+def sync_down(store: Store, local: Path, *, delete: bool = False, label: str = "pull") -> SyncReport:
+    """Download everything in `store` into the directory `local`, skipping files that are
+    unchanged; with `delete`, remove local files that have no object."""
+    started = time.monotonic()
+    if local.exists() and not local.is_dir():
+        raise StorageError(f"{local}: exists and is not a directory")
+    remove_stale_tmp(local)
+    remote = store.list()
+    for key in remote:
+        safe_parts(key, f"object key {key!r} in {store.url}")  # no '..' escapes from `local`
+    existing = walk_files(local) if local.is_dir() else {}
+
+    def decide(key: str, info: ObjectInfo) -> tuple[str, Path, ObjectInfo] | None:
+        path = local.joinpath(*key.split("/"))
+        if key in existing and unchanged(store, key, info, path, _size(path)):
+            return None
+        return key, path, info
+
+    plan = run_parallel([lambda k=k, i=i: decide(k, i) for k, i in remote.items()],
+                        store.options.concurrency)
+    todo = [item for item in plan if item is not None]
+    report = download_files(store, todo, label=label)
+    report.files = len(remote)
+    report.skipped = len(remote) - len(todo)
+    if delete:
+        extra = sorted(key for key in existing if key not in remote)
+        for key in extra:
+            try:
+                existing[key].unlink(missing_ok=True)
+            except OSError as err:
+                raise local_error(err, existing[key]) from err
+        report.deleted = len(extra)
+    report.seconds = time.monotonic() - started
+    return report

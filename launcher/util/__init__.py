@@ -1,0 +1,1 @@
+"""Small helpers with no knowledge of jobs: atomic files, process marks."""

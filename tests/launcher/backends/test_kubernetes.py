@@ -1,0 +1,477 @@
+"""The Kubernetes backend against the kmock API emulator (a real HTTP server speaking the
+Kubernetes API; the official client talks to it through a kubeconfig).
+
+kmock stores objects and serves create/get/list/delete, but runs no controllers: these
+tests play the Job controller and the kubelet by creating the pods (with the labels and
+completion-index annotation of the Job's template), setting their phases, conditions and
+container states, adding events and PodGroups, and scripting each pod's log as
+text/plain. It also ignores label and field selectors (the backend filters again),
+stores an object even when a scripted reaction answers an error, and does no garbage
+collection (cancel deletes the pods itself). What this cannot show — scheduling, real
+log streaming by a kubelet, propagation, admission — is listed in the README.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+
+import pytest
+import pytest_asyncio
+import yaml
+
+from launcher.cli.main import main
+from launcher.spec import contract
+from launcher.spec import jobspec as js
+
+kmock = pytest.importorskip("kmock")
+
+pytestmark = [pytest.mark.asyncio,
+              pytest.mark.filterwarnings("ignore:read_binary is deprecated:DeprecationWarning")]
+
+TINY = ["--exp", "mini_5shot", "--accel", "cpu", "--data-url", "s3://leo-data/tiny",
+        "--set", "total_examples_per_class=20"]
+NOW = "2026-01-01T00:00:00Z"
+
+
+class Emu:
+    """The emulator, its URL and the requests it saw (POSTs and DELETEs, in order)."""
+
+    def __init__(self, emu, url, tmp_path):
+        self.emu, self.url, self.tmp_path = emu, url, tmp_path
+        self.posts, self.deletes = [], []
+
+    def alive(self, plural=None):
+        """(plural, namespace, name) of every stored, not deleted object."""
+        return {(key[0].plural, key[1], key[2]) for key in self.emu.objects
+                if not self.emu.objects[key].deleted and (plural is None or key[0].plural == plural)}
+
+    def get(self, resource, name, namespace="default"):
+        return self.emu.objects[resource, namespace, name].raw
+
+    def put(self, resource, obj):
+        m = obj["metadata"]
+        self.emu.objects[resource, m.get("namespace", "default"), m["name"]] = obj
+
+    def job(self, name, namespace="default"):
+        return self.get("batch/v1/jobs", name, namespace)
+
+    def set_job_status(self, name, status, namespace="default"):
+        obj = dict(self.job(name, namespace))
+        obj["status"] = status
+        self.put("batch/v1/jobs", obj)
+
+    # -- the Job controller and the kubelet
+    def pod(self, job, index, phase="Pending", *, suffix="abcde", node=None, conditions=(),
+            state=None, created=NOW, namespace="default", restart_count=0, volcano=False):
+        if volcano:
+            template = self.get("batch.volcano.sh/v1alpha1/jobs", job, namespace)["spec"]["tasks"][0]["template"]
+            name = f"{job}-worker-{index}"
+        else:
+            template = self.job(job, namespace)["spec"]["template"]
+            name = f"{job}-{index}-{suffix}"
+        labels = dict(template["metadata"]["labels"])
+        annotations = dict(template["metadata"].get("annotations") or {})
+        annotations[contract.JOB_INDEX_ANNOTATION if not volcano else "volcano.sh/task-index"] = str(index)
+        obj = {"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": name, "namespace": namespace, "labels": labels,
+                            "annotations": annotations, "creationTimestamp": created},
+               "spec": {"nodeName": node, "containers": [{"name": "leo"}]},
+               "status": {"phase": phase, "conditions": list(conditions),
+                          "containerStatuses": [{"name": "leo", "restartCount": restart_count,
+                                                 "state": state or ({"running": {}} if phase == "Running" else {"waiting": {"reason": "ContainerCreating"}})}]}}
+        self.put("v1/pods", obj)
+        return name
+
+    def event(self, kind, name, reason, message, *, namespace="default", type_="Warning", when=NOW):
+        uid = f"{name}.{reason}.{len(self.emu.objects)}".lower()
+        self.put("v1/events", {"apiVersion": "v1", "kind": "Event",
+                               "metadata": {"name": uid, "namespace": namespace, "creationTimestamp": when},
+                               "involvedObject": {"kind": kind, "name": name, "namespace": namespace},
+                               "type": type_, "reason": reason, "message": message,
+                               "lastTimestamp": when})
+
+    def script_log(self, pod, text, *, namespace="default"):
+        """GET .../pods/<pod>/log answers `text` (bytes, or a callable/async generator)."""
+        self.emu[f"get /api/v1/namespaces/{namespace}/pods/{pod}/log"] << \
+            kmock.headers({"Content-Type": "text/plain"}) << text
+
+
+def kubeconfig(path, url, *, current="emu", namespace=None):
+    emu_context = {"cluster": "emu", "user": "tester"}
+    if namespace:
+        emu_context["namespace"] = namespace
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": current,
+        "clusters": [{"name": "emu", "cluster": {"server": url}},
+                     {"name": "dead", "cluster": {"server": "http://127.0.0.1:9"}}],
+        "users": [{"name": "tester", "user": {"token": "test-token"}}],
+        "contexts": [{"name": "emu", "context": emu_context},
+                     {"name": "dead", "context": {"cluster": "dead", "user": "tester"}}],
+    }))
+    return path
+
+
+def recorder(requests):
+    """A reaction that notes the request and lets the emulator serve it (a plain sink would
+    be used up after its first request)."""
+    def note(request):
+        requests.append(request)
+        raise NotImplementedError  # matched, nothing to answer: the next reaction serves it
+
+    return note
+
+
+@pytest_asyncio.fixture
+async def k8s(tmp_path, monkeypatch):
+    async with kmock.KubernetesEmulator() as emu, kmock.Server(emu) as server:
+        emu.resources.load_bundled()
+        url = str(server.url).rstrip("/")
+        env = Emu(emu, url, tmp_path)
+        emu["post"] << recorder(env.posts)
+        emu["delete"] << recorder(env.deletes)
+        monkeypatch.setenv("KUBECONFIG", str(kubeconfig(tmp_path / "kubeconfig", url)))
+        monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+        monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+        yield env
+
+
+async def cli(*argv):
+    """Run `leo-launch ARGV` in a thread (the emulator serves from this loop)."""
+    def run():
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main([str(a) for a in argv])
+        return code, out.getvalue(), err.getvalue()
+
+    return await asyncio.to_thread(run)
+
+
+async def submit(name, *extra):
+    code, out, err = await cli("submit", "--backend", "k8s", "--name", name, "--cards", "2", *TINY, *extra)
+    assert code == 0, err
+    return out
+
+
+async def status(name, *extra):
+    code, out, err = await cli("status", name, "-o", "json", *extra)
+    assert code == 0, err
+    return json.loads(out)
+
+
+# ------------------------------------------------------------------ submit
+
+
+async def test_submit_creates_the_objects_in_order_and_refuses_a_duplicate(k8s):
+    out = await submit("leo-a")
+    assert "job leo-a submitted to namespace default" in out
+    assert [r.url.path for r in k8s.posts] == [
+        "/api/v1/namespaces/default/configmaps", "/api/v1/namespaces/default/services",
+        "/apis/batch/v1/namespaces/default/jobs"]
+    config = k8s.get("v1/configmaps", "leo-a-config")
+    assert js.JobSpec.from_yaml(config["data"]["job.yaml"]).name == "leo-a"
+    assert k8s.job("leo-a")["metadata"]["labels"][contract.LABEL_MANAGED_BY] == "leo-launch"
+
+    code, out, err = await cli("submit", "--backend", "k8s", "--name", "leo-a", "--cards", "2", *TINY)
+    assert code == 1
+    assert "job leo-a exists already in namespace default (Pending)" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert len(k8s.posts) == 3  # nothing more was created
+
+
+async def test_a_failing_create_rolls_back_and_reports_the_apis_reason(k8s):
+    # Someone else's Service of the same name: the API answers 409 AlreadyExists.
+    k8s.put("v1/services", {"apiVersion": "v1", "kind": "Service",
+                            "metadata": {"name": "leo-b", "namespace": "default"}})
+    code, out, err = await cli("submit", "--backend", "k8s", "--name", "leo-b", "--cards", "2", *TINY)
+    assert code == 1
+    assert "creating Service leo-b in namespace default failed:" in err
+    assert "(HTTP 409)" in err and "rolled back ConfigMap leo-b-config" in err
+    assert ("configmaps", "default", "leo-b-config") not in k8s.alive()
+    assert ("services", "default", "leo-b") in k8s.alive()  # not ours: untouched
+    assert ("jobs", "default", "leo-b") not in k8s.alive()
+
+
+async def test_a_forbidden_job_rolls_back_configmap_and_service(k8s):
+    k8s.emu["post /apis/batch/v1/namespaces/default/jobs"] << 403 << {
+        "apiVersion": "v1", "kind": "Status", "status": "Failure", "code": 403, "reason": "Forbidden",
+        "message": 'jobs.batch is forbidden: User "dev" cannot create resource "jobs" in API group "batch"'}
+    code, out, err = await cli("submit", "--backend", "k8s", "--name", "leo-c", "--cards", "2", *TINY)
+    assert code == 1
+    assert 'creating Job leo-c in namespace default failed: Forbidden: jobs.batch is forbidden: User "dev"' in err
+    assert "rolled back Service leo-c, ConfigMap leo-c-config" in err
+    assert [r.url.path.rsplit("/", 2)[-2:] for r in k8s.deletes] == [["services", "leo-c"],
+                                                                   ["configmaps", "leo-c-config"]]
+    assert not {("configmaps", "default", "leo-c-config"), ("services", "default", "leo-c")} & k8s.alive()
+
+
+async def test_wait_returns_once_every_rank_runs(k8s):
+    async def kubelet():
+        while ("jobs", "default", "leo-w") not in k8s.alive():
+            await asyncio.sleep(0.1)
+        k8s.pod("leo-w", 0, "Pending", conditions=[{"type": "PodScheduled", "status": "True"}])
+        await asyncio.sleep(0.5)
+        k8s.pod("leo-w", 0, "Running", node="node-1")
+
+    task = asyncio.create_task(kubelet())
+    code, out, err = await cli("submit", "--backend", "k8s", "--name", "leo-w", "--cards", "2",
+                               "--wait", *TINY)
+    await task
+    assert code == 0, err
+    assert "job leo-w: Running" in out
+    assert "leo-w: Pending" in err  # it said why it waited
+
+
+# ------------------------------------------------------------------ status
+
+
+@pytest.mark.parametrize("case", ["unschedulable", "image", "event", "quota"])
+async def test_status_says_why_a_job_is_pending(k8s, case):
+    await submit("leo-p", "--cards", "16", "--nodes", "2", "--set", "metatrain_batch_size=16")
+    if case == "unschedulable":
+        message = "0/12 nodes are available: 12 Insufficient huawei.com/Ascend910."
+        k8s.pod("leo-p", 0, conditions=[{"type": "PodScheduled", "status": "False",
+                                         "reason": "Unschedulable", "message": message}])
+        k8s.pod("leo-p", 1, conditions=[{"type": "PodScheduled", "status": "False",
+                                         "reason": "Unschedulable", "message": message}])
+        expected = f"node rank 0: Unschedulable: {message}"
+    elif case == "image":
+        k8s.pod("leo-p", 0, "Running", node="n1")
+        k8s.pod("leo-p", 1, state={"waiting": {"reason": "ImagePullBackOff",
+                                               "message": 'Back-off pulling image "leo-launch:cpu"'}})
+        expected = 'node rank 1: ImagePullBackOff: Back-off pulling image "leo-launch:cpu"'
+    elif case == "event":
+        pod = k8s.pod("leo-p", 0)
+        k8s.pod("leo-p", 1, "Running", node="n1")
+        k8s.event("Pod", pod, "FailedScheduling", "0/3 nodes are available: 3 node(s) had untolerated taint.")
+        expected = "node rank 0: FailedScheduling: 0/3 nodes are available: 3 node(s) had untolerated taint."
+    else:  # no pods at all: the Job controller's own warning
+        k8s.event("Job", "leo-p", "FailedCreate", 'Error creating: pods "leo-p-0-x" is forbidden: exceeded quota: compute')
+        expected = 'FailedCreate: Error creating: pods "leo-p-0-x" is forbidden: exceeded quota: compute'
+    result = await status("leo-p")
+    assert result["phase"] == "Pending"
+    assert result["reason"] == expected
+    assert {r["rank"] for r in result["ranks"]} == set(range(16))
+    code, table, err = await cli("status", "leo-p")
+    assert code == 0 and f"PHASE     Pending: {expected}" in table
+
+
+async def test_status_of_a_gang_waiting_for_volcano(k8s):
+    await submit("leo-v", "--scheduler", "volcano")
+    vcjob = k8s.get("batch.volcano.sh/v1alpha1/jobs", "leo-v")
+    vcjob["status"] = {"state": {"phase": "Pending"}}
+    k8s.put("batch.volcano.sh/v1alpha1/jobs", vcjob)
+    message = "1/1 tasks in gang unschedulable: pod group is not ready, 1 minAvailable"
+    k8s.put("scheduling.volcano.sh/v1beta1/podgroups", {
+        "apiVersion": "scheduling.volcano.sh/v1beta1", "kind": "PodGroup",
+        "metadata": {"name": "leo-v-2f5c7a", "namespace": "default",
+                     "ownerReferences": [{"kind": "Job", "name": "leo-v", "apiVersion": "batch.volcano.sh/v1alpha1"}]},
+        "status": {"phase": "Pending", "conditions": [
+            {"type": "Unschedulable", "status": "True", "reason": "NotEnoughResources",
+             "message": message, "lastTransitionTime": NOW}]}})
+    result = await status("leo-v")
+    assert result["phase"] == "Pending" and result["scheduler"] == "volcano"
+    assert result["reason"] == f"NotEnoughResources: {message}"
+
+
+async def test_status_running_restarting_succeeded_and_failed(k8s, tmp_path):
+    train = tmp_path / "train"
+    await submit("leo-r", "--cards", "4", "--nodes", "2", "--train-url", train.as_uri())
+    # rank 1's first pod failed (retriable); its replacement is starting
+    k8s.pod("leo-r", 0, "Running", node="node-a", created="2026-01-01T00:00:00Z")
+    k8s.pod("leo-r", 1, "Failed", node="node-b", suffix="old01", created="2026-01-01T00:00:00Z",
+            state={"terminated": {"exitCode": 1, "reason": "Error", "finishedAt": "2026-01-01T00:05:00Z"}})
+    k8s.pod("leo-r", 1, "Pending", suffix="new02", created="2026-01-01T00:06:00Z")
+    k8s.set_job_status("leo-r", {"failed": 1, "active": 2})
+    result = await status("leo-r")
+    assert result["phase"] == "Restarting"
+    assert "node rank 1 (leo-r-1-old01) exit code 1" in result["reason"]
+    assert [r["restarts"] for r in result["ranks"]] == [0, 0, 1, 1]
+    assert result["restarts"] == 1 and result["max_restarts"] == 3
+
+    k8s.pod("leo-r", 1, "Running", node="node-c", suffix="new02", created="2026-01-01T00:06:00Z")
+    (train / "leo-r").mkdir(parents=True)
+    (train / "leo-r" / "metrics.jsonl").write_text(
+        '{"step": 1000, "kind": "train", "loss": 1.0}\n'
+        '{"step": 1000, "kind": "validation", "accuracy": 0.71}\n'
+        '{"step": 2000, "kind": "validation", "accuracy": 0.69}\n'
+        '{"step": 2100, "kind": "train", "loss": 0.9}\n')
+    result = await status("leo-r")
+    assert result["phase"] == "Running" and "reason" not in result
+    assert (result["step"], result["best_accuracy"]) == (2100, 0.71)
+    assert [(r["rank"], r["node_rank"], r["node"], r["phase"]) for r in result["ranks"]] == [
+        (0, 0, "node-a", "Running"), (1, 0, "node-a", "Running"),
+        (2, 1, "node-c", "Running"), (3, 1, "node-c", "Running")]
+    code, table, _ = await cli("status", "leo-r")
+    assert "step 2100, best meta-validation accuracy 71.00%" in table
+    assert "leo-r-1-new02" in table and "node-c" in table
+
+    (train / "leo-r" / "result.json").write_text(json.dumps(
+        {"accuracy": 0.7631, "ci95": 0.0012, "tasks": 10000, "step": 2000, "experiment": "mini_5shot"}))
+    k8s.set_job_status("leo-r", {"succeeded": 2, "failed": 1, "conditions": [
+        {"type": "Complete", "status": "True"}]})
+    result = await status("leo-r")
+    assert result["phase"] == "Succeeded" and result["result"]["accuracy"] == 0.7631
+
+    await submit("leo-f")
+    k8s.pod("leo-f", 0, "Failed", node="n1", state={"terminated": {"exitCode": 2, "reason": "Error"}})
+    k8s.set_job_status("leo-f", {"failed": 1, "conditions": [
+        {"type": "Failed", "status": "True", "reason": "PodFailurePolicy",
+         "message": "Container leo for pod default/leo-f-0-abcde failed with exit code 2 matching FailJob rule at index 0"}]})
+    result = await status("leo-f")
+    assert result["phase"] == "Failed"
+    assert result["reason"].startswith("PodFailurePolicy: Container leo for pod default/leo-f-0-abcde failed")
+    assert result["ranks"][0]["reason"] == "exit code 2 (bad configuration, not retried)"
+
+
+async def test_status_of_an_unknown_job_is_one_line(k8s):
+    code, out, err = await cli("status", "nope")
+    assert code == 1 and err.strip() == (
+        f"leo-launch: error: no job 'nope' in namespace default (context emu, {k8s.url})")
+
+
+# ------------------------------------------------------------------ logs
+
+
+async def test_logs_of_one_rank_of_all_ranks_and_the_tail(k8s):
+    await submit("leo-l", "--cards", "4", "--nodes", "2")
+    p0 = k8s.pod("leo-l", 0, "Running", node="a")
+    p1 = k8s.pod("leo-l", 1, "Running", node="b")
+    k8s.script_log(p0, b"[node 0] staging\n[rank 0] step 1/6\n[rank 1] warming up\n[rank 0] step 2/6\n")
+    k8s.script_log(p1, b"[node 1] staging\n[rank 2] ready\n[rank 3] step 1/6\n")
+
+    code, out, err = await cli("logs", "leo-l")
+    assert code == 0, err
+    assert out.splitlines() == ["[node 0] staging", "[rank 0] step 1/6", "[rank 0] step 2/6"]
+    code, out, _ = await cli("logs", "leo-l", "--rank", "3")
+    assert out.splitlines() == ["[node 1] staging", "[rank 3] step 1/6"]
+    code, out, _ = await cli("logs", "leo-l", "--all")
+    assert sorted(out.splitlines()) == sorted(
+        ["[node 0] staging", "[rank 0] step 1/6", "[rank 1] warming up", "[rank 0] step 2/6",
+         "[node 1] staging", "[rank 2] ready", "[rank 3] step 1/6"])
+    assert out.splitlines().index("[rank 0] step 1/6") < out.splitlines().index("[rank 0] step 2/6")
+    code, out, _ = await cli("logs", "leo-l", "--tail", "1")
+    assert out.splitlines() == ["[rank 0] step 2/6"]
+    code, out, err = await cli("logs", "leo-l", "--rank", "4")
+    assert code == 2 and "--rank 4: job leo-l has ranks 0..3" in err
+
+
+async def test_logs_follow_merges_live_streams_until_the_job_ends(k8s):
+    await submit("leo-fo", "--cards", "2", "--nodes", "2")
+    p0 = k8s.pod("leo-fo", 0, "Running", node="a")
+    p1 = k8s.pod("leo-fo", 1, "Running", node="b")
+    started = asyncio.Event()
+
+    def stream(rank, lines, finish=False):
+        async def body():
+            started.set()
+            for line in lines:
+                yield f"[rank {rank}] {line}\n".encode()
+                await asyncio.sleep(0.2)
+            if finish:  # the container ends, the Job completes
+                k8s.set_job_status("leo-fo", {"succeeded": 2, "conditions": [{"type": "Complete", "status": "True"}]})
+        return lambda: body()
+
+    k8s.script_log(p0, stream(0, ["step 1", "step 2", "step 3"], finish=True))
+    k8s.script_log(p1, stream(1, ["a", "b"]))
+    code, out, err = await cli("logs", "leo-fo", "-f", "--all")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert [line for line in lines if line.startswith("[rank 0]")] == ["[rank 0] step 1", "[rank 0] step 2", "[rank 0] step 3"]
+    assert [line for line in lines if line.startswith("[rank 1]")] == ["[rank 1] a", "[rank 1] b"]
+    assert lines.index("[rank 1] a") < lines.index("[rank 0] step 3")  # merged as they came
+
+
+async def test_logs_fall_back_to_the_published_logs_when_the_pods_are_gone(k8s, tmp_path):
+    train = tmp_path / "train"
+    await submit("leo-g", "--train-url", train.as_uri())
+    (train / "leo-g" / "logs").mkdir(parents=True)
+    (train / "leo-g" / "logs" / "rank-0.log").write_text("step 1/6\nstep 2/6\n")
+    (train / "leo-g" / "logs" / "rank-1.log").write_text("hello from 1\n")
+    code, out, err = await cli("logs", "leo-g")
+    assert code == 0, err
+    assert out.splitlines() == ["[rank 0] step 1/6", "[rank 0] step 2/6"]
+    assert f"published under {(train / 'leo-g').as_uri()}" in err
+    code, out, _ = await cli("logs", "leo-g", "--all", "--tail", "2")
+    assert out.splitlines() == ["[rank 0] step 2/6", "[rank 1] hello from 1"]
+    # after cancel the job is gone from the cluster; its URL still works
+    await cli("cancel", "leo-g")
+    code, out, _ = await cli("logs", str(train / "leo-g"), "--rank", "1")
+    assert code == 0 and out.splitlines() == ["[rank 1] hello from 1"]
+
+
+# ------------------------------------------------------------------ list, cancel, pull
+
+
+async def test_list_shows_only_our_jobs_and_cancel_deletes_everything_idempotently(k8s, tmp_path):
+    await submit("leo-x")
+    await submit("leo-y", "--cards", "4", "--nodes", "2", "--scheduler", "volcano")
+    k8s.put("batch/v1/jobs", {"apiVersion": "batch/v1", "kind": "Job",
+                              "metadata": {"name": "someone-else", "namespace": "default", "labels": {"app": "x"}}})
+    k8s.pod("leo-x", 0, "Running", node="n1")
+    k8s.pod("leo-y", 0, "Running", node="n1", volcano=True)
+    k8s.pod("leo-y", 1, "Running", node="n2", volcano=True)
+    code, out, err = await cli("list", "-o", "json")
+    assert code == 0, err
+    items = {item["name"]: item for item in json.loads(out)}
+    assert set(items) == {"leo-x", "leo-y"}
+    assert items["leo-y"]["scheduler"] == "volcano" and items["leo-y"]["cards"] == 4
+    assert items["leo-x"]["phase"] == "Running" and items["leo-x"]["experiment"] == "mini_5shot"
+    code, table, _ = await cli("list")
+    assert table.splitlines()[0].split() == ["NAME", "BACKEND", "EXPERIMENT", "ACCEL", "CARDS", "PHASE",
+                                             "AGE", "STEP", "BEST", "ACC"]
+
+    code, out, err = await cli("cancel", "leo-y")
+    assert code == 0, err
+    assert out.strip() == ("job leo-y cancelled in namespace default: deleted Job leo-y, "
+                           "ConfigMap leo-y-config, 2 pod(s)")
+    assert not [key for key in k8s.alive() if "leo-y" in key[2]]
+    assert ("jobs", "default", "leo-x") in k8s.alive()
+    code, out, _ = await cli("cancel", "leo-y")
+    assert code == 0 and out.strip() == "no job 'leo-y' in namespace default: nothing to cancel"
+    code, out, _ = await cli("list", "-o", "json")
+    assert [item["name"] for item in json.loads(out)] == ["leo-x"]
+
+
+async def test_pull_finds_a_kubernetes_jobs_outputs_through_its_configmap(k8s, tmp_path):
+    from launcher.outputs.publish import Publisher
+
+    train = tmp_path / "train"
+    await submit("leo-pl", "--train-url", train.as_uri())
+    out_dir = tmp_path / "pod-out"
+    step = out_dir / "checkpoints" / "step-5"
+    step.mkdir(parents=True)
+    (step / "weights.npz").write_bytes(b"weights")
+    (out_dir / "checkpoints" / "best.json").write_text('{"step": 5, "path": "step-5", "accuracy": 0.5}')
+    with Publisher(out_dir, (train / "leo-pl").as_uri()) as publisher:
+        publisher.poll()
+    code, out, err = await cli("pull", "leo-pl", "--to", tmp_path / "pulled")
+    assert code == 0, err
+    assert (tmp_path / "pulled" / "step-5" / "weights.npz").read_bytes() == b"weights"
+
+
+# ------------------------------------------------------------------ configuration
+
+
+async def test_context_and_its_namespace_are_honoured(k8s, monkeypatch):
+    config = kubeconfig(k8s.tmp_path / "two-contexts", k8s.url, current="dead", namespace="team-a")
+    monkeypatch.setenv("KUBECONFIG", str(config))
+    code, out, err = await cli("status", "leo-n")  # the current context's server is down
+    assert code == 1 and "cannot reach the Kubernetes API at http://127.0.0.1:9" in err
+    out = await submit("leo-n", "--context", "emu")  # no --namespace: the context's
+    assert "submitted to namespace team-a" in out
+    assert ("jobs", "team-a", "leo-n") in k8s.alive()
+    assert js.JobSpec.from_yaml(k8s.get("v1/configmaps", "leo-n-config", "team-a")["data"]["job.yaml"]).namespace == "team-a"
+    result = await status("leo-n", "--context", "emu")
+    assert result["namespace"] == "team-a" and result["phase"] == "Pending"
+    code, out, err = await cli("status", "leo-n", "--context", "nope")
+    assert code == 2 and "--context 'nope' is not in" in err
+
+
+async def test_auto_backend_says_it_chose_kubernetes(k8s):
+    code, out, err = await cli("submit", "--name", "leo-auto", "--cards", "2", *TINY)
+    assert code == 0, err
+    assert "leo-launch: backend k8s (a Kubernetes configuration was found" in err
+    assert "warning: object-storage URLs without --storage-secret" in err
