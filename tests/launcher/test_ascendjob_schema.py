@@ -121,7 +121,7 @@ spec:
 def load_crd() -> dict[str, Any]:
     """The CustomResourceDefinition document of the vendored operator manifest (read once; do not modify)."""
     with CRD_FILE.open() as handle:
-        docs = [d for d in yaml.safe_load_all(handle) if d]
+        docs = [d for d in yaml.load_all(handle, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) if d]
     (crd,) = [d for d in docs if d.get("kind") == "CustomResourceDefinition"
               and d["metadata"]["name"] == "ascendjobs.mindxdl.gitee.com"]
     return crd
