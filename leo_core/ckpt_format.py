@@ -108,6 +108,8 @@ def read_arrays(path: str | Path) -> dict[str, np.ndarray]:
         raise
     except Exception as err:  # noqa: BLE001 - zip, pickle and protobuf errors differ by version
         reason = " ".join(str(err).split()) or type(err).__name__
+        if suffix == ".ckpt" and "empty" in reason:  # MindSpore's word for unparsable bytes
+            reason = "no parameters could be read (corrupt, or not a MindSpore checkpoint)"
         raise WeightsFileError(f"{path}: not a readable {suffix} file: {reason}") from None
     raise WeightsFileError(
         f"{path}: unknown weights format {suffix or '(no suffix)'}: expected a .ckpt or .npz file, "
