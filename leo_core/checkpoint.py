@@ -1,6 +1,7 @@
 """Checkpoints on local disk, in the layout the launcher publishes unchanged.
 
     <out>/checkpoints/step-<n>/weights.npz     model parameters by name
+    <out>/checkpoints/step-<n>/leo.ckpt        the same parameters, `mindspore.save_checkpoint`
     <out>/checkpoints/step-<n>/optimizer.npz   Adam moments and step count
     <out>/checkpoints/step-<n>/state.json      step, RNG state, best so far, experiment
     <out>/checkpoints/latest.json              {"step": n, "path": "step-<n>"}
@@ -8,7 +9,10 @@
 
 A step directory appears whole (written under a temporary name, then renamed) and
 pointers are replaced atomically after it, so a reader never sees a partial one.
-Only the directories the two pointers name are kept.
+Only the directories the two pointers name are kept. `leo_core.ckpt_format` reads and
+converts weights files (`.ckpt`/`.npz`, this project's or the ModelZoo port's names):
+
+    python -m leo_core.checkpoint convert IN OUT --names modelzoo|leo
 """
 
 from __future__ import annotations
@@ -59,6 +63,9 @@ def save(out: str | Path, step: int, params: dict[str, np.ndarray], optimizer: d
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     np.savez(tmp / "weights.npz", **params)
+    from leo_core.ckpt_format import CKPT_NAME, save_ckpt
+
+    save_ckpt(tmp / CKPT_NAME, params)  # for MindSpore users; resume reads the .npz
     np.savez(tmp / "optimizer.npz", **optimizer)
     (tmp / "state.json").write_text(json.dumps({**state, "step": step}))
     if final.exists():
@@ -91,7 +98,7 @@ def resolve(path: str | Path, which: str = "latest") -> Path:
     """A step directory from a training output dir, its checkpoints dir, a pointer
     file or the step directory itself."""
     path = Path(path)
-    if path.is_dir() and (path / "weights.npz").exists():
+    if path.is_dir() and _has_weights(path):
         return path
     if path.is_dir():
         root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
@@ -104,14 +111,21 @@ def resolve(path: str | Path, which: str = "latest") -> Path:
             raise CheckpointError(f"no checkpoint: {path} does not exist") from None
         except (OSError, ValueError, KeyError, TypeError):
             raise CheckpointError(f"checkpoint pointer {path} is unreadable") from None
-        if not (step_dir / "weights.npz").exists():
+        if not _has_weights(step_dir):
             raise CheckpointError(f"checkpoint {step_dir} named by {path.name} is missing")
         return step_dir
     raise CheckpointError(f"no checkpoint at {path}")
 
 
+def _has_weights(step_dir: Path) -> bool:
+    # leo.ckpt alone: a step directory fetched in .ckpt format (evaluation, not resume).
+    return (step_dir / "weights.npz").exists() or (step_dir / "leo.ckpt").exists()
+
+
 def load(path: str | Path, which: str = "latest") -> Checkpoint:
     step_dir = resolve(path, which)
+    if not (step_dir / "weights.npz").exists():
+        raise CheckpointError(f"checkpoint {step_dir} has no weights.npz (resuming needs the .npz files)")
     try:
         with np.load(step_dir / "weights.npz") as weights:
             params = {k: weights[k] for k in weights.files}
@@ -123,3 +137,11 @@ def load(path: str | Path, which: str = "latest") -> Checkpoint:
     except (OSError, ValueError) as err:
         raise CheckpointError(f"checkpoint {step_dir} is unreadable: {err}") from None
     return Checkpoint(int(state["step"]), params, optimizer, state, step_dir)
+
+
+if __name__ == "__main__":
+    import sys
+
+    from leo_core.ckpt_format import main
+
+    sys.exit(main())

@@ -3,6 +3,9 @@
     python -m leo_core.evaluate --experiment mini_5shot --data-root DIR \
         --checkpoint OUT/checkpoints/best.json [--tasks 10000] [--json result.json]
 
+--checkpoint also takes a .ckpt or .npz weights file, in this project's or the ModelZoo
+port's parameter names (see leo_core.ckpt_format).
+
 The interval is 1.96 * std(per-task accuracy) / sqrt(tasks): the original prints
 none. Tasks are split across data-parallel ranks and the sums combined.
 """
@@ -68,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m leo_core.evaluate", description=__doc__.split("\n\n")[0])
     cli_common.add_config_arguments(parser)
     parser.add_argument("--checkpoint", required=True,
-                        help="a training output dir, its best.json/latest.json, or a step-<n> dir")
+                        help="a training output dir, its best.json/latest.json, a step-<n> dir, "
+                             "or a .ckpt/.npz weights file (this project's or the ModelZoo port's names)")
     parser.add_argument("--which", choices=("best", "latest"), default="best",
                         help="pointer to follow when --checkpoint is a directory (default best)")
     parser.add_argument("--tasks", type=int, default=10_000, help="number of tasks (default 10000)")
@@ -81,10 +85,11 @@ def main(argv: list[str] | None = None) -> int:
         cfg = cli_common.resolve_config(args)
         if args.tasks <= 0:
             raise ValueError("--tasks must be positive")
-        from leo_core import checkpoint, data
+        from leo_core import data
+        from leo_core.ckpt_format import load_weights
         from leo_core.distributed import setup
 
-        ckpt = checkpoint.load(args.checkpoint, args.which)
+        weights = load_weights(args.checkpoint, cfg.num_latents, args.which)
         split = data.load_split(args.data_root, cfg.dataset_name, cfg.embedding_crop, args.split)
         queries = args.queries or cfg.eval_queries_per_class
         sampler = data.EpisodeSampler(split, cfg.num_classes, cfg.num_tr_examples_per_class, queries,
@@ -93,16 +98,17 @@ def main(argv: list[str] | None = None) -> int:
     from leo_core.model import LEO
 
     model = LEO(cfg)
-    model.load_numpy(ckpt.params)
+    model.load_numpy(weights.params)
     started = time.monotonic()
     printer = cli_common.Progress("evaluating", enabled=comm.is_main)
     result = evaluate_tasks(model, sampler, args.tasks, comm, printer)
-    result.update(experiment=cfg.name, split=args.split, step=ckpt.step,
+    result.update(experiment=cfg.name, split=args.split, step=weights.step, checkpoint=str(weights.path),
                   seconds=round(time.monotonic() - started, 1))
     if comm.is_main:
         print(f"{args.split} accuracy {100 * result['accuracy']:.2f}% ± {100 * result['ci95']:.2f}% "
               f"(95% interval, 1.96·std/√n) over {result['tasks']} tasks, "
-              f"{result['queries_per_class']} queries per class, checkpoint step {ckpt.step}")
+              f"{result['queries_per_class']} queries per class, checkpoint "
+              + (f"step {weights.step}" if weights.step is not None else str(weights.path)))
         if args.json:
             args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0

@@ -46,6 +46,10 @@ def parse_args(argv):
     parser.add_argument("--steps", type=int, help="total meta-training steps (overrides num_steps_limit)")
     parser.add_argument("--resume", action="store_true",
                         help="continue from OUT/checkpoints/latest.json when it exists")
+    parser.add_argument("--init", metavar="FILE",
+                        help="initial weights: a .ckpt or .npz file (this project's or the ModelZoo "
+                             "port's names, e.g. leo_ms_init.ckpt) or a checkpoint directory/pointer "
+                             "(its best); ignored when --resume finds a checkpoint")
     parser.add_argument("--log-every", type=int, default=100, help="steps between progress lines (100)")
     return parser.parse_args(argv)
 
@@ -93,6 +97,15 @@ class Trainer:
             print(f"resumed from {ckpt.path} at step {self.step} "
                   f"(written by {ckpt.state.get('world_size', '?')} rank(s), now {self.comm.world})", flush=True)
         return True
+
+    def initialise_from(self, path: str) -> None:
+        """Start from the weights in `path` (see leo_core.ckpt_format.load_weights)."""
+        from leo_core.ckpt_format import load_weights
+
+        weights = load_weights(path, self.cfg.num_latents, which="best")
+        self.model.load_numpy(weights.params)
+        if self.comm.is_main:
+            print(f"initial weights from {weights.path} ({weights.naming} names)", flush=True)
 
     def _truncate_metrics(self, step: int) -> None:
         """Drop metrics logged after the checkpoint we resume from (they will be redone)."""
@@ -243,8 +256,9 @@ def main(argv: list[str] | None = None) -> int:
 
         comm = setup(args.device)
         trainer = Trainer(cfg, Path(args.data_root), args.out, args.seed, comm, args.log_every)
-        if args.resume:
-            trainer.restore()
+        resumed = args.resume and trainer.restore()
+        if args.init and not resumed:
+            trainer.initialise_from(args.init)
     try:
         best = trainer.run(cfg.num_steps_limit)
     except Exception:

@@ -116,7 +116,7 @@ def test_two_ranks_complete_with_one_writer(two_ranks):
     pointers = {"checkpoints/latest.json", "checkpoints/best.json"}
     step_dirs = {name.split("/")[1] for name in names if name.startswith("checkpoints/step-")}
     expected = {"metrics.jsonl", *pointers} | {
-        f"checkpoints/{d}/{f}" for d in step_dirs for f in ("weights.npz", "optimizer.npz", "state.json")}
+        f"checkpoints/{d}/{f}" for d in step_dirs for f in ("weights.npz", "leo.ckpt", "optimizer.npz", "state.json")}
     assert names == expected, sorted(names ^ expected)
     assert f"step-{STEPS}" in step_dirs and len(step_dirs) <= 2  # latest (+ best if older)
     latest = json.loads((out / "checkpoints/latest.json").read_text())
