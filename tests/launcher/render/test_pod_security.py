@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.launcher.pod_security import (
+from tests.launcher.render.pod_security import (
     LEVELS,
     admission_message,
     check_objects,

@@ -16,9 +16,9 @@ import jsonschema
 import pytest
 import yaml
 
-from tests.launcher.pod_security import check_objects
+from tests.launcher.render.pod_security import check_objects
 
-CRD_FILE = Path(__file__).resolve().parents[2] / "launcher" / "schemas" / "ascendjob" / "ascend-operator.yaml"
+CRD_FILE = Path(__file__).resolve().parents[3] / "launcher" / "schemas" / "ascendjob" / "ascend-operator.yaml"
 
 EXAMPLE = """
 apiVersion: mindxdl.gitee.com/v1
