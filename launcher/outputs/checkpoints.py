@@ -35,6 +35,14 @@ from pathlib import Path
 from typing import Any
 
 from launcher.errors import UsageError
+from launcher.outputs.layout import (
+    CHECKPOINTS_DIR,
+    LOGS_DIR,
+    MANIFEST,
+    METRICS_FILE,
+    POINTERS,
+    pointer_file,
+)
 from launcher.storage import (
     IntegrityError,
     NotFoundError,
@@ -60,8 +68,6 @@ from launcher.storage.sync import (
 
 log = logging.getLogger(__name__)
 
-POINTERS = ("latest", "best")
-MANIFEST = "MANIFEST.json"
 MANIFEST_FORMAT = 1
 _STEP_RE = re.compile(r"^step-(\d+)$")
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -147,7 +153,7 @@ def _fetch_checkpoint(store: Store, name: str, dest_root: Path) -> tuple[Path, d
     against its manifest; an already complete local copy is kept."""
     where = store.url.child(f"checkpoints/{name}")
     try:
-        manifest = get_json(store, f"checkpoints/{name}/{MANIFEST}")
+        manifest = get_json(store, f"{CHECKPOINTS_DIR}/{name}/{MANIFEST}")
     except NotFoundError as err:
         raise StorageError(f"checkpoint {where} has no {MANIFEST}: it is incomplete or was not "
                            "published by leo-launch") from err
@@ -221,7 +227,7 @@ def resume_from_remote(job_url: str, local_out: str | Path, *, logs_dir: str | P
     Returns the step to resume from, or None when the job has no checkpoint yet.
     A local checkpoint at least as new as the remote one is kept as it is."""
     out = Path(local_out)
-    ckpt = out / "checkpoints"
+    ckpt = out / CHECKPOINTS_DIR
     options = dataclasses.replace(options or StorageOptions(), progress=False)
     with open_store(job_url, options) as store:
         try:
@@ -229,12 +235,12 @@ def resume_from_remote(job_url: str, local_out: str | Path, *, logs_dir: str | P
         except NotFoundError:
             return None
         latest = _parse_pointer(raw, str(store.url.child("checkpoints/latest.json")))
-        local = _read_local_pointer(ckpt / "latest.json")
+        local = _read_local_pointer(ckpt / pointer_file("latest"))
         if (local is not None and local[0]["step"] >= latest["step"]
                 and verify_checkpoint(ckpt / local[0]["path"])):
             return local[0]["step"]
         _fetch_checkpoint(store, latest["path"], ckpt)
-        atomic_write(ckpt / "latest.json", raw, durable=True)
+        atomic_write(ckpt / pointer_file("latest"), raw, durable=True)
         try:
             best_raw = store.get_bytes("checkpoints/best.json")
         except NotFoundError:
@@ -243,15 +249,15 @@ def resume_from_remote(job_url: str, local_out: str | Path, *, logs_dir: str | P
             best = _parse_pointer(best_raw, str(store.url.child("checkpoints/best.json")))
             if best["path"] != latest["path"]:
                 _fetch_checkpoint(store, best["path"], ckpt)
-            atomic_write(ckpt / "best.json", best_raw, durable=True)
-        if not (out / "metrics.jsonl").exists():
+            atomic_write(ckpt / pointer_file("best"), best_raw, durable=True)
+        if not (out / METRICS_FILE).exists():
             try:
-                metrics = store.get_bytes("metrics.jsonl")
-                atomic_write(out / "metrics.jsonl", _metrics_until(metrics, latest["step"]))
+                metrics = store.get_bytes(METRICS_FILE)
+                atomic_write(out / METRICS_FILE, _metrics_until(metrics, latest["step"]))
             except NotFoundError:
                 pass
         if logs_dir is not None:
-            for key, info in store.list("logs").items():
+            for key, info in store.list(LOGS_DIR).items():
                 dest = Path(logs_dir) / key.split("/", 1)[1]
                 if not dest.exists():
                     store.get_file(key, dest, info)

@@ -31,8 +31,8 @@ def pointer_file(which: str) -> str:
     return f"{which}.json"
 
 
-def rank_log(rank: int) -> str:
-    """The log file name of a rank (inside logs/)."""
+def rank_log(rank: int | str) -> str:
+    """The log file name of a rank (inside logs/); "*" gives the glob of them all."""
     return f"rank-{rank}.log"
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher.outputs.checkpoints import _read_local_pointer, build_manifest
-from launcher.outputs.layout import MANIFEST, POINTERS
+from launcher.outputs.layout import CHECKPOINTS_DIR, MANIFEST, METRICS_FILE, POINTERS, rank_log
 from launcher.storage import get_json, open_store, put_json
 from launcher.storage.base import NotFoundError, StorageError, StorageOptions
 from launcher.storage.files import local_error
@@ -59,7 +59,7 @@ class Publisher:
         what was not published is retried by the next call."""
         with self._lock:
             report = PublishReport()
-            ckpt = self.out / "checkpoints"
+            ckpt = self.out / CHECKPOINTS_DIR
             for which in POINTERS:
                 found = _read_local_pointer(ckpt / f"{which}.json")
                 if found is None or self._pointers.get(which) == found[1]:
@@ -69,9 +69,9 @@ class Publisher:
                     self.store.put_bytes(f"checkpoints/{which}.json", raw)
                     self._pointers[which] = raw
                     report.pointers.append(which)
-            self._mirror(self.out / "metrics.jsonl", "metrics.jsonl", report, whole_lines=True)
+            self._mirror(self.out / METRICS_FILE, METRICS_FILE, report, whole_lines=True)
             if self.logs is not None and self.logs.is_dir():
-                for path in sorted(self.logs.glob("rank-*.log")):
+                for path in sorted(self.logs.glob(rank_log("*"))):
                     self._mirror(path, f"logs/{path.name}", report)
             return report
 
@@ -89,7 +89,7 @@ class Publisher:
             if not step_dir.is_dir():
                 return False
             raise
-        manifest_key = f"checkpoints/{name}/{MANIFEST}"
+        manifest_key = f"{CHECKPOINTS_DIR}/{name}/{MANIFEST}"
         try:
             remote = get_json(self.store, manifest_key)
         except NotFoundError:

@@ -20,6 +20,7 @@ with one-line messages.
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ from launcher.storage import (
     open_store,
     parse_url,
 )
+from launcher.util.files import atomic_write
 
 
 @dataclass(frozen=True)
@@ -266,12 +268,10 @@ def write_png(report: RunReport, path: str | os.PathLike) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize="small")
     fig.tight_layout()
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    image = io.BytesIO()
+    fig.savefig(image, format="png")
     try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, target)
+        atomic_write(target, image.getvalue())
     except OSError as err:
         raise LaunchError(f"cannot write {target}: {err.strerror or err}") from err
-    finally:
-        tmp.unlink(missing_ok=True)
     return target

@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from launcher.errors import UsageError
+from launcher.outputs.layout import RESULT_FILE, rank_log
 from launcher.pod.logrelay import NOISE, LogRelay, Output
 from launcher.pod.node import (
     BadConfig,
@@ -72,6 +73,7 @@ from launcher.spec.contract import (
     EXIT_RETRIABLE,
     EXIT_TERMINATED,
 )
+from launcher.util.files import atomic_write
 from launcher.util.procs import kill_marked, kill_processes
 
 DEFAULT_PUBLISH_INTERVAL = 30.0
@@ -103,12 +105,10 @@ class Bootstrap:
         if not self._status_file:
             return
         data = json.dumps({"stage": name, "time": time.time(), "pid": os.getpid(), **extra})
-        tmp = Path(f"{self._status_file}.tmp{os.getpid()}")
         try:
-            tmp.write_text(data)
-            os.replace(tmp, self._status_file)
+            atomic_write(self._status_file, data)
         except OSError:
-            pass
+            pass  # the stage is for `status` only: never fail the job over it
 
     def storage_options(self, spec: js.JobSpec) -> Any:
         from launcher.storage import StorageOptions
@@ -244,7 +244,7 @@ class Bootstrap:
         step = resume_from_remote(job_url, self.paths.out, logs_dir=previous,
                                   options=self.storage_options(spec))
         for rank in local_ranks:  # only this node's ranks: others publish their own
-            src, dest = previous / f"rank-{rank}.log", self.paths.logs / f"rank-{rank}.log"
+            src, dest = previous / rank_log(rank), self.paths.logs / rank_log(rank)
             if src.is_file() and not dest.exists():
                 os.replace(src, dest)
         shutil.rmtree(previous, ignore_errors=True)
@@ -339,7 +339,7 @@ class Bootstrap:
 
     def evaluate(self, spec: js.JobSpec, config: Any, root: Path) -> int:
         tasks = eval_tasks(config, self.env)
-        result_path = self.paths.out / "result.json"
+        result_path = self.paths.out / RESULT_FILE
         result_path.unlink(missing_ok=True)
         self.stage("evaluating")
         self.out.node(f"evaluating the best checkpoint on {tasks} meta-test tasks")
@@ -364,7 +364,7 @@ class Bootstrap:
         result["job"] = spec.name
         result_path.write_text(json.dumps(result, indent=2) + "\n")
         if self.publisher is not None:
-            self.publisher.put_json("result.json", result)
+            self.publisher.put_json(RESULT_FILE, result)
         self.out.node(f"meta-test accuracy {100 * result['accuracy']:.2f}% ± {100 * result['ci95']:.2f}% "
                       f"over {result['tasks']} tasks (checkpoint step {result.get('step')})")
         return 0

@@ -10,6 +10,8 @@ import threading
 from pathlib import Path
 from typing import Any, TextIO
 
+from launcher.outputs.layout import rank_log
+
 # msrun's own chatter in a worker log, not the worker's output
 NOISE = re.compile(rb"^\[(INFO|DEBUG)\] ")
 
@@ -52,7 +54,7 @@ class LogRelay(threading.Thread):
         self._inputs: dict[int, Any] = {}
         self._partial: dict[int, bytes] = {r: b"" for r in ranks}
         logs_dir.mkdir(parents=True, exist_ok=True)
-        self._outputs = {r: open(logs_dir / f"rank-{r}.log", "ab") for r in ranks}  # noqa: SIM115
+        self._outputs = {r: open(logs_dir / rank_log(r), "ab") for r in ranks}  # noqa: SIM115
 
     def run(self) -> None:
         while not self._halt.wait(self.interval):

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher.errors import LaunchError, UsageError
+from launcher.outputs.layout import LOGS_DIR
 from launcher.pod.logrelay import Output
 from launcher.spec import contract
 from launcher.spec import jobspec as js
@@ -53,7 +54,7 @@ class Paths:
 
     @property
     def logs(self) -> Path:
-        return self.work / "logs"
+        return self.work / LOGS_DIR
 
     @property
     def msrun_logs(self) -> Path:

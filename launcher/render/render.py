@@ -12,9 +12,7 @@ printed and submitted.
 from __future__ import annotations
 
 import functools
-import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from typing import Any
 from launcher.errors import LaunchError, UsageError
 from launcher.spec import contract
 from launcher.spec.jobspec import JobSpec
+from launcher.util.files import atomic_write
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "k8s_templates"
 PODINFO_DIR = "/etc/podinfo"  # downward-API volume: files `annotations`, `labels`
@@ -363,14 +362,7 @@ def write_dir(objects: Sequence[Mapping[str, Any]], directory: str | Path) -> li
         directory.mkdir(parents=True, exist_ok=True)
         paths = []
         for name, text in zip(names, texts, strict=True):
-            fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "w") as handle:
-                    handle.write(text)
-                os.replace(tmp, directory / name)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            atomic_write(directory / name, text)
             paths.append(directory / name)
     except OSError as err:
         raise LaunchError(f"cannot write manifests to {directory}: {err.strerror or err}") from err
