@@ -26,9 +26,12 @@ from typing import Any
 
 import numpy as np
 
-
-class CheckpointError(ValueError):
-    """A missing or unreadable checkpoint; the message is one line."""
+from leo_core.checkpoint_paths import (  # noqa: F401 - part of this module's interface
+    CheckpointError,
+    checkpoints_dir,
+    resolve,
+)
+from leo_core.ckpt_format import CKPT_NAME, save_ckpt
 
 
 @dataclass
@@ -38,10 +41,6 @@ class Checkpoint:
     optimizer: dict[str, np.ndarray]
     state: dict[str, Any]
     path: Path
-
-
-def checkpoints_dir(out: str | Path) -> Path:
-    return Path(out) / "checkpoints"
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
@@ -63,7 +62,6 @@ def save(out: str | Path, step: int, params: dict[str, np.ndarray], optimizer: d
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     np.savez(tmp / "weights.npz", **params)
-    from leo_core.ckpt_format import CKPT_NAME, save_ckpt
 
     save_ckpt(tmp / CKPT_NAME, params)  # for MindSpore users; resume reads the .npz
     np.savez(tmp / "optimizer.npz", **optimizer)
@@ -94,34 +92,6 @@ def prune(out: str | Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def resolve(path: str | Path, which: str = "latest") -> Path:
-    """A step directory from a training output dir, its checkpoints dir, a pointer
-    file or the step directory itself."""
-    path = Path(path)
-    if path.is_dir() and _has_weights(path):
-        return path
-    if path.is_dir():
-        root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-        path = root / f"{which}.json"
-    if path.suffix == ".json":
-        try:
-            pointer = json.loads(path.read_text())
-            step_dir = path.parent / pointer["path"]
-        except FileNotFoundError:
-            raise CheckpointError(f"no checkpoint: {path} does not exist") from None
-        except (OSError, ValueError, KeyError, TypeError):
-            raise CheckpointError(f"checkpoint pointer {path} is unreadable") from None
-        if not _has_weights(step_dir):
-            raise CheckpointError(f"checkpoint {step_dir} named by {path.name} is missing")
-        return step_dir
-    raise CheckpointError(f"no checkpoint at {path}")
-
-
-def _has_weights(step_dir: Path) -> bool:
-    # leo.ckpt alone: a step directory fetched in .ckpt format (evaluation, not resume).
-    return (step_dir / "weights.npz").exists() or (step_dir / "leo.ckpt").exists()
-
-
 def load(path: str | Path, which: str = "latest") -> Checkpoint:
     step_dir = resolve(path, which)
     if not (step_dir / "weights.npz").exists():
@@ -142,6 +112,6 @@ def load(path: str | Path, which: str = "latest") -> Checkpoint:
 if __name__ == "__main__":
     import sys
 
-    from leo_core.ckpt_format import main
+    from leo_core import ckpt_format
 
-    sys.exit(main())
+    sys.exit(ckpt_format.main())

@@ -52,7 +52,7 @@ from pathlib import Path
 
 import numpy as np
 
-from leo_core.checkpoint import CheckpointError, resolve
+from leo_core.checkpoint_paths import CheckpointError, resolve
 from leo_core.model import EMBEDDING_DIM, PARAM_NAMES, PARAM_SHAPES
 
 CKPT_NAME = "leo.ckpt"  # the MindSpore checkpoint in every step directory

@@ -11,9 +11,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from launcher.backends.base import Backend
+from launcher.backends.kubernetes import KubernetesBackend
+from launcher.backends.local import LocalBackend
+from launcher.backends.localjob import job_dir
 from launcher.errors import UsageError
 from launcher.k8s.config import kube_configured
 from launcher.spec.names import check_job_name, looks_like_url
+from launcher.storage import parse_url
 
 BACKENDS = ("auto", "k8s", "local")
 
@@ -31,8 +35,6 @@ def choose_backend(requested: str, name: str | None = None,
 
 
 def local_job_exists(name: str, environ: Mapping[str, str] | None = None) -> bool:
-    from launcher.backends.localjob import job_dir
-
     return job_dir(name, environ).is_dir()
 
 
@@ -41,10 +43,7 @@ def get_backend(requested: str = "auto", name: str | None = None, *,
                 environ: Mapping[str, str] | None = None) -> Backend:
     """The backend for a command about job `name` (None: submit, list)."""
     if choose_backend(requested, name, environ) == "local":
-        from launcher.backends.local import LocalBackend
-
         return LocalBackend(environ)
-    from launcher.backends.kubernetes import KubernetesBackend
 
     return KubernetesBackend.connect(context, namespace)
 
@@ -54,8 +53,6 @@ def outputs_url(name_or_url: str, *, requested: str = "auto", context: str | Non
     """The base URL of a job's outputs: a URL or path is returned as given (normalised);
     a job NAME is looked up as `get_backend` would (local job registry, then the
     configured cluster) and becomes `<train_url>/<name>`."""
-    from launcher.storage import parse_url
-
     text = name_or_url.strip()
     if looks_like_url(text):
         return str(parse_url(text))

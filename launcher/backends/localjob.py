@@ -27,6 +27,7 @@ from typing import Any
 
 from launcher.backends.base import JobNotFoundError
 from launcher.errors import LaunchError
+from launcher.k8s.config import kube_configured
 from launcher.spec import contract
 from launcher.spec import jobspec as js
 from launcher.spec.contract import ENV_LOCAL_JOB
@@ -118,8 +119,6 @@ class LocalJob:
     def find(cls, name: str, environ: Mapping[str, str] | None = None) -> LocalJob:
         path = job_dir(name, environ)
         if not path.is_dir():
-            from launcher.k8s.config import kube_configured
-
             where = "" if kube_configured(environ) else (
                 " and no Kubernetes cluster is configured (KUBECONFIG, ~/.kube/config)")
             raise JobNotFoundError(f"unknown job {name!r}: it is not under {path.parent}{where}; "

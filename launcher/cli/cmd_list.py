@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from launcher.backends import get_backend
 from launcher.cli.format import print_json, print_list
 from launcher.cli.options import add_cluster_arguments
+from launcher.errors import LaunchError
+from launcher.k8s.config import kube_configured
 
 HELP = "list jobs (local ones and those labelled as ours on the cluster) with phase and accuracy"
 
@@ -20,9 +23,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from launcher.backends import get_backend
-    from launcher.errors import LaunchError
-    from launcher.k8s.config import kube_configured
 
     items = []
     if args.backend in ("auto", "local"):

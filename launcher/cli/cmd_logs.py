@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from launcher.backends import get_backend
 from launcher.cli.options import add_job_reference, check_log_arguments
 from launcher.errors import UsageError
+from launcher.outputs.logs import print_published_logs
 from launcher.spec.names import check_job_name, looks_like_url
+from launcher.storage import parse_url
 
 HELP = "print (or follow) the logs of one rank (default 0) or of every rank of a job"
 
@@ -28,8 +31,6 @@ def run(args: argparse.Namespace) -> int:
     check_log_arguments(args)
     text = args.job.strip()
     if looks_like_url(text):
-        from launcher.outputs.logs import print_published_logs
-        from launcher.storage import parse_url
 
         if args.follow:
             raise UsageError("--follow needs a job name: published logs are read as they are")
@@ -37,7 +38,6 @@ def run(args: argparse.Namespace) -> int:
                                      rank=None if args.all_ranks else (args.rank or 0),
                                      tail=args.tail)
         return 0 if found else 1
-    from launcher.backends import get_backend
 
     name = check_job_name(text)
     backend = get_backend(args.backend, name, context=args.context, namespace=args.namespace)

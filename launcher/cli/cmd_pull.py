@@ -5,12 +5,20 @@ from __future__ import annotations
 
 import argparse
 
+from launcher.backends import outputs_url
+from launcher.cli.options import add_cluster_arguments
+from launcher.outputs.checkpoints import pull
+from launcher.storage import (
+    StorageOptions,
+    add_storage_arguments,
+    parse_url,
+    sync_down,
+)
+
 HELP = "download a job's best or latest checkpoint, verified against its manifest"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from launcher.cli.options import add_cluster_arguments
-    from launcher.storage import add_storage_arguments
 
     parser.add_argument("job", metavar="NAME|URL",
                         help="a job name (looked up in the local job registry) or the job's "
@@ -29,13 +37,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from launcher.backends import outputs_url
-    from launcher.outputs.checkpoints import pull
-    from launcher.storage import (
-        StorageOptions,
-        parse_url,
-        sync_down,
-    )
 
     options = StorageOptions.from_args(args)
     base = outputs_url(args.job, requested=args.backend, context=args.context,

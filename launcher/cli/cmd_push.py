@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import argparse
 
+from launcher.storage import (
+    StorageOptions,
+    add_storage_arguments,
+    parse_url,
+    push,
+)
+
 HELP = "upload a file or directory to s3://, obs://, file:// or a path (unchanged files skipped)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from launcher.storage import add_storage_arguments
-
     parser.add_argument("local_path", metavar="LOCAL_PATH", help="file or directory to upload")
     parser.add_argument("url", metavar="URL",
                         help="destination: s3://bucket/prefix, obs://bucket/prefix, file:///path or a path")
@@ -19,12 +24,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from launcher.storage import (
-        StorageOptions,
-        parse_url,
-        push,
-    )
-
     url = parse_url(args.url)  # malformed → exit 2 before anything is read
     report = push(args.local_path, args.url if args.url.endswith("/") else url,
                   options=StorageOptions.from_args(args), delete=args.delete)

@@ -6,6 +6,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from launcher.spec import ranktable
+from launcher.spec.ranktable import RankTableError
+
 HELP = "print the HCCL rank table (JSON) of device-plugin annotations or a node inventory"
 
 
@@ -20,7 +23,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from launcher.spec import ranktable
     if args.inventory is not None:
         fragments = ranktable.inventory_fragments(ranktable.load_inventory(args.inventory))
     else:
@@ -31,8 +33,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _read(path: str) -> str:
-    from launcher.spec.ranktable import RankTableError
-
     try:
         with open(path, encoding="utf-8") as handle:
             return handle.read()

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import argparse
 
+from launcher.backends import outputs_url
+from launcher.cli.options import add_cluster_arguments
+from launcher.outputs.report import (
+    check_png_target,
+    load_report,
+    write_png,
+)
+from launcher.storage import StorageOptions, add_storage_arguments
+
 HELP = ("summarise a job's run (steps, steps/s, best meta-validation and meta-test accuracy) "
         "and plot its training curves")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from launcher.cli.options import add_cluster_arguments
-    from launcher.storage import add_storage_arguments
 
     parser.add_argument("job", metavar="NAME|URL",
                         help="a job name (looked up in the local job registry) or the job's "
@@ -27,13 +34,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from launcher.backends import outputs_url
-    from launcher.outputs.report import (
-        check_png_target,
-        load_report,
-        write_png,
-    )
-    from launcher.storage import StorageOptions
 
     options = StorageOptions.from_args(args, progress=False)
     png = check_png_target(args.png) if args.png else None  # refused before any reading

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from launcher.backends import get_backend
 from launcher.cli.format import print_json, print_status
 from launcher.cli.options import add_job_reference
 from launcher.spec.names import check_job_name
@@ -19,8 +20,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from launcher.backends import get_backend
-
     name = check_job_name(args.job)
     backend = get_backend(args.backend, name, context=args.context, namespace=args.namespace)
     status = backend.status(name).to_dict()

@@ -13,6 +13,8 @@ import argparse
 import dataclasses
 import sys
 
+from launcher.backends import choose_backend, get_backend
+from launcher.backends.base import follow_to_end, wait_and_report
 from launcher.cli.cmd_render import emit
 from launcher.cli.options import (
     BACKENDS,
@@ -56,8 +58,6 @@ def run(args: argparse.Namespace) -> int:
     if spec.data_url is None:
         raise UsageError("submit needs --data-url: the embeddings (s3://, obs://, file:// or a path)")
 
-    from launcher.backends import choose_backend, get_backend
-    from launcher.backends.base import follow_to_end, wait_and_report
 
     kind = choose_backend(args.backend)
     if args.backend == "auto":

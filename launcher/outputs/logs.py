@@ -11,6 +11,11 @@ from collections.abc import Callable, Iterable
 from typing import TextIO
 
 from launcher.outputs.layout import LOGS_DIR, rank_of_log
+from launcher.storage import (
+    NotFoundError,
+    StorageOptions,
+    open_store,
+)
 
 _RANK_TAG = re.compile(r"^\[rank (\d+)\] ")
 _NODE_TAG = re.compile(r"^\[node (\d+)\] ")
@@ -54,12 +59,6 @@ def print_published_logs(job_url: str, *, rank: int | None = None, tail: int | N
                          err: TextIO | None = None) -> bool:
     """Print the rank logs a job published under `<job_url>/logs/` (one rank, or all of
     them rank after rank), each line tagged `[rank R]`. False when there are none."""
-    from launcher.storage import (
-        NotFoundError,
-        StorageOptions,
-        open_store,
-    )
-
     out, err = out or sys.stdout, err or sys.stderr
     with open_store(job_url, StorageOptions(endpoint=endpoint, progress=False)) as store:
         try:

@@ -20,6 +20,11 @@ from typing import Any
 
 from launcher.errors import LaunchError
 from launcher.outputs.layout import METRICS_FILE, RESULT_FILE
+from launcher.storage import (
+    NotFoundError,
+    StorageOptions,
+    open_store,
+)
 
 RECENT_TRAIN_RECORDS = 10  # steps/s is the mean over this many of the latest train records
 
@@ -208,11 +213,6 @@ def read_progress(job_url: str | None, *, endpoint: str | None = None,
             pass
     if not job_url:
         return out
-    from launcher.storage import (
-        NotFoundError,
-        StorageOptions,
-        open_store,
-    )
 
     try:
         options = StorageOptions(endpoint=endpoint, max_attempts=1, progress=False,

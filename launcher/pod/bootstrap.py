@@ -50,7 +50,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from launcher.errors import UsageError
+from launcher.outputs.checkpoints import resume_from_remote
 from launcher.outputs.layout import RESULT_FILE, rank_log
+from launcher.outputs.publish import Publisher
 from launcher.pod.logrelay import NOISE, LogRelay, Output
 from launcher.pod.node import (
     BadConfig,
@@ -64,6 +66,11 @@ from launcher.pod.node import (
     prepare_rank_table,
     resolve_master,
 )
+from launcher.pod.rendezvous import FragmentRendezvous
+from launcher.pod.stage import (
+    find_data_root,
+    stage,
+)
 from launcher.spec import contract
 from launcher.spec import jobspec as js
 from launcher.spec.contract import (
@@ -72,6 +79,12 @@ from launcher.spec.contract import (
     ENV_STATUS_FILE,
     EXIT_RETRIABLE,
     EXIT_TERMINATED,
+)
+from launcher.storage import (
+    NotFoundError,
+    StorageError,
+    StorageOptions,
+    parse_url,
 )
 from launcher.util.files import atomic_write
 from launcher.util.procs import kill_marked, kill_processes
@@ -111,8 +124,6 @@ class Bootstrap:
             pass  # the stage is for `status` only: never fail the job over it
 
     def storage_options(self, spec: js.JobSpec) -> Any:
-        from launcher.storage import StorageOptions
-
         return StorageOptions(endpoint=spec.storage_endpoint, progress=False)
 
     def on_signal(self, signum: int, frame: Any) -> None:  # noqa: ARG002
@@ -164,8 +175,6 @@ class Bootstrap:
             path.mkdir(parents=True, exist_ok=True)
         job_url = None
         if spec.train_url:
-            from launcher.storage import parse_url
-
             job_url = str(parse_url(spec.train_url).child(spec.name))
 
         root = self.stage_data(spec, config)
@@ -178,8 +187,6 @@ class Bootstrap:
             master_ip = resolve_master(addr, spec.cluster_timeout)
         server = None
         if spec.accelerator == "ascend" and spec.rank_table == "dynamic" and node_rank == 0:
-            from launcher.pod.rendezvous import FragmentRendezvous
-
             server = FragmentRendezvous(spec.name, spec.nodes, port=spec.ranktable_port,
                                         timeout=spec.cluster_timeout).start()
         try:
@@ -204,15 +211,6 @@ class Bootstrap:
         return code
 
     def stage_data(self, spec: js.JobSpec, config: Any) -> Path:
-        from launcher.pod.stage import (
-            find_data_root,
-            stage,
-        )
-        from launcher.storage import (
-            NotFoundError,
-            StorageError,
-            parse_url,
-        )
 
         url = parse_url(spec.data_url)
         if url.is_local:  # a directory used in place: what it lacks will not appear by retrying
@@ -237,7 +235,6 @@ class Bootstrap:
     def resume(self, spec: js.JobSpec, job_url: str | None, local_ranks: list[int]) -> int | None:
         if not job_url:
             return None
-        from launcher.outputs.checkpoints import resume_from_remote
 
         self.stage("resuming")
         previous = self.paths.previous_logs
@@ -253,8 +250,6 @@ class Bootstrap:
         return step
 
     def start_publishing(self, spec: js.JobSpec, job_url: str, node_rank: int) -> None:
-        from launcher.outputs.publish import Publisher
-
         interval = self.env.get(ENV_PUBLISH_INTERVAL, "").strip()
         try:
             seconds = float(interval) if interval else DEFAULT_PUBLISH_INTERVAL

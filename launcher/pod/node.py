@@ -15,9 +15,11 @@ from typing import Any
 
 from launcher.errors import LaunchError, UsageError
 from launcher.outputs.layout import LOGS_DIR
+from launcher.pod import rendezvous as rdv
 from launcher.pod.logrelay import Output
 from launcher.spec import contract
 from launcher.spec import jobspec as js
+from launcher.spec import ranktable as rt
 from launcher.spec.contract import ENV_EVAL_TASKS, ENV_WORK_DIR
 
 EVAL_BATCHES = 50  # meta-test: 50 batches of metatest_batch_size tasks (the original's 10,000)
@@ -159,8 +161,6 @@ def prepare_rank_table(spec: js.JobSpec, node_rank: int, env: Mapping[str, str],
     """Ascend: the HCCL rank table's path for msrun (None for NVIDIA and CPU)."""
     if spec.accelerator != "ascend":
         return None
-    from launcher.pod import rendezvous as rdv
-    from launcher.spec import ranktable as rt
     mode = spec.rank_table
     if mode == "file":
         path = (config_dir or Path(contract.CONFIG_DIR)) / contract.RANK_TABLE_FILE

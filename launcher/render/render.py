@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher.errors import LaunchError, UsageError
-from launcher.spec import contract
+from launcher.spec import contract, ranktable
 from launcher.spec.jobspec import JobSpec
 from launcher.util.files import atomic_write
 
@@ -209,7 +209,6 @@ def _config_data(spec: JobSpec) -> dict[str, str]:
                                       Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper)),
     }
     if spec.rank_table == "file":
-        from launcher.spec import ranktable
         data[contract.RANK_TABLE_FILE] = ranktable.dumps(
             ranktable.build_table(ranktable.inventory_fragments(spec.inventory)))
     return data

@@ -40,6 +40,8 @@ from launcher.spec.contract import (
 from launcher.spec.ranktable import (
     InventoryNode,
     RankTableError,
+    build_table,
+    inventory_fragments,
 )
 from launcher.spec.values import (
     _ACCEL_ALIASES,
@@ -271,10 +273,6 @@ class JobSpec:
             if len(node.device_ips) != self.cards_per_node:
                 raise UsageError(f"inventory node {node.name} lists {len(node.device_ips)} devices but the "
                                  f"job uses {self.cards_per_node} cards per node")
-        from launcher.spec.ranktable import (
-            build_table,
-            inventory_fragments,
-        )
 
         try:
             build_table(inventory_fragments(inventory))

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher.errors import UsageError
+from launcher.spec.names import dns1123_subdomain_problem
 
 RANK_TABLE_VERSION = "1.0"
 STATUS_COMPLETED = "completed"
@@ -81,7 +82,6 @@ class InventoryNode:
             if key not in data:
                 raise RankTableError(f"{where}: missing {key!r}")
         name, host_ip, device_ips = data["name"], data["host_ip"], data["device_ips"]
-        from launcher.spec.names import dns1123_subdomain_problem
 
         if not isinstance(name, str) or dns1123_subdomain_problem(name):
             raise RankTableError(f"{where}: name {name!r} is not a Kubernetes node name")

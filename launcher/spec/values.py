@@ -11,7 +11,7 @@ from typing import Any
 
 from launcher.errors import UsageError
 from launcher.spec import names as syn
-from launcher.spec.ranktable import InventoryNode
+from launcher.spec.ranktable import InventoryNode, load_inventory
 
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _IMAGE_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
@@ -112,8 +112,6 @@ def parse_rank_table(value: str | None) -> tuple[str | None, tuple[InventoryNode
     if value in ("dynamic", "controller"):
         return value, ()
     from pathlib import Path
-
-    from launcher.spec.ranktable import load_inventory
 
     if not Path(value).is_file():
         raise UsageError(f"--rank-table {value!r}: no such inventory file "

@@ -32,6 +32,10 @@ from launcher.storage.base import (  # noqa: F401 - the package's public names
     redact_endpoint,
     split_key,
 )
+from launcher.storage.local import LocalStore
+from launcher.storage.sync import sync_down as _sync_down
+from launcher.storage.sync import sync_files_up
+from launcher.storage.sync import sync_up as _sync_up
 
 
 def open_store(url: URLLike, options: StorageOptions | None = None) -> Store:
@@ -39,8 +43,6 @@ def open_store(url: URLLike, options: StorageOptions | None = None) -> Store:
     parsed = parse_url(url)
     options = options or StorageOptions()
     if parsed.is_local:
-        from launcher.storage.local import LocalStore
-
         return LocalStore(parsed, options)
     from launcher.storage.s3 import ObjectStore
 
@@ -51,8 +53,6 @@ def sync_up(local: str | Path, url: URLLike, *, options: StorageOptions | None =
             delete: bool = False) -> SyncReport:
     """Upload the tree `local` under `url`, skipping files whose size and content hash
     already match; delete extra objects only when `delete`."""
-    from launcher.storage.sync import sync_up as _sync_up
-
     with open_store(url, options) as store:
         return _sync_up(Path(local), store, delete=delete)
 
@@ -62,8 +62,6 @@ def sync_down(url: URLLike, local: str | Path, *, options: StorageOptions | None
     """Download everything under `url` into `local`, each file verified and renamed into
     place when complete; unchanged files are skipped; extra local files deleted only
     when `delete`. Re-running after an interruption continues."""
-    from launcher.storage.sync import sync_down as _sync_down
-
     with open_store(url, options) as store:
         return _sync_down(store, Path(local), delete=delete)
 
@@ -81,7 +79,6 @@ def push(local: str | Path, url: URLLike, *, options: StorageOptions | None = No
     if ((isinstance(url, str) and url.endswith("/")) or (not target.is_local and not target.key)
             or (target.is_local and Path(target.path).is_dir())):
         target = target.child(path.name)
-    from launcher.storage.sync import sync_files_up
 
     with open_store(target.parent(), options) as store:
         return sync_files_up({target.name: path}, store)

@@ -10,7 +10,8 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from launcher.storage.base import TMP_PREFIX, IntegrityError, StorageError
+from launcher.errors import UsageError
+from launcher.storage.base import TMP_PREFIX, IntegrityError, StorageError, split_key
 from launcher.util import files as util_files
 
 CHUNK = 1024 * 1024
@@ -159,8 +160,6 @@ def check_content(what: str, size: int, sha256: str, md5: str | None, expected_s
 def safe_parts(key: str, what: str) -> list[str]:
     """The segments of a key that comes from storage or an archive (not from the user):
     StorageError when it is empty or has '.', '..' or empty segments."""
-    from launcher.errors import UsageError
-    from launcher.storage.base import split_key
 
     try:
         return split_key(key, what)
