@@ -91,6 +91,16 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     res.add_argument("--nccl-socket-ifname", metavar="IFS", help=f"NVIDIA NCCL_SOCKET_IFNAME (default: {js.DEFAULT_NCCL_SOCKET_IFNAME})")
     res.add_argument("--nccl-ib-hca", metavar="HCAS", help="NVIDIA NCCL_IB_HCA (unset by default)")
     res.add_argument("--nccl-debug", metavar="LEVEL", help="NVIDIA NCCL_DEBUG (unset by default)")
+    sec = parser.add_argument_group("pod security (README: Security)")
+    sec.add_argument("--run-as-user", type=int, metavar="UID",
+                     help=f"user id the pods run as (default: the image's, {js.IMAGE_USER['cpu']})")
+    sec.add_argument("--run-as-group", type=int, metavar="GID",
+                     help=f"group id and fsGroup of the pods (default: the image's, {js.IMAGE_GROUP['cpu']}; "
+                          "Ascend: the host's HwHiAiUser group)")
+    sec.add_argument("--ascend-driver-mount", metavar="{" + ",".join(js.ASCEND_DRIVER_MOUNTS) + "}",
+                     help="Ascend driver: hostpath mounts the host's driver and hccn.conf (default; "
+                          "needs a privileged Pod Security namespace); runtime leaves it to Ascend "
+                          "Docker Runtime (pods pass restricted)")
 
 
 def spec_from_args(args: argparse.Namespace) -> js.JobSpec:
@@ -105,7 +115,8 @@ def spec_from_args(args: argparse.Namespace) -> js.JobSpec:
         max_restarts=args.max_restarts, cpu=args.cpu, memory=args.memory, shm_size=args.shm_size,
         master_port=args.master_port, cluster_timeout=args.cluster_timeout,
         hccl_connect_timeout=args.hccl_connect_timeout, nccl_socket_ifname=args.nccl_socket_ifname,
-        nccl_ib_hca=args.nccl_ib_hca, nccl_debug=args.nccl_debug,
+        nccl_ib_hca=args.nccl_ib_hca, nccl_debug=args.nccl_debug, run_as_user=args.run_as_user,
+        run_as_group=args.run_as_group, ascend_driver_mount=args.ascend_driver_mount,
     )
 
 

@@ -187,6 +187,12 @@ def prepare_rank_table(spec: js.JobSpec, node_rank: int, env: Mapping[str, str],
         try:
             text = Path(rt.HCCN_CONF).read_text()
         except OSError as err:
+            if spec.ascend_driver_mount == "runtime":  # the pod mounts no hccn.conf then
+                raise BadConfig(
+                    f"no device-plugin annotation ({contract.ASCEND_DEVICE_ANNOTATION}) to take the NPU "
+                    f"IPs from, and --ascend-driver-mount runtime mounts no {rt.HCCN_CONF}: the Ascend "
+                    "device plugin must annotate the pods, or use --rank-table controller or an inventory "
+                    "file, or --ascend-driver-mount hostpath") from err
             raise BadConfig(f"no device-plugin annotation and cannot read {rt.HCCN_CONF}: "
                             f"{err.strerror or err}") from err
         fragment = rt.fragment_from_hccn_conf(text, server_id, devices)

@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from launcher.errors import LaunchError, UsageError
-from launcher.spec import contract, ranktable
+from launcher.spec import contract, podsecurity, ranktable
 from launcher.spec.jobspec import JobSpec
+from launcher.spec.ranktable import HCCN_CONF
 from launcher.util.files import atomic_write
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "k8s_templates"
 PODINFO_DIR = "/etc/podinfo"  # downward-API volume: files `annotations`, `labels`
-HCCN_CONF = "/etc/hccn.conf"
 GRACE_SECONDS = 60  # time for rank 0 to publish its last checkpoint
 _MANIFEST_FILE = re.compile(r"\d\d-(configmap|service|job|vcjob)-.+\.yaml")
 
@@ -229,6 +229,7 @@ def context(spec: JobSpec) -> dict[str, Any]:
     if spec.rank_table == "dynamic":
         ports.append({"name": "ranktable", "port": spec.ranktable_port})
     requests, limits = _resources(spec)
+    host_paths = podsecurity.host_path_mounts(spec)  # the pods' Pod Security level depends on them
     return {
         "job": spec,
         "labels": labels,
@@ -255,9 +256,11 @@ def context(spec: JobSpec) -> dict[str, Any]:
         "paths": {"config": contract.CONFIG_DIR, "podinfo": PODINFO_DIR, "shm": contract.SHM_DIR,
                   "cache": contract.CACHE_DIR, "ascend_driver": contract.ASCEND_DRIVER_DIR,
                   "hccn_conf": HCCN_CONF, "rings_config": contract.CONTROLLER_RANK_TABLE_DIR},
-        "mounts": {"ascend_driver": spec.accelerator == "ascend",
-                   "hccn_conf": spec.rank_table == "dynamic",
+        "mounts": {"ascend_driver": contract.ASCEND_DRIVER_DIR in host_paths,
+                   "hccn_conf": HCCN_CONF in host_paths,
                    "rings_config": spec.uses_rings_config},
+        "security": {"pod": podsecurity.pod_security_context(spec),
+                     "container": podsecurity.container_security_context(spec)},
     }
 
 

@@ -72,6 +72,15 @@ DEFAULT_CLUSTER_TIMEOUT = 1800  # msrun --cluster_time_out, seconds
 DEFAULT_HCCL_CONNECT_TIMEOUT = 1200  # HCCL_CONNECT_TIMEOUT, seconds
 DEFAULT_MAX_RESTARTS = 3
 DEFAULT_NCCL_SOCKET_IFNAME = "eth0"
+# The images' non-root user (build args LEO_UID and LEO_GID, HWHIAIUSER_GID for Ascend):
+# the pods run as these ids unless --run-as-user/--run-as-group say otherwise.
+IMAGE_USER = {"ascend": 1000, "nvidia": 1000, "cpu": 1000}
+IMAGE_GROUP = {"ascend": 1000, "nvidia": 1000, "cpu": 1000}
+MAX_ID = 2**31 - 1  # Kubernetes' limit for runAsUser, runAsGroup and fsGroup
+# Ascend's driver: hostPath mounts of the host's driver and hccn.conf (MindCluster's samples),
+# or nothing, on nodes whose Ascend Docker Runtime injects the driver itself.
+ASCEND_DRIVER_MOUNTS = ("hostpath", "runtime")
+DEFAULT_ASCEND_DRIVER_MOUNT = "hostpath"
 
 JOBSPEC_VERSION = 1
 
@@ -110,6 +119,9 @@ class JobSpec:
     nccl_socket_ifname: str | None = None  # nvidia: default eth0
     nccl_ib_hca: str | None = None
     nccl_debug: str | None = None
+    run_as_user: int | None = None  # default: the image's user
+    run_as_group: int | None = None  # default: the image's group (also the pods' fsGroup)
+    ascend_driver_mount: str | None = None  # ascend: hostpath (default) or runtime
     _config: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -121,6 +133,7 @@ class JobSpec:
         self._check_scheduling()
         self._check_resources()
         self._check_cluster()
+        self._check_security()
 
     # -------------------------------------------------------------- validation
     def _set(self, name: str, value: Any) -> None:
@@ -314,6 +327,27 @@ class JobSpec:
         if self.nccl_debug is not None and self.nccl_debug not in NCCL_DEBUG_LEVELS:
             raise UsageError(f"--nccl-debug must be one of {', '.join(NCCL_DEBUG_LEVELS)}")
 
+    def _check_security(self) -> None:
+        # 0 is root: runAsNonRoot refuses uid 0, and gid 0 would open root-group files
+        for attr, flag, default in (("run_as_user", "--run-as-user", IMAGE_USER),
+                                    ("run_as_group", "--run-as-group", IMAGE_GROUP)):
+            value = getattr(self, attr)
+            value = _int(default[self.accelerator] if value is None else value, flag, maximum=MAX_ID)
+            if value < 1:
+                raise UsageError(f"{flag} {value}: the pods run as non-root; give the image's "
+                                 f"non-root {'user' if attr == 'run_as_user' else 'group'} id (1 or more)")
+            self._set(attr, value)
+        mount = self.ascend_driver_mount
+        if self.accelerator != "ascend":
+            if mount is not None:
+                raise UsageError(f"--ascend-driver-mount applies to --accel ascend only, not {self.accelerator}")
+            return
+        mount = DEFAULT_ASCEND_DRIVER_MOUNT if mount is None else mount
+        if mount not in ASCEND_DRIVER_MOUNTS:
+            raise UsageError(f"--ascend-driver-mount {mount!r}: choose hostpath (the host's driver "
+                             "and hccn.conf) or runtime (nodes with Ascend Docker Runtime)")
+        self._set("ascend_driver_mount", mount)
+
     # -------------------------------------------------------------- derived values
     @property
     def cards_per_node(self) -> int:
@@ -427,6 +461,9 @@ class JobSpec:
             "nccl_socket_ifname": self.nccl_socket_ifname,
             "nccl_ib_hca": self.nccl_ib_hca,
             "nccl_debug": self.nccl_debug,
+            "run_as_user": self.run_as_user,
+            "run_as_group": self.run_as_group,
+            "ascend_driver_mount": self.ascend_driver_mount,
         }
 
     @classmethod

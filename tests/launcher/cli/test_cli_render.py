@@ -31,6 +31,15 @@ def test_render_prints_the_validated_manifests(capsys):
     assert yaml.safe_load(docs[0]["data"]["experiment.yaml"])["num_steps_limit"] == 50
 
 
+def test_render_security_options(capsys):
+    code, out, err = run_cli(capsys, ["render", *BASE, "--train-url", "/out", "--run-as-user", "1500",
+                                      "--run-as-group", "1600", "--ascend-driver-mount", "runtime"])
+    assert code == 0 and err == ""
+    pod = list(yaml.safe_load_all(out))[-1]["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsUser"] == 1500 and pod["securityContext"]["fsGroup"] == 1600
+    assert not [v for v in pod["volumes"] if "hostPath" in v]
+
+
 def test_render_warns_about_missing_outputs_and_credentials(capsys):
     code, out, err = run_cli(capsys, ["render", *BASE, "--data-url", "obs://leo-data/mini"])
     assert code == 0 and out
@@ -102,6 +111,10 @@ BAD_INPUTS = [
     (["--memory", "lots"], "--memory 'lots'"),
     (["--nccl-debug", "INFO"], "--accel nvidia only"),
     (["--accel", "nvidia", "--nccl-ib-hca", "mlx5 0"], "interface names"),
+    (["--run-as-user", "0"], "--run-as-user 0: the pods run as non-root"),
+    (["--run-as-group", "root"], "invalid int value"),
+    (["--ascend-driver-mount", "cdi"], "choose hostpath"),
+    (["--accel", "cpu", "--ascend-driver-mount", "runtime"], "--accel ascend only"),
     (["--unknown-flag"], "unrecognized arguments"),
 ]
 

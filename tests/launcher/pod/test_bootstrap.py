@@ -107,6 +107,22 @@ def test_rank_tables_for_ascend_only(tmp_path):
         str(tmp_path / contract.RANK_TABLE_FILE)
 
 
+@pytest.mark.parametrize("mount", js.ASCEND_DRIVER_MOUNTS)
+def test_dynamic_rank_table_without_device_ips_is_bad_configuration(tmp_path, monkeypatch, mount):
+    from launcher.spec import ranktable
+    monkeypatch.setattr(ranktable, "HCCN_CONF", str(tmp_path / "hccn.conf"))  # not mounted
+    out = logrelay.Output(io.StringIO(), 0)
+    spec = build_job_spec(experiment="mini_5shot", accelerator="ascend", cards=8, ascend_driver_mount=mount)
+    with pytest.raises(node.BadConfig) as info:
+        node.prepare_rank_table(spec, 0, {}, "10.0.0.1", out)
+    message = str(info.value)
+    assert "\n" not in message and "device-plugin annotation" in message and "hccn.conf" in message
+    if mount == "runtime":  # no hostPath hccn.conf then: say where the IPs must come from
+        assert contract.ASCEND_DEVICE_ANNOTATION in message and "--ascend-driver-mount hostpath" in message
+    else:
+        assert "No such file" in message
+
+
 def test_small_settings():
     from leo_core.config import load_experiment
 

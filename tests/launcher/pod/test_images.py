@@ -290,6 +290,11 @@ def test_runs_as_a_non_root_user(accel):
     if accel == "ascend":  # /dev/davinci* are root:HwHiAiUser 0660
         assert final.args["HWHIAIUSER_GID"] == gid
         assert re.search(rf"groupadd --gid \"?{gid}\"? HwHiAiUser", commands)
+    # the pods run as that user and group, and say so (Pod Security's runAsNonRoot)
+    context = rendered_pod(accel)["spec"]["securityContext"]
+    assert (context["runAsUser"], context["runAsGroup"]) == (int(uid), int(gid))
+    assert (js.IMAGE_USER[accel], js.IMAGE_GROUP[accel]) == (int(uid), int(gid))
+    assert context["runAsNonRoot"] is True and context["fsGroup"] == int(gid)
 
 
 # ------------------------------------------------------------------ nothing secret baked in

@@ -36,6 +36,9 @@ def test_defaults_are_resolved():
     assert n.nccl_socket_ifname == "eth0" and n.rank_table is None and n.image == "leo-launch:nvidia"
     c = spec(accelerator="cpu", cards=2)
     assert (c.cpu, c.memory, c.shm_size) == ("2", "8Gi", "1Gi")
+    # the images' non-root user; Ascend mounts the host's driver as MindCluster's samples do
+    assert (s.run_as_user, s.run_as_group, s.ascend_driver_mount) == (1000, 1000, "hostpath")
+    assert (n.run_as_user, n.run_as_group, n.ascend_driver_mount) == (1000, 1000, None)
 
 
 @pytest.mark.parametrize(("cards", "nodes"), [(1, 1), (8, 1), (10, 2), (16, 2), (32, 4), (64, 8)])
@@ -51,13 +54,18 @@ def test_to_dict_from_dict_and_yaml_round_trip(tmp_path):
              storage_endpoint="https://obs.cn-north-4.myhuaweicloud.com", steps=500,
              set_overrides=["outer_lr=0.001", "train_on_val=true"], node_selectors=["host-arch=huawei-arm"],
              tolerations=["dedicated=ai:NoSchedule", "spot"], priority_class="high", queue="research",
-             max_restarts=5, cpu="60", memory="400Gi", shm_size="64Gi")
+             max_restarts=5, cpu="60", memory="400Gi", shm_size="64Gi", run_as_user=2000, run_as_group=3000,
+             ascend_driver_mount="runtime")
     data = s.to_dict()
     assert yaml.safe_load(yaml.safe_dump(data)) == data  # plain data only
     assert JobSpec.from_dict(data) == s
     assert JobSpec.from_yaml(s.to_yaml()) == s
     assert data["overrides"] == {"outer_lr": "0.001", "train_on_val": "true", "num_steps_limit": "500"}
     assert data["inventory"][1]["name"] == "npu-node-1"
+    assert (data["run_as_user"], data["run_as_group"], data["ascend_driver_mount"]) == (2000, 3000, "runtime")
+    # a job.yaml written before these keys existed loads with their defaults
+    old = {k: v for k, v in data.items() if k not in ("run_as_user", "run_as_group", "ascend_driver_mount")}
+    assert (JobSpec.from_dict(old).run_as_user, JobSpec.from_dict(old).ascend_driver_mount) == (1000, "hostpath")
     assert data["tolerations"] == [
         {"key": "dedicated", "operator": "Equal", "value": "ai", "effect": "NoSchedule"},
         {"key": "spot", "operator": "Exists"}]
@@ -157,6 +165,12 @@ def test_steps_override_num_steps_limit_after_set():
         ({"nccl_ib_hca": "mlx5_0"}, "--nccl-ib-hca applies to --accel nvidia only"),
         ({"accelerator": "nvidia", "nccl_debug": "LOUD"}, "--nccl-debug must be one of"),
         ({"accelerator": "nvidia", "nccl_socket_ifname": "eth0;rm -rf /"}, "interface names"),
+        ({"run_as_user": 0}, "--run-as-user 0: the pods run as non-root"),
+        ({"run_as_group": 0}, "--run-as-group 0: the pods run as non-root"),
+        ({"run_as_user": 2**31}, "--run-as-user must be at most 2147483647"),
+        ({"run_as_group": "staff"}, "--run-as-group expects a whole number"),
+        ({"ascend_driver_mount": "host"}, "choose hostpath .* or runtime"),
+        ({"accelerator": "nvidia", "ascend_driver_mount": "runtime"}, "--ascend-driver-mount applies to --accel ascend only"),
     ],
 )
 def test_bad_values_raise_one_line_usage_errors(values, message):
