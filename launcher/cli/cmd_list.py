@@ -23,7 +23,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-
     items = []
     if args.backend in ("auto", "local"):
         items += get_backend("local").list()

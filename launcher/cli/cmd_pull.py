@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from launcher.backends import outputs_url
-from launcher.cli.options import add_cluster_arguments
+from launcher.cli.options import add_job_reference
 from launcher.outputs.checkpoints import pull
 from launcher.storage import (
     StorageOptions,
@@ -19,10 +19,7 @@ HELP = "download a job's best or latest checkpoint, verified against its manifes
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-
-    parser.add_argument("job", metavar="NAME|URL",
-                        help="a job name (looked up in the local job registry) or the job's "
-                        "base URL <train_url>/<job>")
+    add_job_reference(parser, urls=True)
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--checkpoint", choices=("best", "latest"),
                       help="which pointer to follow (default: best)")
@@ -33,11 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="local directory that receives step-<n>/ and <checkpoint>.json, or "
                         "the tree (default: ./<job name>)")
     add_storage_arguments(parser)
-    add_cluster_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-
     options = StorageOptions.from_args(args)
     base = outputs_url(args.job, requested=args.backend, context=args.context,
                        namespace=args.namespace)

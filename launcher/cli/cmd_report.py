@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from launcher.backends import outputs_url
-from launcher.cli.options import add_cluster_arguments
+from launcher.cli.options import add_job_reference
 from launcher.outputs.report import (
     check_png_target,
     load_report,
@@ -18,17 +18,13 @@ HELP = ("summarise a job's run (steps, steps/s, best meta-validation and meta-te
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-
-    parser.add_argument("job", metavar="NAME|URL",
-                        help="a job name (looked up in the local job registry) or the job's "
-                        "base URL <train_url>/<job>")
+    add_job_reference(parser, urls=True)
     parser.add_argument("--png", metavar="FILE",
                         help="also write meta-train and meta-validation accuracy over steps "
                         "to FILE (PNG)")
     parser.add_argument("-o", "--output", choices=("table", "json"), default="table",
                         help="table (default) or json (accuracies as fractions)")
     add_storage_arguments(parser)
-    add_cluster_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:

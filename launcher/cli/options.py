@@ -140,8 +140,8 @@ def add_job_reference(parser: argparse.ArgumentParser, *, urls: bool = False) ->
     """The NAME (or NAME|URL) argument and the cluster options of a command about one job."""
     if urls:
         parser.add_argument("job", metavar="NAME|URL",
-                            help="the job's name, or its published outputs <train_url>/<job> "
-                                 "(also after the job is gone)")
+                            help="the job's name (a local job, else one on the cluster), or its "
+                                 "published outputs <train_url>/<job> (also after the job is gone)")
     else:
         parser.add_argument("job", metavar="NAME", help="the job's name")
     add_cluster_arguments(parser)

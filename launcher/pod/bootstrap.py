@@ -211,7 +211,6 @@ class Bootstrap:
         return code
 
     def stage_data(self, spec: js.JobSpec, config: Any) -> Path:
-
         url = parse_url(spec.data_url)
         if url.is_local:  # a directory used in place: what it lacks will not appear by retrying
             if not Path(url.path).exists():
