@@ -21,8 +21,9 @@ which is private to each pod's container).
 
 Everything is removed on `close()` (also used by `__exit__`); namespaces, links and
 /etc/netns entries left by a crashed earlier run (their tag names a dead process) are
-removed when a new Network is created. Needs root and iproute2 (`ip`) and util-linux
-(`unshare`, `mount`); `unavailable()` says why not, for a pytest skip.
+removed when a new Network is created. Needs root (CAP_SYS_ADMIN, CAP_NET_ADMIN) and
+the Debian packages iproute2 (`ip`), util-linux (`unshare`), mount and hostname;
+`unavailable()` says why not, for a pytest skip.
 """
 
 from __future__ import annotations
@@ -47,17 +48,19 @@ def unavailable() -> str | None:
     """Why namespaces cannot be created here (None when they can)."""
     if os.geteuid() != 0:
         return "network namespaces need root (the test runs as root in CI)"
-    for tool in ("ip", "unshare", "mount"):
+    for tool, package in (("ip", "iproute2"), ("unshare", "util-linux"), ("mount", "mount"),
+                          ("hostname", "hostname")):
         if shutil.which(tool) is None:
-            package = "iproute2" if tool == "ip" else "util-linux"
             return f"`{tool}` is not installed (Debian package {package})"
-    probe = f"{PREFIX}probe{os.getpid()}"
+    probe, bridge = f"{PREFIX}probe{os.getpid()}", f"{BRIDGE_PREFIX}{os.getpid()}"
     try:
         _ip("netns", "add", probe)
+        _ip("link", "add", bridge, "type", "bridge")
     except RuntimeError as err:
-        return f"cannot create a network namespace: {err}"
+        return f"cannot create a network namespace and a bridge: {err}"
     finally:
         subprocess.run(["ip", "netns", "delete", probe], capture_output=True)
+        subprocess.run(["ip", "link", "delete", bridge], capture_output=True)
     return None
 
 
@@ -195,6 +198,10 @@ class Network:
             else:
                 shutil.rmtree(name, ignore_errors=True)
         self._created.clear()
+        try:
+            NETNS_ETC.rmdir()  # only when empty: other users' entries stay
+        except OSError:
+            pass
 
     def __enter__(self) -> Network:
         return self

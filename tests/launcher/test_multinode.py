@@ -331,3 +331,77 @@ def test_ascend_dynamic_rank_table_is_exchanged_across_the_two_addresses(net, s3
 
 def rendered_env(rendered: dict) -> dict[str, str]:
     return {v["name"]: v["value"] for v in rendered["env"] if "value" in v}
+
+
+# ------------------------------------------------------------------ 3. a node cut off, then a restart
+
+
+def wait_until(condition, timeout: float, what: str, *nodes: Node):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"{what} within {timeout:.0f} s\n{describe(*nodes)}")
+
+
+def published_step(s3, prefix: str) -> int:
+    try:
+        return remote_json(s3, prefix + "checkpoints/latest.json")["step"]
+    except Exception:  # noqa: BLE001 - not published yet
+        return 0
+
+
+def test_a_node_cut_off_ends_the_job_which_resumes_after_a_restart(net, s3, tiny, tmp_path):
+    name, steps = JOBS[2], 40
+    prefix = f"train/{name}/"
+    rendered = render(tmp_path, s3, "--name", name, "--accel", "cpu", "--cards", "2",
+                      "--steps", str(steps))
+    first = [Node(net, rendered, rank, tmp_path / "first", s3) for rank in (1, 0)]
+    node1, node0 = first
+    try:
+        # Run until node 0 has published a checkpoint and trained on past it.
+        wait_until(lambda: published_step(s3, prefix) >= 3 and "step 5/" in node0.output(),
+                   NODE_TIMEOUT_S, "no checkpoint published and step 5 reached", *first)
+        net.cut(1)
+        cut_at = time.monotonic()
+        ended: dict[int, tuple[int, float]] = {}
+        while len(ended) < 2 and time.monotonic() - cut_at < DEATH_BOUND_S + 10:
+            for node in first:
+                if node.rank not in ended and node.job.poll() is not None:
+                    ended[node.rank] = (node.job.poll(), time.monotonic() - cut_at)
+            time.sleep(0.2)
+        report = f"{ended}\n{describe(node0, node1)}"
+    finally:
+        stop(*first)
+        net.reconnect(1)
+    print(f"\nnode 1 cut off: exits (code, seconds after the cut): {ended}")
+    for node in first:  # 1: retriable, the Job controller replaces the pod
+        assert node.rank in ended, f"node {node.rank} still running {DEATH_BOUND_S + 10} s after the cut\n{report}"
+        code, seconds = ended[node.rank]
+        assert code == 1 and seconds <= DEATH_BOUND_S, report
+    # Both say why: node 0's cluster lost rank 1; node 1, cut off, cannot publish either.
+    assert "[node 0] training failed: msrun exited with 1" in node0.output(), report
+    assert "[node 1] training failed: msrun exited with 1" in node1.output(), report
+    assert "[node 1] warning: last publication" in node1.output(), report
+    # What made it to train_url before the failure is what the restart resumes from.
+    resume_step = published_step(s3, prefix)
+    assert 3 <= resume_step < steps and resume_step % 3 == 0
+
+    # The Job controller replaces both pods: fresh directories, same rendered env.
+    second = [Node(net, rendered, rank, tmp_path / "second", s3) for rank in (1, 0)]
+    node1, node0 = second
+    try:
+        results = {node.rank: node.wait() for node in (node0, node1)}
+    finally:
+        stop(*second)
+    report = describe(node0, node1)
+    assert results[0].returncode == 0 and results[1].returncode == 0, report
+    resumed = f"resuming from the checkpoint of step {resume_step} in s3://{RUNS_BUCKET}/{prefix[:-1]}"
+    assert f"[node 0] {resumed}" in node0.output() and f"[node 1] {resumed}" in node1.output(), report
+    assert f"steps {resume_step}→{steps}" in node0.output(), report
+    assert remote_json(s3, prefix + "checkpoints/latest.json")["step"] == steps
+    metrics = s3.client().get_object(Bucket=RUNS_BUCKET, Key=prefix + "metrics.jsonl")["Body"].read()
+    train_steps = [r["step"] for r in map(json.loads, metrics.decode().splitlines()) if r["kind"] == "train"]
+    assert train_steps == list(range(1, steps + 1))  # no step lost or repeated across the restart
