@@ -175,6 +175,8 @@ class Network:
             return [*cmd, *argv]
         script = []
         for target, source in (private_dirs or {}).items():
+            if not Path(target).exists():
+                self._created.append(("mountpoint", str(target)))
             script.append(f"mkdir -p {_sh(str(target))} && mount --bind {_sh(str(source))} {_sh(str(target))}")
         if hostname:
             script.append(f"hostname {_sh(hostname)}")
@@ -195,6 +197,11 @@ class Network:
                 subprocess.run(["ip", "netns", "delete", name], capture_output=True)
             elif kind == "link":
                 subprocess.run(["ip", "link", "delete", name], capture_output=True)
+            elif kind == "mountpoint":  # made by `mkdir -p` for a private mount: empty here
+                try:
+                    os.rmdir(name)
+                except OSError:
+                    pass
             else:
                 shutil.rmtree(name, ignore_errors=True)
         self._created.clear()

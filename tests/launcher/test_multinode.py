@@ -303,16 +303,10 @@ def test_ascend_dynamic_rank_table_is_exchanged_across_the_two_addresses(net, s3
     node1, node0 = nodes
     try:
         # The table is written before training starts; training itself needs NPUs.
-        deadline = time.monotonic() + NODE_TIMEOUT_S
         tables = {n.rank: n.tmp / "hccl.json" for n in nodes}
-        while not all(p.exists() for p in tables.values()) and time.monotonic() < deadline:
-            if any(n.job.poll() is not None and not tables[n.rank].exists() for n in nodes):
-                break
-            time.sleep(0.2)
+        texts = wait_until(lambda: read_tables(tables), NODE_TIMEOUT_S,
+                           "no complete rank table on both nodes", *nodes)
         report = describe(node0, node1)
-        assert all(p.exists() for p in tables.values()), report
-        time.sleep(0.5)
-        texts = {rank: path.read_text() for rank, path in tables.items()}
     finally:
         stop(*nodes)
     assert texts[0] == texts[1], report
@@ -327,6 +321,18 @@ def test_ascend_dynamic_rank_table_is_exchanged_across_the_two_addresses(net, s3
             [{"device_id": d["device_id"], "device_ip": d["device_ip"]} for d in server["device"]]
     port = int(rendered_env(rendered)["LEO_MASTER_PORT"]) + 1
     assert f"exchanging rank-table fragments with 2 node(s) via {net.address(0)}:{port}" in node1.output()
+
+
+def read_tables(paths: dict[int, Path]) -> dict[int, str] | None:
+    """Every node's table once each is complete JSON (the bootstrap writes it in place)."""
+    texts = {}
+    for rank, path in paths.items():
+        try:
+            texts[rank] = path.read_text()
+            json.loads(texts[rank])
+        except (OSError, ValueError):
+            return None
+    return texts
 
 
 def rendered_env(rendered: dict) -> dict[str, str]:
