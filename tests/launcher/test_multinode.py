@@ -111,7 +111,7 @@ def render(tmp_path: Path, s3, *args: str) -> dict:
         [sys.executable, "-m", "launcher", "render", "--exp", "mini_5shot", "--nodes", "2",
          "--data-url", f"s3://{DATA_BUCKET}/tiny", "--train-url", f"s3://{RUNS_BUCKET}/train",
          "--storage-secret", "leo-s3", "--storage-endpoint", s3.endpoint,
-         "--cluster-timeout", str(CLUSTER_TIMEOUT_S), "--master-port", str(msrun_util.free_port()),
+         "--cluster-timeout", str(CLUSTER_TIMEOUT_S), "--master-port", str(master_port()),
          *TINY, *args, "-o", str(out)],
         env=base_env(), capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -123,6 +123,12 @@ def render(tmp_path: Path, s3, *args: str) -> dict:
     assert pod["spec"]["subdomain"] == service["metadata"]["name"]
     return {"config": config["data"], "env": pod["spec"]["containers"][0]["env"],
             "name": job["metadata"]["name"]}
+
+
+def master_port() -> int:
+    """A port per job (the rendezvous takes the next one); the nodes' namespaces are ours
+    alone, so any port is free there: keep it below 65534 (render's limit)."""
+    return msrun_util.free_port() % 40000 + 20000
 
 
 def base_env() -> dict[str, str]:
