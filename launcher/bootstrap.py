@@ -2,7 +2,7 @@
 
 import sys
 
-from launcher.pod.bootstrap import main
+from launcher.pod.bootstrap import run_as_program
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_as_program(sys.argv[1:])

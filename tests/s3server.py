@@ -80,11 +80,12 @@ class S3Server:
     log_path: Path
     region: str = "us-east-1"
     buckets: list[str] = field(default_factory=list)
+    host: str = "127.0.0.1"
 
     @property
     def endpoint(self) -> str:
         """Path-style endpoint (an IP address: botocore never goes virtual-hosted on it)."""
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def vhost_endpoint(self) -> str:
@@ -140,8 +141,11 @@ class S3Server:
             return ""
 
 
-def start_s3_server(data_dir: Path, *, timeout: float = 60.0) -> S3Server:
-    """Start `weed mini` with authentication on; returns when S3 answers."""
+def start_s3_server(data_dir: Path, *, timeout: float = 60.0, host: str = "127.0.0.1") -> S3Server:
+    """Start `weed mini` with authentication on; returns when S3 answers.
+
+    `host` is the one address it binds and advertises: loopback, or a test address of
+    this machine (tests/netns.py's bridge, which the network namespaces reach)."""
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     s3, master, volume, filer, admin = free_ports(5)
@@ -152,7 +156,7 @@ def start_s3_server(data_dir: Path, *, timeout: float = 60.0) -> S3Server:
     log_path = data_dir / "weed.log"
     command = [
         weed_binary(), "mini", f"-dir={data_dir / 'data'}",
-        "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        f"-ip={host}", f"-ip.bind={host}",
         f"-s3.port={s3}", f"-master.port={master}", f"-volume.port={volume}",
         f"-filer.port={filer}", f"-admin.port={admin}",
         "-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
@@ -163,7 +167,7 @@ def start_s3_server(data_dir: Path, *, timeout: float = 60.0) -> S3Server:
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    env=env, cwd=data_dir, preexec_fn=_parent_death_signal)
-    server = S3Server(s3, access_key, secret_key, data_dir, process, log_path)
+    server = S3Server(s3, access_key, secret_key, data_dir, process, log_path, host=host)
     try:
         _wait_ready(server, timeout)
     except BaseException:

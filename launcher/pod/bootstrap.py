@@ -90,6 +90,9 @@ from launcher.util.files import atomic_write
 from launcher.util.procs import kill_marked, kill_processes
 
 DEFAULT_PUBLISH_INTERVAL = 30.0
+FAILED_PUBLISH_TIMEOUT = 20.0  # seconds for the last publication after a failed run
+# set when a last publication was given up: its upload threads must not delay the exit
+ABANDONED_PUBLICATION = threading.Event()
 DEVICES = {"cpu": "CPU", "nvidia": "GPU", "ascend": "Ascend"}
 # msrun variables that must not leak into a launch from the caller's environment
 _INHERITED = ("MS_ROLE", "MS_SCHED_HOST", "MS_SCHED_PORT", "MS_WORKER_NUM", "MS_NODE_ID",
@@ -186,6 +189,7 @@ class Bootstrap:
         else:
             master_ip = resolve_master(addr, spec.cluster_timeout)
         server = None
+        code: int | None = None
         if spec.accelerator == "ascend" and spec.rank_table == "dynamic" and node_rank == 0:
             server = FragmentRendezvous(spec.name, spec.nodes, port=spec.ranktable_port,
                                         timeout=spec.cluster_timeout).start()
@@ -202,7 +206,9 @@ class Bootstrap:
                 server.close()
             if self.relay is not None:
                 self.relay.close()
-            self.finish_publishing()
+            # After a failure storage may be unreachable too (a node cut off): a bounded
+            # last publication keeps the documented 60 s from a death to every exit.
+            self.finish_publishing(None if code == 0 else FAILED_PUBLISH_TIMEOUT)
         if self.terminating.is_set():
             return EXIT_TERMINATED
         if code == 0:
@@ -264,16 +270,32 @@ class Bootstrap:
             self.out.node(f"publishing checkpoints, metrics and logs to {job_url} every {seconds:g} s")
         self.publisher.start(max(seconds, 0.2))
 
-    def finish_publishing(self) -> None:
-        if self.publisher is None:
+    def finish_publishing(self, timeout: float | None = None) -> None:
+        """The last publication; with `timeout`, given up (with a warning) after that many
+        seconds: the publisher's store is then left to the dying process."""
+        publisher, self.publisher = self.publisher, None
+        if publisher is None:
             return
-        try:
-            self.publisher.final()
-        except Exception as err:  # noqa: BLE001 - report, the exit code says the rest
+        failed: list[BaseException] = []
+
+        def last() -> None:
+            try:
+                publisher.final()
+            except Exception as err:  # noqa: BLE001 - reported below
+                failed.append(err)
+
+        thread = threading.Thread(target=last, name="leo-last-publication", daemon=True)
+        thread.start()
+        thread.join(timeout)
+        if thread.is_alive():
+            self.out.node(f"warning: last publication gave up after {timeout:g} s "
+                          f"(is {publisher.url} reachable?)")
+            ABANDONED_PUBLICATION.set()
+            return
+        if failed:
+            err = failed[0]
             self.out.node(f"warning: last publication failed: {str(err).splitlines()[0] if str(err) else err}")
-        finally:
-            self.publisher.close()
-            self.publisher = None
+        publisher.close()
 
     def train(self, spec: js.JobSpec, config: Any, node_rank: int, local_ranks: list[int],
               master_ip: str, table: str | None, root: Path, resumed: int | None) -> int:
@@ -399,5 +421,16 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(sig, handler)
 
 
+def run_as_program(argv: list[str]) -> None:
+    """`python -m launcher.bootstrap`: main(), then exit without joining the upload threads
+    of a last publication that was given up (interpreter shutdown would wait for them)."""
+    exit_code = main(argv)
+    if ABANDONED_PUBLICATION.is_set():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(exit_code)
+    sys.exit(exit_code)
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    run_as_program(sys.argv[1:])

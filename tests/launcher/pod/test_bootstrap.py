@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from launcher.pod import bootstrap as bs
 from launcher.pod import logrelay, node
 from launcher.spec import contract
 from launcher.spec import jobspec as js
@@ -181,3 +182,35 @@ def test_kill_marked_finds_processes_in_sessions_of_their_own():
             os.killpg(parent.pid, signal.SIGKILL)
         parent.wait(timeout=10)
         procs.kill_marked(contract.ENV_PROCESS_MARK, mark)
+
+
+def test_the_last_publication_after_a_failure_is_bounded():
+    """A node cut off from storage must still exit soon after its training failed."""
+    import threading
+
+    release = threading.Event()
+
+    class Stuck:
+        url = "s3://unreachable/job"
+        closed = False
+
+        def final(self):
+            release.wait(30)
+
+        def close(self):
+            self.closed = True
+
+    stream = io.StringIO()
+    boot = bs.Bootstrap({}, stream)
+    boot.out.node_rank = 1
+    boot.publisher = stuck = Stuck()
+    started = time.monotonic()
+    try:
+        boot.finish_publishing(0.3)
+    finally:
+        release.set()
+        bs.ABANDONED_PUBLICATION.clear()
+    assert time.monotonic() - started < 5
+    assert stream.getvalue() == ("[node 1] warning: last publication gave up after 0.3 s "
+                                 "(is s3://unreachable/job reachable?)\n")
+    assert boot.publisher is None and not stuck.closed
