@@ -132,6 +132,17 @@ async def k8s(tmp_path, monkeypatch):
         env = Emu(emu, url, tmp_path)
         emu["post"] << recorder(env.posts)
         emu["delete"] << recorder(env.deletes)
+        # kmock serves no Namespace objects: script the answer for the namespaces that exist
+        for namespace in ("default", "team-a"):
+            emu[f"get /api/v1/namespaces/{namespace}"] << {
+                "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}
+        # what a cluster with Volcano holds: its CRD and its default queue
+        emu.objects["apiextensions.k8s.io/v1/customresourcedefinitions", None, "jobs.batch.volcano.sh"] = {
+            "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": "jobs.batch.volcano.sh"}}
+        emu.objects["scheduling.volcano.sh/v1beta1/queues", None, "default"] = {
+            "apiVersion": "scheduling.volcano.sh/v1beta1", "kind": "Queue",
+            "metadata": {"name": "default"}, "status": {"state": "Open"}}
         monkeypatch.setenv("KUBECONFIG", str(kubeconfig(tmp_path / "kubeconfig", url)))
         monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
         monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
@@ -394,8 +405,10 @@ async def test_logs_fall_back_to_the_published_logs_when_the_pods_are_gone(k8s, 
     assert code == 0, err
     assert out.splitlines() == ["[rank 0] step 1/6", "[rank 0] step 2/6"]
     assert f"published under {(train / 'leo-g').as_uri()}" in err
-    code, out, _ = await cli("logs", "leo-g", "--all", "--tail", "2")
+    code, out, _ = await cli("logs", "leo-g", "--all", "--tail", "1")  # the last line of each rank
     assert out.splitlines() == ["[rank 0] step 2/6", "[rank 1] hello from 1"]
+    code, out, _ = await cli("logs", "leo-g", "--all", "--tail", "2")  # not the last 2 of all ranks
+    assert out.splitlines() == ["[rank 0] step 1/6", "[rank 0] step 2/6", "[rank 1] hello from 1"]
     # after cancel the job is gone from the cluster; its URL still works
     await cli("cancel", "leo-g")
     code, out, _ = await cli("logs", str(train / "leo-g"), "--rank", "1")
