@@ -77,8 +77,9 @@ class FakeAPI:
 
     def _check(self, api_version, kind, verb):
         if kind in self.forbidden or _group(api_version) in self.forbidden:
-            raise kapi.KubeError(403, "Forbidden", f"{kind.lower()}s.{_group(api_version)} is forbidden: "
-                                 f'User "dev" cannot {verb} resource "{kind.lower()}s"')
+            plural = kapi.PLURALS.get(kind, f"{kind.lower()}s")
+            raise kapi.KubeError(403, "Forbidden", f"{plural}.{_group(api_version)} is forbidden: "
+                                 f'User "dev" cannot {verb} resource "{plural}"')
         return _group(api_version) not in self.not_installed
 
     def create(self, obj):

@@ -488,3 +488,106 @@ async def test_auto_backend_says_it_chose_kubernetes(k8s):
     assert code == 0, err
     assert "leo-launch: backend k8s (a Kubernetes configuration was found" in err
     assert "warning: object-storage URLs without --storage-secret" in err
+
+
+# ------------------------------------------------------------------ as a real control plane behaves (issue 11)
+
+FORBIDDEN_VOLCANO = {"apiVersion": "v1", "kind": "Status", "status": "Failure", "code": 403, "reason": "Forbidden",
+                     "message": 'jobs.batch.volcano.sh is forbidden: User "dev" cannot list resource "jobs" in '
+                                'API group "batch.volcano.sh" in the namespace "default"'}
+
+
+def forbid_volcano(k8s, *names, namespace="default"):
+    base = f"/apis/batch.volcano.sh/v1alpha1/namespaces/{namespace}/jobs"
+    for path in (base, *(f"{base}/{name}" for name in names)):
+        for verb in ("get", "delete"):
+            k8s.emu[f"{verb} {path}"] << 403 << FORBIDDEN_VOLCANO
+
+
+async def test_status_ignores_a_scheduling_failure_of_a_pod_that_is_bound(k8s):
+    await submit("leo-s")
+    pod = k8s.pod("leo-s", 0, node="node-1", conditions=[{"type": "PodScheduled", "status": "True"}])
+    for type_, reason, message, when in [
+            ("Warning", "FailedScheduling", "0/2 nodes are available: 2 Insufficient huawei.com/Ascend910.",
+             "2026-01-01T00:00:01.000000Z"),
+            ("Normal", "Scheduled", f"Successfully assigned default/{pod} to node-1", "2026-01-01T00:00:40.000000Z")]:
+        k8s.put("v1/events", {"apiVersion": "v1", "kind": "Event",
+                              "metadata": {"name": f"{pod}.{reason.lower()}", "namespace": "default"},
+                              "involvedObject": {"kind": "Pod", "name": pod, "namespace": "default"},
+                              "type": type_, "reason": reason, "message": message, "eventTime": when,
+                              "firstTimestamp": None, "lastTimestamp": None})
+    result = await status("leo-s")
+    assert (result["phase"], result["reason"]) == ("Pending", "ContainerCreating")
+
+
+async def test_logs_follow_ends_when_a_rank_restarted_before_attaching(k8s):
+    await submit("leo-rr")
+    old = k8s.pod("leo-rr", 0, "Failed", suffix="old01", state={"terminated": {"exitCode": 1, "reason": "Error"}})
+    new = k8s.pod("leo-rr", 0, "Succeeded", suffix="new02", created="2026-01-01T00:05:00Z",
+                  state={"terminated": {"exitCode": 0, "reason": "Completed"}})
+    k8s.script_log(old, b"[rank 0] attempt 1\n")
+    k8s.script_log(new, b"[rank 0] attempt 2\n")
+    k8s.set_job_status("leo-rr", {"succeeded": 1, "failed": 1, "conditions": [{"type": "Complete", "status": "True"}]})
+    code, out, err = await asyncio.wait_for(cli("logs", "leo-rr", "-f"), timeout=30)
+    assert code == 0, err
+    assert out.splitlines() == ["[rank 0] attempt 2"]
+
+
+async def test_plain_jobs_work_when_volcano_answers_403(k8s):
+    forbid_volcano(k8s, "leo-pj")
+    await submit("leo-pj")
+    k8s.pod("leo-pj", 0, "Running", node="n1")
+    code, out, err = await cli("list", "-o", "json")
+    assert code == 0, err
+    assert [item["name"] for item in json.loads(out)] == ["leo-pj"]
+    assert (await status("leo-pj"))["phase"] == "Running"
+    code, out, err = await cli("cancel", "leo-pj")
+    assert code == 0, err
+    assert out.strip() == ("job leo-pj cancelled in namespace default: deleted Job leo-pj, Service leo-pj, "
+                           "ConfigMap leo-pj-config, 1 pod(s)")
+    assert not [key for key in k8s.alive() if "leo-pj" in key[2]]
+
+
+async def test_logs_when_the_kubelet_cannot_be_reached(k8s, tmp_path):
+    train = tmp_path / "train"
+    await submit("leo-k", "--train-url", train.as_uri())
+    (train / "leo-k" / "logs").mkdir(parents=True)
+    (train / "leo-k" / "logs" / "rank-0.log").write_text("published line\n")
+    pod = k8s.pod("leo-k", 0, "Running", node="node-1")
+    k8s.emu[f"get /api/v1/namespaces/default/pods/{pod}/log"] << 500 << {
+        "apiVersion": "v1", "kind": "Status", "status": "Failure", "code": 500, "reason": "InternalError",
+        "message": f'Get "https://10.0.0.5:10250/containerLogs/default/{pod}/leo": dial tcp 10.0.0.5:10250: '
+                   "connect: connection refused"}
+    code, out, err = await cli("logs", "leo-k")
+    assert code == 1
+    assert out.splitlines() == ["[rank 0] published line"]
+    assert f"leo-launch: error: cannot read the log of pod {pod}: InternalError: Get" in err
+    assert "connection refused" not in out
+
+
+async def test_preflight_stops_submit_and_render_before_anything_is_created(k8s):
+    k8s.put("v1/nodes", {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "cpu-0"},
+                         "status": {"allocatable": {"cpu": "64", "memory": "256Gi"}}})
+    ascend = ["--exp", "mini_5shot", "--accel", "ascend", "--cards", "8", "--data-url", "s3://leo-data/tiny",
+              "--set", "metatrain_batch_size=8"]
+    expected = "no node advertises huawei.com/Ascend910: is the Ascend device plugin installed?"
+    code, out, err = await cli("submit", "--backend", "k8s", "--name", "leo-pf", *ascend)
+    assert code == 1 and err.strip().splitlines()[-1] == (
+        f"leo-launch: error: pre-flight (context emu, {k8s.url}): {expected}; nothing was created")
+    assert k8s.posts == []
+    code, out, err = await cli("render", "--check-cluster", "--name", "leo-pf", *ascend)
+    assert code == 1 and expected in err and out == ""
+    # a Secret that exists but lacks a key; kmock serves no Namespace objects: the fixture
+    # scripts default and team-a, so an unscripted namespace reads as missing
+    k8s.put("v1/secrets", {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "obs", "namespace": "default"},
+                           "data": {"AWS_ACCESS_KEY_ID": "QUtJQQ=="}})
+    code, out, err = await cli("render", "--check-cluster", "--name", "leo-pf", *TINY, "--cards", "2",
+                               "--storage-secret", "obs")
+    assert code == 1 and "Secret obs has no AWS_SECRET_ACCESS_KEY (it holds: AWS_ACCESS_KEY_ID)" in err
+    code, out, err = await cli("submit", "--backend", "k8s", "--name", "leo-pf", *TINY, "--cards", "2",
+                               "--namespace", "nope")
+    assert code == 1 and "namespace nope does not exist" in err
+    assert k8s.posts == []
+    code, out, err = await cli("render", "--check-cluster", "--name", "leo-pf", *TINY, "--cards", "2")
+    assert code == 0, err
+    assert "kind: Job" in out
