@@ -61,8 +61,9 @@ class ClusterAPI(Protocol):
     def list(self, api_version: str, kind: str, namespace: str | None, *,
              label_selector: str | None = None,
              field_selector: str | None = None) -> list[dict[str, Any]]:
-        """Objects of a kind (all namespaces for None); [] when the resource type is unknown
-        (e.g. Volcano not installed)."""
+        """Objects of a kind (namespace None: every namespace, or a cluster-scoped kind);
+        [] when the resource type is unknown (e.g. Volcano not installed); KubeError 403
+        when RBAC forbids it."""
 
     def delete(self, api_version: str, kind: str, namespace: str, name: str, *,
                propagation: str = "Background") -> bool:
