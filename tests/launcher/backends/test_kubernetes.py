@@ -591,3 +591,28 @@ async def test_preflight_stops_submit_and_render_before_anything_is_created(k8s)
     code, out, err = await cli("render", "--check-cluster", "--name", "leo-pf", *TINY, "--cards", "2")
     assert code == 0, err
     assert "kind: Job" in out
+
+
+async def test_status_of_a_new_job_a_failing_rank_and_an_exit_2_failure(k8s, monkeypatch):
+    for key in [k for k in __import__("os").environ if k.startswith("AWS_") and k != "AWS_EC2_METADATA_DISABLED"]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("HOME", str(k8s.tmp_path))
+    await submit("leo-n2", "--cards", "4", "--nodes", "2", "--train-url", "s3://leo-runs/train")
+    code, table, err = await cli("status", "leo-n2")  # no pod yet: still a table of pods
+    assert code == 0, err
+    assert next(line for line in table.splitlines() if line.startswith("RANK")).split()[3] == "POD"
+    # no storage configured here: progress is not read (no boto3 credential chain)
+    assert "STORAGE   progress unavailable: not read: no storage credentials or endpoint" in table
+
+    k8s.pod("leo-n2", 0, "Running", node="n1")
+    k8s.pod("leo-n2", 1, "Failed", node="n2", suffix="old01", state={"terminated": {"exitCode": 1, "reason": "Error"}})
+    k8s.set_job_status("leo-n2", {"failed": 1, "active": 1})
+    result = await status("leo-n2")  # the replacement pod does not exist yet
+    assert (result["phase"], result["restarts"]) == ("Restarting", 1)
+
+    k8s.pod("leo-n2", 1, "Failed", node="n3", suffix="new02", created="2026-01-01T00:05:00Z",
+            state={"terminated": {"exitCode": 2, "reason": "Error"}})
+    k8s.set_job_status("leo-n2", {"failed": 2, "active": 1})  # the Job controller has not marked it yet
+    result = await status("leo-n2")
+    assert result["phase"] == "Failed"
+    assert result["reason"] == "node rank 1 (leo-n2-1-new02) exit code 2 (bad configuration, not retried)"
