@@ -7,7 +7,10 @@ completion-index annotation of the Job's template), setting their phases, condit
 container states, adding events and PodGroups, and scripting each pod's log as
 text/plain. It also ignores label and field selectors (the backend filters again),
 stores an object even when a scripted reaction answers an error, and does no garbage
-collection (cancel deletes the pods itself). What this cannot show — scheduling, real
+collection (cancel deletes the pods itself). It serves no Namespace objects: the fixture
+scripts the namespaces that exist. What a real control plane does and kmock does not
+(eventTime-only events, 403 on a forbidden API group, a kubelet that cannot be reached, a
+pod that stays Terminating) the tests script or put in place. What this cannot show — scheduling, real
 log streaming by a kubelet, propagation, admission — is listed in the README.
 """
 
@@ -616,3 +619,19 @@ async def test_status_of_a_new_job_a_failing_rank_and_an_exit_2_failure(k8s, mon
     result = await status("leo-n2")
     assert result["phase"] == "Failed"
     assert result["reason"] == "node rank 1 (leo-n2-1-new02) exit code 2 (bad configuration, not retried)"
+
+
+async def test_a_second_cancel_leaves_a_terminating_pod_alone(k8s):
+    await submit("leo-t")
+    pod = k8s.pod("leo-t", 0, "Running", node="gone-node")
+    obj = json.loads(json.dumps(k8s.get("v1/pods", pod)))
+    code, out, err = await cli("cancel", "leo-t")
+    assert code == 0 and out.strip().endswith("1 pod(s)")
+    # a pod bound to a node without kubelet stays Terminating (kmock deleted it: put it back)
+    obj["metadata"]["deletionTimestamp"] = "2026-01-01T01:00:00Z"
+    k8s.put("v1/pods", obj)
+    deletes = len(k8s.deletes)
+    code, out, err = await cli("cancel", "leo-t")
+    assert code == 0, err
+    assert out.strip() == "no job 'leo-t' in namespace default: nothing to cancel (1 pod(s) still terminating)"
+    assert len(k8s.deletes) == deletes
