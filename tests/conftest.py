@@ -16,6 +16,13 @@ os.environ.setdefault("GLOG_v", "2")
 import pytest  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def no_instance_metadata(monkeypatch):
+    """No test may ask the cloud's instance-metadata address for credentials: boto3's
+    default chain would, whenever nothing else is configured (traffic off the loopback)."""
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """One authenticated SeaweedFS S3 server per test session, stopped at the end."""

@@ -27,6 +27,7 @@ from launcher.backends.base import (
     JobStatus,
 )
 from launcher.errors import LaunchError, UsageError
+from launcher.k8s import preflight
 from launcher.k8s.api import (
     BATCH_JOB,
     CONFIGMAP,
@@ -53,7 +54,7 @@ from launcher.k8s.state import (
     summarize,
 )
 from launcher.outputs.layout import job_url_of
-from launcher.outputs.logs import last_lines, print_published_logs, rank_filter
+from launcher.outputs.logs import last_lines, last_lines_per_rank, print_published_logs, rank_filter
 from launcher.outputs.metrics import read_progress
 from launcher.spec import contract
 from launcher.spec import jobspec as js
@@ -80,15 +81,27 @@ def read_spec(api: ClusterAPI, name: str, namespace: str) -> js.JobSpec | None:
 
 def find_job(api: ClusterAPI, name: str, namespace: str,
              spec: js.JobSpec | None = None) -> JobInfo | None:
-    order = ("volcano", "job") if spec is not None and spec.scheduler == "volcano" else ("job", "volcano")
+    """The job's Job or vcjob. A kind RBAC forbids reading (e.g. Volcano's, for a user of
+    plain Jobs) is skipped unless the job's spec says it is that kind, or no kind is readable."""
+    wanted = spec.scheduler if spec is not None else None
+    order = ("volcano", "job") if wanted == "volcano" else ("job", "volcano")
+    refused: list[KubeError] = []
     for scheduler in order:
         kind = VOLCANO_JOB if scheduler == "volcano" else BATCH_JOB
-        obj = api.get(*kind, namespace, name)
+        try:
+            obj = api.get(*kind, namespace, name)
+        except KubeError as err:
+            if not err.forbidden or scheduler == wanted:
+                raise
+            refused.append(err)
+            continue
         if obj is not None:
             if not is_ours(obj):
                 raise JobNotFoundError(f"{kind[0]} Job {name} in namespace {namespace} is not "
                                        "managed by leo-launch")
             return job_info(obj, scheduler, spec)
+    if len(refused) == len(order):
+        raise refused[0]
     return None
 
 
@@ -120,7 +133,9 @@ def status(cluster: Cluster, name: str, namespace: str | None = None, *,
     groups = podgroups_of(_optional(api, PODGROUP, ns), name) if info.scheduler == "volcano" else []
     result = summarize(info, pods, podgroups=groups)
     if result["phase"] in ("Pending", "Restarting"):
-        events = _optional(api, EVENT, ns, field_selector="type=Warning")
+        # warnings, and the scheduler's later word that a pod was bound after all
+        events = (_optional(api, EVENT, ns, field_selector="type=Warning")
+                  + _optional(api, EVENT, ns, field_selector="reason=Scheduled"))
         result = summarize(info, pods, events=events, podgroups=groups)
     if progress:
         result.update(read_progress(info.job_url, endpoint=info.storage_endpoint))
@@ -133,8 +148,8 @@ def list_jobs(cluster: Cluster, namespace: str | None = None, *, all_namespaces:
     ns = None if all_namespaces else (namespace or cluster.namespace)
     selector = f"{contract.LABEL_MANAGED_BY}={contract.MANAGER}"
     infos = [job_info(j, "job") for j in api.list(*BATCH_JOB, ns, label_selector=selector) if is_ours(j)]
-    infos += [job_info(j, "volcano") for j in api.list(*VOLCANO_JOB, ns, label_selector=selector)
-              if is_ours(j)]
+    infos += [job_info(j, "volcano") for j in _optional(api, VOLCANO_JOB, ns, label_selector=selector)
+              if is_ours(j)]  # Volcano absent or forbidden: plain Jobs only
     pods: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for pod in our_pods(api, ns):
         key = (meta(pod).get("namespace", ""), labels_of(pod).get(contract.LABEL_JOB, ""))
@@ -168,11 +183,25 @@ def train_url_of(name: str, *, namespace: str | None = None, context: str | None
 # ------------------------------------------------------------------ submit, cancel
 
 
+def check_cluster(cluster: Cluster, spec: js.JobSpec, objects: list[dict[str, Any]], *,
+                  err: TextIO | None = None) -> None:
+    """Pre-flight (launcher.k8s.preflight): its notes on `err`; a LaunchError naming every
+    problem when the job would not run."""
+    err = err or sys.stderr
+    report = preflight.run(cluster.api, spec, objects)
+    for note in report.notes:
+        err.write(f"leo-launch: note: {note}\n")
+    err.flush()
+    if report.problems:
+        raise LaunchError(f"pre-flight ({cluster.describe()}): {'; '.join(report.problems)}; "
+                          "nothing was created")
+
+
 def submit(cluster: Cluster, spec: js.JobSpec, objects: list[dict[str, Any]], *,
            warnings: Iterable[str] = (), out: TextIO | None = None,
-           err: TextIO | None = None) -> None:
-    """Create the objects in order; on a failure delete what was created and raise with
-    the API's reason."""
+           err: TextIO | None = None, check: bool = True) -> None:
+    """Create the objects in order, after the pre-flight checks (`check`); on a failure
+    delete what was created and raise with the API's reason."""
     out, err = out or sys.stdout, err or sys.stderr
     api, ns = cluster.api, spec.namespace
     existing = find_job(api, spec.name, ns, spec)
@@ -180,6 +209,8 @@ def submit(cluster: Cluster, spec: js.JobSpec, objects: list[dict[str, Any]], *,
         phase = summarize(existing, our_pods(api, ns, spec.name))["phase"]
         raise JobExistsError(f"job {spec.name} exists already in namespace {ns} ({phase}); choose "
                              f"another --name, or remove it with: leo-launch cancel {spec.name}")
+    if check:
+        check_cluster(cluster, spec, objects, err=err)
     created: list[dict[str, Any]] = []
     for obj in objects:
         try:
@@ -217,26 +248,61 @@ def rollback(api: ClusterAPI, created: list[dict[str, Any]]) -> str:
 
 def cancel(cluster: Cluster, name: str, namespace: str | None = None) -> str:
     """Delete the job's Job (with its pods), Service, ConfigMaps and any pod left;
-    idempotent (a job that does not exist is nothing to cancel)."""
+    idempotent (a job that does not exist is nothing to cancel). A failure to read or
+    delete one object does not stop the others: what could not be deleted is named in the
+    LaunchError raised at the end. Volcano's API, when forbidden, is skipped (said only
+    when it could hold the job)."""
     api, ns = cluster.api, namespace or cluster.namespace
-    deleted = []
-    candidates = [BATCH_JOB + (name,), VOLCANO_JOB + (name,), SERVICE + (name,),
-                  CONFIGMAP + (f"{name}-config",), CONFIGMAP + (f"rings-config-{name}",)]
-    for api_version, kind, obj_name in candidates:
-        obj = api.get(api_version, kind, ns, obj_name)
-        if obj is None or not is_ours(obj, name):
-            continue
-        if api.delete(api_version, kind, ns, obj_name, propagation="Background"):
-            deleted.append(f"{kind} {obj_name}")
-    pods = 0
-    for pod in our_pods(api, ns, name):  # the garbage collector would; we do not wait for it
-        if api.delete(*POD, ns, meta(pod).get("name"), propagation="Background"):
-            pods += 1
+    try:
+        spec = read_spec(api, name, ns)
+    except KubeError:
+        spec = None  # the ConfigMap's own deletion below says why
+    deleted: list[str] = []
+    failed: list[str] = []
+    unchecked = None
+    found_job = False
+    candidates = [(BATCH_JOB, name), (VOLCANO_JOB, name), (SERVICE, name),
+                  (CONFIGMAP, f"{name}-config"), (CONFIGMAP, f"rings-config-{name}")]
+    for (api_version, kind), obj_name in candidates:
+        what = f"{kind} {obj_name}"
+        try:
+            obj = api.get(api_version, kind, ns, obj_name)
+            if obj is None or not is_ours(obj, name):
+                continue
+            found_job = found_job or kind == "Job"
+            if api.delete(api_version, kind, ns, obj_name, propagation="Background"):
+                deleted.append(what)
+        except KubeError as error:
+            if (api_version, kind) == VOLCANO_JOB and error.forbidden:
+                if not found_job and (spec is None or spec.scheduler == "volcano"):
+                    unchecked = f"a Volcano Job {name} could not be looked for ({error})"
+                continue
+            failed.append(f"{what} ({error})")
+    pods = terminating = 0
+    try:
+        for pod in our_pods(api, ns, name):  # the garbage collector would; we do not wait for it
+            if meta(pod).get("deletionTimestamp"):
+                terminating += 1  # deleted already; its node has not confirmed yet
+                continue
+            try:
+                if api.delete(*POD, ns, meta(pod).get("name"), propagation="Background"):
+                    pods += 1
+            except KubeError as error:
+                failed.append(f"pod {meta(pod).get('name')} ({error})")
+    except KubeError as error:
+        failed.append(f"its pods ({error})")
     if pods:
         deleted.append(f"{pods} pod(s)")
+    extra = [f"{terminating} pod(s) still terminating"] if terminating else []
+    extra += [unchecked] if unchecked else []
+    more = f" ({'; '.join(extra)})" if extra else ""
+    if failed:
+        done = f"deleted {', '.join(deleted)}; " if deleted else ""
+        raise LaunchError(f"job {name} only partly cancelled in namespace {ns}: {done}could NOT "
+                          f"delete {', '.join(failed)}{more}")
     if not deleted:
-        return f"no job {name!r} in namespace {ns}: nothing to cancel"
-    return f"job {name} cancelled in namespace {ns}: deleted {', '.join(deleted)}"
+        return f"no job {name!r} in namespace {ns}: nothing to cancel{more}"
+    return f"job {name} cancelled in namespace {ns}: deleted {', '.join(deleted)}{more}"
 
 
 # ------------------------------------------------------------------ logs
@@ -263,30 +329,39 @@ def logs(cluster: Cluster, name: str, namespace: str | None = None, *, rank: int
     wanted_rank = None if all_ranks else (rank or 0)
     node = None if wanted_rank is None else wanted_rank // per_node
     keep = rank_filter(wanted_rank, node)
+
+    def current_pods() -> list[dict[str, Any]]:
+        """The pod of each rank now (not the old pods of restarted ranks)."""
+        return [current_pod(items) for r, items in pods_by_rank(our_pods(api, ns, name)).items()
+                if node is None or r == node]
+
     seen: set[str] = set()
+    unreadable: dict[str, str] = {}  # pod → why its log could not be read
+    ranks_of: dict[str, int | None] = {}
     first = True
     while True:
-        pods = [p for r, p in ((r, current_pod(items)) for r, items in
-                               pods_by_rank(our_pods(api, ns, name)).items())
-                if node is None or r == node]
+        pods = current_pods()
         ready = [p for p in pods if meta(p).get("name") not in seen and _has_log(p)]
         if ready:
-            _stream(api, ns, ready, keep, follow=follow, tail=tail if first else None,
-                    per_node=per_node, out=out)
+            unreadable.update(_stream(api, ns, ready, keep, follow=follow, tail=tail if first else None,
+                                      per_node=per_node, per_rank=wanted_rank is None, out=out))
             seen.update(meta(p).get("name") for p in ready)
+            ranks_of.update((meta(p).get("name"), pod_rank(p)) for p in ready)
             first = False
         elif first and not follow:
             return _published_fallback(info, wanted_rank, tail, out, err, pods)
         if not follow:
-            return 0
+            break
         current = status(cluster, name, ns, progress=False)
         if current["phase"] in FINAL_PHASES and not [
-                p for p in our_pods(api, ns, name) if meta(p).get("name") not in seen and _has_log(p)
-                and (node is None or pod_rank(p) == node)]:
+                p for p in current_pods() if meta(p).get("name") not in seen and _has_log(p)]:
             if first:
                 return _published_fallback(info, wanted_rank, tail, out, err, pods)
-            return 0
+            break
         time.sleep(poll)
+    if unreadable:
+        return _unreadable_fallback(info, unreadable, ranks_of, wanted_rank, tail, out, err)
+    return 0
 
 
 def _has_log(pod: Mapping[str, Any]) -> bool:
@@ -298,10 +373,14 @@ def _has_log(pod: Mapping[str, Any]) -> bool:
 
 
 def _stream(api: ClusterAPI, namespace: str, pods: list[dict[str, Any]], keep: Callable[[str], bool],
-            *, follow: bool, tail: int | None, per_node: int, out: TextIO) -> None:
-    """Merge the logs of `pods` line by line as they arrive."""
+            *, follow: bool, tail: int | None, per_node: int, per_rank: bool,
+            out: TextIO) -> dict[str, str]:
+    """Merge the logs of `pods` line by line as they arrive (without `follow`, pod by pod,
+    the last `tail` lines of each rank with `per_rank`, else of the stream). Returns the
+    pods whose log could not be read, with the API's reason."""
     lines: queue.Queue = queue.Queue()
     done = object()
+    failed: dict[str, str] = {}
     # with a rank filter a pod's tail holds its other ranks' lines too: ask for more
     fetch = None if tail is None else tail * (per_node + 1)
 
@@ -309,19 +388,20 @@ def _stream(api: ClusterAPI, namespace: str, pods: list[dict[str, Any]], keep: C
         try:
             for line in api.log_lines(namespace, pod_name, container=contract.CONTAINER_NAME,
                                       follow=follow, tail_lines=fetch):
-                lines.put(line)
+                lines.put((pod_name, line))
         except KubeError as error:
-            lines.put(f"[leo-launch] cannot read the log of pod {pod_name}: {error}")
+            failed[pod_name] = str(error)
         finally:
-            lines.put(done)
+            lines.put((pod_name, done))
 
-    threads = [threading.Thread(target=reader, args=(meta(p).get("name"),), daemon=True) for p in pods]
+    names = [meta(p).get("name") for p in pods]
+    threads = [threading.Thread(target=reader, args=(n,), daemon=True) for n in names]
     for thread in threads:
         thread.start()
     finished = 0
-    buffered: list[str] = []
+    buffered: dict[str, list[str]] = {n: [] for n in names}
     while finished < len(threads):
-        item = lines.get()
+        pod_name, item = lines.get()
         if item is done:
             finished += 1
             continue
@@ -331,10 +411,42 @@ def _stream(api: ClusterAPI, namespace: str, pods: list[dict[str, Any]], keep: C
             out.write(item + "\n")
             out.flush()
         else:
-            buffered.append(item)
-    for line in last_lines(buffered, tail):
-        out.write(line + "\n")
+            buffered[pod_name].append(item)
+    for pod_name in names:
+        kept = last_lines_per_rank(buffered[pod_name], tail) if per_rank else last_lines(buffered[pod_name], tail)
+        for line in kept:
+            out.write(line + "\n")
     out.flush()
+    return failed
+
+
+def _unreadable_fallback(info: JobInfo, unreadable: dict[str, str], ranks_of: dict[str, int | None],
+                         rank: int | None, tail: int | None, out: TextIO, err: TextIO) -> int:
+    """Some pod's log could not be read (e.g. its kubelet is unreachable): say so on `err`,
+    show what the job published for those ranks instead, exit code 1."""
+    for pod_name, why in unreadable.items():
+        err.write(f"leo-launch: error: cannot read the log of pod {pod_name}: {why}\n")
+    if info.job_url is None:
+        err.write("leo-launch: the job has no train_url: no published logs to show instead\n")
+        return 1
+    per_node = info.cards_per_node
+    if rank is not None:
+        wanted: list[int | None] = [rank]
+    elif len(unreadable) == len(ranks_of):
+        wanted = [None]  # every pod: every published rank
+    else:
+        nodes = sorted(n for p, n in ranks_of.items() if p in unreadable and n is not None)
+        wanted = [n * per_node + i for n in nodes for i in range(per_node)]
+    err.write(f"leo-launch: showing the logs published under {info.job_url} instead\n")
+    err.flush()
+    for number in wanted:
+        try:
+            print_published_logs(info.job_url, rank=number, tail=tail, endpoint=info.storage_endpoint,
+                                 out=out, err=err)
+        except LaunchError as error:
+            err.write(f"leo-launch: error: cannot read the published logs: {error}\n")
+            break
+    return 1
 
 
 def _published_fallback(info: JobInfo, rank: int | None, tail: int | None, out: TextIO,

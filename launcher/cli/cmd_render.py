@@ -19,6 +19,10 @@ HELP = "print the validated Kubernetes manifests of a job (multi-document YAML o
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_job_arguments(parser)
     add_output_argument(parser)
+    parser.add_argument("--check-cluster", action="store_true",
+                        help="also run submit's pre-flight checks against the cluster of --context "
+                             "(namespace, storage Secret, PriorityClass, Volcano, device resources); "
+                             "exit code 1 and no manifests when the job would not run")
 
 
 def emit(objects: list[dict[str, Any]], output_dir: str | None) -> int:
@@ -33,10 +37,30 @@ def emit(objects: list[dict[str, Any]], output_dir: str | None) -> int:
     return 0
 
 
+def check_cluster(args: argparse.Namespace, spec: Any, objects: list[dict[str, Any]]) -> tuple[Any, list[dict[str, Any]]]:
+    """Pre-flight against the cluster (as submit does, with the context's namespace when
+    no --namespace is given); notes on stderr, LaunchError on a problem."""
+    import dataclasses
+
+    from launcher.backends.kubernetes import check_cluster as preflight
+    from launcher.k8s.config import connect
+    from launcher.render.render import render_validated
+
+    cluster = connect(args.context, args.namespace)
+    if args.namespace is None and spec.namespace != cluster.namespace:
+        spec = dataclasses.replace(spec, namespace=cluster.namespace)
+        objects = render_validated(spec)
+    preflight(cluster, spec, objects, err=sys.stderr)
+    return spec, objects
+
+
 def run(args: argparse.Namespace) -> int:
     from launcher.render.render import render_validated
 
     spec = spec_from_args(args)
-    code = emit(render_validated(spec), args.output_dir)
+    objects = render_validated(spec)
+    if args.check_cluster:
+        spec, objects = check_cluster(args, spec, objects)
+    code = emit(objects, args.output_dir)
     print_warnings(spec)
     return code

@@ -58,7 +58,7 @@ def print_status(status: Mapping[str, Any], out: TextIO | None = None) -> None:
         key = entry.get("pod") or entry.get("pid") or f"rank-{entry.get('rank')}"
         group = groups.setdefault(key, {**entry, "ranks": []})
         group["ranks"].append(entry.get("rank"))
-    what = "POD" if any(e.get("pod") for e in ranks) else "PID"
+    what = "POD" if status.get("backend") == "k8s" or any(e.get("pod") for e in ranks) else "PID"
     table = [("RANK", "NODE RANK", what, "PHASE", "NODE", "RESTARTS", "AGE")]
     for group in groups.values():
         phase = group.get("phase", "-")

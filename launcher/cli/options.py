@@ -52,7 +52,7 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     job.add_argument("--name", help="job name, a DNS-1035 label (default: leo-<exp>-<accel><cards>)")
     job.add_argument("--namespace", help="namespace (default: default; submit to Kubernetes: "
                      "the kubeconfig context's namespace, else default)")
-    job.add_argument("--context", help="kubeconfig context (used by submit)")
+    job.add_argument("--context", help="kubeconfig context (used by submit and render --check-cluster)")
     job.add_argument("--image", help="training image (default: leo-launch:<accel>)")
     job.add_argument("--steps", type=int, metavar="N", help="meta-training steps (num_steps_limit)")
     job.add_argument("--set", dest="set_overrides", action="append", default=[], metavar="KEY=VALUE",

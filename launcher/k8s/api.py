@@ -18,8 +18,17 @@ POD = ("v1", "Pod")
 EVENT = ("v1", "Event")
 CONFIGMAP = ("v1", "ConfigMap")
 SERVICE = ("v1", "Service")
+SECRET = ("v1", "Secret")
+# cluster-scoped kinds: pass namespace None
+NAMESPACE = ("v1", "Namespace")
+NODE = ("v1", "Node")
+PRIORITY_CLASS = ("scheduling.k8s.io/v1", "PriorityClass")
+CRD = ("apiextensions.k8s.io/v1", "CustomResourceDefinition")
+VOLCANO_QUEUE = ("scheduling.volcano.sh/v1beta1", "Queue")
 PLURALS = {"ConfigMap": "configmaps", "Service": "services", "Pod": "pods", "Event": "events",
-           "Job": "jobs", "PodGroup": "podgroups", "Secret": "secrets"}
+           "Job": "jobs", "PodGroup": "podgroups", "Secret": "secrets", "Namespace": "namespaces",
+           "Node": "nodes", "PriorityClass": "priorityclasses",
+           "CustomResourceDefinition": "customresourcedefinitions", "Queue": "queues"}
 
 
 class KubeError(LaunchError):
@@ -29,6 +38,11 @@ class KubeError(LaunchError):
         self.status, self.reason, self.message = status, reason, message
         text = f"{reason}: {message}" if message and message != reason else reason
         super().__init__(f"{text} (HTTP {status})" if status else text)
+
+    @property
+    def forbidden(self) -> bool:
+        """RBAC (or authentication) refused the request: not an answer about the object."""
+        return self.status in (401, 403)
 
 
 # ------------------------------------------------------------------ the thin interface
@@ -40,14 +54,16 @@ class ClusterAPI(Protocol):
     def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         """Create `obj` in its namespace; KubeError (e.g. 409 AlreadyExists) on failure."""
 
-    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        """The object, or None when it (or its resource type) does not exist."""
+    def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        """The object (namespace None: a cluster-scoped kind), or None when it (or its
+        resource type) does not exist; KubeError 403 when RBAC forbids reading it."""
 
     def list(self, api_version: str, kind: str, namespace: str | None, *,
              label_selector: str | None = None,
              field_selector: str | None = None) -> list[dict[str, Any]]:
-        """Objects of a kind (all namespaces for None); [] when the resource type is unknown
-        (e.g. Volcano not installed)."""
+        """Objects of a kind (namespace None: every namespace, or a cluster-scoped kind);
+        [] when the resource type is unknown (e.g. Volcano not installed); KubeError 403
+        when RBAC forbids it."""
 
     def delete(self, api_version: str, kind: str, namespace: str, name: str, *,
                propagation: str = "Background") -> bool:
@@ -107,7 +123,7 @@ class KubernetesAPI:
         path = resource_path(obj["apiVersion"], obj["kind"], meta.get("namespace"))
         return self._call("POST", path, body=dict(obj))
 
-    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         try:
             return self._call("GET", resource_path(api_version, kind, namespace, name))
         except KubeError as err:

@@ -18,6 +18,8 @@ VOLCANO_TASK_INDEX = "volcano.sh/task-index"
 WAITING_PROBLEMS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull",
                     "CreateContainerConfigError", "CreateContainerError", "RunContainerError",
                     "CrashLoopBackOff", "PreCreateHookError", "PostStartHookError")
+# warnings of the scheduler (and the cluster autoscaler) about a pod not yet bound
+SCHEDULING_WARNINGS = ("FailedScheduling", "NotTriggerScaleUp", "FailedPreemption")
 _POD_NAME_INDEX = re.compile(r"-(\d+)(?:-[a-z0-9]{5})?$")
 
 
@@ -90,7 +92,8 @@ def exit_description(code: Any, reason: str | None = None) -> str:
 
 def pod_problem(pod: Mapping[str, Any], events: Iterable[Mapping[str, Any]] = ()) -> str | None:
     """Why a pod does not run: a container waiting on an image or config, the scheduler's
-    verdict in its conditions, or its latest warning event."""
+    verdict in its conditions, or its latest warning event that still holds (a scheduling
+    warning no longer does once the pod is bound)."""
     status = pod.get("status") or {}
     state = container_status(pod).get("state") or {}
     waiting = state.get("waiting") or {}
@@ -100,13 +103,27 @@ def pod_problem(pod: Mapping[str, Any], events: Iterable[Mapping[str, Any]] = ()
         if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
             return _reason_text(condition.get("reason") or "Unschedulable", condition.get("message"))
     name = meta(pod).get("name")
-    warnings = [e for e in events if _involves(e, "Pod", name) and e.get("type") == "Warning"]
+    mine = [e for e in events if _involves(e, "Pod", name)]
+    warnings = [e for e in mine if e.get("type") == "Warning"]
+    if is_bound(pod):
+        # the scheduler's warnings (and any before the binding) are history now
+        bound_at = max((event_time(e) for e in mine if e.get("reason") == "Scheduled"), default=None)
+        warnings = [e for e in warnings if e.get("reason") not in SCHEDULING_WARNINGS
+                    and (bound_at is None or event_time(e) > bound_at)]
     if warnings:
         latest = max(warnings, key=event_time)
         return _reason_text(latest.get("reason"), latest.get("message"))
     if waiting.get("reason"):
         return _reason_text(waiting.get("reason"), waiting.get("message"))
     return None
+
+
+def is_bound(pod: Mapping[str, Any]) -> bool:
+    """The scheduler has put the pod on a node."""
+    if (pod.get("spec") or {}).get("nodeName"):
+        return True
+    return any(c.get("type") == "PodScheduled" and c.get("status") == "True"
+               for c in (pod.get("status") or {}).get("conditions") or [])
 
 
 def _reason_text(reason: Any, message: Any) -> str:
@@ -122,10 +139,15 @@ def _involves(event: Mapping[str, Any], kind: str, name: Any) -> bool:
 
 
 def event_time(event: Mapping[str, Any]) -> float:
-    for key in ("lastTimestamp", "eventTime", "firstTimestamp"):
-        value = parse_time(event.get(key))
-        if value is not None:
-            return value
+    """When the event last happened, by whichever time is set: the scheduler's events carry
+    only `eventTime` (and `series.lastObservedTime` once repeated), older components
+    `lastTimestamp`/`firstTimestamp`."""
+    series = event.get("series") or {}
+    for value in (series.get("lastObservedTime"), event.get("lastTimestamp"), event.get("eventTime"),
+                  event.get("firstTimestamp")):
+        when = parse_time(value)
+        if when is not None:
+            return when
     return created_at(event) or 0.0
 
 
@@ -240,6 +262,7 @@ def summarize(info: JobInfo, pods: Iterable[Mapping[str, Any]], *,
     nodes = info.nodes or (max(by_rank) + 1 if by_rank else 1)
     per_node = info.cards_per_node
     current = {rank: current_pod(items) for rank, items in by_rank.items()}
+    phase, reason = _job_phase(info, current, by_rank, podgroups, events)
     ranks: list[dict[str, Any]] = []
     restarts_max = 0
     for node_rank in range(nodes):
@@ -249,26 +272,27 @@ def summarize(info: JobInfo, pods: Iterable[Mapping[str, Any]], *,
             entry.update(phase="Pending", pod=None, node=None, restarts=0, reason="no pod yet")
         else:
             cstatus = container_status(pod)
+            pod_phase = (pod.get("status") or {}).get("phase") or "Pending"
             restarts = len(by_rank[node_rank]) - 1 + int(cstatus.get("restartCount") or 0)
+            if pod_phase == "Failed" and phase == "Restarting":
+                restarts += 1  # being replaced: the new pod does not exist yet
             restarts_max = max(restarts_max, restarts)
             started = created_at(pod)
-            phase = (pod.get("status") or {}).get("phase") or "Pending"
-            entry.update(phase=phase, pod=meta(pod).get("name"),
+            entry.update(phase=pod_phase, pod=meta(pod).get("name"),
                          node=(pod.get("spec") or {}).get("nodeName"), restarts=restarts,
                          age_seconds=None if started is None else round(now - started, 1),
                          age=age(None if started is None else now - started))
             terminated = (cstatus.get("state") or {}).get("terminated") or {}
-            if phase == "Pending":
+            if pod_phase == "Pending":
                 problem = pod_problem(pod, events)
                 if problem:
                     entry["reason"] = problem
-            elif phase == "Failed":
+            elif pod_phase == "Failed":
                 entry["reason"] = (exit_description(terminated.get("exitCode"), terminated.get("reason"))
                                    if terminated else _reason_text((pod.get("status") or {}).get("reason"),
                                                                    (pod.get("status") or {}).get("message")))
         for offset in range(per_node):
             ranks.append({"rank": node_rank * per_node + offset, **entry})
-    phase, reason = _job_phase(info, current, by_rank, podgroups, events)
     created = created_at(info.obj)
     out: dict[str, Any] = {
         "name": info.name, "backend": "k8s", "namespace": info.namespace, "phase": phase,
@@ -325,6 +349,9 @@ def _job_phase(info: JobInfo, current: dict[int, dict[str, Any]],
             where = f" in queue {queue_name}" if queue_name else ""
             return "Pending", f"suspended: waiting to be admitted{where} (Kueue)"
         failed_pods = max(failed_pods, int(status.get("failed") or 0))
+        fatal = _job_failing_failure(info.obj, by_rank)
+        if fatal:  # the pod failure policy fails the Job; its condition follows shortly
+            return "Failed", fatal
     all_running = len(phases) >= nodes and all(p in ("Running", "Succeeded") for p in phases.values())
     if all_running and any(p == "Running" for p in phases.values()):
         return "Running", None
@@ -335,6 +362,27 @@ def _job_phase(info: JobInfo, current: dict[int, dict[str, Any]],
         text = f"after {last_failure}" if last_failure else "after a failure"
         return "Restarting", f"{text}; {waiting}" if waiting else text
     return "Pending", waiting
+
+
+def _job_failing_failure(job: Mapping[str, Any], by_rank: dict[int, list[dict[str, Any]]]) -> str | None:
+    """A failed pod whose exit code a FailJob rule of the Job's podFailurePolicy matches
+    (exit code 2, bad configuration): the Job fails, it is not restarted."""
+    rules = [r for r in ((job.get("spec") or {}).get("podFailurePolicy") or {}).get("rules") or []
+             if r.get("action") == "FailJob" and r.get("onExitCodes")]
+    for rank, items in sorted(by_rank.items()):
+        for pod in items:
+            if (pod.get("status") or {}).get("phase") != "Failed":
+                continue
+            terminated = (container_status(pod).get("state") or {}).get("terminated") or {}
+            code = terminated.get("exitCode")
+            for rule in rules:
+                match = rule["onExitCodes"]
+                values = match.get("values") or []
+                if match.get("containerName") not in (None, contract.CONTAINER_NAME):
+                    continue
+                if isinstance(code, int) and (code in values) == (match.get("operator", "In") == "In"):
+                    return f"node rank {rank} ({meta(pod).get('name')}) {exit_description(code, terminated.get('reason'))}"
+    return None
 
 
 def _last_failure(by_rank: dict[int, list[dict[str, Any]]]) -> str | None:

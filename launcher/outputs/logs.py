@@ -54,6 +54,20 @@ def last_lines(lines: Iterable[str], count: int | None) -> list[str]:
     return items[-count:] if count > 0 else []
 
 
+def last_lines_per_rank(lines: Iterable[str], count: int | None) -> list[str]:
+    """The last `count` lines of each rank (`[rank R]`), and of the other lines together
+    (node and untagged lines), in their order."""
+    items = list(lines)
+    if count is None:
+        return items
+    groups: dict[object, list[int]] = {}
+    for index, line in enumerate(items):
+        tag = line_rank(line)
+        groups.setdefault(tag if tag and tag[0] == "rank" else None, []).append(index)
+    kept = {i for indexes in groups.values() for i in (indexes[-count:] if count > 0 else [])}
+    return [line for index, line in enumerate(items) if index in kept]
+
+
 def print_published_logs(job_url: str, *, rank: int | None = None, tail: int | None = None,
                          endpoint: str | None = None, out: TextIO | None = None,
                          err: TextIO | None = None) -> bool:
@@ -76,10 +90,10 @@ def print_published_logs(job_url: str, *, rank: int | None = None, tail: int | N
             err.write(f"leo-launch: no logs of {what} published under {job_url}/logs\n")
             return False
         lines = []
-        for number in chosen:
+        for number in chosen:  # --tail: the last lines of each rank
             text = store.get_bytes(files[number]).decode("utf-8", errors="replace")
-            lines.extend(f"[rank {number}] {line}" for line in text.splitlines())
-    for line in last_lines(lines, tail):
+            lines.extend(f"[rank {number}] {line}" for line in last_lines(text.splitlines(), tail))
+    for line in lines:
         out.write(line + "\n")
     out.flush()
     return True

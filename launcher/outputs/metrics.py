@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
+import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -196,11 +197,34 @@ def _records(text: str) -> list[dict[str, Any]]:
     return records
 
 
+# Where boto3 finds credentials without asking the cloud's instance-metadata address.
+CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE",
+                        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI")
+ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+NOT_CONFIGURED = ("not read: no storage credentials or endpoint are configured here (AWS_ACCESS_KEY_ID "
+                  "and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ~/.aws/credentials, or AWS_ENDPOINT_URL)")
+
+
+def storage_configured(endpoint: str | None = None, environ: Mapping[str, str] | None = None) -> bool:
+    """Whether this machine is set up for object storage: an endpoint (the job's, or
+    AWS_ENDPOINT_URL[_S3]), credential variables, or a shared credentials/config file.
+    Without any, boto3's default chain would end at the instance-metadata address."""
+    env = os.environ if environ is None else environ
+    if endpoint or any(env.get(key) for key in CREDENTIAL_VARIABLES + ENDPOINT_VARIABLES):
+        return True
+    home = Path(env.get("HOME") or os.path.expanduser("~"))
+    files = (env.get("AWS_SHARED_CREDENTIALS_FILE") or home / ".aws" / "credentials",
+             env.get("AWS_CONFIG_FILE") or home / ".aws" / "config")
+    return any(Path(f).is_file() for f in files)
+
+
 def read_progress(job_url: str | None, *, endpoint: str | None = None,
-                  local_out: Path | None = None) -> dict[str, Any]:
+                  local_out: Path | None = None,
+                  environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """`step`, `best_accuracy` and `result` of a job from its metrics.jsonl and result.json:
-    the local output directory when given and present, else `job_url` (object storage).
-    Storage that cannot be reached gives `{"storage_error": "..."}` instead, quickly."""
+    the local output directory when given and present, else `job_url` (object storage,
+    read only when `storage_configured`). Storage that cannot be reached, or is not
+    configured, gives `{"storage_error": "..."}` instead, quickly."""
     out: dict[str, Any] = {}
     if local_out is not None and (local_out / METRICS_FILE).is_file():
         try:
@@ -213,6 +237,8 @@ def read_progress(job_url: str | None, *, endpoint: str | None = None,
             pass
     if not job_url:
         return out
+    if job_url.startswith(("s3://", "obs://")) and not storage_configured(endpoint, environ):
+        return {"storage_error": NOT_CONFIGURED}
 
     try:
         options = StorageOptions(endpoint=endpoint, max_attempts=1, progress=False,

@@ -1,4 +1,19 @@
-"""An in-memory `ClusterAPI` for tests of the Kubernetes logic without HTTP."""
+"""An in-memory `ClusterAPI` for tests of the Kubernetes logic without HTTP, with the
+behaviour of a real API server that the kmock emulator lacks (see TESTING.md):
+
+- label and field selectors of the form `k=v[,k=v]` are honoured (dotted paths for
+  fields, e.g. `type=Warning`, `involvedObject.name=p`);
+- `forbidden` holds kinds ("Event") or API groups ("batch.volcano.sh") that answer 403 to
+  every verb, as RBAC does; `not_installed` holds API groups that answer 404 (a CRD that
+  is not installed: `get` gives None, `list` gives []);
+- with `terminating` (a node whose kubelet does not answer) a deleted pod stays, marked
+  with a `deletionTimestamp`;
+- `logs` maps a pod name to its log lines, or to a KubeError raised when read (a kubelet
+  that cannot be reached);
+- the namespaces in `namespaces` (default: "default") exist as Namespace objects.
+
+Events and replacement pods are plain objects: tests add them to `objects` with `put`.
+"""
 
 from __future__ import annotations
 
@@ -7,23 +22,72 @@ import json
 from launcher.k8s import api as kapi
 from launcher.k8s import config as kconfig
 
+CLUSTER_SCOPED = {"Namespace", "Node", "PriorityClass", "CustomResourceDefinition", "Queue"}
+
+
+def _group(api_version):
+    return api_version.rpartition("/")[0] or "core"
+
+
+def _field(obj, path):
+    value = obj
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def _matches(obj, selector, fields):
+    for term in (selector or "").split(","):
+        if not term.strip():
+            continue
+        key, _, wanted = term.partition("=")
+        key = key.rstrip("!")
+        value = _field(obj, key) if fields else ((obj.get("metadata") or {}).get("labels") or {}).get(key)
+        if str(value) != wanted:
+            return False
+    return True
+
 
 class FakeAPI:
     """`ClusterAPI` over a dict; `fail_create`/`fail_delete` name objects that fail."""
 
-    def __init__(self, fail_create=(), fail_delete=()):
+    def __init__(self, fail_create=(), fail_delete=(), namespaces=("default",)):
         self.objects = {}
         self.fail_create, self.fail_delete = set(fail_create), set(fail_delete)
         self.calls = []
         self.forbidden = set()
+        self.not_installed = set()
+        self.terminating = False
+        self.logs = {}
+        for name in namespaces:
+            self.put({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
 
     def key(self, api_version, kind, namespace, name):
-        return (api_version, kind, namespace, name)
+        return (api_version, kind, None if kind in CLUSTER_SCOPED else namespace, name)
+
+    def put(self, obj):
+        """Store `obj` as the cluster's controllers would (no checks)."""
+        m = obj["metadata"]
+        self.objects[self.key(obj["apiVersion"], obj["kind"], m.get("namespace"), m["name"])] = obj
+        return obj
+
+    def job_objects(self):
+        """The stored objects but the cluster's own namespaces."""
+        return [o for (_, k, _, _), o in self.objects.items() if k != "Namespace"]
+
+    def _check(self, api_version, kind, verb):
+        if kind in self.forbidden or _group(api_version) in self.forbidden:
+            plural = kapi.PLURALS.get(kind, f"{kind.lower()}s")
+            raise kapi.KubeError(403, "Forbidden", f"{plural}.{_group(api_version)} is forbidden: "
+                                 f'User "dev" cannot {verb} resource "{plural}"')
+        return _group(api_version) not in self.not_installed
 
     def create(self, obj):
         m = obj["metadata"]
-        key = self.key(obj["apiVersion"], obj["kind"], m["namespace"], m["name"])
+        key = self.key(obj["apiVersion"], obj["kind"], m.get("namespace"), m["name"])
         self.calls.append(("create", key))
+        if not self._check(obj["apiVersion"], obj["kind"], "create"):
+            raise kapi.KubeError(404, "NotFound", "the server could not find the requested resource")
         if m["name"] in self.fail_create:
             raise kapi.KubeError(422, "Invalid", f'{obj["kind"]} "{m["name"]}" is invalid')
         if key in self.objects:
@@ -32,23 +96,40 @@ class FakeAPI:
         return obj
 
     def get(self, api_version, kind, namespace, name):
+        self.calls.append(("get", (api_version, kind, namespace, name)))
+        if not self._check(api_version, kind, "get"):
+            return None
         return self.objects.get(self.key(api_version, kind, namespace, name))
 
     def list(self, api_version, kind, namespace, *, label_selector=None, field_selector=None):
-        if kind in self.forbidden:
-            raise kapi.KubeError(403, "Forbidden", f"{kind.lower()}s is forbidden")
+        self.calls.append(("list", (api_version, kind, namespace, field_selector)))
+        if not self._check(api_version, kind, "list"):
+            return []
         return [o for (v, k, ns, _), o in self.objects.items()
-                if (v, k) == (api_version, kind) and namespace in (None, ns)]
+                if (v, k) == (api_version, kind) and namespace in (None, ns)
+                and _matches(o, label_selector, False) and _matches(o, field_selector, True)]
 
     def delete(self, api_version, kind, namespace, name, *, propagation="Background"):
         key = self.key(api_version, kind, namespace, name)
         self.calls.append(("delete", key))
+        if not self._check(api_version, kind, "delete"):
+            return False
         if name in self.fail_delete:
             raise kapi.KubeError(500, "InternalError", "etcd timeout")
-        return self.objects.pop(key, None) is not None
+        if key not in self.objects:
+            return False
+        if kind == "Pod" and self.terminating:
+            self.objects[key]["metadata"].setdefault("deletionTimestamp", "2026-01-01T01:00:00Z")
+            return True
+        del self.objects[key]
+        return True
 
     def log_lines(self, namespace, pod, *, container=None, follow=False, tail_lines=None):
-        return iter(())
+        lines = self.logs.get(pod, [])
+        if isinstance(lines, Exception):
+            raise lines
+        lines = list(lines)
+        return iter(lines if tail_lines is None else lines[-tail_lines:] if tail_lines else [])
 
 
 def fake_cluster(api):

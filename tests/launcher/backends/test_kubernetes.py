@@ -7,7 +7,10 @@ completion-index annotation of the Job's template), setting their phases, condit
 container states, adding events and PodGroups, and scripting each pod's log as
 text/plain. It also ignores label and field selectors (the backend filters again),
 stores an object even when a scripted reaction answers an error, and does no garbage
-collection (cancel deletes the pods itself). What this cannot show — scheduling, real
+collection (cancel deletes the pods itself). It serves no Namespace objects: the fixture
+scripts the namespaces that exist. What a real control plane does and kmock does not
+(eventTime-only events, 403 on a forbidden API group, a kubelet that cannot be reached, a
+pod that stays Terminating) the tests script or put in place. What this cannot show — scheduling, real
 log streaming by a kubelet, propagation, admission — is listed in the README.
 """
 
@@ -132,6 +135,17 @@ async def k8s(tmp_path, monkeypatch):
         env = Emu(emu, url, tmp_path)
         emu["post"] << recorder(env.posts)
         emu["delete"] << recorder(env.deletes)
+        # kmock serves no Namespace objects: script the answer for the namespaces that exist
+        for namespace in ("default", "team-a"):
+            emu[f"get /api/v1/namespaces/{namespace}"] << {
+                "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}
+        # what a cluster with Volcano holds: its CRD and its default queue
+        emu.objects["apiextensions.k8s.io/v1/customresourcedefinitions", None, "jobs.batch.volcano.sh"] = {
+            "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": "jobs.batch.volcano.sh"}}
+        emu.objects["scheduling.volcano.sh/v1beta1/queues", None, "default"] = {
+            "apiVersion": "scheduling.volcano.sh/v1beta1", "kind": "Queue",
+            "metadata": {"name": "default"}, "status": {"state": "Open"}}
         monkeypatch.setenv("KUBECONFIG", str(kubeconfig(tmp_path / "kubeconfig", url)))
         monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
         monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
@@ -394,8 +408,10 @@ async def test_logs_fall_back_to_the_published_logs_when_the_pods_are_gone(k8s, 
     assert code == 0, err
     assert out.splitlines() == ["[rank 0] step 1/6", "[rank 0] step 2/6"]
     assert f"published under {(train / 'leo-g').as_uri()}" in err
-    code, out, _ = await cli("logs", "leo-g", "--all", "--tail", "2")
+    code, out, _ = await cli("logs", "leo-g", "--all", "--tail", "1")  # the last line of each rank
     assert out.splitlines() == ["[rank 0] step 2/6", "[rank 1] hello from 1"]
+    code, out, _ = await cli("logs", "leo-g", "--all", "--tail", "2")  # not the last 2 of all ranks
+    assert out.splitlines() == ["[rank 0] step 1/6", "[rank 0] step 2/6", "[rank 1] hello from 1"]
     # after cancel the job is gone from the cluster; its URL still works
     await cli("cancel", "leo-g")
     code, out, _ = await cli("logs", str(train / "leo-g"), "--rank", "1")
@@ -475,3 +491,147 @@ async def test_auto_backend_says_it_chose_kubernetes(k8s):
     assert code == 0, err
     assert "leo-launch: backend k8s (a Kubernetes configuration was found" in err
     assert "warning: object-storage URLs without --storage-secret" in err
+
+
+# ------------------------------------------------------------------ as a real control plane behaves (issue 11)
+
+FORBIDDEN_VOLCANO = {"apiVersion": "v1", "kind": "Status", "status": "Failure", "code": 403, "reason": "Forbidden",
+                     "message": 'jobs.batch.volcano.sh is forbidden: User "dev" cannot list resource "jobs" in '
+                                'API group "batch.volcano.sh" in the namespace "default"'}
+
+
+def forbid_volcano(k8s, *names, namespace="default"):
+    base = f"/apis/batch.volcano.sh/v1alpha1/namespaces/{namespace}/jobs"
+    for path in (base, *(f"{base}/{name}" for name in names)):
+        for verb in ("get", "delete"):
+            k8s.emu[f"{verb} {path}"] << 403 << FORBIDDEN_VOLCANO
+
+
+async def test_status_ignores_a_scheduling_failure_of_a_pod_that_is_bound(k8s):
+    await submit("leo-s")
+    pod = k8s.pod("leo-s", 0, node="node-1", conditions=[{"type": "PodScheduled", "status": "True"}])
+    for type_, reason, message, when in [
+            ("Warning", "FailedScheduling", "0/2 nodes are available: 2 Insufficient huawei.com/Ascend910.",
+             "2026-01-01T00:00:01.000000Z"),
+            ("Normal", "Scheduled", f"Successfully assigned default/{pod} to node-1", "2026-01-01T00:00:40.000000Z")]:
+        k8s.put("v1/events", {"apiVersion": "v1", "kind": "Event",
+                              "metadata": {"name": f"{pod}.{reason.lower()}", "namespace": "default"},
+                              "involvedObject": {"kind": "Pod", "name": pod, "namespace": "default"},
+                              "type": type_, "reason": reason, "message": message, "eventTime": when,
+                              "firstTimestamp": None, "lastTimestamp": None})
+    result = await status("leo-s")
+    assert (result["phase"], result["reason"]) == ("Pending", "ContainerCreating")
+
+
+async def test_logs_follow_ends_when_a_rank_restarted_before_attaching(k8s):
+    await submit("leo-rr")
+    old = k8s.pod("leo-rr", 0, "Failed", suffix="old01", state={"terminated": {"exitCode": 1, "reason": "Error"}})
+    new = k8s.pod("leo-rr", 0, "Succeeded", suffix="new02", created="2026-01-01T00:05:00Z",
+                  state={"terminated": {"exitCode": 0, "reason": "Completed"}})
+    k8s.script_log(old, b"[rank 0] attempt 1\n")
+    k8s.script_log(new, b"[rank 0] attempt 2\n")
+    k8s.set_job_status("leo-rr", {"succeeded": 1, "failed": 1, "conditions": [{"type": "Complete", "status": "True"}]})
+    code, out, err = await asyncio.wait_for(cli("logs", "leo-rr", "-f"), timeout=30)
+    assert code == 0, err
+    assert out.splitlines() == ["[rank 0] attempt 2"]
+
+
+async def test_plain_jobs_work_when_volcano_answers_403(k8s):
+    forbid_volcano(k8s, "leo-pj")
+    await submit("leo-pj")
+    k8s.pod("leo-pj", 0, "Running", node="n1")
+    code, out, err = await cli("list", "-o", "json")
+    assert code == 0, err
+    assert [item["name"] for item in json.loads(out)] == ["leo-pj"]
+    assert (await status("leo-pj"))["phase"] == "Running"
+    code, out, err = await cli("cancel", "leo-pj")
+    assert code == 0, err
+    assert out.strip() == ("job leo-pj cancelled in namespace default: deleted Job leo-pj, Service leo-pj, "
+                           "ConfigMap leo-pj-config, 1 pod(s)")
+    assert not [key for key in k8s.alive() if "leo-pj" in key[2]]
+
+
+async def test_logs_when_the_kubelet_cannot_be_reached(k8s, tmp_path):
+    train = tmp_path / "train"
+    await submit("leo-k", "--train-url", train.as_uri())
+    (train / "leo-k" / "logs").mkdir(parents=True)
+    (train / "leo-k" / "logs" / "rank-0.log").write_text("published line\n")
+    pod = k8s.pod("leo-k", 0, "Running", node="node-1")
+    k8s.emu[f"get /api/v1/namespaces/default/pods/{pod}/log"] << 500 << {
+        "apiVersion": "v1", "kind": "Status", "status": "Failure", "code": 500, "reason": "InternalError",
+        "message": f'Get "https://10.0.0.5:10250/containerLogs/default/{pod}/leo": dial tcp 10.0.0.5:10250: '
+                   "connect: connection refused"}
+    code, out, err = await cli("logs", "leo-k")
+    assert code == 1
+    assert out.splitlines() == ["[rank 0] published line"]
+    assert f"leo-launch: error: cannot read the log of pod {pod}: InternalError: Get" in err
+    assert "connection refused" not in out
+
+
+async def test_preflight_stops_submit_and_render_before_anything_is_created(k8s):
+    k8s.put("v1/nodes", {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "cpu-0"},
+                         "status": {"allocatable": {"cpu": "64", "memory": "256Gi"}}})
+    ascend = ["--exp", "mini_5shot", "--accel", "ascend", "--cards", "8", "--data-url", "s3://leo-data/tiny",
+              "--set", "metatrain_batch_size=8"]
+    expected = "no node advertises huawei.com/Ascend910: is the Ascend device plugin installed?"
+    code, out, err = await cli("submit", "--backend", "k8s", "--name", "leo-pf", *ascend)
+    assert code == 1 and err.strip().splitlines()[-1] == (
+        f"leo-launch: error: pre-flight (context emu, {k8s.url}): {expected}; nothing was created")
+    assert k8s.posts == []
+    code, out, err = await cli("render", "--check-cluster", "--name", "leo-pf", *ascend)
+    assert code == 1 and expected in err and out == ""
+    # a Secret that exists but lacks a key; kmock serves no Namespace objects: the fixture
+    # scripts default and team-a, so an unscripted namespace reads as missing
+    k8s.put("v1/secrets", {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "obs", "namespace": "default"},
+                           "data": {"AWS_ACCESS_KEY_ID": "QUtJQQ=="}})
+    code, out, err = await cli("render", "--check-cluster", "--name", "leo-pf", *TINY, "--cards", "2",
+                               "--storage-secret", "obs")
+    assert code == 1 and "Secret obs has no AWS_SECRET_ACCESS_KEY (it holds: AWS_ACCESS_KEY_ID)" in err
+    code, out, err = await cli("submit", "--backend", "k8s", "--name", "leo-pf", *TINY, "--cards", "2",
+                               "--namespace", "nope")
+    assert code == 1 and "namespace nope does not exist" in err
+    assert k8s.posts == []
+    code, out, err = await cli("render", "--check-cluster", "--name", "leo-pf", *TINY, "--cards", "2")
+    assert code == 0, err
+    assert "kind: Job" in out
+
+
+async def test_status_of_a_new_job_a_failing_rank_and_an_exit_2_failure(k8s, monkeypatch):
+    for key in [k for k in __import__("os").environ if k.startswith("AWS_") and k != "AWS_EC2_METADATA_DISABLED"]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("HOME", str(k8s.tmp_path))
+    await submit("leo-n2", "--cards", "4", "--nodes", "2", "--train-url", "s3://leo-runs/train")
+    code, table, err = await cli("status", "leo-n2")  # no pod yet: still a table of pods
+    assert code == 0, err
+    assert next(line for line in table.splitlines() if line.startswith("RANK")).split()[3] == "POD"
+    # no storage configured here: progress is not read (no boto3 credential chain)
+    assert "STORAGE   progress unavailable: not read: no storage credentials or endpoint" in table
+
+    k8s.pod("leo-n2", 0, "Running", node="n1")
+    k8s.pod("leo-n2", 1, "Failed", node="n2", suffix="old01", state={"terminated": {"exitCode": 1, "reason": "Error"}})
+    k8s.set_job_status("leo-n2", {"failed": 1, "active": 1})
+    result = await status("leo-n2")  # the replacement pod does not exist yet
+    assert (result["phase"], result["restarts"]) == ("Restarting", 1)
+
+    k8s.pod("leo-n2", 1, "Failed", node="n3", suffix="new02", created="2026-01-01T00:05:00Z",
+            state={"terminated": {"exitCode": 2, "reason": "Error"}})
+    k8s.set_job_status("leo-n2", {"failed": 2, "active": 1})  # the Job controller has not marked it yet
+    result = await status("leo-n2")
+    assert result["phase"] == "Failed"
+    assert result["reason"] == "node rank 1 (leo-n2-1-new02) exit code 2 (bad configuration, not retried)"
+
+
+async def test_a_second_cancel_leaves_a_terminating_pod_alone(k8s):
+    await submit("leo-t")
+    pod = k8s.pod("leo-t", 0, "Running", node="gone-node")
+    obj = json.loads(json.dumps(k8s.get("v1/pods", pod)))
+    code, out, err = await cli("cancel", "leo-t")
+    assert code == 0 and out.strip().endswith("1 pod(s)")
+    # a pod bound to a node without kubelet stays Terminating (kmock deleted it: put it back)
+    obj["metadata"]["deletionTimestamp"] = "2026-01-01T01:00:00Z"
+    k8s.put("v1/pods", obj)
+    deletes = len(k8s.deletes)
+    code, out, err = await cli("cancel", "leo-t")
+    assert code == 0, err
+    assert out.strip() == "no job 'leo-t' in namespace default: nothing to cancel (1 pod(s) still terminating)"
+    assert len(k8s.deletes) == deletes

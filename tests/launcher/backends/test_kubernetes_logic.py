@@ -162,7 +162,7 @@ def test_rollback_deletes_in_reverse_and_names_what_it_could_not_delete():
     assert [c for c in api.calls if c[0] == "delete"] == [
         ("delete", ("v1", "Service", "default", "leo-u")),
         ("delete", ("v1", "ConfigMap", "default", "leo-u-config"))]
-    assert api.objects == {}
+    assert api.job_objects() == []
 
 
 def test_cancel_deletes_only_our_objects_and_is_idempotent():
@@ -176,7 +176,7 @@ def test_cancel_deletes_only_our_objects_and_is_idempotent():
     text = cluster.cancel(fake_cluster(api), "leo-u")
     assert text == ("job leo-u cancelled in namespace default: deleted Job leo-u, Service leo-u, "
                     "ConfigMap leo-u-config, 1 pod(s)")
-    assert list(api.objects.values()) == [foreign]
+    assert api.job_objects() == [foreign]
     assert cluster.cancel(fake_cluster(api), "leo-u") == "no job 'leo-u' in namespace default: nothing to cancel"
 
 
@@ -205,7 +205,7 @@ def test_resource_paths():
     assert kapi.resource_path("v1", "Pod", "ns", "p") == "/api/v1/namespaces/ns/pods/p"
     assert kapi.resource_path("batch.volcano.sh/v1alpha1", "Job", None) == "/apis/batch.volcano.sh/v1alpha1/jobs"
     with pytest.raises(LaunchError):
-        kapi.resource_path("v1", "Node", None)
+        kapi.resource_path("apps/v1", "Deployment", None)
 
 
 # ------------------------------------------------------------------ shared helpers
@@ -297,3 +297,258 @@ def test_status_without_permission_to_read_events_still_says_why_it_waits():
     api.forbidden = {"Pod"}
     with pytest.raises(kapi.KubeError, match="Forbidden"):
         cluster.status(fake_cluster(api), "leo-u", progress=False)
+
+
+# ------------------------------------------------------------------ as a real control plane behaves
+# (issue 11: each test reproduces what was seen on kube-apiserver/scheduler/controller-manager 1.31)
+
+
+def submitted(s=None, api=None, **values):
+    s = s or spec(**values)
+    api = api or FakeAPI()
+    cluster.submit(fake_cluster(api), s, render(s), out=io.StringIO(), err=io.StringIO())
+    return s, api
+
+
+def put_pod(api, p):
+    p = {"apiVersion": "v1", "kind": "Pod", **p}
+    return api.put(p)["metadata"]["name"]
+
+
+def scheduler_event(pod_name, type_, reason, message, when):
+    """As the 1.31 scheduler writes them: only `eventTime` is set."""
+    return {"apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": f"{pod_name}.{reason.lower()}", "namespace": "default"},
+            "involvedObject": {"kind": "Pod", "name": pod_name, "namespace": "default"},
+            "type": type_, "reason": reason, "message": message, "eventTime": when,
+            "firstTimestamp": None, "lastTimestamp": None, "reportingComponent": "default-scheduler"}
+
+
+def set_job_status(api, name, **status):
+    api.objects[("batch/v1", "Job", "default", name)]["status"] = status
+
+
+def test_status_forgets_a_scheduling_failure_once_the_pod_is_bound():
+    """Bug 1: 'FailedScheduling: 0/2 nodes are available' for a pod already on a node."""
+    _, api = submitted()
+    name = put_pod(api, pod("leo-u", 0, node="node-1", state={"waiting": {"reason": "ContainerCreating"}},
+                            conditions=[{"type": "PodScheduled", "status": "True"}]))
+    api.put(scheduler_event(name, "Warning", "FailedScheduling",
+                            "0/2 nodes are available: 2 Insufficient huawei.com/Ascend910.",
+                            "2026-01-01T00:00:01.000000Z"))
+    api.put(scheduler_event(name, "Normal", "Scheduled", f"Successfully assigned default/{name} to node-1",
+                            "2026-01-01T00:00:30.000000Z"))
+    result = cluster.status(fake_cluster(api), "leo-u", progress=False)
+    assert (result["phase"], result["reason"]) == ("Pending", "ContainerCreating")
+    assert result["ranks"][0]["reason"] == "ContainerCreating"
+
+
+def test_warnings_before_the_binding_are_stale_and_later_ones_count():
+    bound = pod("j", 0, node="n1", conditions=[{"type": "PodScheduled", "status": "True"}])
+    events = [scheduler_event("j-0-abcde", "Warning", "Unschedulable", "gang not ready", "2026-01-01T00:00:01Z"),
+              scheduler_event("j-0-abcde", "Normal", "Scheduled", "assigned", "2026-01-01T00:00:02Z")]
+    assert kstate.pod_problem(bound, events) is None
+    events.append(scheduler_event("j-0-abcde", "Warning", "FailedMount", "secret not found", "2026-01-01T00:00:03Z"))
+    assert kstate.pod_problem(bound, events) == "FailedMount: secret not found"
+    # repeated events: the newest is the series' last observation
+    older = {**events[-1], "reason": "FailedAttachVolume", "series": {"lastObservedTime": "2026-01-01T00:09:00Z"}}
+    assert kstate.pod_problem(bound, [*events, older]) == "FailedAttachVolume: secret not found"
+
+
+def test_logs_follow_returns_when_a_rank_restarted_before_attaching(monkeypatch):
+    """Bug 2: the exit check waited for the old pod of a restarted rank, never streamed."""
+    _, api = submitted()
+    old = put_pod(api, pod("leo-u", 0, "Failed", suffix="old01", created="2026-01-01T00:00:00Z",
+                           state={"terminated": {"exitCode": 1, "reason": "Error"}}))
+    new = put_pod(api, pod("leo-u", 0, "Succeeded", suffix="new02", created="2026-01-01T00:05:00Z",
+                           state={"terminated": {"exitCode": 0, "reason": "Completed"}}))
+    api.logs = {old: ["[rank 0] attempt 1"], new: ["[rank 0] attempt 2", "[rank 0] done"]}
+    set_job_status(api, "leo-u", succeeded=1, failed=1, conditions=[{"type": "Complete", "status": "True"}])
+    sleeps = []
+
+    def sleep(seconds):
+        sleeps.append(seconds)
+        if len(sleeps) > 20:
+            raise AssertionError("logs -f does not return")
+
+    monkeypatch.setattr(cluster.time, "sleep", sleep)
+    out = io.StringIO()
+    assert cluster.logs(fake_cluster(api), "leo-u", follow=True, all_ranks=True, out=out, err=io.StringIO(),
+                        poll=0) == 0
+    assert out.getvalue().splitlines() == ["[rank 0] attempt 2", "[rank 0] done"]
+
+
+def test_plain_jobs_work_for_a_user_whom_volcano_is_forbidden():
+    """Bug 3: submit, list, status and cancel queried batch.volcano.sh and died on its 403."""
+    api = FakeAPI()
+    api.forbidden = {"batch.volcano.sh", "scheduling.volcano.sh"}
+    s, _ = submitted(api=api)
+    put_pod(api, pod("leo-u", 0, "Running", node="n1"))
+    c = fake_cluster(api)
+    assert [item["name"] for item in cluster.list_jobs(c, progress=False)] == ["leo-u"]
+    assert cluster.status(c, "leo-u", progress=False)["phase"] == "Running"
+    with pytest.raises(jobs.JobNotFoundError):
+        cluster.status(c, "no-such-job", progress=False)
+    assert cluster.cancel(c, "leo-u") == ("job leo-u cancelled in namespace default: deleted Job leo-u, "
+                                          "Service leo-u, ConfigMap leo-u-config, 1 pod(s)")
+    assert api.job_objects() == []
+    again = cluster.cancel(c, "leo-u")
+    assert again.startswith("no job 'leo-u' in namespace default: nothing to cancel (a Volcano Job leo-u "
+                            "could not be looked for (Forbidden")
+    # a Volcano job needs Volcano: there the 403 is the answer
+    with pytest.raises(kapi.KubeError, match="Forbidden"):
+        submitted(spec(scheduler="volcano"), api=api)
+
+
+def test_cancel_goes_on_after_a_failure_and_says_what_it_could_not_delete():
+    """Bug 3: cancel deleted the Job, hit a 403 and left the rest with only the error."""
+    _, api = submitted()
+    put_pod(api, pod("leo-u", 0, "Running", node="n1"))
+    api.forbidden = {"Service"}
+    with pytest.raises(LaunchError) as err:
+        cluster.cancel(fake_cluster(api), "leo-u")
+    assert str(err.value).startswith(
+        "job leo-u only partly cancelled in namespace default: deleted Job leo-u, ConfigMap leo-u-config, "
+        "1 pod(s); could NOT delete Service leo-u (Forbidden: services.core is forbidden")
+    assert [o["kind"] for o in api.job_objects()] == ["Service"]
+
+
+def test_logs_when_the_kubelet_cannot_be_reached_fall_back_to_the_published_logs(tmp_path):
+    """Bug 4: the error went to stdout with exit code 0, and no fallback."""
+    train = tmp_path / "train"
+    (train / "leo-u" / "logs").mkdir(parents=True)
+    (train / "leo-u" / "logs" / "rank-0.log").write_text("step 1\nstep 2\n")
+    _, api = submitted(train_url=train.as_uri())
+    name = put_pod(api, pod("leo-u", 0, "Running", node="node-1"))
+    api.logs[name] = kapi.KubeError(500, "InternalError", 'Get "https://10.0.0.5:10250/containerLogs/default/'
+                                    f'{name}/leo": dial tcp 10.0.0.5:10250: connect: connection refused')
+    out, err = io.StringIO(), io.StringIO()
+    assert cluster.logs(fake_cluster(api), "leo-u", out=out, err=err) == 1
+    assert out.getvalue().splitlines() == ["[rank 0] step 1", "[rank 0] step 2"]
+    lines = err.getvalue().splitlines()
+    assert lines[0].startswith(f"leo-launch: error: cannot read the log of pod {name}: InternalError: ")
+    assert "connection refused (HTTP 500)" in lines[0]
+    assert lines[1] == f"leo-launch: showing the logs published under {(train / 'leo-u').as_uri()} instead"
+
+
+def test_a_second_cancel_does_not_delete_terminating_pods_again():
+    """Bug 5: pods on a node without kubelet stay Terminating; cancel said 'deleted 1 pod(s)' again."""
+    _, api = submitted()
+    api.terminating = True
+    put_pod(api, pod("leo-u", 0, "Running", node="gone-node"))
+    assert cluster.cancel(fake_cluster(api), "leo-u").endswith("ConfigMap leo-u-config, 1 pod(s)")
+    assert cluster.cancel(fake_cluster(api), "leo-u") == (
+        "no job 'leo-u' in namespace default: nothing to cancel (1 pod(s) still terminating)")
+
+
+def test_the_status_table_of_a_kubernetes_job_without_pods_is_headed_pod():
+    """Bug 5: headed PID (the local backend's) while no pod existed yet."""
+    _, api = submitted()
+    out = io.StringIO()
+    format.print_status(cluster.status(fake_cluster(api), "leo-u", progress=False), out)
+    header = next(line for line in out.getvalue().splitlines() if line.startswith("RANK"))
+    assert header.split()[:4] == ["RANK", "NODE", "RANK", "POD"]
+
+
+def test_exit_code_2_fails_the_job_before_the_job_controller_marks_it(monkeypatch):
+    """Bug 5: --wait printed 'Restarting: ... (bad configuration, not retried)' first."""
+    _, api = submitted()
+    put_pod(api, pod("leo-u", 0, "Failed", node="n1", state={"terminated": {"exitCode": 2, "reason": "Error"}}))
+    set_job_status(api, "leo-u", failed=1)  # no Failed/FailureTarget condition yet
+    polls = []
+
+    def sleep(seconds):
+        polls.append(seconds)
+        if len(polls) > 5:
+            raise AssertionError("--wait goes on waiting")
+
+    monkeypatch.setattr(jobs.time, "sleep", sleep)
+    out, err = io.StringIO(), io.StringIO()
+    assert jobs.wait_and_report(cluster.KubernetesBackend(fake_cluster(api)), "leo-u", out=out, err=err) == 1
+    assert "Restarting" not in err.getvalue()
+    assert out.getvalue() == ("job leo-u: Failed (node rank 0 (leo-u-0-abcde) exit code 2 "
+                              "(bad configuration, not retried))\n")
+    # exit code 1 is retried: restarting
+    api.objects[("v1", "Pod", "default", "leo-u-0-abcde")]["status"]["containerStatuses"][0]["state"] = {
+        "terminated": {"exitCode": 1, "reason": "Error"}}
+    assert cluster.status(fake_cluster(api), "leo-u", progress=False)["phase"] == "Restarting"
+
+
+def test_restarts_count_a_failed_pod_before_its_replacement_exists():
+    """Bug 5: RESTARTS lagged by one until the Job controller made the new pod."""
+    _, api = submitted(cards=4, nodes=2)
+    put_pod(api, pod("leo-u", 0, "Running", node="n1"))
+    put_pod(api, pod("leo-u", 1, "Failed", node="n2", suffix="old01",
+                     state={"terminated": {"exitCode": 1, "reason": "Error"}}))
+    set_job_status(api, "leo-u", failed=1, active=1)
+    result = cluster.status(fake_cluster(api), "leo-u", progress=False)
+    assert result["phase"] == "Restarting"
+    assert (result["restarts"], [r["restarts"] for r in result["ranks"]]) == (1, [0, 0, 1, 1])
+    put_pod(api, pod("leo-u", 1, "Pending", suffix="new02", created="2026-01-01T00:05:00Z"))
+    result = cluster.status(fake_cluster(api), "leo-u", progress=False)
+    assert (result["restarts"], [r["restarts"] for r in result["ranks"]]) == (1, [0, 0, 1, 1])
+
+
+def test_logs_all_tail_keeps_the_last_lines_of_each_rank():
+    """Bug 5: --all --tail N kept the last N lines of the merged stream (all from one pod)."""
+    _, api = submitted(cards=4, nodes=2)
+    p0 = put_pod(api, pod("leo-u", 0, "Running", node="a"))
+    p1 = put_pod(api, pod("leo-u", 1, "Running", node="b"))
+    api.logs = {p0: ["[node 0] staging", "[rank 0] step 1", "[rank 1] step 1", "[rank 0] step 2", "[rank 1] step 2"],
+                p1: ["[node 1] staging", "[rank 2] step 1", "[rank 3] step 1", "[rank 2] step 2", "[rank 3] step 2"]}
+    out = io.StringIO()
+    assert cluster.logs(fake_cluster(api), "leo-u", all_ranks=True, tail=1, out=out, err=io.StringIO()) == 0
+    assert sorted(out.getvalue().splitlines()) == [
+        "[rank 0] step 2", "[rank 1] step 2", "[rank 2] step 2", "[rank 3] step 2"]
+    out = io.StringIO()  # one rank: the last lines of its filtered stream, as before
+    cluster.logs(fake_cluster(api), "leo-u", rank=3, tail=1, out=out, err=io.StringIO())
+    assert out.getvalue().splitlines() == ["[rank 3] step 2"]
+
+
+@pytest.fixture
+def bare_storage_env(monkeypatch, tmp_path):
+    """No AWS credentials, profile, endpoint or shared files on this machine."""
+    for key in list(__import__("os").environ):
+        if key.startswith("AWS_") and key != "AWS_EC2_METADATA_DISABLED":
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    opened = []
+
+    def open_store(url, options=None):
+        opened.append(url)
+        raise LaunchError("storage reached")
+
+    import launcher.storage
+
+    monkeypatch.setattr(launcher.storage, "open_store", open_store)
+    return opened
+
+
+def test_status_and_list_read_remote_progress_only_when_storage_is_configured(bare_storage_env, monkeypatch,
+                                                                              tmp_path):
+    """Bug 6: each call went through boto3's default chain, which probes instance metadata."""
+    _, api = submitted(train_url="s3://leo-runs/train")
+    c = fake_cluster(api)
+    assert cluster.status(c, "leo-u")["storage_error"] == metrics.NOT_CONFIGURED
+    assert [item.get("storage_error") for item in cluster.list_jobs(c)] == [metrics.NOT_CONFIGURED]
+    assert bare_storage_env == []  # storage was never asked
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIA")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    assert cluster.status(c, "leo-u")["storage_error"] == "storage reached"
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    (tmp_path / ".aws").mkdir()
+    (tmp_path / ".aws" / "credentials").write_text("[default]\n")
+    assert cluster.status(c, "leo-u")["storage_error"] == "storage reached"
+    assert len(bare_storage_env) == 2
+
+
+def test_a_jobs_storage_endpoint_counts_as_configured_storage(bare_storage_env):
+    _, api = submitted(train_url="obs://leo-runs/train", storage_endpoint="https://obs.cn-north-4.myhuaweicloud.com")
+    assert cluster.status(fake_cluster(api), "leo-u")["storage_error"] == "storage reached"
+    assert metrics.storage_configured(None, {"HOME": "/nonexistent", "AWS_ENDPOINT_URL": "http://127.0.0.1:9000"})
+    assert not metrics.storage_configured(None, {"HOME": "/nonexistent"})
+
+
+def test_no_test_can_ask_for_instance_metadata(request):
+    assert "no_instance_metadata" in request.fixturenames  # tests/conftest.py, autouse
+    assert __import__("os").environ.get("AWS_EC2_METADATA_DISABLED") == "true"
