@@ -518,9 +518,7 @@ def bare_storage_env(monkeypatch, tmp_path):
         opened.append(url)
         raise LaunchError("storage reached")
 
-    import launcher.storage
-
-    monkeypatch.setattr(launcher.storage, "open_store", open_store)
+    monkeypatch.setattr(metrics, "open_store", open_store)
     return opened
 
 
