@@ -32,6 +32,7 @@ from launcher.k8s.api import (
     KubeError,
 )
 from launcher.spec import jobspec as js
+from launcher.spec.podsecurity import job_admission_problem
 
 STORAGE_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 VOLCANO_CRD = "jobs.batch.volcano.sh"
@@ -191,6 +192,17 @@ def device_resources(ctx: Context) -> Iterable[str]:
     elif len(enough) < needed:  # one pod per node (required anti-affinity)
         yield (f"only {len(enough)} node(s){where} have {per_node} {resource} allocatable "
                f"({', '.join(enough)}); the job needs {needed}, one pod per node")
+
+
+@check("Pod Security")
+def pod_security(ctx: Context) -> Iterable[str]:
+    namespace = ctx.get(NAMESPACE, None, ctx.namespace)
+    if namespace is None:
+        return  # the namespace check says it is missing
+    labels = (namespace.get("metadata") or {}).get("labels") or {}
+    problem = job_admission_problem(labels, ctx.spec)
+    if problem:
+        yield problem
 
 
 def _name(obj: Mapping[str, Any]) -> str:

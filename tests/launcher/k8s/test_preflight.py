@@ -119,7 +119,10 @@ def test_a_check_that_rbac_forbids_is_skipped_with_a_note(forbidden, note):
     api = FakeAPI(namespaces=())  # everything missing: only the forbidden read can be silent
     api.forbidden = {forbidden}
     report = run(api)
-    assert len(report.notes) == 1 and report.notes[0].startswith(note)
+    assert report.notes[0].startswith(note)
+    # the Pod Security check reads the same Namespace: it says so too
+    also = ["pre-flight: Pod Security not checked"] if forbidden == "Namespace" else []
+    assert [n[:len(a)] for n, a in zip(report.notes[1:], also, strict=True)] == also
     checked = {"Namespace": "namespace", "Secret": "--storage-secret", "PriorityClass": "--priority-class",
                "CustomResourceDefinition": "--scheduler volcano", "Node": "no node"}
     assert not [p for p in report.problems if p.startswith(checked[forbidden])]
@@ -193,4 +196,35 @@ def test_a_new_check_is_one_function():
         "namespace default enforces restricted; 3 objects checked"]
     assert seen == ["default", "default"]
     assert [what for what, _ in preflight.CHECKS] == [
-        "the namespace", "the storage Secret", "the PriorityClass", "Volcano", "the nodes' devices"]
+        "the namespace", "the storage Secret", "the PriorityClass", "Volcano", "the nodes' devices",
+        "Pod Security"]
+
+
+def enforce(api, level):
+    api.objects[("v1", "Namespace", None, "default")]["metadata"]["labels"] = {
+        "pod-security.kubernetes.io/enforce": level}
+
+
+def test_a_namespace_that_would_reject_the_pods_is_refused_before_anything_is_created():
+    api = healthy()
+    s = spec()  # Ascend with the driver mounted through hostPath: privileged pods
+    enforce(api, "baseline")
+    problems = preflight.run(api, s, render(s)).problems
+    assert len(problems) == 1
+    assert "enforces Pod Security baseline" in problems[0]
+    assert "--ascend-driver-mount runtime" in problems[0]
+    runtime = spec(ascend_driver_mount="runtime")  # restricted pods are admitted
+    enforce(api, "restricted")
+    assert preflight.run(api, runtime, render(runtime)).problems == []
+    enforce(api, "privileged")
+    assert preflight.run(api, s, render(s)).problems == []
+
+
+def test_a_forbidden_namespace_read_skips_the_pod_security_check_with_a_note():
+    api = healthy()
+    api.forbidden.add("Namespace")
+    s = spec()
+    report = preflight.run(api, s, render(s))
+    assert report.problems == []
+    assert [n.split(":")[1].strip() for n in report.notes] == [
+        "the namespace not checked", "Pod Security not checked"]
