@@ -5,13 +5,19 @@ runs on this machine. In order:
 
 1. reads the resolved job (`job.yaml`, `experiment.yaml`) from `$LEO_CONFIG_DIR`
    (default /etc/leo-launch, where the job's ConfigMap is mounted) and finds this node's
-   rank (`LEO_NODE_RANK`, `JOB_COMPLETION_INDEX`, `VC_TASK_INDEX`; with an inventory,
-   the node's place in it);
+   rank (`LEO_NODE_RANK`, `JOB_COMPLETION_INDEX`, `VC_TASK_INDEX`, `MS_NODE_RANK`; with an
+   inventory, the node's place in it). In an AscendJob the ascend-operator's variables
+   decide the role: the Scheduler pod (`MS_ROLE=MS_SCHED`) runs only MindSpore's scheduler
+   role (the training script in that role, as msrun runs it on its master; no data, no
+   outputs) and exits when the workers are done; Worker pods (`MS_ROLE=MS_WORKER`) do
+   what follows with msrun's master = `MS_SCHED_HOST:MS_SCHED_PORT` (the operator's
+   Service: not a local address, so msrun starts no scheduler of its own) and node rank
+   `MS_NODE_RANK`, after checking `MS_WORKER_NUM`/`MS_LOCAL_WORKER` against the job;
 2. stages `data_url` into `$LEO_CACHE_DIR` (default /cache) once per node;
 3. brings `train_url`'s latest checkpoint (and metrics, and this node's earlier logs)
    into the local output directory, so training resumes where the job stopped;
-4. Ascend: prepares the HCCL rank table (dynamic rendezvous, hccl-controller or the
-   ConfigMap's file); NVIDIA/CPU: msrun's dynamic cluster needs only the master address;
+4. Ascend: prepares the HCCL rank table (dynamic rendezvous, hccl-controller or
+   ascend-operator, the ConfigMap's file, or none); NVIDIA/CPU: msrun's dynamic cluster needs only the master address;
 5. runs `msrun --join True ... leo_core/train.py --config experiment.yaml --resume ...`
    and prints every worker's lines on stdout as `[rank R] line` (its own as `[node K] ...`),
    keeping them in `logs/rank-R.log`;
@@ -59,9 +65,11 @@ from launcher.pod.node import (
     load_job,
     log_every,
     node_rank_of,
+    operator_cluster,
     paths_from_env,
     prepare_rank_table,
     resolve_master,
+    scheduler_launch,
 )
 from launcher.spec import contract
 from launcher.spec import jobspec as js
@@ -77,7 +85,9 @@ from launcher.util.procs import kill_marked, kill_processes
 DEFAULT_PUBLISH_INTERVAL = 30.0
 DEVICES = {"cpu": "CPU", "nvidia": "GPU", "ascend": "Ascend"}
 # msrun variables that must not leak into a launch from the caller's environment
+# (the ascend-operator's too: msrun gets them as arguments and sets its own)
 _INHERITED = ("MS_ROLE", "MS_SCHED_HOST", "MS_SCHED_PORT", "MS_WORKER_NUM", "MS_NODE_ID",
+              "MS_LOCAL_WORKER", "MS_NODE_RANK", "MS_SERVER_NUM",
               "RANK_ID", "RANK_SIZE", "DEVICE_ID", ENV_PROCESS_MARK)
 # MindSpore's C++ INFO/DEBUG lines: dropped (GLOG_v=2 should keep them away anyway)
 _ERROR_CODE = re.compile(r"exit with exception\. Error code: (-?\d+)")
@@ -147,9 +157,12 @@ class Bootstrap:
     # -------------------------------------------------------------- steps
     def run(self) -> int:
         spec, config = load_job(self.paths)
+        cluster = operator_cluster(spec, self.env)  # AscendJob: the ascend-operator's variables
+        if cluster is not None and cluster.role == contract.ASCENDJOB_SCHEDULER:
+            return self.run_scheduler(spec, cluster)
         node_rank = node_rank_of(spec, self.env)
         self.out.node_rank = node_rank
-        port = self.env.get(contract.ENV_MASTER_PORT, "").strip()
+        port = str(cluster.sched_port) if cluster else self.env.get(contract.ENV_MASTER_PORT, "").strip()
         if port and port != str(spec.master_port):
             try:
                 spec = dataclasses.replace(spec, master_port=int(port))
@@ -172,7 +185,9 @@ class Bootstrap:
         resumed = self.resume(spec, job_url, local_ranks)
         self.stage("preparing")
         addr = self.env.get(contract.ENV_MASTER_ADDR) or spec.master_addr
-        if node_rank == 0 and self.env.get("POD_IP"):
+        if cluster is not None:  # the operator's scheduler, behind its Service
+            master_ip = resolve_master(cluster.sched_host, spec.cluster_timeout)
+        elif node_rank == 0 and self.env.get("POD_IP"):
             master_ip = self.env["POD_IP"]  # our own address: no need to wait for DNS
         else:
             master_ip = resolve_master(addr, spec.cluster_timeout)
@@ -202,6 +217,37 @@ class Bootstrap:
             self.stage("done")
             self.out.node("done")
         return code
+
+    def run_scheduler(self, spec: js.JobSpec, cluster: Any) -> int:
+        """An AscendJob's Scheduler pod: MindSpore's scheduler role only (no data, no
+        training, no outputs); it ends when the workers are done."""
+        self.out.node_rank = contract.ASCENDJOB_SCHEDULER
+        self.paths.work.mkdir(parents=True, exist_ok=True)
+        # CPU: the scheduler role touches no device, and this pod has no NPUs or driver mount
+        cmd, env = scheduler_launch(spec, cluster, self.paths, self.child_env(), python=sys.executable,
+                                    device="CPU")
+        self.stage("scheduling")
+        self.out.node(f"job {spec.name}: MindSpore scheduler of {cluster.worker_num} worker process(es) on "
+                      f"{spec.nodes} node(s) at {cluster.sched_host}:{cluster.sched_port} (ascend-operator)")
+        self.msrun = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      stdin=subprocess.DEVNULL, env=env, cwd=self.paths.work,
+                                      start_new_session=True)
+        if self.terminating.is_set():
+            self.stop_training()
+        assert self.msrun.stdout is not None
+        for raw in self.msrun.stdout:
+            line = raw.decode("utf-8", errors="replace").rstrip()
+            if line and not NOISE.match(raw):
+                self.out.node(line)
+        code = self.msrun.wait()
+        if self.terminating.is_set():
+            return EXIT_TERMINATED
+        if code != 0:
+            self.out.node(f"the MindSpore scheduler exited with {code}")
+            return EXIT_RETRIABLE
+        self.stage("done")
+        self.out.node("done: the workers have finished")
+        return 0
 
     def stage_data(self, spec: js.JobSpec, config: Any) -> Path:
         from launcher.pod.stage import (
