@@ -4,8 +4,10 @@ through the thin `ClusterAPI` (launcher.k8s.api) and the pure reading of API obj
 
 What a job is made of: the ConfigMap `<name>-config` (job.yaml, experiment.yaml), for
 `--scheduler job` a headless Service and an Indexed `batch/v1` Job, for `--scheduler
-volcano` a `batch.volcano.sh/v1alpha1` Job (its PodGroup is Volcano's), for Ascend with
-Volcano also `rings-config-<name>`. Every object and pod is labelled
+volcano` a `batch.volcano.sh/v1alpha1` Job (its PodGroup is Volcano's), for `--scheduler
+ascendjob` a `mindxdl.gitee.com/v1` AscendJob (its pods, Service and PodGroup are the
+ascend-operator's), for Ascend with Volcano (or rank table `controller`) also
+`rings-config-<name>`. Every object and pod is labelled
 `app.kubernetes.io/managed-by: leo-launch` and `leo-launch/job: <name>`; label selectors
 are sent to the API and also checked here.
 """
@@ -28,6 +30,7 @@ from launcher.backends.base import (
 )
 from launcher.errors import LaunchError, UsageError
 from launcher.k8s.api import (
+    ASCEND_JOB,
     BATCH_JOB,
     CONFIGMAP,
     EVENT,
@@ -59,6 +62,7 @@ from launcher.spec import contract
 from launcher.spec import jobspec as js
 
 POLL = 2.0
+JOB_KINDS = {"job": BATCH_JOB, "volcano": VOLCANO_JOB, "ascendjob": ASCEND_JOB}  # by --scheduler
 
 
 # ------------------------------------------------------------------ reading a job
@@ -80,13 +84,13 @@ def read_spec(api: ClusterAPI, name: str, namespace: str) -> js.JobSpec | None:
 
 def find_job(api: ClusterAPI, name: str, namespace: str,
              spec: js.JobSpec | None = None) -> JobInfo | None:
-    order = ("volcano", "job") if spec is not None and spec.scheduler == "volcano" else ("job", "volcano")
-    for scheduler in order:
-        kind = VOLCANO_JOB if scheduler == "volcano" else BATCH_JOB
+    first = spec.scheduler if spec is not None and spec.scheduler in JOB_KINDS else "job"
+    for scheduler in (first, *(s for s in JOB_KINDS if s != first)):
+        kind = JOB_KINDS[scheduler]
         obj = api.get(*kind, namespace, name)
         if obj is not None:
             if not is_ours(obj):
-                raise JobNotFoundError(f"{kind[0]} Job {name} in namespace {namespace} is not "
+                raise JobNotFoundError(f"{kind[0]} {kind[1]} {name} in namespace {namespace} is not "
                                        "managed by leo-launch")
             return job_info(obj, scheduler, spec)
     return None
@@ -117,7 +121,8 @@ def status(cluster: Cluster, name: str, namespace: str | None = None, *,
                 else "")
         raise JobNotFoundError(f"no job {name!r} in namespace {ns} ({cluster.describe()}){hint}")
     pods = our_pods(api, ns, name)
-    groups = podgroups_of(_optional(api, PODGROUP, ns), name) if info.scheduler == "volcano" else []
+    groups = (podgroups_of(_optional(api, PODGROUP, ns), name) if info.scheduler in ("volcano", "ascendjob")
+              else [])
     result = summarize(info, pods, podgroups=groups)
     if result["phase"] in ("Pending", "Restarting"):
         events = _optional(api, EVENT, ns, field_selector="type=Warning")
@@ -132,9 +137,8 @@ def list_jobs(cluster: Cluster, namespace: str | None = None, *, all_namespaces:
     api = cluster.api
     ns = None if all_namespaces else (namespace or cluster.namespace)
     selector = f"{contract.LABEL_MANAGED_BY}={contract.MANAGER}"
-    infos = [job_info(j, "job") for j in api.list(*BATCH_JOB, ns, label_selector=selector) if is_ours(j)]
-    infos += [job_info(j, "volcano") for j in api.list(*VOLCANO_JOB, ns, label_selector=selector)
-              if is_ours(j)]
+    infos = [job_info(j, scheduler) for scheduler, kind in JOB_KINDS.items()
+             for j in api.list(*kind, ns, label_selector=selector) if is_ours(j)]
     pods: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for pod in our_pods(api, ns):
         key = (meta(pod).get("namespace", ""), labels_of(pod).get(contract.LABEL_JOB, ""))
@@ -220,7 +224,7 @@ def cancel(cluster: Cluster, name: str, namespace: str | None = None) -> str:
     idempotent (a job that does not exist is nothing to cancel)."""
     api, ns = cluster.api, namespace or cluster.namespace
     deleted = []
-    candidates = [BATCH_JOB + (name,), VOLCANO_JOB + (name,), SERVICE + (name,),
+    candidates = [BATCH_JOB + (name,), VOLCANO_JOB + (name,), ASCEND_JOB + (name,), SERVICE + (name,),
                   CONFIGMAP + (f"{name}-config",), CONFIGMAP + (f"rings-config-{name}",)]
     for api_version, kind, obj_name in candidates:
         obj = api.get(api_version, kind, ns, obj_name)
@@ -272,7 +276,7 @@ def logs(cluster: Cluster, name: str, namespace: str | None = None, *, rank: int
         ready = [p for p in pods if meta(p).get("name") not in seen and _has_log(p)]
         if ready:
             _stream(api, ns, ready, keep, follow=follow, tail=tail if first else None,
-                    per_node=per_node, out=out)
+                    per_node=per_node, out=out, container=_container(info))
             seen.update(meta(p).get("name") for p in ready)
             first = False
         elif first and not follow:
@@ -289,6 +293,11 @@ def logs(cluster: Cluster, name: str, namespace: str | None = None, *, rank: int
         time.sleep(poll)
 
 
+def _container(info: JobInfo) -> str:
+    """The training container: the ascend-operator injects its variables only into `ascend`."""
+    return contract.ASCENDJOB_CONTAINER if info.scheduler == "ascendjob" else contract.CONTAINER_NAME
+
+
 def _has_log(pod: Mapping[str, Any]) -> bool:
     """A container has started (running or terminated), so the API has a log for it."""
     state = container_status(pod).get("state") or {}
@@ -298,7 +307,8 @@ def _has_log(pod: Mapping[str, Any]) -> bool:
 
 
 def _stream(api: ClusterAPI, namespace: str, pods: list[dict[str, Any]], keep: Callable[[str], bool],
-            *, follow: bool, tail: int | None, per_node: int, out: TextIO) -> None:
+            *, follow: bool, tail: int | None, per_node: int, out: TextIO,
+            container: str = contract.CONTAINER_NAME) -> None:
     """Merge the logs of `pods` line by line as they arrive."""
     lines: queue.Queue = queue.Queue()
     done = object()
@@ -307,7 +317,7 @@ def _stream(api: ClusterAPI, namespace: str, pods: list[dict[str, Any]], keep: C
 
     def reader(pod_name: str) -> None:
         try:
-            for line in api.log_lines(namespace, pod_name, container=contract.CONTAINER_NAME,
+            for line in api.log_lines(namespace, pod_name, container=container,
                                       follow=follow, tail_lines=fetch):
                 lines.put(line)
         except KubeError as error:

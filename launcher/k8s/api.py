@@ -13,13 +13,14 @@ from launcher.errors import LaunchError
 
 BATCH_JOB = ("batch/v1", "Job")
 VOLCANO_JOB = ("batch.volcano.sh/v1alpha1", "Job")
+ASCEND_JOB = ("mindxdl.gitee.com/v1", "AscendJob")  # MindCluster's ascend-operator
 PODGROUP = ("scheduling.volcano.sh/v1beta1", "PodGroup")
 POD = ("v1", "Pod")
 EVENT = ("v1", "Event")
 CONFIGMAP = ("v1", "ConfigMap")
 SERVICE = ("v1", "Service")
 PLURALS = {"ConfigMap": "configmaps", "Service": "services", "Pod": "pods", "Event": "events",
-           "Job": "jobs", "PodGroup": "podgroups", "Secret": "secrets"}
+           "Job": "jobs", "PodGroup": "podgroups", "Secret": "secrets", "AscendJob": "ascendjobs"}
 
 
 class KubeError(LaunchError):
