@@ -33,6 +33,10 @@ Exit codes (the Job's podFailurePolicy and Volcano's policies read them):
 data, a worker that exited 2) — retrying cannot help; 1 anything else (retriable: a dead
 peer, storage trouble, ...); 143 terminated by SIGTERM (after a last publication).
 
+With arguments (`--data_url=obs://… --train_url=obs://…`, ModelArts' convention) the
+bootstrap builds a one-node job from them instead of reading a ConfigMap: see
+launcher.pod.modelarts.
+
 Variables for the local backend (pods need none of them): `LEO_WORK_DIR` (outputs, logs;
 default `$LEO_CACHE_DIR/job`), `LEO_MASTER_ADDR` / `LEO_MASTER_PORT` (override the
 job's), `LEO_STATUS_FILE` (the bootstrap writes its stage there as JSON).
@@ -417,11 +421,22 @@ class Bootstrap:
 
 
 def main(argv: list[str] | None = None) -> int:
-    if argv:
-        print("usage: python -m launcher.bootstrap (configured by the job's ConfigMap and "
-              "LEO_* variables; see the module docstring)", file=sys.stderr)
-        return contract.EXIT_BAD_CONFIG
-    boot = Bootstrap()
+    environ, notes = dict(os.environ), []
+    if argv:  # the ModelArts-style entry: the job comes from --data_url, --train_url, ...
+        from launcher.pod.modelarts import prepare
+
+        try:
+            environ, notes = prepare(argv, environ)
+        except SystemExit as done:  # --help
+            return done.code if isinstance(done.code, int) else 0
+        except UsageError as err:
+            Output().node(f"error: {err} (bad configuration: not retrying)")
+            return contract.EXIT_BAD_CONFIG
+    boot = Bootstrap(environ)
+    if notes:
+        boot.out.node_rank = 0  # a ModelArts-style job is one node
+    for note in notes:
+        boot.out.node(note)
     previous = {sig: signal.signal(sig, boot.on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         return boot.run()

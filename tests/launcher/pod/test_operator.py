@@ -152,6 +152,7 @@ WORKER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.integration
 def test_the_scheduler_pods_bootstrap_serves_two_cpu_workers_and_ends_with_them(tmp_path):
     """As in an AscendJob: the Scheduler pod's bootstrap with the operator's variables, and
     two worker processes with MindSpore's (what msrun gives each on a Worker pod)."""
