@@ -15,7 +15,8 @@ from launcher.spec import jobspec as js
 from launcher.util.times import age, parse_time
 
 VOLCANO_TASK_INDEX = "volcano.sh/task-index"
-ASCENDJOB_REPLICA_INDEX = "replica-index"  # the ascend-operator's pod label
+# the ascend-operator's pod labels (kubeflow/common: the old and the current spelling)
+ASCENDJOB_REPLICA_INDEX = ("replica-index", "training.kubeflow.org/replica-index")
 # an AscendJob's state is its last condition (kubectl's State column)
 ASCENDJOB_PHASES = {"Created": "Pending", "Running": "Running", "Restarting": "Restarting",
                     "Succeeded": "Succeeded", "Failed": "Failed"}
@@ -52,7 +53,7 @@ def pod_rank(pod: Mapping[str, Any]) -> int | None:
     if (m.get("labels") or {}).get(contract.LABEL_ROLE) == contract.ASCENDJOB_SCHEDULER:
         return None
     for source in (m.get("annotations") or {}, m.get("labels") or {}):
-        for key in (contract.JOB_INDEX_ANNOTATION, VOLCANO_TASK_INDEX, ASCENDJOB_REPLICA_INDEX):
+        for key in (contract.JOB_INDEX_ANNOTATION, VOLCANO_TASK_INDEX, *ASCENDJOB_REPLICA_INDEX):
             value = str(source.get(key, ""))
             if value.isdigit():
                 return int(value)

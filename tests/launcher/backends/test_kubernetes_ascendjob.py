@@ -72,6 +72,11 @@ def test_the_ascendjob_is_found_and_read():
 
 def test_worker_pods_are_the_ranks_and_the_scheduler_pod_is_none():
     assert kstate.pod_rank(operator_pod("worker", 1)) == 1
+    renamed = operator_pod("worker", 1)
+    renamed["metadata"]["name"] = "anything"
+    labels = renamed["metadata"]["labels"]
+    labels["training.kubeflow.org/replica-index"] = labels.pop("replica-index")
+    assert kstate.pod_rank(renamed) == 1
     assert kstate.pod_rank(operator_pod("scheduler", 0)) is None
     result = status(submitted(operator_pod("scheduler", 0, "Running"), operator_pod("worker", 0, "Running"),
                               operator_pod("worker", 1, "Running"), conditions=[condition("Created"),
