@@ -190,7 +190,7 @@ def submit(cluster: Cluster, spec: js.JobSpec, objects: list[dict[str, Any]], *,
             api.create(obj)
         except KubeError as error:
             what = f"{obj['kind']} {meta(obj).get('name')}"
-            raise LaunchError(f"creating {what} in namespace {ns} failed: {error}; "
+            raise LaunchError(f"creating {what} in namespace {ns} failed: {error}{_missing_crd(obj, error)}; "
                               f"{rollback(api, created)}") from error
         created.append(obj)
     names = ", ".join(f"{o['kind']} {meta(o).get('name')}" for o in objects)
@@ -199,6 +199,18 @@ def submit(cluster: Cluster, spec: js.JobSpec, objects: list[dict[str, Any]], *,
     for warning in warnings:
         err.write(f"leo-launch: warning: {warning}\n")
     err.flush()
+
+
+_OPERATORS = {ASCEND_JOB: "MindCluster's ascend-operator", VOLCANO_JOB: "Volcano"}
+
+
+def _missing_crd(obj: Mapping[str, Any], error: KubeError) -> str:
+    """A 404 on creating a custom resource: its CRD is not installed."""
+    kind = (str(obj.get("apiVersion")), str(obj.get("kind")))
+    operator = _OPERATORS.get(kind)
+    if error.status != 404 or operator is None:
+        return ""
+    return f" (the cluster does not serve {kind[1]} {kind[0]}: is {operator} installed?)"
 
 
 def rollback(api: ClusterAPI, created: list[dict[str, Any]]) -> str:

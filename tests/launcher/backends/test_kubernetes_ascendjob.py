@@ -10,6 +10,7 @@ import pytest
 
 from launcher.backends import kubernetes as cluster
 from launcher.backends.base import JobNotFoundError
+from launcher.errors import LaunchError
 from launcher.k8s import api as kapi
 from launcher.k8s import state as kstate
 from launcher.render.render import render
@@ -140,6 +141,21 @@ def test_an_ascendjob_not_made_by_us_is_not_ours():
                                                          "metadata": {"name": NAME, "namespace": "default"}}
     with pytest.raises(JobNotFoundError, match="mindxdl.gitee.com/v1 AscendJob leo-acj .* not managed"):
         status(api)
+
+
+def test_submit_without_the_ascendjob_crd_says_so_and_rolls_back():
+    class NoCRD(FakeAPI):
+        def create(self, obj):
+            if obj["kind"] == "AscendJob":
+                raise kapi.KubeError(404, "NotFound", "the server could not find the requested resource")
+            return super().create(obj)
+
+    api = NoCRD()
+    with pytest.raises(LaunchError, match=r"creating AscendJob leo-acj in namespace default failed: NotFound: .*"
+                       r"\(HTTP 404\) \(the cluster does not serve AscendJob mindxdl.gitee.com/v1: is MindCluster's "
+                       r"ascend-operator installed\?\); rolled back ConfigMap leo-acj-config"):
+        cluster.submit(fake_cluster(api), spec(), render(spec()), out=io.StringIO(), err=io.StringIO())
+    assert api.objects == {}
 
 
 class LoggingAPI(FakeAPI):
