@@ -60,6 +60,9 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     storage = parser.add_argument_group("storage")
     storage.add_argument("--data-url", help="embeddings: s3://bucket/prefix, obs://..., file:///abs or a path")
     storage.add_argument("--train-url", help="outputs (checkpoints, metrics, logs, result.json)")
+    storage.add_argument("--init", dest="init_url", metavar="URL",
+                         help="initial weights: a .ckpt or .npz file (obs://, s3://, file:// or a path; this "
+                              "project's or the ModelZoo port's parameter names), staged like --data-url")
     storage.add_argument("--storage-secret", metavar="SECRET",
                          help="Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (referenced, never copied)")
     storage.add_argument("--storage-endpoint", metavar="URL",
@@ -103,7 +106,7 @@ def spec_from_args(args: argparse.Namespace) -> js.JobSpec:
         name=args.name, namespace=args.namespace or "default", image=args.image, steps=args.steps,
         set_overrides=args.set_overrides, data_url=args.data_url, train_url=args.train_url,
         storage_secret=args.storage_secret, storage_endpoint=args.storage_endpoint,
-        scheduler=args.scheduler, rank_table=args.rank_table, node_selectors=args.node_selectors,
+        init_url=args.init_url, scheduler=args.scheduler, rank_table=args.rank_table, node_selectors=args.node_selectors,
         tolerations=args.tolerations, priority_class=args.priority_class, queue=args.queue,
         max_restarts=args.max_restarts, cpu=args.cpu, memory=args.memory, shm_size=args.shm_size,
         master_port=args.master_port, cluster_timeout=args.cluster_timeout,

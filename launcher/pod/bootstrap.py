@@ -186,6 +186,7 @@ class Bootstrap:
             job_url = str(parse_url(spec.train_url).child(spec.name))
 
         root = self.stage_data(spec, config)
+        init = self.stage_init(spec)
         resumed = self.resume(spec, job_url, local_ranks)
         self.stage("preparing")
         addr = self.env.get(contract.ENV_MASTER_ADDR) or spec.master_addr
@@ -206,7 +207,7 @@ class Bootstrap:
                                        config_dir=self.paths.config_dir)
             if job_url:
                 self.start_publishing(spec, job_url, node_rank)
-            code = self.train(spec, config, node_rank, local_ranks, master_ip, table, root, resumed)
+            code = self.train(spec, config, node_rank, local_ranks, master_ip, table, root, resumed, init)
             if code == 0 and node_rank == 0 and not self.terminating.is_set():
                 code = self.evaluate(spec, config, root)
         finally:
@@ -284,6 +285,26 @@ class Bootstrap:
         self.out.node(f"data ready in {root} ({time.monotonic() - started:.1f} s)")
         return root
 
+    def stage_init(self, spec: js.JobSpec) -> Path | None:
+        """The job's initial weights (`--init URL`) as a local file: a local path is used in
+        place, an object is downloaded (verified) into the cache once per attempt."""
+        if not spec.init_url:
+            return None
+        from launcher.storage import NotFoundError, download, parse_url
+
+        url = parse_url(spec.init_url)
+        if url.is_local:
+            if not Path(url.path).is_file():
+                raise BadConfig(f"init_url {url}: no such file")
+            return Path(url.path)
+        dest = self.paths.cache / "init" / url.name
+        self.out.node(f"fetching the initial weights {spec.init_url}")
+        try:
+            download(url, dest, options=self.storage_options(spec))
+        except NotFoundError as err:
+            raise BadConfig(f"init_url: {err}") from err
+        return dest
+
     def resume(self, spec: js.JobSpec, job_url: str | None, local_ranks: list[int]) -> int | None:
         if not job_url:
             return None
@@ -332,7 +353,8 @@ class Bootstrap:
             self.publisher = None
 
     def train(self, spec: js.JobSpec, config: Any, node_rank: int, local_ranks: list[int],
-              master_ip: str, table: str | None, root: Path, resumed: int | None) -> int:
+              master_ip: str, table: str | None, root: Path, resumed: int | None,
+              init: Path | None = None) -> int:
         import importlib.util
 
         script = importlib.util.find_spec("leo_core.train").origin
@@ -348,6 +370,8 @@ class Bootstrap:
                script, "--config", str(self.paths.experiment_file), "--data-root", str(root),
                "--out", str(self.paths.out), "--resume", "--device", DEVICES[spec.accelerator],
                "--log-every", str(log_every(config))]
+        if init is not None:  # train.py uses it only when there is no checkpoint to resume
+            cmd += ["--init", str(init)]
         env = self.child_env()
         if table:
             env["RANK_TABLE_FILE"] = table

@@ -10,10 +10,11 @@ a pod (staging, resume, msrun training, publication to `<train_url>/<name>/`, me
 
 Flags: `--data_url`/`--data-url` (required), `--train_url`/`--train-url`, `--exp` (default:
 from the ModelZoo flags `--dataset_name` and `--num_tr_examples_per_class`, else
-mini_1shot, the ModelZoo default), `--device_target Ascend|GPU|CPU` (default
+mini_1shot, the ModelZoo default), `--init`/`--checkpoint_url` (initial weights, a
+`.ckpt` or `.npz`), `--device_target Ascend|GPU|CPU` (default
 `$LEO_ACCELERATOR`, else Ascend), `--device_num`/`--cards` (processes on this node, default
 1), `--steps`, `--set key=value`, `--name`, `--storage-endpoint`. Other flags (the ModelZoo's
-`enable_modelarts`, `checkpoint_url`, `data_path`, `save_path`, …, or the platform's own)
+`enable_modelarts`, `data_path`, `save_path`, `ckpt_file`, …, or the platform's own)
 are ignored, each with a note.
 """
 
@@ -48,6 +49,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--train_url", "--train-url", dest="train_url",
                    help="where checkpoints, metrics, logs and result.json go (under <train_url>/<name>/)")
     p.add_argument("--exp", "--experiment", dest="exp", help=f"experiment (default {DEFAULT_EXPERIMENT})")
+    p.add_argument("--init", "--checkpoint_url", dest="init_url",
+                   help="initial weights, a .ckpt or .npz file (the ModelZoo's checkpoint_url)")
     p.add_argument("--dataset_name", help="ModelZoo flag: miniImageNet or tieredImageNet (with "
                    "--num_tr_examples_per_class, picks the experiment)")
     p.add_argument("--num_tr_examples_per_class", type=int, help="ModelZoo flag: shots, 1 or 5")
@@ -92,6 +95,8 @@ def prepare(argv: Sequence[str], env: Mapping[str, str]) -> tuple[dict[str, str]
     target = args.device_target or env.get(contract.ENV_ACCELERATOR) or "ascend"
     accelerator = _DEVICES.get(str(target).lower(), str(target).lower())
     values = {"storage_endpoint": args.storage_endpoint} if args.storage_endpoint else {}
+    if args.init_url:
+        values["init_url"] = args.init_url
     spec = js.build_job_spec(experiment=_experiment(args), accelerator=accelerator, cards=args.cards,
                              nodes=1, name=args.name, set_overrides=args.overrides, steps=args.steps,
                              data_url=args.data_url, train_url=args.train_url, **values)

@@ -76,6 +76,7 @@ DEFAULT_MAX_RESTARTS = 3
 DEFAULT_NCCL_SOCKET_IFNAME = "eth0"
 
 JOBSPEC_VERSION = 1
+INIT_SUFFIXES = (".ckpt", ".npz")  # --init: what leo_core.train --init reads
 
 # ------------------------------------------------------------------ the JobSpec
 
@@ -95,6 +96,7 @@ class JobSpec:
     train_url: str | None = None
     storage_secret: str | None = None
     storage_endpoint: str | None = None
+    init_url: str | None = None  # initial weights (.ckpt or .npz), staged like data_url
     scheduler: str = "job"
     rank_table: str | None = None  # ascend: dynamic (default; ascendjob: none), controller, file or none
     inventory: tuple[InventoryNode, ...] = ()  # rank_table == "file"
@@ -225,6 +227,13 @@ class JobSpec:
             problem = _name_problem(self.storage_secret, syn.dns1123_subdomain_problem)
             if problem:
                 raise UsageError(f"--storage-secret {self.storage_secret!r} {problem} (a Secret name)")
+        if self.init_url is not None:
+            value = self.init_url
+            problem = storage_url_problem(value) if isinstance(value, str) else "must be a string"
+            if not problem and not value.lower().endswith(INIT_SUFFIXES):
+                problem = "must name a .ckpt or .npz file (this project's or the ModelZoo port's names)"
+            if problem:
+                raise UsageError(f"--init {value!r}: {problem}")
         if self.storage_endpoint is not None:
             value = self.storage_endpoint
             problem = endpoint_problem(value) if isinstance(value, str) else "must be a string"
@@ -434,6 +443,7 @@ class JobSpec:
             "train_url": self.train_url,
             "storage_secret": self.storage_secret,
             "storage_endpoint": self.storage_endpoint,
+            "init_url": self.init_url,
             "scheduler": self.scheduler,
             "rank_table": self.rank_table,
             "inventory": [node.to_dict() for node in self.inventory],

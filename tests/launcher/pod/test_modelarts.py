@@ -28,7 +28,8 @@ def prepared(tmp_path, *argv, **env):
 def test_the_modelarts_flags_make_a_one_node_job(tmp_path):
     environ, notes, job = prepared(
         tmp_path, "--data_url=obs://bkt/embeddings", "--train_url=obs://bkt/runs", "--enable_modelarts=True",
-        "--checkpoint_url", "obs://bkt/init", "--device_target=CPU", "--device_num=2", "--init_method=tcp://x:1")
+        "--checkpoint_url", "obs://bkt/leo_ms_init.ckpt", "--device_target=CPU", "--device_num=2",
+        "--init_method=tcp://x:1", "--save_path=./ckpt")
     assert (job["experiment"], job["accelerator"], job["cards"], job["nodes"]) == ("mini_1shot", "cpu", 2, 1)
     assert (job["data_url"], job["train_url"], job["name"]) == ("obs://bkt/embeddings", "obs://bkt/runs",
                                                                  "leo-mini-1shot-cpu2")
@@ -36,8 +37,9 @@ def test_the_modelarts_flags_make_a_one_node_job(tmp_path):
     assert (environ[contract.ENV_NODE_RANK], environ[contract.ENV_MASTER_ADDR]) == ("0", "127.0.0.1")
     experiment = yaml.safe_load((tmp_path / "cache/modelarts/config" / contract.EXPERIMENT_FILE).read_text())
     assert experiment["name"] == "mini_1shot"
+    assert job["init_url"] == "obs://bkt/leo_ms_init.ckpt"  # the ModelZoo's checkpoint_url: initial weights
     assert [n.split(" is ignored")[0] for n in notes[:-1]] == \
-        ["note: --enable_modelarts", "note: --checkpoint_url", "note: --init_method"]
+        ["note: --enable_modelarts", "note: --init_method", "note: --save_path"]
     assert notes[-1] == ("ModelArts-style job leo-mini-1shot-cpu2: mini_1shot on 2 cpu process(es); outputs "
                          "under obs://bkt/runs/leo-mini-1shot-cpu2/")
 
