@@ -443,7 +443,6 @@ class JobSpec:
             "train_url": self.train_url,
             "storage_secret": self.storage_secret,
             "storage_endpoint": self.storage_endpoint,
-            "init_url": self.init_url,
             "scheduler": self.scheduler,
             "rank_table": self.rank_table,
             "inventory": [node.to_dict() for node in self.inventory],
@@ -461,6 +460,8 @@ class JobSpec:
             "nccl_socket_ifname": self.nccl_socket_ifname,
             "nccl_ib_hca": self.nccl_ib_hca,
             "nccl_debug": self.nccl_debug,
+            # only when set: a job.yaml without it stays readable by older bootstraps (images)
+            **({"init_url": self.init_url} if self.init_url is not None else {}),
         }
 
     @classmethod

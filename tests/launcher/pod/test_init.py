@@ -22,6 +22,8 @@ def test_the_job_names_a_ckpt_or_npz_file():
     spec = build_job_spec(experiment="mini_5shot", accelerator="cpu", cards=2, init_url="obs://bkt/leo_ms_init.ckpt",
                           set_overrides=["total_examples_per_class=20"])
     assert js.JobSpec.from_yaml(spec.to_yaml()).init_url == "obs://bkt/leo_ms_init.ckpt"
+    plain = build_job_spec(experiment="mini_5shot", accelerator="cpu", cards=2)
+    assert "init_url" not in plain.to_dict()  # job.yaml stays readable by bootstraps without --init
     for bad, message in (("obs://bkt/weights.pt", "must name a .ckpt or .npz file"),
                          ("obs://B/x.ckpt", "bucket 'B' is not valid")):
         with pytest.raises(UsageError, match=f"--init '{bad}': .*{message}"):
