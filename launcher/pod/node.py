@@ -168,6 +168,8 @@ def operator_cluster(spec: js.JobSpec, env: Mapping[str, str]) -> OperatorCluste
         raise BadConfig(f"the ascend-operator says {contract.OPERATOR_WORKER_NUM}={workers} but the job has "
                         f"{spec.world_size} cards: do the Worker pods request "
                         f"{spec.cards_per_node} {spec.resource_name} each?")
+    if workers < 2:  # MindSpore forms no cluster for one process (the job refuses this too)
+        raise BadConfig(f"{contract.OPERATOR_WORKER_NUM}={workers}: an AscendJob needs at least 2 workers")
     cluster = OperatorCluster(_ROLES[role], host, port, workers, local, rank)  # type: ignore[arg-type]
     if cluster.role == contract.ASCENDJOB_WORKER:
         if local is not None and local != spec.cards_per_node:
@@ -189,7 +191,7 @@ def scheduler_launch(spec: js.JobSpec, cluster: OperatorCluster, paths: Paths, b
     script = importlib.util.find_spec("leo_core.train").origin
     cmd = [python, str(script), "--config", str(paths.experiment_file), "--data-root", str(paths.cache),
            "--out", str(paths.work / "scheduler"), "--device", device]
-    env = dict(base_env)
+    env = {k: v for k, v in base_env.items() if k != "RANK_TABLE_FILE"}  # not mounted on this pod
     env.update({
         "MS_ROLE": "MS_SCHED",
         "MS_SCHED_HOST": cluster.sched_host,

@@ -197,6 +197,10 @@ class JobSpec:
         if self.scheduler == "ascendjob" and self.accelerator != "ascend":
             raise UsageError(f"--scheduler ascendjob runs Ascend training (MindCluster's ascend-operator), "
                              f"not {self.accelerator}; use --accel ascend")
+        if self.scheduler == "ascendjob" and self.cards < 2:
+            # with one process MindSpore forms no cluster: the Scheduler pod would have none to serve
+            raise UsageError("--scheduler ascendjob runs a MindSpore cluster of at least 2 cards; "
+                             "for one card use --scheduler job")
         if not isinstance(self.name, str):
             raise UsageError("--name must be a string")
         longest = max((self.pod_hostname(self.nodes - 1), self.scheduler_hostname or ""), key=len)

@@ -127,8 +127,9 @@ def test_the_worker_pod_joins_the_operators_scheduler_with_msrun(tmp_path, fake_
 
 
 def test_the_scheduler_pod_runs_the_scheduler_role_only(tmp_path, fake_popen, monkeypatch):
-    ascend_spec(tmp_path)
-    boot_, out = boot(tmp_path, operator_env("MS_SCHED", MS_SCHED_PORT="2222"))
+    ascend_spec(tmp_path, rank_table="controller")
+    boot_, out = boot(tmp_path, operator_env("MS_SCHED", MS_SCHED_PORT="2222",
+                                             RANK_TABLE_FILE=contract.CONTROLLER_RANK_TABLE_PATH))
     monkeypatch.setattr(boot_, "stage_data", lambda *a: pytest.fail("the scheduler stages no data"))
     assert boot_.run() == 0
     ((cmd, env),) = fake_popen
@@ -137,6 +138,7 @@ def test_the_scheduler_pod_runs_the_scheduler_role_only(tmp_path, fake_popen, mo
     assert (env["MS_ROLE"], env["MS_SCHED_HOST"], env["MS_SCHED_PORT"], env["MS_WORKER_NUM"]) == \
         ("MS_SCHED", "10.244.0.9", "2222", "16")
     assert "MS_LOCAL_WORKER" not in env and "MS_NODE_RANK" not in env
+    assert "RANK_TABLE_FILE" not in env
     text = out.getvalue()
     assert "[node scheduler] job leo-b: MindSpore scheduler of 16 worker process(es) on 2 node(s)" in text
     assert "[node scheduler] a line" in text and "msrun" not in text

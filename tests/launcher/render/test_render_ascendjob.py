@@ -106,6 +106,9 @@ def test_the_scheduler_pod_has_no_npus_credentials_or_spread(objects):
 def test_jobspec_rules():
     with pytest.raises(UsageError, match="--scheduler ascendjob runs Ascend training"):
         spec(8, accelerator="nvidia")
+    with pytest.raises(UsageError, match="at least 2 cards; for one card use --scheduler job"):
+        spec(1)
+    assert spec(2).nodes == 1
     with pytest.raises(UsageError, match="--rank-table dynamic does not work under the ascend-operator"):
         spec(8, rank_table="dynamic")
     assert spec(8).rank_table == "none"
