@@ -119,7 +119,7 @@ def warnings(spec: js.JobSpec) -> list[str]:
     out = []
     if spec.train_url is None:
         out.append("no --train-url: checkpoints and results stay inside the pods and are lost with them")
-    remote = [u for u in (spec.data_url, spec.train_url) if u and u.startswith(("s3://", "obs://"))]
+    remote = [u for u in (spec.data_url, spec.train_url, spec.init_url) if u and u.startswith(("s3://", "obs://"))]
     if remote and spec.storage_secret is None:
         out.append("object-storage URLs without --storage-secret: pods get no credentials")
     return out
