@@ -1,4 +1,5 @@
-"""`python -m launcher.bootstrap`, the training images' entrypoint: see launcher.pod.bootstrap."""
+"""`python -m launcher.bootstrap [--data_url=… --train_url=…]`, the training images' entrypoint:
+see launcher.pod.bootstrap (and launcher.pod.modelarts for the arguments)."""
 
 import sys
 

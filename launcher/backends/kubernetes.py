@@ -4,8 +4,10 @@ through the thin `ClusterAPI` (launcher.k8s.api) and the pure reading of API obj
 
 What a job is made of: the ConfigMap `<name>-config` (job.yaml, experiment.yaml), for
 `--scheduler job` a headless Service and an Indexed `batch/v1` Job, for `--scheduler
-volcano` a `batch.volcano.sh/v1alpha1` Job (its PodGroup is Volcano's), for Ascend with
-Volcano also `rings-config-<name>`. Every object and pod is labelled
+volcano` a `batch.volcano.sh/v1alpha1` Job (its PodGroup is Volcano's), for `--scheduler
+ascendjob` a `mindxdl.gitee.com/v1` AscendJob (its pods, Service and PodGroup are the
+ascend-operator's), for Ascend with Volcano (or rank table `controller`) also
+`rings-config-<name>`. Every object and pod is labelled
 `app.kubernetes.io/managed-by: leo-launch` and `leo-launch/job: <name>`; label selectors
 are sent to the API and also checked here.
 """
@@ -29,6 +31,7 @@ from launcher.backends.base import (
 from launcher.errors import LaunchError, UsageError
 from launcher.k8s import preflight
 from launcher.k8s.api import (
+    ASCEND_JOB,
     BATCH_JOB,
     CONFIGMAP,
     EVENT,
@@ -60,6 +63,7 @@ from launcher.spec import contract
 from launcher.spec import jobspec as js
 
 POLL = 2.0
+JOB_KINDS = {"job": BATCH_JOB, "volcano": VOLCANO_JOB, "ascendjob": ASCEND_JOB}  # by --scheduler
 
 
 # ------------------------------------------------------------------ reading a job
@@ -81,13 +85,15 @@ def read_spec(api: ClusterAPI, name: str, namespace: str) -> js.JobSpec | None:
 
 def find_job(api: ClusterAPI, name: str, namespace: str,
              spec: js.JobSpec | None = None) -> JobInfo | None:
-    """The job's Job or vcjob. A kind RBAC forbids reading (e.g. Volcano's, for a user of
-    plain Jobs) is skipped unless the job's spec says it is that kind, or no kind is readable."""
+    """The job's Job, vcjob or AscendJob. A kind RBAC forbids reading (e.g. Volcano's, for a
+    user of plain Jobs) is skipped unless the job's spec says it is that kind, or no kind is
+    readable."""
     wanted = spec.scheduler if spec is not None else None
-    order = ("volcano", "job") if wanted == "volcano" else ("job", "volcano")
+    first = wanted if wanted in JOB_KINDS else "job"
+    order = (first, *(s for s in JOB_KINDS if s != first))
     refused: list[KubeError] = []
     for scheduler in order:
-        kind = VOLCANO_JOB if scheduler == "volcano" else BATCH_JOB
+        kind = JOB_KINDS[scheduler]
         try:
             obj = api.get(*kind, namespace, name)
         except KubeError as err:
@@ -97,7 +103,7 @@ def find_job(api: ClusterAPI, name: str, namespace: str,
             continue
         if obj is not None:
             if not is_ours(obj):
-                raise JobNotFoundError(f"{kind[0]} Job {name} in namespace {namespace} is not "
+                raise JobNotFoundError(f"{kind[0]} {kind[1]} {name} in namespace {namespace} is not "
                                        "managed by leo-launch")
             return job_info(obj, scheduler, spec)
     if len(refused) == len(order):
@@ -130,7 +136,8 @@ def status(cluster: Cluster, name: str, namespace: str | None = None, *,
                 else "")
         raise JobNotFoundError(f"no job {name!r} in namespace {ns} ({cluster.describe()}){hint}")
     pods = our_pods(api, ns, name)
-    groups = podgroups_of(_optional(api, PODGROUP, ns), name) if info.scheduler == "volcano" else []
+    groups = (podgroups_of(_optional(api, PODGROUP, ns), name) if info.scheduler in ("volcano", "ascendjob")
+              else [])
     result = summarize(info, pods, podgroups=groups)
     if result["phase"] in ("Pending", "Restarting"):
         # warnings, and the scheduler's later word that a pod was bound after all
@@ -148,8 +155,10 @@ def list_jobs(cluster: Cluster, namespace: str | None = None, *, all_namespaces:
     ns = None if all_namespaces else (namespace or cluster.namespace)
     selector = f"{contract.LABEL_MANAGED_BY}={contract.MANAGER}"
     infos = [job_info(j, "job") for j in api.list(*BATCH_JOB, ns, label_selector=selector) if is_ours(j)]
-    infos += [job_info(j, "volcano") for j in _optional(api, VOLCANO_JOB, ns, label_selector=selector)
-              if is_ours(j)]  # Volcano absent or forbidden: plain Jobs only
+    for scheduler, kind in JOB_KINDS.items():  # Volcano, the ascend-operator: absent or forbidden → none
+        if scheduler != "job":
+            infos += [job_info(j, scheduler) for j in _optional(api, kind, ns, label_selector=selector)
+                      if is_ours(j)]
     pods: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for pod in our_pods(api, ns):
         key = (meta(pod).get("namespace", ""), labels_of(pod).get(contract.LABEL_JOB, ""))
@@ -217,7 +226,7 @@ def submit(cluster: Cluster, spec: js.JobSpec, objects: list[dict[str, Any]], *,
             api.create(obj)
         except KubeError as error:
             what = f"{obj['kind']} {meta(obj).get('name')}"
-            raise LaunchError(f"creating {what} in namespace {ns} failed: {error}; "
+            raise LaunchError(f"creating {what} in namespace {ns} failed: {error}{_missing_crd(obj, error)}; "
                               f"{rollback(api, created)}") from error
         created.append(obj)
     names = ", ".join(f"{o['kind']} {meta(o).get('name')}" for o in objects)
@@ -226,6 +235,18 @@ def submit(cluster: Cluster, spec: js.JobSpec, objects: list[dict[str, Any]], *,
     for warning in warnings:
         err.write(f"leo-launch: warning: {warning}\n")
     err.flush()
+
+
+_OPERATORS = {ASCEND_JOB: "MindCluster's ascend-operator", VOLCANO_JOB: "Volcano"}
+
+
+def _missing_crd(obj: Mapping[str, Any], error: KubeError) -> str:
+    """A 404 on creating a custom resource: its CRD is not installed."""
+    kind = (str(obj.get("apiVersion")), str(obj.get("kind")))
+    operator = _OPERATORS.get(kind)
+    if error.status != 404 or operator is None:
+        return ""
+    return f" (the cluster does not serve {kind[1]} {kind[0]}: is {operator} installed?)"
 
 
 def rollback(api: ClusterAPI, created: list[dict[str, Any]]) -> str:
@@ -261,7 +282,7 @@ def cancel(cluster: Cluster, name: str, namespace: str | None = None) -> str:
     failed: list[str] = []
     unchecked = None
     found_job = False
-    candidates = [(BATCH_JOB, name), (VOLCANO_JOB, name), (SERVICE, name),
+    candidates = [(BATCH_JOB, name), (VOLCANO_JOB, name), (ASCEND_JOB, name), (SERVICE, name),
                   (CONFIGMAP, f"{name}-config"), (CONFIGMAP, f"rings-config-{name}")]
     for (api_version, kind), obj_name in candidates:
         what = f"{kind} {obj_name}"
@@ -269,13 +290,16 @@ def cancel(cluster: Cluster, name: str, namespace: str | None = None) -> str:
             obj = api.get(api_version, kind, ns, obj_name)
             if obj is None or not is_ours(obj, name):
                 continue
-            found_job = found_job or kind == "Job"
+            found_job = found_job or kind in ("Job", "AscendJob")
             if api.delete(api_version, kind, ns, obj_name, propagation="Background"):
                 deleted.append(what)
         except KubeError as error:
-            if (api_version, kind) == VOLCANO_JOB and error.forbidden:
-                if not found_job and (spec is None or spec.scheduler == "volcano"):
-                    unchecked = f"a Volcano Job {name} could not be looked for ({error})"
+            optional = {VOLCANO_JOB: ("volcano", "a Volcano Job"),
+                        ASCEND_JOB: ("ascendjob", "an AscendJob")}.get((api_version, kind))
+            if optional and error.forbidden:
+                scheduler, what_kind = optional
+                if not found_job and (spec is None or spec.scheduler == scheduler):
+                    unchecked = f"{what_kind} {name} could not be looked for ({error})"
                 continue
             failed.append(f"{what} ({error})")
     pods = terminating = 0
@@ -344,7 +368,8 @@ def logs(cluster: Cluster, name: str, namespace: str | None = None, *, rank: int
         ready = [p for p in pods if meta(p).get("name") not in seen and _has_log(p)]
         if ready:
             unreadable.update(_stream(api, ns, ready, keep, follow=follow, tail=tail if first else None,
-                                      per_node=per_node, per_rank=wanted_rank is None, out=out))
+                                      per_node=per_node, per_rank=wanted_rank is None, out=out,
+                                      container=_container(info)))
             seen.update(meta(p).get("name") for p in ready)
             ranks_of.update((meta(p).get("name"), pod_rank(p)) for p in ready)
             first = False
@@ -364,6 +389,11 @@ def logs(cluster: Cluster, name: str, namespace: str | None = None, *, rank: int
     return 0
 
 
+def _container(info: JobInfo) -> str:
+    """The training container: the ascend-operator injects its variables only into `ascend`."""
+    return contract.ASCENDJOB_CONTAINER if info.scheduler == "ascendjob" else contract.CONTAINER_NAME
+
+
 def _has_log(pod: Mapping[str, Any]) -> bool:
     """A container has started (running or terminated), so the API has a log for it."""
     state = container_status(pod).get("state") or {}
@@ -374,7 +404,7 @@ def _has_log(pod: Mapping[str, Any]) -> bool:
 
 def _stream(api: ClusterAPI, namespace: str, pods: list[dict[str, Any]], keep: Callable[[str], bool],
             *, follow: bool, tail: int | None, per_node: int, per_rank: bool,
-            out: TextIO) -> dict[str, str]:
+            out: TextIO, container: str = contract.CONTAINER_NAME) -> dict[str, str]:
     """Merge the logs of `pods` line by line as they arrive (without `follow`, pod by pod,
     the last `tail` lines of each rank with `per_rank`, else of the stream). Returns the
     pods whose log could not be read, with the API's reason."""
@@ -386,7 +416,7 @@ def _stream(api: ClusterAPI, namespace: str, pods: list[dict[str, Any]], keep: C
 
     def reader(pod_name: str) -> None:
         try:
-            for line in api.log_lines(namespace, pod_name, container=contract.CONTAINER_NAME,
+            for line in api.log_lines(namespace, pod_name, container=container,
                                       follow=follow, tail_lines=fetch):
                 lines.put((pod_name, line))
         except KubeError as error:

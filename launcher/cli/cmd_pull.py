@@ -1,5 +1,5 @@
-"""`leo-launch pull NAME|URL [--checkpoint best|latest] [--to DIR]`: download a checkpoint
-(or, with --tree, everything under the URL)."""
+"""`leo-launch pull NAME|URL [--checkpoint best|latest] [--format ckpt|npz] [--to DIR]`:
+download a checkpoint (or, with --tree, everything under the URL)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import argparse
 
 from launcher.backends import outputs_url
 from launcher.cli.options import add_job_reference
+from launcher.errors import UsageError
 from launcher.outputs.checkpoints import pull
 from launcher.storage import (
     StorageOptions,
@@ -26,6 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--tree", action="store_true",
                       help="download everything under NAME|URL instead (each file verified, "
                       "unchanged files skipped, nothing deleted)")
+    parser.add_argument("--format", choices=("ckpt", "npz"), dest="fmt",
+                        help="only the MindSpore checkpoint (leo.ckpt + state.json, for "
+                        "mindspore.load_checkpoint) or the NumPy files (weights.npz, optimizer.npz, "
+                        "state.json; what --resume reads); default: all of them")
     parser.add_argument("--to", metavar="DIR",
                         help="local directory that receives step-<n>/ and <checkpoint>.json, or "
                         "the tree (default: ./<job name>)")
@@ -33,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.tree and args.fmt:
+        raise UsageError("--format selects a checkpoint's files; it does not apply to --tree")
     options = StorageOptions.from_args(args)
     base = outputs_url(args.job, requested=args.backend, context=args.context,
                        namespace=args.namespace)
@@ -42,10 +49,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"{report.summary('pulled')} → {dest}")
         return 0
     which = args.checkpoint or "best"
-    pulled = pull(base, which, args.to, options=options)
+    pulled = pull(base, which, args.to, options=options, fmt=args.fmt)
     extra = ""
     if "accuracy" in pulled.pointer:
         extra = f", accuracy {pulled.pointer['accuracy']}"
-    print(f"pulled {which} checkpoint step {pulled.step}{extra}: {pulled.files} file(s), "
+    what = f" ({args.fmt} files)" if args.fmt else ""
+    print(f"pulled {which} checkpoint step {pulled.step}{what}{extra}: {pulled.files} file(s), "
           f"{pulled.bytes / 1e6:.1f} MB, sha256 verified → {pulled.path}")
     return 0

@@ -60,22 +60,28 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     storage = parser.add_argument_group("storage")
     storage.add_argument("--data-url", help="embeddings: s3://bucket/prefix, obs://..., file:///abs or a path")
     storage.add_argument("--train-url", help="outputs (checkpoints, metrics, logs, result.json)")
+    storage.add_argument("--init", dest="init_url", metavar="URL",
+                         help="initial weights: a .ckpt or .npz file (obs://, s3://, file:// or a path; this "
+                              "project's or the ModelZoo port's parameter names), staged like --data-url")
     storage.add_argument("--storage-secret", metavar="SECRET",
                          help="Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (referenced, never copied)")
     storage.add_argument("--storage-endpoint", metavar="URL",
                          help="S3/OBS endpoint, e.g. https://obs.cn-north-4.myhuaweicloud.com")
     sched = parser.add_argument_group("scheduling")
     sched.add_argument("--scheduler", choices=js.SCHEDULERS, default="job",
-                       help="job: Indexed batch/v1 Job + headless Service (default); volcano: a gang-scheduled vcjob")
-    sched.add_argument("--rank-table", metavar="{dynamic,controller,FILE}",
-                       help="Ascend HCCL rank table: dynamic (default), controller (hccl-controller, "
-                            "volcano) or an inventory YAML")
+                       help="job: Indexed batch/v1 Job + headless Service (default); volcano: a gang-scheduled "
+                            "vcjob; ascendjob: MindCluster's AscendJob (ascend-operator, Ascend only)")
+    sched.add_argument("--rank-table", metavar="{dynamic,controller,none,FILE}",
+                       help="Ascend HCCL rank table: dynamic (default), controller (hccl-controller or "
+                            "ascend-operator), none (MindSpore's dynamic cluster only; the default for "
+                            "ascendjob) or an inventory YAML")
     sched.add_argument("--node-selector", dest="node_selectors", action="append", default=[],
                        metavar="KEY=VALUE", help="node label to require, repeatable")
     sched.add_argument("--toleration", dest="tolerations", action="append", default=[],
                        metavar="KEY[=VALUE][:EFFECT]", help="taint to tolerate, repeatable")
     sched.add_argument("--priority-class", help="PriorityClass of the pods")
-    sched.add_argument("--queue", help="Volcano queue (default: default) or Kueue LocalQueue for --scheduler job")
+    sched.add_argument("--queue", help="Volcano queue (default: default; also for ascendjob) or Kueue LocalQueue for "
+                            "--scheduler job")
     sched.add_argument("--max-restarts", type=int, default=js.DEFAULT_MAX_RESTARTS, metavar="N",
                        help=f"restarts of the whole job before it fails (default: {js.DEFAULT_MAX_RESTARTS})")
     res = parser.add_argument_group("resources and cluster settings")
@@ -110,7 +116,7 @@ def spec_from_args(args: argparse.Namespace) -> js.JobSpec:
         name=args.name, namespace=args.namespace or "default", image=args.image, steps=args.steps,
         set_overrides=args.set_overrides, data_url=args.data_url, train_url=args.train_url,
         storage_secret=args.storage_secret, storage_endpoint=args.storage_endpoint,
-        scheduler=args.scheduler, rank_table=args.rank_table, node_selectors=args.node_selectors,
+        init_url=args.init_url, scheduler=args.scheduler, rank_table=args.rank_table, node_selectors=args.node_selectors,
         tolerations=args.tolerations, priority_class=args.priority_class, queue=args.queue,
         max_restarts=args.max_restarts, cpu=args.cpu, memory=args.memory, shm_size=args.shm_size,
         master_port=args.master_port, cluster_timeout=args.cluster_timeout,
@@ -124,7 +130,7 @@ def warnings(spec: js.JobSpec) -> list[str]:
     out = []
     if spec.train_url is None:
         out.append("no --train-url: checkpoints and results stay inside the pods and are lost with them")
-    remote = [u for u in (spec.data_url, spec.train_url) if u and u.startswith(("s3://", "obs://"))]
+    remote = [u for u in (spec.data_url, spec.train_url, spec.init_url) if u and u.startswith(("s3://", "obs://"))]
     if remote and spec.storage_secret is None:
         out.append("object-storage URLs without --storage-secret: pods get no credentials")
     return out

@@ -13,6 +13,7 @@ from launcher.errors import LaunchError
 
 BATCH_JOB = ("batch/v1", "Job")
 VOLCANO_JOB = ("batch.volcano.sh/v1alpha1", "Job")
+ASCEND_JOB = ("mindxdl.gitee.com/v1", "AscendJob")  # MindCluster's ascend-operator
 PODGROUP = ("scheduling.volcano.sh/v1beta1", "PodGroup")
 POD = ("v1", "Pod")
 EVENT = ("v1", "Event")
@@ -28,7 +29,8 @@ VOLCANO_QUEUE = ("scheduling.volcano.sh/v1beta1", "Queue")
 PLURALS = {"ConfigMap": "configmaps", "Service": "services", "Pod": "pods", "Event": "events",
            "Job": "jobs", "PodGroup": "podgroups", "Secret": "secrets", "Namespace": "namespaces",
            "Node": "nodes", "PriorityClass": "priorityclasses",
-           "CustomResourceDefinition": "customresourcedefinitions", "Queue": "queues"}
+           "CustomResourceDefinition": "customresourcedefinitions", "Queue": "queues",
+           "AscendJob": "ascendjobs"}
 
 
 class KubeError(LaunchError):

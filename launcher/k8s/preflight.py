@@ -36,6 +36,7 @@ from launcher.spec.podsecurity import job_admission_problem
 
 STORAGE_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 VOLCANO_CRD = "jobs.batch.volcano.sh"
+ASCENDJOB_CRD = "ascendjobs.mindxdl.gitee.com"
 DEVICE_PLUGINS = {"huawei.com/Ascend910": "the Ascend device plugin",
                   "nvidia.com/gpu": "the NVIDIA device plugin"}
 
@@ -164,6 +165,13 @@ def volcano(ctx: Context) -> Iterable[str]:
         yield f"--queue {name}: no Volcano queue {name}"
     elif ((queue.get("status") or {}).get("state") or "Open") != "Open":
         yield f"--queue {name}: Volcano queue {name} is {queue['status']['state']}, not Open"
+
+
+@check("the ascend-operator")
+def ascend_operator(ctx: Context) -> Iterable[str]:
+    if ctx.spec.scheduler == "ascendjob" and ctx.get(CRD, None, ASCENDJOB_CRD) is None:
+        yield (f"--scheduler ascendjob: no CustomResourceDefinition {ASCENDJOB_CRD}: is "
+               "MindCluster's ascend-operator installed? (else use --scheduler volcano or job)")
 
 
 @check("the nodes' devices")

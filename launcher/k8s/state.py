@@ -15,6 +15,11 @@ from launcher.spec import jobspec as js
 from launcher.util.times import age, parse_time
 
 VOLCANO_TASK_INDEX = "volcano.sh/task-index"
+# the ascend-operator's pod labels (kubeflow/common: the old and the current spelling)
+ASCENDJOB_REPLICA_INDEX = ("replica-index", "training.kubeflow.org/replica-index")
+# an AscendJob's state is its last condition (kubectl's State column)
+ASCENDJOB_PHASES = {"Created": "Pending", "Running": "Running", "Restarting": "Restarting",
+                    "Succeeded": "Succeeded", "Failed": "Failed"}
 WAITING_PROBLEMS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull",
                     "CreateContainerConfigError", "CreateContainerError", "RunContainerError",
                     "CrashLoopBackOff", "PreCreateHookError", "PostStartHookError")
@@ -43,11 +48,14 @@ def created_at(obj: Mapping[str, Any] | None) -> float | None:
 
 
 def pod_rank(pod: Mapping[str, Any]) -> int | None:
-    """A pod's node rank: the Job's completion index, Volcano's task index, or the
-    index in its name (`<job>-<index>-<suffix>`, `<job>-worker-<index>`)."""
+    """A pod's node rank: the Job's completion index, Volcano's task index, the
+    ascend-operator's replica index, or the index in its name (`<job>-<index>-<suffix>`,
+    `<job>-worker-<index>`). An AscendJob's scheduler pod has none."""
     m = meta(pod)
+    if (m.get("labels") or {}).get(contract.LABEL_ROLE) == contract.ASCENDJOB_SCHEDULER:
+        return None
     for source in (m.get("annotations") or {}, m.get("labels") or {}):
-        for key in (contract.JOB_INDEX_ANNOTATION, VOLCANO_TASK_INDEX):
+        for key in (contract.JOB_INDEX_ANNOTATION, VOLCANO_TASK_INDEX, *ASCENDJOB_REPLICA_INDEX):
             value = str(source.get(key, ""))
             if value.isdigit():
                 return int(value)
@@ -76,7 +84,7 @@ def current_pod(pods: list[dict[str, Any]]) -> dict[str, Any]:
 def container_status(pod: Mapping[str, Any]) -> dict[str, Any]:
     statuses = ((pod.get("status") or {}).get("containerStatuses")) or []
     for status in statuses:
-        if status.get("name") == contract.CONTAINER_NAME:
+        if status.get("name") in (contract.CONTAINER_NAME, contract.ASCENDJOB_CONTAINER):
             return status
     return statuses[0] if statuses else {}
 
@@ -163,12 +171,12 @@ def podgroup_problem(podgroups: Iterable[Mapping[str, Any]]) -> str | None:
 
 
 def podgroups_of(podgroups: Iterable[Mapping[str, Any]], job: str) -> list[dict[str, Any]]:
-    """The PodGroups Volcano made for vcjob `job` (owner reference, else name)."""
+    """The PodGroups Volcano made for vcjob or AscendJob `job` (owner reference, else name)."""
     out = []
     for group in podgroups:
         owners = meta(group).get("ownerReferences") or []
         name = meta(group).get("name", "")
-        if any(o.get("kind") == "Job" and o.get("name") == job for o in owners) or \
+        if any(o.get("kind") in ("Job", "AscendJob") and o.get("name") == job for o in owners) or \
                 (not owners and (name == job or name.startswith(f"{job}-"))):
             out.append(dict(group))
     return out
@@ -183,7 +191,7 @@ class JobInfo:
 
     name: str
     namespace: str
-    scheduler: str  # job | volcano
+    scheduler: str  # job | volcano | ascendjob
     obj: dict[str, Any]
     experiment: str | None = None
     accelerator: str | None = None
@@ -206,7 +214,8 @@ class JobInfo:
 
 def _template_env(obj: Mapping[str, Any]) -> dict[str, str]:
     spec = obj.get("spec") or {}
-    template = spec.get("template") or next(iter(spec.get("tasks") or [{}]), {}).get("template") or {}
+    template = (spec.get("template") or next(iter(spec.get("tasks") or [{}]), {}).get("template")
+                or ((spec.get("replicaSpecs") or {}).get("Worker") or {}).get("template") or {})
     containers = (template.get("spec") or {}).get("containers") or []
     env = {}
     for container in containers[:1]:
@@ -228,6 +237,9 @@ def job_info(obj: Mapping[str, Any], scheduler: str, spec: js.JobSpec | None = N
     if scheduler == "volcano":
         max_restarts = number(body.get("maxRetry"))
         nodes = nodes or number(body.get("minAvailable"))
+    elif scheduler == "ascendjob":
+        max_restarts = number((body.get("runPolicy") or {}).get("backoffLimit"))
+        nodes = nodes or number(((body.get("replicaSpecs") or {}).get("Worker") or {}).get("replicas"))
     else:
         nodes = nodes or number(body.get("completions"))
         backoff = number(body.get("backoffLimit"))
@@ -258,11 +270,14 @@ def summarize(info: JobInfo, pods: Iterable[Mapping[str, Any]], *,
     """The status dict of a job (see launcher.jobs) from its API objects; no progress."""
     now = time.time() if now is None else now
     events = list(events)
-    by_rank = pods_by_rank(p for p in pods if is_ours(p, info.name))
+    pods = [p for p in pods if is_ours(p, info.name)]
+    by_rank = pods_by_rank(pods)
+    unranked = [(f"{labels_of(p).get(contract.LABEL_ROLE) or 'unranked'} pod", p) for p in pods
+                if pod_rank(p) is None]
     nodes = info.nodes or (max(by_rank) + 1 if by_rank else 1)
     per_node = info.cards_per_node
     current = {rank: current_pod(items) for rank, items in by_rank.items()}
-    phase, reason = _job_phase(info, current, by_rank, podgroups, events)
+    phase, reason = _job_phase(info, current, by_rank, podgroups, events, unranked)
     ranks: list[dict[str, Any]] = []
     restarts_max = 0
     for node_rank in range(nodes):
@@ -312,9 +327,17 @@ def summarize(info: JobInfo, pods: Iterable[Mapping[str, Any]], *,
     return out
 
 
+def ascendjob_condition(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """An AscendJob's current condition: the last true one ({} when none yet)."""
+    conditions = [c for c in (obj.get("status") or {}).get("conditions") or []
+                  if isinstance(c, Mapping) and c.get("status") == "True"]
+    return dict(conditions[-1]) if conditions else {}
+
+
 def _job_phase(info: JobInfo, current: dict[int, dict[str, Any]],
                by_rank: dict[int, list[dict[str, Any]]], podgroups: Iterable[Mapping[str, Any]],
-               events: list[Mapping[str, Any]]) -> tuple[str, str | None]:
+               events: list[Mapping[str, Any]],
+               unranked: Iterable[tuple[str, Mapping[str, Any]]] = ()) -> tuple[str, str | None]:
     status = info.obj.get("status") or {}
     nodes = info.nodes or len(current) or 1
     phases = {rank: (pod.get("status") or {}).get("phase") or "Pending" for rank, pod in current.items()}
@@ -331,6 +354,18 @@ def _job_phase(info: JobInfo, current: dict[int, dict[str, Any]],
             return mapped, None
         if mapped == "Restarting":
             return "Restarting", last_failure or _reason_text(state.get("reason"), state.get("message")) or None
+    elif info.scheduler == "ascendjob":
+        condition = ascendjob_condition(info.obj)
+        mapped = ASCENDJOB_PHASES.get(condition.get("type") or "Created", "Pending")
+        text = _reason_text(condition.get("reason"), condition.get("message"))
+        if mapped == "Failed":
+            if last_failure and last_failure not in text:
+                text = f"{text}; last failure: {last_failure}" if text else last_failure
+            return "Failed", text or "failed"
+        if mapped in ("Succeeded", "Running"):
+            return mapped, None
+        if mapped == "Restarting":
+            return "Restarting", last_failure or text or None
     else:
         conditions = {c.get("type"): c for c in status.get("conditions") or []
                       if c.get("status") == "True"}
@@ -352,12 +387,13 @@ def _job_phase(info: JobInfo, current: dict[int, dict[str, Any]],
         fatal = _job_failing_failure(info.obj, by_rank)
         if fatal:  # the pod failure policy fails the Job; its condition follows shortly
             return "Failed", fatal
-    all_running = len(phases) >= nodes and all(p in ("Running", "Succeeded") for p in phases.values())
+    all_running = len(phases) >= nodes and all(p in ("Running", "Succeeded") for p in phases.values()) \
+        and all((p.get("status") or {}).get("phase") in ("Running", "Succeeded") for _, p in unranked)
     if all_running and any(p == "Running" for p in phases.values()):
         return "Running", None
     if all_running:
         return "Running", "finishing"
-    waiting = pending_reason(info, current, podgroups, events)
+    waiting = pending_reason(info, current, podgroups, events, unranked)
     if failed_pods:
         text = f"after {last_failure}" if last_failure else "after a failure"
         return "Restarting", f"{text}; {waiting}" if waiting else text
@@ -401,9 +437,11 @@ def _last_failure(by_rank: dict[int, list[dict[str, Any]]]) -> str | None:
 
 def pending_reason(info: JobInfo, current: dict[int, dict[str, Any]],
                    podgroups: Iterable[Mapping[str, Any]],
-                   events: list[Mapping[str, Any]]) -> str | None:
-    """Why the job does not run yet: the first pod problem (by rank), else Volcano's
-    PodGroup, else the Job's own warnings (e.g. FailedCreate over a quota)."""
+                   events: list[Mapping[str, Any]],
+                   unranked: Iterable[tuple[str, Mapping[str, Any]]] = ()) -> str | None:
+    """Why the job does not run yet: the first pod problem (by rank, then an AscendJob's
+    scheduler pod), else Volcano's PodGroup, else the Job's own warnings (e.g. FailedCreate
+    over a quota, or the ascend-operator's)."""
     nodes = info.nodes or len(current) or 1
     waiting = [(rank, pod) for rank, pod in sorted(current.items())
                if (pod.get("status") or {}).get("phase") in (None, "Pending")]
@@ -411,10 +449,13 @@ def pending_reason(info: JobInfo, current: dict[int, dict[str, Any]],
         problem = pod_problem(pod, events)
         if problem:
             return problem if nodes == 1 else f"node rank {rank}: {problem}"
+    for what, pod in unranked:
+        if (pod.get("status") or {}).get("phase") in (None, "Pending") and (problem := pod_problem(pod, events)):
+            return f"{what}: {problem}"
     problem = podgroup_problem(podgroups)
     if problem:
         return problem
-    kind = "Job"
+    kind = "AscendJob" if info.scheduler == "ascendjob" else "Job"
     warnings = [e for e in events if _involves(e, kind, info.name) and e.get("type") == "Warning"]
     if warnings:
         latest = max(warnings, key=event_time)

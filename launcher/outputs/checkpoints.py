@@ -68,9 +68,9 @@ from launcher.storage.sync import (
 
 log = logging.getLogger(__name__)
 
+FORMATS = ("ckpt", "npz")  # pull --format: the MindSpore .ckpt, or the .npz files (resume needs these)
 MANIFEST_FORMAT = 1
 _STEP_RE = re.compile(r"^step-(\d+)$")
-_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
 # ------------------------------------------------------------- manifests
@@ -148,9 +148,34 @@ def verify_checkpoint(step_dir: Path, manifest: dict[str, Any] | None = None) ->
 # ---------------------------------------------------------- downloading
 
 
-def _fetch_checkpoint(store: Store, name: str, dest_root: Path) -> tuple[Path, dict[str, Any]]:
-    """Download `checkpoints/<name>/` of the job store into `dest_root/<name>`, verified
-    against its manifest; an already complete local copy is kept."""
+def format_files(fmt: str) -> tuple[str, ...]:
+    """The files of a checkpoint step that `pull --format fmt` brings."""
+    from leo_core.ckpt_format import CKPT_NAME, NPZ_NAME
+
+    if fmt not in FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    return (CKPT_NAME, "state.json") if fmt == "ckpt" else (NPZ_NAME, "optimizer.npz", "state.json")
+
+
+def _select(manifest: dict[str, Any], files: list[dict[str, Any]], fmt: str | None,
+            where: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The manifest restricted to `fmt`'s files (the local copy's own MANIFEST.json lists
+    what it holds, so it verifies)."""
+    if fmt is None:
+        return manifest, files
+    wanted = format_files(fmt)
+    chosen = [f for f in files if f["name"] in wanted]
+    missing = [name for name in wanted if name not in {f["name"] for f in chosen}]
+    if missing:
+        raise UsageError(f"checkpoint {where} has no {missing[0]} (published before --format {fmt} files "
+                         f"existed?); pull it without --format")
+    return {**manifest, "files": chosen, "subset": fmt}, chosen
+
+
+def _fetch_checkpoint(store: Store, name: str, dest_root: Path,
+                      fmt: str | None = None) -> tuple[Path, dict[str, Any]]:
+    """Download `checkpoints/<name>/` of the job store (only `fmt`'s files, if given) into
+    `dest_root/<name>`, verified against its manifest; an already complete local copy is kept."""
     where = store.url.child(f"checkpoints/{name}")
     try:
         manifest = get_json(store, f"{CHECKPOINTS_DIR}/{name}/{MANIFEST}")
@@ -158,6 +183,7 @@ def _fetch_checkpoint(store: Store, name: str, dest_root: Path) -> tuple[Path, d
         raise StorageError(f"checkpoint {where} has no {MANIFEST}: it is incomplete or was not "
                            "published by leo-launch") from err
     files = _manifest_files(manifest, f"{where}/{MANIFEST}")
+    manifest, files = _select(manifest, files, fmt, where)
     dest = dest_root / name
     if dest.is_dir() and verify_checkpoint(dest, manifest):
         return dest, manifest
@@ -194,12 +220,16 @@ class PulledCheckpoint:
 
 
 def pull(job_url: str, which: str = "best", to: str | Path | None = None, *,
-         options: StorageOptions | None = None) -> PulledCheckpoint:
+         options: StorageOptions | None = None, fmt: str | None = None) -> PulledCheckpoint:
     """Download the checkpoint that `<job_url>/checkpoints/<which>.json` points to into
     `<to>/step-<n>/` (verified against its manifest, renamed into place when complete),
-    then write `<to>/<which>.json`. `to` defaults to `./<job name>`."""
+    then write `<to>/<which>.json`. `to` defaults to `./<job name>`. `fmt` "ckpt" brings
+    only the MindSpore `.ckpt` and `state.json`, "npz" the `.npz` files and `state.json`;
+    None everything."""
     if which not in POINTERS:
         raise UsageError(f"--checkpoint must be one of {', '.join(POINTERS)}, not {which!r}")
+    if fmt is not None:
+        format_files(fmt)  # a bad format is refused before anything is read or written
     base = parse_url(job_url)
     dest_root = Path(to) if to is not None else Path(base.name or "checkpoint")
     with open_store(base, options) as store:
@@ -211,7 +241,7 @@ def pull(job_url: str, which: str = "best", to: str | Path | None = None, *,
             raise StorageError(f"no {which} checkpoint: {store.url.child(pointer_key)} does not "
                                f"exist{hint}") from err
         pointer = _parse_pointer(raw, str(store.url.child(pointer_key)))
-        path, manifest = _fetch_checkpoint(store, pointer["path"], dest_root)
+        path, manifest = _fetch_checkpoint(store, pointer["path"], dest_root, fmt)
         atomic_write(dest_root / f"{which}.json", raw, durable=True)
     files = _manifest_files(manifest, "manifest")
     return PulledCheckpoint(which, pointer["step"], path, pointer, len(files),

@@ -5,13 +5,19 @@ runs on this machine. In order:
 
 1. reads the resolved job (`job.yaml`, `experiment.yaml`) from `$LEO_CONFIG_DIR`
    (default /etc/leo-launch, where the job's ConfigMap is mounted) and finds this node's
-   rank (`LEO_NODE_RANK`, `JOB_COMPLETION_INDEX`, `VC_TASK_INDEX`; with an inventory,
-   the node's place in it);
+   rank (`LEO_NODE_RANK`, `JOB_COMPLETION_INDEX`, `VC_TASK_INDEX`, `MS_NODE_RANK`; with an
+   inventory, the node's place in it). In an AscendJob the ascend-operator's variables
+   decide the role: the Scheduler pod (`MS_ROLE=MS_SCHED`) runs only MindSpore's scheduler
+   role (the training script in that role, as msrun runs it on its master; no data, no
+   outputs) and exits when the workers are done; Worker pods (`MS_ROLE=MS_WORKER`) do
+   what follows with msrun's master = `MS_SCHED_HOST:MS_SCHED_PORT` (the operator's
+   Service: not a local address, so msrun starts no scheduler of its own) and node rank
+   `MS_NODE_RANK`, after checking `MS_WORKER_NUM`/`MS_LOCAL_WORKER` against the job;
 2. stages `data_url` into `$LEO_CACHE_DIR` (default /cache) once per node;
 3. brings `train_url`'s latest checkpoint (and metrics, and this node's earlier logs)
    into the local output directory, so training resumes where the job stopped;
-4. Ascend: prepares the HCCL rank table (dynamic rendezvous, hccl-controller or the
-   ConfigMap's file); NVIDIA/CPU: msrun's dynamic cluster needs only the master address;
+4. Ascend: prepares the HCCL rank table (dynamic rendezvous, hccl-controller or
+   ascend-operator, the ConfigMap's file, or none); NVIDIA/CPU: msrun's dynamic cluster needs only the master address;
 5. runs `msrun --join True ... leo_core/train.py --config experiment.yaml --resume ...`
    and prints every worker's lines on stdout as `[rank R] line` (its own as `[node K] ...`),
    keeping them in `logs/rank-R.log`;
@@ -26,6 +32,10 @@ Exit codes (the Job's podFailurePolicy and Volcano's policies read them):
 0 done; 2 bad configuration (`EXIT_BAD_CONFIG`: unreadable job, bad experiment, missing
 data, a worker that exited 2) — retrying cannot help; 1 anything else (retriable: a dead
 peer, storage trouble, ...); 143 terminated by SIGTERM (after a last publication).
+
+With arguments (`--data_url=obs://… --train_url=obs://…`, ModelArts' convention) the
+bootstrap builds a one-node job from them instead of reading a ConfigMap: see
+launcher.pod.modelarts.
 
 Variables for the local backend (pods need none of them): `LEO_WORK_DIR` (outputs, logs;
 default `$LEO_CACHE_DIR/job`), `LEO_MASTER_ADDR` / `LEO_MASTER_PORT` (override the
@@ -62,9 +72,11 @@ from launcher.pod.node import (
     load_job,
     log_every,
     node_rank_of,
+    operator_cluster,
     paths_from_env,
     prepare_rank_table,
     resolve_master,
+    scheduler_launch,
 )
 from launcher.pod.rendezvous import FragmentRendezvous
 from launcher.pod.stage import (
@@ -95,7 +107,9 @@ FAILED_PUBLISH_TIMEOUT = 20.0  # seconds for the last publication after a failed
 ABANDONED_PUBLICATION = threading.Event()
 DEVICES = {"cpu": "CPU", "nvidia": "GPU", "ascend": "Ascend"}
 # msrun variables that must not leak into a launch from the caller's environment
+# (the ascend-operator's too: msrun gets them as arguments and sets its own)
 _INHERITED = ("MS_ROLE", "MS_SCHED_HOST", "MS_SCHED_PORT", "MS_WORKER_NUM", "MS_NODE_ID",
+              "MS_LOCAL_WORKER", "MS_NODE_RANK", "MS_SERVER_NUM",
               "RANK_ID", "RANK_SIZE", "DEVICE_ID", ENV_PROCESS_MARK)
 # MindSpore's C++ INFO/DEBUG lines: dropped (GLOG_v=2 should keep them away anyway)
 _ERROR_CODE = re.compile(r"exit with exception\. Error code: (-?\d+)")
@@ -161,9 +175,12 @@ class Bootstrap:
     # -------------------------------------------------------------- steps
     def run(self) -> int:
         spec, config = load_job(self.paths)
+        cluster = operator_cluster(spec, self.env)  # AscendJob: the ascend-operator's variables
+        if cluster is not None and cluster.role == contract.ASCENDJOB_SCHEDULER:
+            return self.run_scheduler(spec, cluster)
         node_rank = node_rank_of(spec, self.env)
         self.out.node_rank = node_rank
-        port = self.env.get(contract.ENV_MASTER_PORT, "").strip()
+        port = str(cluster.sched_port) if cluster else self.env.get(contract.ENV_MASTER_PORT, "").strip()
         if port and port != str(spec.master_port):
             try:
                 spec = dataclasses.replace(spec, master_port=int(port))
@@ -181,10 +198,13 @@ class Bootstrap:
             job_url = str(parse_url(spec.train_url).child(spec.name))
 
         root = self.stage_data(spec, config)
+        init = self.stage_init(spec)
         resumed = self.resume(spec, job_url, local_ranks)
         self.stage("preparing")
         addr = self.env.get(contract.ENV_MASTER_ADDR) or spec.master_addr
-        if node_rank == 0 and self.env.get("POD_IP"):
+        if cluster is not None:  # the operator's scheduler, behind its Service
+            master_ip = resolve_master(cluster.sched_host, spec.cluster_timeout)
+        elif node_rank == 0 and self.env.get("POD_IP"):
             master_ip = self.env["POD_IP"]  # our own address: no need to wait for DNS
         else:
             master_ip = resolve_master(addr, spec.cluster_timeout)
@@ -198,7 +218,7 @@ class Bootstrap:
                                        config_dir=self.paths.config_dir)
             if job_url:
                 self.start_publishing(spec, job_url, node_rank)
-            code = self.train(spec, config, node_rank, local_ranks, master_ip, table, root, resumed)
+            code = self.train(spec, config, node_rank, local_ranks, master_ip, table, root, resumed, init)
             if code == 0 and node_rank == 0 and not self.terminating.is_set():
                 code = self.evaluate(spec, config, root)
         finally:
@@ -215,6 +235,37 @@ class Bootstrap:
             self.stage("done")
             self.out.node("done")
         return code
+
+    def run_scheduler(self, spec: js.JobSpec, cluster: Any) -> int:
+        """An AscendJob's Scheduler pod: MindSpore's scheduler role only (no data, no
+        training, no outputs); it ends when the workers are done."""
+        self.out.node_rank = contract.ASCENDJOB_SCHEDULER
+        self.paths.work.mkdir(parents=True, exist_ok=True)
+        # CPU: the scheduler role touches no device, and this pod has no NPUs or driver mount
+        cmd, env = scheduler_launch(spec, cluster, self.paths, self.child_env(), python=sys.executable,
+                                    device="CPU")
+        self.stage("scheduling")
+        self.out.node(f"job {spec.name}: MindSpore scheduler of {cluster.worker_num} worker process(es) on "
+                      f"{spec.nodes} node(s) at {cluster.sched_host}:{cluster.sched_port} (ascend-operator)")
+        self.msrun = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      stdin=subprocess.DEVNULL, env=env, cwd=self.paths.work,
+                                      start_new_session=True)
+        if self.terminating.is_set():
+            self.stop_training()
+        assert self.msrun.stdout is not None
+        for raw in self.msrun.stdout:
+            line = raw.decode("utf-8", errors="replace").rstrip()
+            if line and not NOISE.match(raw):
+                self.out.node(line)
+        code = self.msrun.wait()
+        if self.terminating.is_set():
+            return EXIT_TERMINATED
+        if code != 0:
+            self.out.node(f"the MindSpore scheduler exited with {code}")
+            return EXIT_RETRIABLE
+        self.stage("done")
+        self.out.node("done: the workers have finished")
+        return 0
 
     def stage_data(self, spec: js.JobSpec, config: Any) -> Path:
         url = parse_url(spec.data_url)
@@ -236,6 +287,26 @@ class Bootstrap:
         check_data_root(root, config)
         self.out.node(f"data ready in {root} ({time.monotonic() - started:.1f} s)")
         return root
+
+    def stage_init(self, spec: js.JobSpec) -> Path | None:
+        """The job's initial weights (`--init URL`) as a local file: a local path is used in
+        place, an object is downloaded (verified) into the cache once per attempt."""
+        if not spec.init_url:
+            return None
+        from launcher.storage import NotFoundError, download, parse_url
+
+        url = parse_url(spec.init_url)
+        if url.is_local:
+            if not Path(url.path).is_file():
+                raise BadConfig(f"init_url {url}: no such file")
+            return Path(url.path)
+        dest = self.paths.cache / "init" / url.name
+        self.out.node(f"fetching the initial weights {spec.init_url}")
+        try:
+            download(url, dest, options=self.storage_options(spec))
+        except NotFoundError as err:
+            raise BadConfig(f"init_url: {err}") from err
+        return dest
 
     def resume(self, spec: js.JobSpec, job_url: str | None, local_ranks: list[int]) -> int | None:
         if not job_url:
@@ -298,7 +369,8 @@ class Bootstrap:
         publisher.close()
 
     def train(self, spec: js.JobSpec, config: Any, node_rank: int, local_ranks: list[int],
-              master_ip: str, table: str | None, root: Path, resumed: int | None) -> int:
+              master_ip: str, table: str | None, root: Path, resumed: int | None,
+              init: Path | None = None) -> int:
         import importlib.util
 
         script = importlib.util.find_spec("leo_core.train").origin
@@ -314,6 +386,8 @@ class Bootstrap:
                script, "--config", str(self.paths.experiment_file), "--data-root", str(root),
                "--out", str(self.paths.out), "--resume", "--device", DEVICES[spec.accelerator],
                "--log-every", str(log_every(config))]
+        if init is not None:  # train.py uses it only when there is no checkpoint to resume
+            cmd += ["--init", str(init)]
         env = self.child_env()
         if table:
             env["RANK_TABLE_FILE"] = table
@@ -387,11 +461,22 @@ class Bootstrap:
 
 
 def main(argv: list[str] | None = None) -> int:
-    if argv:
-        print("usage: python -m launcher.bootstrap (configured by the job's ConfigMap and "
-              "LEO_* variables; see the module docstring)", file=sys.stderr)
-        return contract.EXIT_BAD_CONFIG
-    boot = Bootstrap()
+    environ, notes = dict(os.environ), []
+    if argv:  # the ModelArts-style entry: the job comes from --data_url, --train_url, ...
+        from launcher.pod.modelarts import prepare
+
+        try:
+            environ, notes = prepare(argv, environ)
+        except SystemExit as done:  # --help
+            return done.code if isinstance(done.code, int) else 0
+        except UsageError as err:
+            Output().node(f"error: {err} (bad configuration: not retrying)")
+            return contract.EXIT_BAD_CONFIG
+    boot = Bootstrap(environ)
+    if notes:
+        boot.out.node_rank = 0  # a ModelArts-style job is one node
+    for note in notes:
+        boot.out.node(note)
     previous = {sig: signal.signal(sig, boot.on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         return boot.run()

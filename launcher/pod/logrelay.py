@@ -19,7 +19,7 @@ NOISE = re.compile(rb"^\[(INFO|DEBUG)\] ")
 class Output:
     """Thread-safe writer of tagged lines to stdout."""
 
-    def __init__(self, stream: TextIO | None = None, node_rank: int | None = None) -> None:
+    def __init__(self, stream: TextIO | None = None, node_rank: int | str | None = None) -> None:
         self.stream = stream or sys.stdout
         self.node_rank = node_rank
         self._lock = threading.Lock()

@@ -114,6 +114,98 @@ def node_rank_of(spec: js.JobSpec, env: Mapping[str, str]) -> int:
     return rank
 
 
+# ------------------------------------------------------------------ under the ascend-operator
+
+
+@dataclasses.dataclass(frozen=True)
+class OperatorCluster:
+    """MindSpore's cluster as the ascend-operator describes it to an AscendJob pod.
+
+    The operator runs one Scheduler pod (`MS_ROLE=MS_SCHED`, `MS_SCHED_HOST` = its own IP)
+    and Worker pods (`MS_ROLE=MS_WORKER`, `MS_SCHED_HOST` = the ClusterIP of the Service
+    `<job>-scheduler-0`). So the scheduler pod runs MindSpore's scheduler role and nothing
+    else, and workers join it: msrun starts a scheduler only when `--master_addr` is an
+    address of its own host, which a Service IP never is."""
+
+    role: str  # contract.ASCENDJOB_SCHEDULER or contract.ASCENDJOB_WORKER
+    sched_host: str
+    sched_port: int
+    worker_num: int
+    local_worker: int | None  # NPUs of this pod (None: not injected)
+    node_rank: int | None  # MS_NODE_RANK
+
+
+_ROLES = {"MS_SCHED": contract.ASCENDJOB_SCHEDULER, "MS_WORKER": contract.ASCENDJOB_WORKER}
+
+
+def operator_cluster(spec: js.JobSpec, env: Mapping[str, str]) -> OperatorCluster | None:
+    """The operator's variables of an AscendJob pod, checked against the job (None for other
+    schedulers). A pod of an AscendJob without them was not started by the operator."""
+    if spec.scheduler != "ascendjob":
+        return None
+    role = env.get(contract.OPERATOR_ROLE, "").strip()
+    if not role:
+        raise BadConfig(f"{contract.OPERATOR_ROLE} is not set: an AscendJob's pods get MindSpore's cluster "
+                        f"variables from the ascend-operator (in the container named "
+                        f"{contract.ASCENDJOB_CONTAINER!r}); is the operator running?")
+    if role not in _ROLES:
+        raise BadConfig(f"{contract.OPERATOR_ROLE}={role!r}: expected MS_SCHED or MS_WORKER "
+                        "(a parameter-server role is not used by LEO)")
+    host = env.get(contract.OPERATOR_SCHED_HOST, "").strip()
+    if not host:
+        raise BadConfig(f"{contract.OPERATOR_SCHED_HOST} is not set by the ascend-operator")
+
+    def number(var: str, minimum: int, maximum: int | None = None, required: bool = True) -> int | None:
+        text = env.get(var, "").strip()
+        if not text and not required:
+            return None
+        if not text.isdigit() or int(text) < minimum or (maximum is not None and int(text) > maximum):
+            raise BadConfig(f"{var}={text!r} from the ascend-operator is not a valid number")
+        return int(text)
+
+    port = number(contract.OPERATOR_SCHED_PORT, 1, 65535)
+    workers = number(contract.OPERATOR_WORKER_NUM, 1)
+    local = number(contract.OPERATOR_LOCAL_WORKER, 0, required=False)
+    rank = number(contract.OPERATOR_NODE_RANK, 0, required=False)
+    if workers != spec.world_size:
+        raise BadConfig(f"the ascend-operator says {contract.OPERATOR_WORKER_NUM}={workers} but the job has "
+                        f"{spec.world_size} cards: do the Worker pods request "
+                        f"{spec.cards_per_node} {spec.resource_name} each?")
+    if workers < 2:  # MindSpore forms no cluster for one process (the job refuses this too)
+        raise BadConfig(f"{contract.OPERATOR_WORKER_NUM}={workers}: an AscendJob needs at least 2 workers")
+    cluster = OperatorCluster(_ROLES[role], host, port, workers, local, rank)  # type: ignore[arg-type]
+    if cluster.role == contract.ASCENDJOB_WORKER:
+        if local is not None and local != spec.cards_per_node:
+            raise BadConfig(f"{contract.OPERATOR_LOCAL_WORKER}={local} but the job runs {spec.cards_per_node} "
+                            "processes per node")
+        if host == env.get("POD_IP"):
+            raise BadConfig(f"{contract.OPERATOR_SCHED_HOST} is this worker pod's own address: msrun would "
+                            "start a second MindSpore scheduler here")
+    return cluster
+
+
+def scheduler_launch(spec: js.JobSpec, cluster: OperatorCluster, paths: Paths, base_env: Mapping[str, str],
+                     *, python: str, device: str) -> tuple[list[str], dict[str, str]]:
+    """The command and environment of the Scheduler pod's one process: the training script in
+    MindSpore's scheduler role, as msrun starts it on its master node (`init()` serves the
+    cluster and ends the process when the workers are done; no data is read)."""
+    import importlib.util
+
+    script = importlib.util.find_spec("leo_core.train").origin
+    cmd = [python, str(script), "--config", str(paths.experiment_file), "--data-root", str(paths.cache),
+           "--out", str(paths.work / "scheduler"), "--device", device]
+    env = {k: v for k, v in base_env.items() if k != "RANK_TABLE_FILE"}  # not mounted on this pod
+    env.update({
+        "MS_ROLE": "MS_SCHED",
+        "MS_SCHED_HOST": cluster.sched_host,
+        "MS_SCHED_PORT": str(cluster.sched_port),
+        "MS_WORKER_NUM": str(cluster.worker_num),
+        "MS_TOPO_TIMEOUT": str(spec.cluster_timeout),  # what msrun's --cluster_time_out sets
+        "RANK_ID": "0",
+    })
+    return cmd, env
+
+
 def check_data_root(root: Path, config: Any) -> None:
     """Every split the experiment reads is there (else: bad data_url, exit 2)."""
     base = root / config.dataset_name / config.embedding_crop
@@ -162,6 +254,8 @@ def prepare_rank_table(spec: js.JobSpec, node_rank: int, env: Mapping[str, str],
     if spec.accelerator != "ascend":
         return None
     mode = spec.rank_table
+    if mode == "none":  # MindSpore's dynamic cluster builds the communication domain itself
+        return None
     if mode == "file":
         path = (config_dir or Path(contract.CONFIG_DIR)) / contract.RANK_TABLE_FILE
         try:

@@ -8,9 +8,10 @@ Four independent checks, all of which must pass:
 2. The official `kubernetes` client's models: each object is deserialised into
    its model class and serialised back; anything the model drops or changes
    (unknown fields, wrong types, missing required fields) is an error.
-3. Volcano jobs against Volcano's own CRD schema (`launcher/schemas/volcano/`,
-   made strict like the API server's field validation), plus their metadata and
-   pod templates against the Kubernetes schemas and models.
+3. Volcano jobs and AscendJobs against their own CRD schemas (`launcher/schemas/volcano/`,
+   `launcher/schemas/ascendjob/`, made strict like the API server's field validation:
+   the AscendJob CRD's pod schema is old and would silently prune newer fields), plus
+   their metadata and pod templates against the Kubernetes schemas and models.
 4. Semantic rules the schemas miss: names, label syntax, quantities, extended
    resources equal in requests and limits, references between the objects.
 
@@ -26,10 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from launcher.errors import LaunchError
-from launcher.render.semantics import VOLCANO_API, describe, semantic_problems
+from launcher.render.semantics import ASCENDJOB_API, VOLCANO_API, describe, semantic_problems
 
 MIN_KUBERNETES_VERSION = "1.30"
 VOLCANO_JOB_SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "volcano" / "batch.volcano.sh_jobs.yaml"
+# the ascend-operator's deployment manifest; its CustomResourceDefinition document is used
+ASCENDJOB_SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "ascendjob" / "ascend-operator.yaml"
+ASCENDJOB_CRD = "ascendjobs.mindxdl.gitee.com"
 
 
 class ManifestError(LaunchError):
@@ -64,6 +68,8 @@ def problems(objects: Sequence[Mapping[str, Any]], versions: Sequence[str] | Non
             continue
         if obj["apiVersion"] == VOLCANO_API and obj["kind"] == "Job":
             out += [f"{where}: {p}" for p in _volcano_problems(obj, versions, models)]
+        elif obj["apiVersion"] == ASCENDJOB_API and obj["kind"] == "AscendJob":
+            out += [f"{where}: {p}" for p in _ascendjob_problems(obj, versions, models)]
         else:
             for version in versions:
                 out += [f"{where}: {p}" for p in schema_problems(obj, version)]
@@ -227,19 +233,50 @@ def _volcano_problems(obj: Mapping[str, Any], versions: Sequence[str], models: b
     out = [f"Volcano CRD schema: {_path(err.absolute_path)}: {err.message}"
            for err in sorted(_volcano_validator().iter_errors(obj),
                              key=lambda e: list(map(str, e.absolute_path)))]
-    meta = obj.get("metadata")
     tasks = (obj.get("spec") or {}).get("tasks") or []
+    templates = [(f"tasks[{index}].template", task["template"]) for index, task in enumerate(tasks)
+                 if isinstance(task, Mapping) and "template" in task]
+    return out + _embedded_problems(obj.get("metadata"), templates, versions, models)
+
+
+def _embedded_problems(meta: Any, templates: Sequence[tuple[str, Any]], versions: Sequence[str],
+                       models: bool) -> list[str]:
+    """A custom resource's metadata and pod templates against the Kubernetes schemas and models."""
+    out = []
     for version in versions:
         out += schema_problems(meta, version, "objectmeta-meta-v1.json",
                                f"metadata: Kubernetes {version} schema")
-        for index, task in enumerate(tasks):
-            if isinstance(task, Mapping) and "template" in task:
-                out += schema_problems(task["template"], version, "podtemplatespec-v1.json",
-                                       f"tasks[{index}].template: Kubernetes {version} schema")
+        for where, template in templates:
+            out += schema_problems(template, version, "podtemplatespec-v1.json",
+                                   f"{where}: Kubernetes {version} schema")
     if models:
         out += model_problems(meta, "V1ObjectMeta")
-        for index, task in enumerate(tasks):
-            if isinstance(task, Mapping) and "template" in task:
-                out += [f"tasks[{index}].template: {p}"
-                        for p in model_problems(task["template"], "V1PodTemplateSpec")]
+        for where, template in templates:
+            out += [f"{where}: {p}" for p in model_problems(template, "V1PodTemplateSpec")]
     return out
+
+
+# ----------------------------------------------------------------------------- AscendJob
+
+@functools.cache
+def _ascendjob_validator() -> Any:
+    import jsonschema
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    with ASCENDJOB_SCHEMA.open() as handle:
+        docs = list(yaml.load_all(handle, Loader=loader))  # noqa: S506 - a safe loader
+    crd = next(d for d in docs if isinstance(d, dict) and d.get("kind") == "CustomResourceDefinition"
+               and d["metadata"]["name"] == ASCENDJOB_CRD)
+    version = next(v for v in crd["spec"]["versions"] if v["name"] == ASCENDJOB_API.rpartition("/")[2])
+    return jsonschema.Draft7Validator(_strict_crd_schema(version["schema"]["openAPIV3Schema"]))
+
+
+def _ascendjob_problems(obj: Mapping[str, Any], versions: Sequence[str], models: bool) -> list[str]:
+    out = [f"AscendJob CRD schema: {_path(err.absolute_path)}: {err.message}"
+           for err in sorted(_ascendjob_validator().iter_errors(obj),
+                             key=lambda e: list(map(str, e.absolute_path)))]
+    replicas = (obj.get("spec") or {}).get("replicaSpecs") or {}
+    templates = [(f"replicaSpecs.{kind}.template", replica["template"]) for kind, replica in replicas.items()
+                 if isinstance(replica, Mapping) and "template" in replica]
+    return out + _embedded_problems(obj.get("metadata"), templates, versions, models)

@@ -26,7 +26,9 @@ from launcher.util.files import atomic_write
 TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "k8s_templates"
 PODINFO_DIR = "/etc/podinfo"  # downward-API volume: files `annotations`, `labels`
 GRACE_SECONDS = 60  # time for rank 0 to publish its last checkpoint
-_MANIFEST_FILE = re.compile(r"\d\d-(configmap|service|job|vcjob)-.+\.yaml")
+_MANIFEST_FILE = re.compile(r"\d\d-(configmap|service|job|vcjob|ascendjob)-.+\.yaml")
+# The AscendJob's Scheduler pod runs only MindSpore's scheduler role (no NPUs, no data)
+ASCENDJOB_SCHEDULER_REQUESTS = {"cpu": "1", "memory": "4Gi"}
 
 
 class Quoted(str):
@@ -161,10 +163,11 @@ def pod_environment(spec: JobSpec) -> list[dict[str, Any]]:
         env += [_secret(key, spec.storage_secret, key) for key in contract.SECRET_KEYS]
     if spec.accelerator == "ascend":
         table_path = {"file": contract.FILE_RANK_TABLE_PATH, "controller": contract.CONTROLLER_RANK_TABLE_PATH,
-                      "dynamic": contract.DYNAMIC_RANK_TABLE_PATH}[spec.rank_table]
+                      "dynamic": contract.DYNAMIC_RANK_TABLE_PATH, "none": None}[spec.rank_table]
+        env.append(_value(contract.ENV_RANK_TABLE_MODE, spec.rank_table))
+        if table_path is not None:
+            env.append(_value("RANK_TABLE_FILE", table_path))
         env += [
-            _value(contract.ENV_RANK_TABLE_MODE, spec.rank_table),
-            _value("RANK_TABLE_FILE", table_path),
             _value("HCCL_CONNECT_TIMEOUT", spec.hccl_connect_timeout),
             _field("HCCL_IF_IP", "status.podIP"),
             _field(contract.ENV_ASCEND_DEVICES, f"metadata.annotations['{contract.ASCEND_DEVICE_ANNOTATION}']"),
@@ -226,10 +229,19 @@ def context(spec: JobSpec) -> dict[str, Any]:
     if spec.queue is not None and spec.scheduler == "job":
         job_labels[contract.KUEUE_QUEUE_LABEL] = spec.queue  # Kueue admits the Job from this queue
     ports = [{"name": "msrun", "port": spec.master_port}]
+    if spec.scheduler == "ascendjob":  # the operator's Service and MS_SCHED_PORT use this port
+        ports = [{"name": contract.ASCENDJOB_PORT_NAME, "port": spec.master_port}]
     if spec.rank_table == "dynamic":
         ports.append({"name": "ranktable", "port": spec.ranktable_port})
     requests, limits = _resources(spec)
     host_paths = podsecurity.host_path_mounts(spec)  # the pods' Pod Security level depends on them
+    container_name = contract.CONTAINER_NAME
+    replica_specs: list[dict[str, Any]] = []
+    if spec.scheduler == "ascendjob":
+        container_name = contract.ASCENDJOB_CONTAINER
+        for key, value in (contract.ASCENDJOB_FRAMEWORK_LABEL, contract.ASCENDJOB_PRODUCT_LABEL):
+            job_labels[key] = value
+        replica_specs = _ascendjob_replicas(spec, pod_labels, requests, limits, pod_environment(spec))
     return {
         "job": spec,
         "labels": labels,
@@ -237,7 +249,7 @@ def context(spec: JobSpec) -> dict[str, Any]:
         "pod_labels": pod_labels,
         "selector": selector,
         "annotations": spec.annotations(),
-        "container": {"name": contract.CONTAINER_NAME, "command": list(contract.BOOTSTRAP_COMMAND)},
+        "container": {"name": container_name, "command": list(contract.BOOTSTRAP_COMMAND)},
         "env": pod_environment(spec),
         "ports": ports,
         "requests": requests,
@@ -249,6 +261,8 @@ def context(spec: JobSpec) -> dict[str, Any]:
         "scheduler_name": "volcano" if spec.scheduler == "volcano" else None,
         "task_name": contract.VOLCANO_TASK,
         "volcano_queue": spec.queue or "default",
+        "replica_specs": replica_specs,
+        "min_available": spec.nodes + 1,  # AscendJob: the Scheduler pod and every Worker, as one gang
         "grace_seconds": GRACE_SECONDS,
         # A job restart usually fails every pod once, so the budget is per node.
         "backoff_limit": spec.max_restarts * spec.nodes,
@@ -262,6 +276,30 @@ def context(spec: JobSpec) -> dict[str, Any]:
         "security": {"pod": podsecurity.pod_security_context(spec),
                      "container": podsecurity.container_security_context(spec)},
     }
+
+
+def _ascendjob_replicas(spec: JobSpec, pod_labels: dict[str, str], requests: dict[str, str],
+                        limits: dict[str, str], env: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The Scheduler and Worker replica types of an AscendJob. Workers repel each other
+    (one per node); the Scheduler has no NPUs, touches no storage (no credentials) and
+    may go anywhere."""
+    key, product = contract.ASCENDJOB_PRODUCT_LABEL
+    out = []
+    for kind, role in (("Scheduler", contract.ASCENDJOB_SCHEDULER), ("Worker", contract.ASCENDJOB_WORKER)):
+        labels = {**pod_labels, key: product, contract.LABEL_ROLE: role}
+        worker = role == contract.ASCENDJOB_WORKER
+        out.append({
+            "type": kind, "role": role, "replicas": spec.nodes if worker else 1, "labels": labels,
+            "npu": worker,
+            "env": env if worker else [var for var in env if var["kind"] != "secret"],
+            "requests": requests if worker else dict(ASCENDJOB_SCHEDULER_REQUESTS),
+            "limits": limits if worker else {"memory": ASCENDJOB_SCHEDULER_REQUESTS["memory"]},
+            "anti_affinity": {contract.LABEL_JOB: spec.name, contract.LABEL_ROLE: role} if worker else None,
+            "node_selector": dict(spec.node_selector) if worker else {},
+            "tolerations": _tolerations(spec) if worker else [],
+            "pinned_nodes": [node.name for node in spec.inventory] if worker else [],
+        })
+    return out
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -278,6 +316,8 @@ def render(spec: JobSpec) -> list[dict[str, Any]]:
     if spec.scheduler == "job":
         objects.append(render_template("service.yaml.j2", ctx))
         objects.append(render_template("job.yaml.j2", ctx))
+    elif spec.scheduler == "ascendjob":  # the operator makes the scheduler's Service itself
+        objects.append(render_template("ascendjob.yaml.j2", ctx))
     else:
         objects.append(render_template("vcjob.yaml.j2", ctx))
     return objects

@@ -11,6 +11,7 @@ from launcher.spec import contract
 from launcher.spec import names as syn
 
 VOLCANO_API = "batch.volcano.sh/v1alpha1"
+ASCENDJOB_API = "mindxdl.gitee.com/v1"
 REQUIRED_LABELS = {contract.LABEL_APP: contract.APP_NAME, contract.LABEL_MANAGED_BY: contract.MANAGER}
 _NATIVE_RESOURCES = ("cpu", "memory", "ephemeral-storage")
 _FIELD_PATHS = ("metadata.name", "metadata.namespace", "metadata.uid", "metadata.labels",
@@ -57,6 +58,8 @@ def semantic_problems(objects: Sequence[Mapping[str, Any]]) -> list[str]:
             out += [f"{where}: {p}" for p in _job_problems(obj, configmaps, services)]
         elif kind == "Job" and api == VOLCANO_API:
             out += [f"{where}: {p}" for p in _vcjob_problems(obj, configmaps)]
+        elif kind == "AscendJob" and api == ASCENDJOB_API:
+            out += [f"{where}: {p}" for p in _ascendjob_problems(obj, configmaps)]
     return out
 
 
@@ -148,6 +151,9 @@ def _pod_templates(obj: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]
     if obj.get("apiVersion") == VOLCANO_API:
         return [(f"spec.tasks[{i}].template", task.get("template") or {})
                 for i, task in enumerate(spec.get("tasks") or []) if isinstance(task, Mapping)]
+    if obj.get("apiVersion") == ASCENDJOB_API:
+        return [(f"spec.replicaSpecs.{kind}.template", replica.get("template") or {})
+                for kind, replica in (spec.get("replicaSpecs") or {}).items() if isinstance(replica, Mapping)]
     return []
 
 
@@ -213,6 +219,43 @@ def _vcjob_problems(obj: Mapping[str, Any], configmaps: set[Any]) -> list[str]:
             out.append(f"{where}: pod host names {name}-{task_name}-<index> are longer than 63 characters")
         out += _policy_problems(task.get("policies") or [], f"{where}.policies")
         out += _template_problems(task.get("template") or {}, f"{where}.template", configmaps)
+    return out
+
+
+def _ascendjob_problems(obj: Mapping[str, Any], configmaps: set[Any]) -> list[str]:
+    """What the ascend-operator's validation (ascendjob_validate.go) and env injection need."""
+    out = []
+    spec = obj.get("spec") or {}
+    name = obj["metadata"]["name"]
+    labels = obj["metadata"].get("labels") or {}
+    key, value = contract.ASCENDJOB_FRAMEWORK_LABEL
+    if labels.get(key) != value:
+        out.append(f"metadata.labels must have {key}={value} (the operator picks MindSpore's roles by it)")
+    replicas = {k: r for k, r in (spec.get("replicaSpecs") or {}).items() if isinstance(r, Mapping)}
+    if set(replicas) != {"Scheduler", "Worker"}:
+        out.append(f"spec.replicaSpecs must be Scheduler and Worker for MindSpore, not {sorted(replicas)}")
+    if replicas.get("Scheduler", {}).get("replicas", 1) != 1:
+        out.append("spec.replicaSpecs.Scheduler.replicas must be 1")
+    total = sum(int(r.get("replicas", 1) or 0) for r in replicas.values())
+    policy = (spec.get("runPolicy") or {}).get("schedulingPolicy") or {}
+    if policy.get("minAvailable") != total:
+        out.append(f"spec.runPolicy.schedulingPolicy.minAvailable {policy.get('minAvailable')!r} must be "
+                   f"{total} (every pod: MindSpore's cluster starts only with all of them)")
+    if (queue := policy.get("queue")) is not None and (problem := syn.dns1123_label_problem(str(queue))):
+        out.append(f"spec.runPolicy.schedulingPolicy.queue {queue!r} {problem}")
+    if spec.get("successPolicy") not in (None, "", "AllWorkers"):
+        out.append(f"spec.successPolicy {spec.get('successPolicy')!r} must be empty or AllWorkers")
+    for kind, replica in replicas.items():
+        where = f"spec.replicaSpecs.{kind}"
+        if len(f"{name}-{kind.lower()}-{int(replica.get('replicas', 1) or 1) - 1}") > 63:
+            out.append(f"{where}: pod names {name}-{kind.lower()}-<index> are longer than 63 characters")
+        template = replica.get("template") or {}
+        containers = [c.get("name") for c in (template.get("spec") or {}).get("containers") or []
+                      if isinstance(c, Mapping)]
+        if contract.ASCENDJOB_CONTAINER not in containers:
+            out.append(f"{where}: the operator needs a container named {contract.ASCENDJOB_CONTAINER!r} "
+                       f"(it injects MindSpore's variables there only), not {containers}")
+        out += _template_problems(template, f"{where}.template", configmaps)
     return out
 
 

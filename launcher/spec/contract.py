@@ -19,6 +19,12 @@ ASCEND_DRIVER_DIR = "/usr/local/Ascend/driver"  # host driver, mounted read-only
 BOOTSTRAP_COMMAND = ("python", "-m", "launcher.bootstrap")
 CONTAINER_NAME = "leo"
 VOLCANO_TASK = "worker"
+# AscendJob (MindCluster's ascend-operator): it injects its variables only into a container
+# of this name, and names pods <job>-scheduler-0 and <job>-worker-<i>
+ASCENDJOB_CONTAINER = "ascend"
+ASCENDJOB_SCHEDULER = "scheduler"
+ASCENDJOB_WORKER = "worker"
+ASCENDJOB_PORT_NAME = "ascendjob-port"  # the operator reads MS_SCHED_PORT from this port
 
 # Bootstrap exit codes, used by the Job's podFailurePolicy and Volcano's policies.
 EXIT_SUCCESS = 0
@@ -43,6 +49,9 @@ ASCEND_DEVICE_ANNOTATION = "ascend.kubectl.kubernetes.io/ascend-910-configuratio
 ASCEND_RESOURCE_ANNOTATION = "huawei.com/Ascend910"
 JOB_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 RINGS_CONFIG_LABEL = ("ring-controller.atlas", "ascend-910")
+ASCENDJOB_FRAMEWORK_LABEL = ("framework", "mindspore")  # selects the operator's MindSpore roles
+ASCENDJOB_PRODUCT_LABEL = ("ring-controller.atlas", "ascend-910b")
+LABEL_ROLE = "leo-launch/role"  # AscendJob pods: scheduler | worker
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 
 # ------------------------------------------------------------------ pod environment
@@ -65,7 +74,15 @@ ENV_DATA_URL = "LEO_DATA_URL"
 ENV_TRAIN_URL = "LEO_TRAIN_URL"
 # The node rank is the first of these that is set: our downward-API variable
 # (batch/v1 Job), the Job controller's own, then Volcano's env plugin.
-NODE_RANK_ENV_VARS = (ENV_NODE_RANK, "JOB_COMPLETION_INDEX", "VC_TASK_INDEX")
+# The ascend-operator's MS_NODE_RANK comes last (worker pods from 0: our Scheduler has no NPUs).
+NODE_RANK_ENV_VARS = (ENV_NODE_RANK, "JOB_COMPLETION_INDEX", "VC_TASK_INDEX", "MS_NODE_RANK")
+# What the ascend-operator injects into the `ascend` container (env mode)
+OPERATOR_ROLE = "MS_ROLE"  # MS_SCHED on the Scheduler pod, MS_WORKER on Worker pods
+OPERATOR_SCHED_HOST = "MS_SCHED_HOST"
+OPERATOR_SCHED_PORT = "MS_SCHED_PORT"
+OPERATOR_WORKER_NUM = "MS_WORKER_NUM"
+OPERATOR_LOCAL_WORKER = "MS_LOCAL_WORKER"
+OPERATOR_NODE_RANK = "MS_NODE_RANK"
 SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")  # keys of --storage-secret
 
 # Variables of the bootstrap on this machine (the local backend sets them; pods need none).

@@ -28,6 +28,8 @@ from launcher.spec.contract import (
     ANNOTATION_RANK_TABLE,
     ANNOTATION_SCHEDULER,
     APP_NAME,
+    ASCENDJOB_SCHEDULER,
+    ASCENDJOB_WORKER,
     LABEL_ACCEL,
     LABEL_APP,
     LABEL_EXPERIMENT,
@@ -64,8 +66,10 @@ RESOURCE_NAMES = {"ascend": "huawei.com/Ascend910", "nvidia": "nvidia.com/gpu"}
 ASCEND_CARDS_PER_NODE = (1, 2, 4, 8)
 MAX_CARDS_PER_NODE = {"ascend": 8, "nvidia": 16, "cpu": 64}
 DEFAULT_CARDS_PER_NODE = 8  # --nodes defaults to ceil(cards / 8)
-SCHEDULERS = ("job", "volcano")
-RANK_TABLE_MODES = ("dynamic", "controller", "file")
+SCHEDULERS = ("job", "volcano", "ascendjob")
+# none: no rank table, MindSpore's dynamic cluster only (the ascend-operator's env mode)
+RANK_TABLE_MODES = ("dynamic", "controller", "file", "none")
+ASCENDJOB_RANK_TABLE_MODES = ("none", "controller", "file")
 NCCL_DEBUG_LEVELS = ("VERSION", "WARN", "INFO", "TRACE")
 DEFAULT_MASTER_PORT = 8118  # msrun's default
 DEFAULT_CLUSTER_TIMEOUT = 1800  # msrun --cluster_time_out, seconds
@@ -83,6 +87,7 @@ ASCEND_DRIVER_MOUNTS = ("hostpath", "runtime")
 DEFAULT_ASCEND_DRIVER_MOUNT = "hostpath"
 
 JOBSPEC_VERSION = 1
+INIT_SUFFIXES = (".ckpt", ".npz")  # --init: what leo_core.train --init reads
 
 # ------------------------------------------------------------------ the JobSpec
 
@@ -102,8 +107,9 @@ class JobSpec:
     train_url: str | None = None
     storage_secret: str | None = None
     storage_endpoint: str | None = None
+    init_url: str | None = None  # initial weights (.ckpt or .npz), staged like data_url
     scheduler: str = "job"
-    rank_table: str | None = None  # ascend: dynamic (default), controller or file
+    rank_table: str | None = None  # ascend: dynamic (default; ascendjob: none), controller, file or none
     inventory: tuple[InventoryNode, ...] = ()  # rank_table == "file"
     node_selector: tuple[tuple[str, str], ...] = ()
     tolerations: tuple[Toleration, ...] = ()
@@ -202,13 +208,21 @@ class JobSpec:
 
     def _check_names(self) -> None:
         if self.scheduler not in SCHEDULERS:
-            raise UsageError(f"unknown scheduler {self.scheduler!r}; choose job or volcano")
+            raise UsageError(f"unknown scheduler {self.scheduler!r}; choose {', '.join(SCHEDULERS)}")
+        if self.scheduler == "ascendjob" and self.accelerator != "ascend":
+            raise UsageError(f"--scheduler ascendjob runs Ascend training (MindCluster's ascend-operator), "
+                             f"not {self.accelerator}; use --accel ascend")
+        if self.scheduler == "ascendjob" and self.cards < 2:
+            # with one process MindSpore forms no cluster: the Scheduler pod would have none to serve
+            raise UsageError("--scheduler ascendjob runs a MindSpore cluster of at least 2 cards; "
+                             "for one card use --scheduler job")
         if not isinstance(self.name, str):
             raise UsageError("--name must be a string")
-        suffix = len(self.pod_hostname(self.nodes - 1)) - len(self.name)
+        longest = max((self.pod_hostname(self.nodes - 1), self.scheduler_hostname or ""), key=len)
+        suffix = len(longest) - len(self.name)
         problem = syn.dns1035_label_problem(self.name, 63 - suffix)
         if problem:
-            why = f" (pod host names {self.pod_hostname(self.nodes - 1).replace(self.name, '<name>', 1)} must fit 63)" \
+            why = f" (pod host names {longest.replace(self.name, '<name>', 1)} must fit 63)" \
                 if "characters" in problem else ""
             raise UsageError(f"--name {self.name!r} {problem}{why}")
         if not isinstance(self.namespace, str):
@@ -232,6 +246,13 @@ class JobSpec:
             problem = _name_problem(self.storage_secret, syn.dns1123_subdomain_problem)
             if problem:
                 raise UsageError(f"--storage-secret {self.storage_secret!r} {problem} (a Secret name)")
+        if self.init_url is not None:
+            value = self.init_url
+            problem = storage_url_problem(value) if isinstance(value, str) else "must be a string"
+            if not problem and not value.lower().endswith(INIT_SUFFIXES):
+                problem = "must name a .ckpt or .npz file (this project's or the ModelZoo port's names)"
+            if problem:
+                raise UsageError(f"--init {value!r}: {problem}")
         if self.storage_endpoint is not None:
             value = self.storage_endpoint
             problem = endpoint_problem(value) if isinstance(value, str) else "must be a string"
@@ -265,16 +286,20 @@ class JobSpec:
             if self.inventory:
                 raise UsageError("an inventory is for Ascend rank tables only")
             return
-        mode = mode or "dynamic"
+        mode = mode or ("none" if self.scheduler == "ascendjob" else "dynamic")
         if mode not in RANK_TABLE_MODES:
-            raise UsageError(f"unknown rank-table mode {mode!r}; use dynamic, controller or an inventory file")
+            raise UsageError(f"unknown rank-table mode {mode!r}; use dynamic, controller, none or an inventory file")
+        if self.scheduler == "ascendjob" and mode not in ASCENDJOB_RANK_TABLE_MODES:
+            raise UsageError(f"--rank-table {mode} does not work under the ascend-operator (its worker pods have "
+                             "no stable DNS names for the rendezvous); use none (default), controller or "
+                             "an inventory file")
         self._set("rank_table", mode)
         inventory = tuple(n if isinstance(n, InventoryNode) else InventoryNode.from_dict(n, "inventory node")
                           for n in self.inventory)
         self._set("inventory", inventory)
-        if mode == "controller" and self.scheduler != "volcano":
-            raise UsageError("--rank-table controller needs --scheduler volcano "
-                             "(the hccl-controller fills rings-config for Volcano jobs)")
+        if mode == "controller" and self.scheduler == "job":
+            raise UsageError("--rank-table controller needs --scheduler volcano or ascendjob "
+                             "(the hccl-controller or the ascend-operator fills rings-config)")
         if mode != "file":
             if inventory:
                 raise UsageError(f"an inventory is only used with --rank-table FILE, not {mode}")
@@ -369,11 +394,21 @@ class JobSpec:
     def pod_hostname(self, node_rank: int) -> str:
         if self.scheduler == "volcano":
             return f"{self.name}-{VOLCANO_TASK}-{node_rank}"
+        if self.scheduler == "ascendjob":  # the operator's pod names
+            return f"{self.name}-{ASCENDJOB_WORKER}-{node_rank}"
         return f"{self.name}-{node_rank}"
 
     @property
+    def scheduler_hostname(self) -> str | None:
+        """AscendJob: the MindSpore scheduler's pod, also the name of the operator's Service."""
+        return f"{self.name}-{ASCENDJOB_SCHEDULER}-0" if self.scheduler == "ascendjob" else None
+
+    @property
     def master_addr(self) -> str:
-        """Stable DNS name of node rank 0's pod (resolves once the pod exists)."""
+        """Stable DNS name of node rank 0's pod (resolves once the pod exists); for an
+        AscendJob the operator's Service of the scheduler pod (pods get MS_SCHED_HOST)."""
+        if self.scheduler == "ascendjob":
+            return f"{self.scheduler_hostname}.{self.namespace}.svc"
         return f"{self.pod_hostname(0)}.{self.service_name}.{self.namespace}.svc"
 
     @property
@@ -390,7 +425,7 @@ class JobSpec:
 
     @property
     def uses_rings_config(self) -> bool:
-        return self.accelerator == "ascend" and self.scheduler == "volcano"
+        return self.accelerator == "ascend" and (self.scheduler == "volcano" or self.rank_table == "controller")
 
     def inventory_rank(self, node_name: str) -> int:
         """FILE rank-table mode: a pod's node rank is its node's position in the inventory
@@ -464,6 +499,8 @@ class JobSpec:
             "run_as_user": self.run_as_user,
             "run_as_group": self.run_as_group,
             "ascend_driver_mount": self.ascend_driver_mount,
+            # only when set: a job.yaml without it stays readable by older bootstraps (images)
+            **({"init_url": self.init_url} if self.init_url is not None else {}),
         }
 
     @classmethod

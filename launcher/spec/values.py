@@ -106,16 +106,16 @@ def _check_node_selector(pairs: tuple[tuple[str, str], ...]) -> None:
 
 
 def parse_rank_table(value: str | None) -> tuple[str | None, tuple[InventoryNode, ...]]:
-    """`--rank-table dynamic|controller|FILE` → (mode, inventory nodes)."""
+    """`--rank-table dynamic|controller|none|FILE` → (mode, inventory nodes)."""
     if value is None:
         return None, ()
-    if value in ("dynamic", "controller"):
+    if value in ("dynamic", "controller", "none"):
         return value, ()
     from pathlib import Path
 
     if not Path(value).is_file():
         raise UsageError(f"--rank-table {value!r}: no such inventory file "
-                         "(give dynamic, controller or the path of an inventory YAML)")
+                         "(give dynamic, controller, none or the path of an inventory YAML)")
     return "file", load_inventory(value)
 
 

@@ -196,8 +196,8 @@ def test_a_new_check_is_one_function():
         "namespace default enforces restricted; 3 objects checked"]
     assert seen == ["default", "default"]
     assert [what for what, _ in preflight.CHECKS] == [
-        "the namespace", "the storage Secret", "the PriorityClass", "Volcano", "the nodes' devices",
-        "Pod Security"]
+        "the namespace", "the storage Secret", "the PriorityClass", "Volcano", "the ascend-operator",
+        "the nodes' devices", "Pod Security"]
 
 
 def enforce(api, level):
@@ -228,3 +228,14 @@ def test_a_forbidden_namespace_read_skips_the_pod_security_check_with_a_note():
     assert report.problems == []
     assert [n.split(":")[1].strip() for n in report.notes] == [
         "the namespace not checked", "Pod Security not checked"]
+
+
+def test_an_ascendjob_needs_the_ascend_operators_crd():
+    api = healthy()
+    s = spec(scheduler="ascendjob", rank_table=None, queue=None)
+    assert preflight.run(api, s, render(s)).problems == [
+        "--scheduler ascendjob: no CustomResourceDefinition ascendjobs.mindxdl.gitee.com: is "
+        "MindCluster's ascend-operator installed? (else use --scheduler volcano or job)"]
+    api.put({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+             "metadata": {"name": "ascendjobs.mindxdl.gitee.com"}})
+    assert preflight.run(api, s, render(s)).problems == []

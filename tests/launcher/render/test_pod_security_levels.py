@@ -38,7 +38,7 @@ def problems(objects: list[dict], level: str) -> str:
 CARDS = (1, 8, 16)  # one node with one card, one full node, two nodes
 FLAVOURS = [
     *[("ascend", c, s, m, d) for c, s, m, d in itertools.product(
-        CARDS, ("job", "volcano"), js.RANK_TABLE_MODES, js.ASCEND_DRIVER_MOUNTS)],
+        CARDS, js.SCHEDULERS, js.RANK_TABLE_MODES, js.ASCEND_DRIVER_MOUNTS)],
     *[(a, c, s, None, None) for a, c, s in itertools.product(("nvidia", "cpu"), CARDS, ("job", "volcano"))],
 ]
 # What each flavour claims (issue 16): hostPath driver mounts need privileged.
@@ -57,7 +57,9 @@ def test_every_flavour_passes_the_level_it_claims(tmp_path, accel, cards, schedu
         values["ascend_driver_mount"] = mount
         values["rank_table"] = str(write_inventory(tmp_path / "inv.yaml", nodes, cards // nodes)) \
             if mode == "file" else mode
-    if mode == "controller" and scheduler == "job":
+    refused = ((mode == "controller" and scheduler == "job")
+               or (scheduler == "ascendjob" and (cards < 2 or mode == "dynamic")))
+    if refused:  # combinations the JobSpec refuses (see test_jobspec)
         with pytest.raises(UsageError):
             build_job_spec(experiment="mini_5shot", accelerator=accel, cards=cards, **values)
         return
@@ -73,6 +75,8 @@ def test_every_flavour_passes_the_level_it_claims(tmp_path, accel, cards, schedu
         assert found and all(m.startswith("hostPath volumes (") for m in found), found
         assert "ascend-driver" in found[0]
         assert ("hccn-conf" in found[0]) == (mode == "dynamic")
+    if scheduler == "ascendjob":  # the scheduler replica and the workers alike
+        assert len(pod_templates(objects[-1])) == 2
 
 
 def test_the_security_context_uses_the_image_ids_and_overrides():
