@@ -178,8 +178,8 @@ class StorageOptions:
     sign_payload: bool | None = None  # None: LEO_STORAGE_SIGN_PAYLOAD, else off (sha256 verified instead)
 
     def __post_init__(self) -> None:
-        if self.endpoint is not None and not _ENDPOINT_RE.match(self.endpoint):
-            raise UsageError(f"malformed storage endpoint {redact_endpoint(self.endpoint)!r}: expected http(s)://host[:port]")
+        if self.endpoint is not None:
+            _check_endpoint(self.endpoint)
         if self.region is not None and not _REGION_RE.match(self.region):
             raise UsageError(f"malformed storage region {self.region!r}")
         if self.concurrency < 1:
@@ -208,8 +208,7 @@ class StorageOptions:
         env = os.environ if environ is None else environ
         endpoint = self.endpoint or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
         if endpoint:
-            if not _ENDPOINT_RE.match(endpoint):
-                raise UsageError(f"malformed storage endpoint {redact_endpoint(endpoint)!r}: expected http(s)://host[:port]")
+            _check_endpoint(endpoint)
             return endpoint.rstrip("/")
         if scheme == "obs":
             region = self.resolved_region(scheme, env)
@@ -289,6 +288,52 @@ def _positive_int(text: str) -> int:
 def redact_endpoint(endpoint: str) -> str:
     """An endpoint without any user:password@ part."""
     return re.sub(r"^(\w+://)[^/@]*@", r"\1", endpoint)
+
+
+def redact_urls(text: str) -> str:
+    """`text` with the user:password@ part of every URL in it removed (for messages)."""
+    return re.sub(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s'\"]*@", r"\1", text)
+
+
+def url_problem(url: str) -> str | None:
+    """Why `url` is not a storage URL the pods accept (parse_url's reason), or None:
+    submit and render check with the very parser the bootstrap uses."""
+    try:
+        parse_url(url)
+    except UsageError as err:
+        return str(err)
+    return None
+
+
+def endpoint_problem(endpoint: str) -> str | None:
+    """Why `endpoint` is not usable as an object-store endpoint, or None. Credentials
+    are refused: they belong in the storage Secret, not in a ConfigMap or a process's
+    environment."""
+    if not isinstance(endpoint, str):
+        return "must be a string"
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in endpoint):
+        return "must not contain control characters"
+    netloc = endpoint.partition("://")[2].partition("/")[0]
+    if "@" in netloc:
+        return ("must not hold credentials (user:password@): give them as the storage Secret "
+                "or the AWS_* variables")
+    if not _ENDPOINT_RE.match(endpoint):
+        return "must be an http:// or https:// URL of a host[:port], with no path, query or fragment"
+    from urllib.parse import urlsplit
+
+    try:
+        port = urlsplit(endpoint).port
+    except ValueError as err:
+        return f"has a bad port ({err})"
+    if port is not None and not 0 < port < 65536:
+        return "has a bad port"
+    return None
+
+
+def _check_endpoint(endpoint: str) -> None:
+    problem = endpoint_problem(endpoint)
+    if problem:
+        raise UsageError(f"storage endpoint {redact_endpoint(endpoint)!r} {problem}")
 
 
 # ------------------------------------------------------------------------ stores
