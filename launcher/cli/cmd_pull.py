@@ -32,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from launcher.backends import outputs_url
     from launcher.outputs.checkpoints import pull
     from launcher.storage import (
+        StorageError,
         StorageOptions,
         parse_url,
         sync_down,
@@ -43,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
     if args.tree:
         dest = args.to or parse_url(base).name or "."
         report = sync_down(base, dest, options=options)
+        if not report.files:
+            raise StorageError(f"nothing exists under {base}: check the URL (nothing was pulled)")
         print(f"{report.summary('pulled')} → {dest}")
         return 0
     which = args.checkpoint or "best"

@@ -16,6 +16,9 @@ Endpoint, addressing and retries of object stores (see `StorageOptions`):
   otherwise virtual-hosted for obs:// and botocore's choice for s3://;
 - retries: botocore's "standard" mode, `AWS_MAX_ATTEMPTS` (default 5) attempts with
   exponential back-off and jitter on throttling, 5xx and connection errors;
+- timeouts: 10 s to connect and 20 s without a byte per attempt, and no retry that could
+  end after 60 s from a request's first attempt (`--storage-timeout`,
+  `LEO_STORAGE_TIMEOUT`): a server that accepts and never answers fails within a minute;
 - request bodies are not hashed into signatures (LEO_STORAGE_SIGN_PAYLOAD=1 to do so):
   the sha256 in every object's metadata is checked on every read instead;
 - credentials: boto3's standard chain (variables, profiles, web identity...). They are
@@ -39,6 +42,12 @@ SCHEMES = ("s3", "obs", "file")
 DEFAULT_CONCURRENCY = 10
 DEFAULT_PART_SIZE = 64 * MB
 DEFAULT_MAX_ATTEMPTS = 5
+# A request that gets no answer is given up after this many seconds, retries included
+# (--storage-timeout, LEO_STORAGE_TIMEOUT); each attempt waits at most CONNECT/READ.
+DEFAULT_TIMEOUT = 60.0
+CONNECT_TIMEOUT = 10.0
+READ_TIMEOUT = 20.0
+MAX_TIMEOUT = 86400.0
 # Temporary files of downloads and atomic writes start with this; listings skip them.
 TMP_PREFIX = ".leo-tmp-"
 
@@ -173,8 +182,9 @@ class StorageOptions:
     concurrency: int = DEFAULT_CONCURRENCY
     part_size: int = DEFAULT_PART_SIZE
     progress: bool | None = None  # None: a bar when stderr is a terminal
-    connect_timeout: float = 10.0
-    read_timeout: float = 60.0
+    connect_timeout: float = CONNECT_TIMEOUT
+    read_timeout: float = READ_TIMEOUT
+    timeout: float | None = None  # None: LEO_STORAGE_TIMEOUT, else DEFAULT_TIMEOUT
     sign_payload: bool | None = None  # None: LEO_STORAGE_SIGN_PAYLOAD, else off (sha256 verified instead)
 
     def __post_init__(self) -> None:
@@ -188,6 +198,8 @@ class StorageOptions:
             raise UsageError("storage part size must be at least 5 MiB (the S3 minimum)")
         if self.max_attempts is not None and self.max_attempts < 1:
             raise UsageError("storage max attempts must be at least 1")
+        if self.timeout is not None and not 0 < self.timeout <= MAX_TIMEOUT:
+            raise UsageError(f"--storage-timeout must be between 0 and {MAX_TIMEOUT:.0f} seconds")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, **overrides: Any) -> StorageOptions:
@@ -200,6 +212,8 @@ class StorageOptions:
         concurrency = getattr(args, "concurrency", None)
         if concurrency is not None:
             values["concurrency"] = concurrency
+        if getattr(args, "storage_timeout", None) is not None:
+            values["timeout"] = args.storage_timeout
         values.update(overrides)
         return cls(**values)
 
@@ -251,6 +265,17 @@ class StorageOptions:
             return self.sign_payload
         return _truthy(env.get("LEO_STORAGE_SIGN_PAYLOAD"))
 
+    def resolved_timeout(self, environ: Mapping[str, str] | None = None) -> float:
+        """Seconds after which a request without an answer is given up, retries included."""
+        env = os.environ if environ is None else environ
+        if self.timeout is not None:
+            return self.timeout
+        try:
+            value = float(env.get("LEO_STORAGE_TIMEOUT", ""))
+        except ValueError:
+            return DEFAULT_TIMEOUT
+        return value if 0 < value <= MAX_TIMEOUT else DEFAULT_TIMEOUT
+
     def resolved_max_attempts(self, environ: Mapping[str, str] | None = None) -> int:
         env = os.environ if environ is None else environ
         if self.max_attempts is not None:
@@ -273,6 +298,10 @@ def add_storage_arguments(parser: argparse.ArgumentParser) -> None:
                        help="path-style addressing (endpoint/bucket/key) instead of virtual-hosted")
     group.add_argument("--concurrency", type=_positive_int, metavar="N",
                        help=f"parallel transfers (default {DEFAULT_CONCURRENCY})")
+    group.add_argument("--storage-timeout", type=_seconds, metavar="SECONDS",
+                       help=f"give up on a storage request that gets no answer after SECONDS, "
+                       f"retries included (default {DEFAULT_TIMEOUT:.0f}, or LEO_STORAGE_TIMEOUT); "
+                       f"raise it for a slow or distant server")
 
 
 def _positive_int(text: str) -> int:
@@ -282,6 +311,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from err
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from err
+    if not 0 < value <= MAX_TIMEOUT:
+        raise argparse.ArgumentTypeError(f"must be between 0 and {MAX_TIMEOUT:.0f}")
     return value
 
 
@@ -418,6 +457,7 @@ class SyncReport:
     bytes: int = 0  # bytes transferred
     seconds: float = 0.0
     sha256: dict[str, str] = field(default_factory=dict)  # of transferred files, by key
+    links: list[str] = field(default_factory=list)  # symbolic links skipped (never followed)
 
     def summary(self, verb: str) -> str:
         text = (f"{verb} {self.transferred} file(s), {_human(self.bytes)}; "
