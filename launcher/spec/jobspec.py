@@ -235,7 +235,7 @@ class JobSpec:
         tolerations = tuple(t if isinstance(t, Toleration) else Toleration.from_dict(t)
                             for t in self.tolerations)
         for tol in tolerations:
-            tol.check(f"--toleration {tol.key}")
+            tol.check(f"--toleration {tol.key!r}")
         self._set("tolerations", tolerations)
         if self.priority_class is not None:
             problem = _name_problem(self.priority_class, syn.dns1123_subdomain_problem)

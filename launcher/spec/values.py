@@ -104,7 +104,7 @@ def _check_node_selector(pairs: tuple[tuple[str, str], ...]) -> None:
     for key, value in pairs:
         problem = syn.label_key_problem(key) or syn.label_value_problem(value)
         if problem:
-            raise UsageError(f"--node-selector {key}={value!r}: {problem}")
+            raise UsageError(f"--node-selector {f'{key}={value}'!r}: {problem}")
 
 
 def parse_rank_table(value: str | None) -> tuple[str | None, tuple[InventoryNode, ...]]:

@@ -136,6 +136,8 @@ def parse_url(text: URLLike) -> StorageURL:
     if not isinstance(text, str) or not text.strip():
         raise UsageError("empty storage URL")
     text = text.strip()
+    if any(ord(c) < 32 for c in text):
+        raise UsageError(f"malformed storage URL {text!r}: control characters are not allowed")
     if "://" not in text:
         if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:/", text):
             raise UsageError(f"malformed storage URL {text!r}: expected scheme://...")
@@ -150,6 +152,12 @@ def parse_url(text: URLLike) -> StorageURL:
         host, slash, path = rest.partition("/")
         if host not in ("", "localhost") or not slash:
             raise UsageError(f"malformed file URL {text!r}: expected file:///absolute/path")
+        from urllib.parse import unquote
+
+        # str() of a file URL is Path.as_uri(), percent-encoded: decode, so it parses back
+        path = unquote(path)
+        if any(ord(c) < 32 for c in path):
+            raise UsageError(f"malformed file URL {text!r}: control characters are not allowed")
         return StorageURL("file", path=os.path.abspath("/" + path))
     if any(c in rest for c in "?#\\") or any(ord(c) < 32 for c in rest):
         raise UsageError(f"malformed storage URL {text!r}: '?', '#', '\\' and control characters are not allowed")

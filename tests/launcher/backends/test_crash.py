@@ -45,12 +45,31 @@ SUPERVISE = ("import sys; from pathlib import Path; "
              "sys.exit(Supervisor(Path(sys.argv[1]), command=[sys.executable, '-c', sys.argv[2]]).run())")
 
 
+def marked(name: str, state: Path) -> list:
+    """Live processes carrying job `name`'s mark under the state folder `state` (found
+    here with psutil, independently of the code under test)."""
+    root = str(localjob.jobs_root({"XDG_STATE_HOME": str(state)}))
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            env = proc.environ()
+            if (env.get("LEO_LOCAL_JOB", "").startswith(f"{name}:")
+                    and root in (env.get("LEO_LOCAL_ROOT"), str(Path(env.get("XDG_STATE_HOME", "/")) /
+                                                                "leo-launch" / "jobs"))
+                    and proc.status() != psutil.STATUS_ZOMBIE):
+                found.append(proc)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
 class Job:
     """One stand-in local job under `tmp_path`, with outputs that must survive it."""
 
     def __init__(self, tmp_path: Path, name: str) -> None:
         self.name = name
-        self.env = {"XDG_STATE_HOME": str(tmp_path / "state"), "HOME": str(tmp_path)}
+        self.state = tmp_path / "state"
+        self.env = {"XDG_STATE_HOME": str(self.state), "HOME": str(tmp_path)}
         self.out = tmp_path / "out"
         spec = build_job_spec(experiment="mini_5shot", accelerator="cpu", cards=1, name=name,
                               data_url=str(tmp_path / "data"), train_url=str(self.out))
@@ -74,7 +93,7 @@ class Job:
         return self.supervisor
 
     def procs(self) -> list:
-        return localjob.processes_named(self.name, root=self.root)
+        return marked(self.name, self.state)
 
     def status(self) -> dict:
         return lb.status(self.name, environ=self.env, progress=False)
@@ -342,6 +361,6 @@ def test_the_cli_killed_at_any_moment_of_submit(tmp_path, delay):
         pass
     lb.list_jobs(env)
     lb.cancel("leo-kill", environ=env, grace=2)
-    assert localjob.processes_named("leo-kill", root=root) == []
+    assert marked("leo-kill", tmp_path / "state") == []
     assert not root.exists() or [p.name for p in root.iterdir()] == []
     assert keep.read_text() == "mine"
