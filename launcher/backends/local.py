@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -27,9 +28,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-from launcher.backends.base import FINAL_PHASES, JobExistsError, JobNotFoundError, JobStatus
+from launcher.backends.base import FINAL_PHASES, PHASES, JobExistsError, JobNotFoundError, JobStatus
 from launcher.backends.localjob import (
     CANCEL_GRACE,
+    ENV_LOCAL_ROOT,
     OUTPUT_LOG,
     PID_FILE,
     POLL,
@@ -38,9 +40,11 @@ from launcher.backends.localjob import (
     WORK_DIR,
     LocalJob,
     default_train_url,
+    is_supervisor,
     job_dir,
     job_processes,
     jobs_root,
+    processes_named,
     workers_by_rank,
 )
 from launcher.errors import LaunchError, UsageError
@@ -50,8 +54,8 @@ from launcher.outputs.metrics import read_progress
 from launcher.spec import contract
 from launcher.spec import jobspec as js
 from launcher.spec.contract import ENV_LOCAL_JOB
-from launcher.util.files import write_json
-from launcher.util.procs import kill_marked, kill_processes
+from launcher.util.files import atomic_write, write_json
+from launcher.util.procs import kill_processes
 from launcher.util.times import age
 
 # ------------------------------------------------------------------ submit
@@ -72,19 +76,31 @@ def submit(spec: js.JobSpec, *, environ: Mapping[str, str] | None = None,
     if spec.train_url is None:
         spec = dataclasses.replace(spec, train_url=default_train_url(env))
         err.write(f"leo-launch: outputs go to {spec.train_url}/{spec.name} (no --train-url)\n")
+    # A relative path means what it means in the shell where submit was typed, not in the
+    # job's work folder (where cancel would delete it).
+    spec = dataclasses.replace(spec, data_url=absolute_url(spec.data_url),
+                               train_url=absolute_url(spec.train_url))
     final, token = create_job_dir(spec, env)
     child_env = dict(env)
     child_env[ENV_LOCAL_JOB] = f"{spec.name}:{token}"
+    child_env[ENV_LOCAL_ROOT] = str(jobs_root(env))
     child_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     child_env.setdefault("PYTHONUNBUFFERED", "1")
     with open(final / SUPERVISOR_LOG, "ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "launcher.backends.supervisor", str(final)],
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 env=child_env, cwd=final, start_new_session=True, close_fds=True)
-    (final / PID_FILE).write_text(f"{proc.pid}\n")
+    atomic_write(final / PID_FILE, f"{proc.pid}\n")
     out.write(f"job {spec.name} started on this machine ({spec.cards} CPU worker process(es), "
               f"supervisor pid {proc.pid}); follow it with: leo-launch logs {spec.name} -f\n")
     out.flush()
+
+
+def absolute_url(url: str | None) -> str | None:
+    """A plain relative path made absolute against the current directory; URLs as given."""
+    if url is None or "://" in url or os.path.isabs(os.path.expanduser(url)):
+        return url
+    return os.path.abspath(url)
 
 
 def create_job_dir(spec: js.JobSpec, environ: Mapping[str, str] | None = None) -> tuple[Path, str]:
@@ -96,8 +112,10 @@ def create_job_dir(spec: js.JobSpec, environ: Mapping[str, str] | None = None) -
     if final.exists():
         raise JobExistsError(_exists_message(LocalJob(spec.name, final), env))
     root.mkdir(parents=True, exist_ok=True)
+    remove_abandoned(root)
     token = uuid.uuid4().hex[:16]
-    tmp = root / f".{spec.name}.{token}"
+    # the creator's pid in the name: a CLI killed mid-way leaves a folder the next one removes
+    tmp = root / f".{spec.name}.{token}.{os.getpid()}"
     tmp.mkdir()
     try:
         import yaml
@@ -118,6 +136,28 @@ def create_job_dir(spec: js.JobSpec, environ: Mapping[str, str] | None = None) -
     return final, token
 
 
+_HIDDEN = re.compile(r"\.[a-z0-9-]+\.[0-9a-f]{16}(?:\.([0-9]+))?")
+
+
+def remove_abandoned(root: Path) -> None:
+    """Remove the hidden half-written job folders of submits that were killed (their
+    process is gone; folders of the old name form once they are an hour old)."""
+    import psutil
+
+    for path in root.glob(".*"):
+        found = _HIDDEN.fullmatch(path.name)
+        if not found or path.is_symlink() or not path.is_dir():
+            continue
+        pid = found.group(1)
+        try:
+            abandoned = (not psutil.pid_exists(int(pid)) if pid
+                         else time.time() - path.stat().st_mtime > 3600)
+        except OSError:
+            continue
+        if abandoned:
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def _exists_message(job: LocalJob, environ: Mapping[str, str] | None = None) -> str:
     try:
         phase = status(job.name, environ=environ, progress=False)["phase"] if job.path.is_dir() else "unknown"
@@ -135,18 +175,26 @@ def status(name: str, *, environ: Mapping[str, str] | None = None, progress: boo
     job = LocalJob.find(name, environ)
     spec = job.spec()
     state = job.state()
-    mark = job.mark(state)
-    mine = (job_processes() if procs is None else procs).get(mark, [])
+    # every process carrying the job's name, whatever state.json says (it may be damaged)
+    mine = processes_named(name, procs, jobs_root(environ))
     pid = job.supervisor_pid()
-    supervisor_alive = any(p.pid == pid for p in mine)
-    phase = state.get("phase", "Pending")
+    supervisor_alive = any(p.pid == pid or is_supervisor(p) for p in mine)
+    phase = state.get("phase") if state.get("phase") in PHASES else "Pending"
     reason = state.get("reason")
     stage = job.stage()
     workers = workers_by_rank(mine)
-    if phase not in FINAL_PHASES:
+    lingering = [p for p in mine if p.pid != pid and not is_supervisor(p)]
+    if phase in FINAL_PHASES and lingering:
+        phase, reason = "Running", (f"ended ({phase}) but {len(lingering)} of its process(es) "
+                                    f"still run; leo-launch cancel {name} stops them")
+    elif phase not in FINAL_PHASES:
         doing = stage.get("stage")
-        if not supervisor_alive:
-            phase, reason = "Failed", "the job's supervisor process is gone (killed, or the machine restarted)"
+        if not supervisor_alive and mine:
+            phase, reason = "Running", (f"its supervisor is gone but {len(mine)} of its process(es) "
+                                        f"still run (no restarts); leo-launch cancel {name} stops them")
+        elif not supervisor_alive:
+            phase, reason = "Failed", ("the job's supervisor process is gone or never started "
+                                       "(killed, or the machine restarted)")
         elif (doing == "training" and workers) or doing in ("evaluating", "done"):
             phase = "Running"
             reason = "evaluating the best checkpoint on meta-test" if doing == "evaluating" else None
@@ -186,6 +234,9 @@ def status(name: str, *, environ: Mapping[str, str] | None = None, progress: boo
         "outputs_url": job_url_of(spec.train_url, spec.name), "state_dir": str(job.path),
         "ranks": ranks,
     }
+    if job.state_damaged():
+        reason = f"{reason}; " if reason else ""
+        reason += f"{job.path / STATE_FILE} is damaged (phase read from the processes)"
     if reason:
         result["reason"] = reason
     if state.get("exit_code") is not None:
@@ -200,16 +251,27 @@ def list_jobs(environ: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
     root = jobs_root(environ)
     if not root.is_dir():
         return []
-    procs = job_processes()
+    remove_abandoned(root)
+    procs = job_processes(root)
     items = []
     for path in sorted(root.iterdir()):
-        if path.name.startswith(".") or not (path / contract.JOB_FILE).is_file():
+        if path.name.startswith(".") or not path.is_dir():
             continue
         try:
             items.append(status(path.name, environ=environ, procs=procs))
-        except (LaunchError, UsageError) as err:
+        except (LaunchError, UsageError) as err:  # a damaged job shows as such, others still list
             items.append({"name": path.name, "backend": "local", "phase": "Failed",
-                          "reason": f"unreadable state: {err}", "ranks": []})
+                          "reason": f"damaged job (leo-launch cancel {path.name} removes it): {err}",
+                          "state_dir": str(path), "ranks": []})
+    listed = {item["name"] for item in items}
+    for mark in sorted(procs):
+        name = mark.partition(":")[0]
+        if name not in listed:  # processes whose state folder is gone
+            listed.add(name)
+            items.append({"name": name, "backend": "local", "phase": "Running",
+                          "reason": f"orphaned: {len(processes_named(name, procs))} process(es) but no "
+                                    f"state folder; leo-launch cancel {name} stops them",
+                          "ranks": []})
     return items
 
 
@@ -260,35 +322,73 @@ def logs(name: str, *, follow: bool = False, rank: int | None = None, all_ranks:
 
 def cancel(name: str, *, environ: Mapping[str, str] | None = None,
            grace: float = CANCEL_GRACE) -> str:
-    """Stop every process of the job (SIGTERM, SIGKILL after `grace` s), check that none
-    is left, remove its state directory. Idempotent."""
+    """Stop every process carrying the job's name in its mark (SIGTERM, SIGKILL after
+    `grace` s) whatever its state files say, check that none is left, remove its state
+    directory (never its outputs). Idempotent."""
     path = job_dir(name, environ)
-    if not path.is_dir():
-        return f"no local job {name!r}: nothing to cancel"
+    exists = path.is_dir() or path.is_symlink()
     job = LocalJob(name, path)
-    mark = job.mark()
-    try:
-        phase = status(name, environ=environ, progress=False)["phase"]
-    except (LaunchError, UsageError):
-        phase = "unreadable"
-    procs = job_processes().get(mark, [])
-    count = len(procs)
-    if procs:
-        kill_processes(procs, grace=grace)
-    count += kill_marked(ENV_LOCAL_JOB, mark)
-    left = job_processes().get(mark, [])
-    if left:
-        raise LaunchError(f"could not stop {len(left)} process(es) of job {name}: "
-                          f"{', '.join(str(p.pid) for p in left)}")
-    outputs = job_url_of(_train_url(job), name)
-    shutil.rmtree(path, ignore_errors=True)
-    if phase in FINAL_PHASES and not count:
-        text = f"job {name} had ended ({phase}): removed {path}"
+    phase = "unreadable"
+    if path.is_dir():
+        try:
+            phase = status(name, environ=environ, progress=False)["phase"]
+        except (LaunchError, UsageError):
+            pass
+    count = _stop(name, grace, path.parent)
+    if not exists:
+        if count:
+            return f"job {name} had no state folder: stopped {count} orphaned process(es)"
+        return f"no local job {name!r}: nothing to cancel"
+    train_url = _train_url(job) if path.is_dir() else None
+    outputs = job_url_of(train_url, name)
+    inside = _local_path_inside(train_url, name, path)
+    if inside:
+        return (f"job {name}: stopped {count} process(es); kept {path}: its outputs are inside "
+                f"it ({inside}); copy them out, then remove the folder")
+    if path.is_symlink():
+        target = os.path.realpath(path)
+        path.unlink()
+        removed = f"the link {path} (its target {target} is left as it is)"
     else:
-        text = f"job {name} cancelled: stopped {count} process(es), removed {path}"
+        shutil.rmtree(path, ignore_errors=True)
+        removed = str(path)
+    if path.exists() or path.is_symlink():
+        raise LaunchError(f"stopped job {name} but could not remove {path}: remove it by hand")
+    if phase in FINAL_PHASES and not count:
+        text = f"job {name} had ended ({phase}): removed {removed}"
+    else:
+        text = f"job {name} cancelled: stopped {count} process(es), removed {removed}"
     if outputs:
         text += f"; its outputs stay in {outputs}"
     return text
+
+
+def _stop(name: str, grace: float, root: Path) -> int:
+    """Stop every process marked with the job's name, repeating until none is left."""
+    count = 0
+    for _ in range(5):
+        procs = processes_named(name, root=root)
+        if not procs:
+            return count
+        count += len(procs)
+        kill_processes(procs, grace=grace)
+        grace = 0.0
+    left = processes_named(name, root=root)
+    if left:
+        raise LaunchError(f"could not stop {len(left)} process(es) of job {name}: "
+                          f"{', '.join(str(p.pid) for p in left)}")
+    return count
+
+
+def _local_path_inside(train_url: str | None, name: str, folder: Path) -> str | None:
+    """The job's local outputs folder when it lies inside `folder` (jobs of older versions
+    resolved a relative --train-url against their work folder), else None."""
+    if not train_url or ("://" in train_url and not train_url.startswith("file://")):
+        return None
+    local = train_url[len("file://"):] if train_url.startswith("file://") else train_url
+    local = os.path.join(folder / WORK_DIR, local, name)  # as the bootstrap resolved it
+    real, base = os.path.realpath(local), os.path.realpath(folder)
+    return local if os.path.commonpath([real, base]) == base and os.path.exists(real) else None
 
 
 def _train_url(job: LocalJob) -> str | None:

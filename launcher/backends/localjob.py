@@ -13,7 +13,9 @@ State, under `$XDG_STATE_HOME/leo-launch/jobs/<name>/` (default ~/.local/state/.
     supervisor.log               the supervisor's own messages
     work/                        cache (staged data), out (checkpoints), logs, msrun logs
 
-Every process of a job carries `LEO_LOCAL_JOB=<name>:<token>` in its environment.
+Every process of a job carries `LEO_LOCAL_JOB=<name>:<token>` in its environment, and
+`LEO_LOCAL_ROOT=<jobs folder>`: jobs of the same name under another XDG_STATE_HOME are
+other jobs.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ STAGE_FILE = "stage.json"
 OUTPUT_LOG = "output.log"
 SUPERVISOR_LOG = "supervisor.log"
 WORK_DIR = "work"
+ENV_LOCAL_ROOT = "LEO_LOCAL_ROOT"
 CANCEL_GRACE = 15.0  # seconds for the bootstrap to publish before SIGKILL
 POLL = 0.5
 
@@ -72,8 +75,9 @@ def free_port() -> int:
 # ------------------------------------------------------------------ processes of a job
 
 
-def job_processes() -> dict[str, list[Any]]:
-    """Live processes of all local jobs, by their mark (one scan of the process table)."""
+def job_processes(root: Path | None = None) -> dict[str, list[Any]]:
+    """Live processes of all local jobs, by their mark (one scan of the process table);
+    with `root`, only those of jobs under that jobs folder."""
     import psutil
 
     found: dict[str, list[Any]] = {}
@@ -82,12 +86,35 @@ def job_processes() -> dict[str, list[Any]]:
         if proc.pid == me:
             continue
         try:
-            mark = proc.environ().get(ENV_LOCAL_JOB)
+            env = proc.environ()
+            mark = env.get(ENV_LOCAL_JOB)
+            theirs = env.get(ENV_LOCAL_ROOT)
+            if root is not None and theirs and theirs != str(root):
+                continue
             if mark and proc.status() != psutil.STATUS_ZOMBIE:
                 found.setdefault(mark, []).append(proc)
         except (psutil.Error, OSError):
             continue
     return found
+
+
+def processes_named(name: str, procs: dict[str, list[Any]] | None = None,
+                    root: Path | None = None) -> list[Any]:
+    """Live processes carrying the mark of any job named `name` (`<name>:<token>`) under
+    `root`, whatever its state files say: a lost or garbled state.json must not hide them."""
+    procs = job_processes(root) if procs is None else procs
+    return [proc for mark, found in procs.items() if mark.partition(":")[0] == name
+            for proc in found]
+
+
+def is_supervisor(proc: Any) -> bool:
+    """Whether `proc` is a job's supervisor (found before it has written its pid)."""
+    import psutil
+
+    try:
+        return "launcher.backends.supervisor" in proc.cmdline()
+    except (psutil.Error, OSError):
+        return False
 
 
 def workers_by_rank(procs: list[Any]) -> dict[int, Any]:
@@ -130,23 +157,52 @@ class LocalJob:
         return self.path / WORK_DIR
 
     def state(self) -> dict[str, Any]:
-        return read_json_object(self.path / STATE_FILE)
+        """state.json with every value of the wrong type dropped ({} when it is missing or
+        garbage): a damaged file must not break status, list or cancel."""
+        return {key: value for key, value in read_json_object(self.path / STATE_FILE).items()
+                if key not in _STATE_TYPES or _has_type(value, _STATE_TYPES[key])}
+
+    def state_damaged(self) -> bool:
+        raw = read_json_object(self.path / STATE_FILE)
+        return not isinstance(raw.get("token"), str) or raw != self.state()
 
     def stage(self) -> dict[str, Any]:
         return read_json_object(self.path / STAGE_FILE)
 
     def spec(self) -> js.JobSpec:
+        path = self.path / contract.JOB_FILE
         try:
-            return js.JobSpec.from_yaml((self.path / contract.JOB_FILE).read_text())
+            return js.JobSpec.from_yaml(path.read_text(encoding="utf-8"))
         except OSError as err:
-            raise LaunchError(f"cannot read {self.path / contract.JOB_FILE}: {err.strerror or err}") from err
+            raise LaunchError(f"cannot read {path}: {err.strerror or err}") from err
+        except UnicodeDecodeError as err:
+            raise LaunchError(f"cannot read {path}: it is not UTF-8 text (damaged)") from err
+        except LaunchError as err:
+            raise LaunchError(f"{path} is damaged: {err}") from err
+        except (TypeError, ValueError, AttributeError, KeyError) as err:
+            raise LaunchError(f"{path} is damaged: {type(err).__name__}: {err}") from err
 
     def mark(self, state: Mapping[str, Any] | None = None) -> str:
         state = self.state() if state is None else state
         return f"{self.name}:{state.get('token', '?')}"
 
     def supervisor_pid(self) -> int | None:
+        """From the pid file (the CLI and the supervisor both write it), else state.json."""
         try:
             return int((self.path / PID_FILE).read_text().strip())
         except (OSError, ValueError):
-            return None
+            return self.state().get("supervisor_pid")
+
+
+# state.json's keys and their types (the supervisor writes it; anything else is damage)
+_STATE_TYPES: dict[str, tuple[type, ...]] = {
+    "name": (str,), "token": (str,), "phase": (str,), "reason": (str, type(None)),
+    "restarts": (int,), "attempt": (int,), "max_restarts": (int,),
+    "created": (int, float), "started": (int, float), "updated": (int, float),
+    "finished": (int, float), "exit_code": (int, type(None)), "last_exit_code": (int,),
+    "supervisor_pid": (int,), "bootstrap_pid": (int,),
+}
+
+
+def _has_type(value: Any, types: tuple[type, ...]) -> bool:
+    return isinstance(value, types) and not isinstance(value, bool)

@@ -19,6 +19,7 @@ from typing import Any
 
 from launcher.backends.localjob import (
     OUTPUT_LOG,
+    PID_FILE,
     STAGE_FILE,
     STATE_FILE,
     LocalJob,
@@ -26,7 +27,7 @@ from launcher.backends.localjob import (
 )
 from launcher.spec import contract
 from launcher.spec.contract import ENV_LOCAL_JOB, ENV_STATUS_FILE, ENV_WORK_DIR
-from launcher.util.files import write_json
+from launcher.util.files import atomic_write, write_json
 from launcher.util.procs import kill_marked
 
 
@@ -69,8 +70,11 @@ class Supervisor:
                 signal.signal(sig, handler)
 
     def _run(self) -> int:
+        # the pid file first: a CLI killed right after starting us has not written it
+        atomic_write(self.job.path / PID_FILE, f"{os.getpid()}\n")
         spec = self.job.spec()
-        mark = self.job.mark(self.state)
+        # our own mark (submit set it) even if state.json was damaged meanwhile
+        mark = os.environ.get(ENV_LOCAL_JOB) or self.job.mark(self.state)
         work = self.job.work
         attempts = spec.max_restarts + 1
         self.save(supervisor_pid=os.getpid(), started=time.time())

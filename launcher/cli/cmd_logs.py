@@ -7,6 +7,7 @@ import sys
 
 from launcher.backends import get_backend
 from launcher.cli.options import add_job_reference, check_log_arguments
+from launcher.cli.terminal import for_terminal
 from launcher.errors import UsageError
 from launcher.outputs.logs import print_published_logs
 from launcher.spec.names import check_job_name, looks_like_url
@@ -29,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_log_arguments(args)
+    out = for_terminal(sys.stdout)  # a log's control bytes never reach a terminal raw
     text = args.job.strip()
     if looks_like_url(text):
 
@@ -36,10 +38,10 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError("--follow needs a job name: published logs are read as they are")
         found = print_published_logs(str(parse_url(text)),
                                      rank=None if args.all_ranks else (args.rank or 0),
-                                     tail=args.tail)
+                                     tail=args.tail, out=out)
         return 0 if found else 1
 
     name = check_job_name(text)
     backend = get_backend(args.backend, name, context=args.context, namespace=args.namespace)
     return backend.logs(name, rank=args.rank, all_ranks=args.all_ranks, follow=args.follow,
-                        tail=args.tail, out=sys.stdout, err=sys.stderr)
+                        tail=args.tail, out=out, err=sys.stderr)

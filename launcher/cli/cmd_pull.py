@@ -10,6 +10,7 @@ from launcher.cli.options import add_job_reference
 from launcher.errors import UsageError
 from launcher.outputs.checkpoints import pull
 from launcher.storage import (
+    StorageError,
     StorageOptions,
     add_storage_arguments,
     parse_url,
@@ -46,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
     if args.tree:
         dest = args.to or parse_url(base).name or "."
         report = sync_down(base, dest, options=options)
+        if not report.files:
+            raise StorageError(f"nothing exists under {base}: check the URL (nothing was pulled)")
         print(f"{report.summary('pulled')} → {dest}")
         return 0
     which = args.checkpoint or "best"

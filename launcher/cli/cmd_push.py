@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from launcher.storage import (
     StorageOptions,
@@ -27,5 +28,8 @@ def run(args: argparse.Namespace) -> int:
     url = parse_url(args.url)  # malformed → exit 2 before anything is read
     report = push(args.local_path, args.url if args.url.endswith("/") else url,
                   options=StorageOptions.from_args(args), delete=args.delete)
+    for link in report.links:
+        print(f"leo-launch: warning: skipped the symbolic link {link} (links are never "
+              "followed; what it points to is not pushed)", file=sys.stderr)
     print(f"{report.summary('pushed')} → {url}")
     return 0

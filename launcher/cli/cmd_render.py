@@ -6,12 +6,14 @@ import argparse
 import sys
 from typing import Any
 
+from launcher.backends.kubernetes import check_cluster as preflight
 from launcher.cli.options import (
     add_job_arguments,
     add_output_argument,
     print_warnings,
     spec_from_args,
 )
+from launcher.k8s.config import connect
 
 HELP = "print the validated Kubernetes manifests of a job (multi-document YAML or -o DIR)"
 
@@ -42,8 +44,6 @@ def check_cluster(args: argparse.Namespace, spec: Any, objects: list[dict[str, A
     no --namespace is given); notes on stderr, LaunchError on a problem."""
     import dataclasses
 
-    from launcher.backends.kubernetes import check_cluster as preflight
-    from launcher.k8s.config import connect
     from launcher.render.render import render_validated
 
     cluster = connect(args.context, args.namespace)

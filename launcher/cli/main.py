@@ -14,6 +14,7 @@ import sys
 import traceback
 
 from launcher.errors import LaunchError
+from launcher.storage.base import redact_urls  # no user:password@ of a URL is printed
 
 # Order is the order shown by --help.
 COMMANDS = (
@@ -71,10 +72,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as err:  # noqa: BLE001 - the one place that turns errors into exit codes
         code = _exit_code(err)
+
         if args.debug:
-            traceback.print_exc()
+            print(redact_urls(traceback.format_exc()), end="", file=sys.stderr)
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"leo-launch: error: {message}", file=sys.stderr)
+        print(f"leo-launch: error: {redact_urls(message)}", file=sys.stderr)
         return code
 
 

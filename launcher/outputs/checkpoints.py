@@ -193,10 +193,14 @@ def _fetch_checkpoint(store: Store, name: str, dest_root: Path,
         items = [(f"checkpoints/{name}/{f['name']}", tmp.joinpath(*f["name"].split("/")),
                   ObjectInfo(f["name"], f["size"], sha256=f["sha256"])) for f in files]
         report = download_files(store, items, label=f"pull {name}")
-        for (key, _, info) in items:
+        for (key, path, info) in items:
             if report.sha256.get(key) != info.sha256:
                 raise IntegrityError(f"sha256 mismatch for {store.url.child(key)}: it does not "
                                      f"match {MANIFEST}")
+            size = path.stat().st_size  # a manifest that lies about sizes fails here, not later
+            if size != info.size:
+                raise IntegrityError(f"size mismatch for {store.url.child(key)}: {MANIFEST} says "
+                                     f"{info.size} bytes, the object has {size}")
         atomic_write(tmp / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode() + b"\n")
         if dest.exists():
             os.rename(dest, old)

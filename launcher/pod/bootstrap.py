@@ -64,6 +64,7 @@ from launcher.outputs.checkpoints import resume_from_remote
 from launcher.outputs.layout import RESULT_FILE, rank_log
 from launcher.outputs.publish import Publisher
 from launcher.pod.logrelay import NOISE, LogRelay, Output
+from launcher.pod.modelarts import prepare
 from launcher.pod.node import (
     BadConfig,
     Terminated,
@@ -96,6 +97,7 @@ from launcher.storage import (
     NotFoundError,
     StorageError,
     StorageOptions,
+    download,
     parse_url,
 )
 from launcher.util.files import atomic_write
@@ -293,7 +295,6 @@ class Bootstrap:
         place, an object is downloaded (verified) into the cache once per attempt."""
         if not spec.init_url:
             return None
-        from launcher.storage import NotFoundError, download, parse_url
 
         url = parse_url(spec.init_url)
         if url.is_local:
@@ -463,7 +464,6 @@ class Bootstrap:
 def main(argv: list[str] | None = None) -> int:
     environ, notes = dict(os.environ), []
     if argv:  # the ModelArts-style entry: the job comes from --data_url, --train_url, ...
-        from launcher.pod.modelarts import prepare
 
         try:
             environ, notes = prepare(argv, environ)

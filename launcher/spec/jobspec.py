@@ -57,6 +57,7 @@ from launcher.spec.values import (
     parse_rank_table,
     storage_url_problem,
 )
+from launcher.storage.base import redact_endpoint
 
 # ------------------------------------------------------------------ accelerators, images
 ACCELERATORS = ("ascend", "nvidia", "cpu")
@@ -66,6 +67,11 @@ RESOURCE_NAMES = {"ascend": "huawei.com/Ascend910", "nvidia": "nvidia.com/gpu"}
 ASCEND_CARDS_PER_NODE = (1, 2, 4, 8)
 MAX_CARDS_PER_NODE = {"ascend": 8, "nvidia": 16, "cpu": 64}
 DEFAULT_CARDS_PER_NODE = 8  # --nodes defaults to ceil(cards / 8)
+# Bounds of every numeric flag: far above any real job, low enough that no check loops long.
+MAX_CARDS = 65536
+MAX_NODES = 8192
+MAX_STEPS = 10**9
+MAX_CLUSTER_TIMEOUT = 7 * 86400
 SCHEDULERS = ("job", "volcano", "ascendjob")
 # none: no rank table, MindSpore's dynamic cluster only (the ascend-operator's env mode)
 RANK_TABLE_MODES = ("dynamic", "controller", "file", "none")
@@ -171,11 +177,11 @@ class JobSpec:
                              f"choose {', '.join(ACCELERATORS)}")
 
     def _check_cards(self) -> None:
-        cards = _int(self.cards, "--cards", minimum=1)
+        cards = _int(self.cards, "--cards", minimum=1, maximum=MAX_CARDS)
         nodes = self.nodes
         if nodes is None:
             nodes = math.ceil(cards / DEFAULT_CARDS_PER_NODE)
-        nodes = _int(nodes, "--nodes", minimum=1)
+        nodes = _int(nodes, "--nodes", minimum=1, maximum=MAX_NODES)
         self._set("nodes", nodes)
         if nodes > cards:
             raise UsageError(f"--nodes {nodes} exceeds --cards {cards}: every node needs at least one card")
@@ -257,7 +263,7 @@ class JobSpec:
             value = self.storage_endpoint
             problem = endpoint_problem(value) if isinstance(value, str) else "must be a string"
             if problem:
-                raise UsageError(f"--storage-endpoint {value!r} {problem}")
+                raise UsageError(f"--storage-endpoint {redact_endpoint(value)!r} {problem}")
 
     def _check_scheduling(self) -> None:
         self._set("node_selector", _pairs(self.node_selector, "node_selector"))
@@ -265,7 +271,7 @@ class JobSpec:
         tolerations = tuple(t if isinstance(t, Toleration) else Toleration.from_dict(t)
                             for t in self.tolerations)
         for tol in tolerations:
-            tol.check(f"--toleration {tol.key}")
+            tol.check(f"--toleration {tol.key!r}")
         self._set("tolerations", tolerations)
         if self.priority_class is not None:
             problem = _name_problem(self.priority_class, syn.dns1123_subdomain_problem)
@@ -333,7 +339,8 @@ class JobSpec:
 
     def _check_cluster(self) -> None:
         self._set("master_port", _int(self.master_port, "--master-port", minimum=1024, maximum=65534))
-        self._set("cluster_timeout", _int(self.cluster_timeout, "--cluster-timeout", minimum=1))
+        self._set("cluster_timeout", _int(self.cluster_timeout, "--cluster-timeout", minimum=1,
+                                                   maximum=MAX_CLUSTER_TIMEOUT))
         self._set("hccl_connect_timeout",
                   _int(self.hccl_connect_timeout, "--hccl-connect-timeout", minimum=1, maximum=7200))
         nccl = {"--nccl-socket-ifname": self.nccl_socket_ifname, "--nccl-ib-hca": self.nccl_ib_hca}
@@ -560,7 +567,7 @@ def build_job_spec(*, experiment: str, accelerator: str, cards: int, nodes: int 
             raise UsageError(f"--set: {err}") from err
         overrides[key] = value
     if steps is not None:
-        overrides["num_steps_limit"] = str(_int(steps, "--steps", minimum=1))
+        overrides["num_steps_limit"] = str(_int(steps, "--steps", minimum=1, maximum=MAX_STEPS))
     mode, inventory = parse_rank_table(rank_table)
     if name is None:
         name = default_name(experiment, accelerator, cards)

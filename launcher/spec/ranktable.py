@@ -51,6 +51,8 @@ HOST_NIC_IP = "reserve"
 DEVICES_PER_SERVER = (1, 2, 4, 8)
 MAX_DEVICE_ID = 15  # 910B nodes number their NPUs 0..15 at most
 HCCN_CONF = "/etc/hccn.conf"
+MAX_SERVERS = 8192  # as --nodes
+MAX_INVENTORY_BYTES = 16 * 2**20
 
 
 class RankTableError(UsageError):
@@ -76,7 +78,7 @@ class InventoryNode:
             raise RankTableError(f"{where} must be a mapping with name, host_ip and device_ips")
         unknown = set(data) - {"name", "host_ip", "device_ips"}
         if unknown:
-            raise RankTableError(f"{where}: unknown key {sorted(unknown)[0]!r} "
+            raise RankTableError(f"{where}: unknown key {_short(sorted(map(str, unknown))[0])} "
                                  "(expected name, host_ip, device_ips)")
         for key in ("name", "host_ip", "device_ips"):
             if key not in data:
@@ -84,7 +86,7 @@ class InventoryNode:
         name, host_ip, device_ips = data["name"], data["host_ip"], data["device_ips"]
 
         if not isinstance(name, str) or dns1123_subdomain_problem(name):
-            raise RankTableError(f"{where}: name {name!r} is not a Kubernetes node name")
+            raise RankTableError(f"{where}: name {_short(name)} is not a Kubernetes node name")
         _check_ip(host_ip, f"{where} ({name}) host_ip")
         if not isinstance(device_ips, list) or not device_ips:
             raise RankTableError(f"{where} ({name}): device_ips must be a non-empty list")
@@ -104,21 +106,35 @@ def load_inventory(path: str | Path) -> tuple[InventoryNode, ...]:
     import yaml
 
     try:
-        text = Path(path).read_text()
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_INVENTORY_BYTES + 1)
+        text = raw.decode("utf-8")
     except OSError as err:
         raise RankTableError(f"cannot read inventory {path}: {err.strerror or err}") from err
+    except UnicodeDecodeError as err:
+        raise RankTableError(f"cannot read inventory {path}: it is not UTF-8 text ({err.reason} "
+                             f"at byte {err.start})") from err
+    if len(raw) > MAX_INVENTORY_BYTES:
+        raise RankTableError(f"inventory {path} is larger than {MAX_INVENTORY_BYTES // 2**20} MiB")
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
-        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506
+        # aliases could expand a few bytes into gigabytes (a "billion laughs"): none needed here
+        if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=loader)):
+            raise RankTableError(f"inventory {path} uses YAML aliases (*name): write every node out")
+        data = yaml.load(text, Loader=loader)  # noqa: S506
     except yaml.YAMLError as err:
         raise RankTableError(f"inventory {path} is not valid YAML: {str(err).splitlines()[0]}") from err
     if not isinstance(data, dict) or not isinstance(data.get("nodes"), list) or not data["nodes"]:
         raise RankTableError(f"inventory {path} must have a non-empty 'nodes' list")
+    if len(data["nodes"]) > MAX_SERVERS:
+        raise RankTableError(f"inventory {path} lists {len(data['nodes'])} nodes; at most {MAX_SERVERS}")
     nodes = tuple(InventoryNode.from_dict(item, f"inventory {path} node {i}")
                   for i, item in enumerate(data["nodes"]))
-    names = [node.name for node in nodes]
-    duplicate = next((n for n in names if names.count(n) > 1), None)
-    if duplicate:
-        raise RankTableError(f"inventory {path}: node {duplicate!r} is listed twice")
+    seen: set[str] = set()
+    for node in nodes:
+        if node.name in seen:
+            raise RankTableError(f"inventory {path}: node {node.name!r} is listed twice")
+        seen.add(node.name)
     build_table(inventory_fragments(nodes))  # every other rule of a rank table
     return nodes
 
@@ -196,7 +212,7 @@ def parse_visible_devices(value: str) -> list[int]:
         try:
             ids.extend(range(int(low), int(high) + 1) if sep else [int(low)])
         except ValueError as err:
-            raise RankTableError(f"cannot read device ids from {value!r}") from err
+            raise RankTableError(f"cannot read device ids from {_short(value)}") from err
     return ids
 
 
@@ -237,21 +253,21 @@ def validate_table(table: Any, *, servers: int | None = None,
         raise RankTableError("rank table must be a JSON object")
     if table.get("version") != RANK_TABLE_VERSION:
         raise RankTableError(f"rank table version must be {RANK_TABLE_VERSION!r}, "
-                             f"not {table.get('version')!r}")
+                             f"not {_short(table.get('version'))}")
     if table.get("status") != STATUS_COMPLETED:
-        raise RankTableError(f"rank table status is {table.get('status')!r}, not 'completed'")
+        raise RankTableError(f"rank table status is {_short(table.get('status'))}, not 'completed'")
     server_list = table.get("server_list")
     if not isinstance(server_list, list) or not server_list:
         raise RankTableError("rank table has no server_list")
     count = table.get("server_count")
     if not isinstance(count, str) or count != str(len(server_list)):
-        raise RankTableError(f"server_count {count!r} does not match the {len(server_list)} "
+        raise RankTableError(f"server_count {_short(count)} does not match the {len(server_list)} "
                              "servers listed (it must be a string)")
     if servers is not None and len(server_list) != servers:
         raise RankTableError(f"rank table lists {len(server_list)} servers, the job has {servers}")
     expected_rank = 0
-    seen_servers: set[str] = set()
-    seen_ips: set[str] = set()
+    seen_servers: set[Any] = set()
+    seen_ips: set[Any] = set()
     per_server: int | None = None
     for index, server in enumerate(server_list):
         if not isinstance(server, dict):
@@ -259,9 +275,9 @@ def validate_table(table: Any, *, servers: int | None = None,
         server_id = server.get("server_id")
         where = f"server {index} ({server_id})"
         _check_ip(server_id, f"server {index} server_id")
-        if server_id in seen_servers:
+        if _ip(server_id) in seen_servers:  # fe80::1 and fe80:0::1 are one address
             raise RankTableError(f"{where}: server_id appears twice")
-        seen_servers.add(server_id)
+        seen_servers.add(_ip(server_id))
         devices = server.get("device")
         if not isinstance(devices, list):
             raise RankTableError(f"{where}: 'device' must be a list")
@@ -279,15 +295,15 @@ def validate_table(table: Any, *, servers: int | None = None,
             for key in ("device_id", "device_ip", "rank_id"):
                 if not isinstance(device.get(key), str):
                     raise RankTableError(f"{where}: device {key} must be a string, "
-                                         f"got {device.get(key)!r}")
+                                         f"got {_short(device.get(key))}")
             device_id = _device_id(device["device_id"], where)
             if device_id in seen_ids:
                 raise RankTableError(f"{where}: duplicate device_id {device_id}")
             seen_ids.add(device_id)
             _check_ip(device["device_ip"], f"{where} device {device_id} device_ip")
-            if device["device_ip"] in seen_ips:
+            if _ip(device["device_ip"]) in seen_ips:
                 raise RankTableError(f"{where}: device_ip {device['device_ip']} is used twice")
-            seen_ips.add(device["device_ip"])
+            seen_ips.add(_ip(device["device_ip"]))
             if device["rank_id"] != str(expected_rank):
                 raise RankTableError(f"{where}: rank_id {device['rank_id']!r} where {expected_rank} "
                                      "was expected (ranks run 0..N-1 server by server)")
@@ -313,17 +329,27 @@ def dumps(table: dict[str, Any]) -> str:
 def _device_id(value: Any, where: str) -> int:
     text = str(value)
     if not text.isdigit() or int(text) > MAX_DEVICE_ID:
-        raise RankTableError(f"{where}: device_id {value!r} is not a number 0..{MAX_DEVICE_ID}")
+        raise RankTableError(f"{where}: device_id {_short(value)} is not a number 0..{MAX_DEVICE_ID}")
     return int(text)
+
+
+def _ip(text: str) -> Any:
+    return ipaddress.ip_address(text)
+
+
+def _short(value: Any) -> str:
+    """repr of a value from a file, cut short: an error stays one readable line."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _check_ip(value: Any, where: str) -> None:
     if not isinstance(value, str):
-        raise RankTableError(f"{where} must be an IP address string, got {value!r}")
+        raise RankTableError(f"{where} must be an IP address string, got {_short(value)}")
     try:
         ipaddress.ip_address(value)
     except ValueError as err:
-        raise RankTableError(f"{where} {value!r} is not a well-formed IP address") from err
+        raise RankTableError(f"{where} {_short(value)} is not a well-formed IP address") from err
 
 
 def check_fragment(fragment: Any, where: str) -> None:

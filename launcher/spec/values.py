@@ -12,6 +12,8 @@ from typing import Any
 from launcher.errors import UsageError
 from launcher.spec import names as syn
 from launcher.spec.ranktable import InventoryNode, load_inventory
+from launcher.storage.base import endpoint_problem as storage_endpoint_problem
+from launcher.storage.base import url_problem
 
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _IMAGE_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
@@ -102,7 +104,7 @@ def _check_node_selector(pairs: tuple[tuple[str, str], ...]) -> None:
     for key, value in pairs:
         problem = syn.label_key_problem(key) or syn.label_value_problem(value)
         if problem:
-            raise UsageError(f"--node-selector {key}={value!r}: {problem}")
+            raise UsageError(f"--node-selector {f'{key}={value}'!r}: {problem}")
 
 
 def parse_rank_table(value: str | None) -> tuple[str | None, tuple[InventoryNode, ...]]:
@@ -120,7 +122,9 @@ def parse_rank_table(value: str | None) -> tuple[str | None, tuple[InventoryNode
 
 
 def storage_url_problem(url: str) -> str | None:
-    """Syntax of s3://bucket/prefix, obs://bucket/prefix, file:///abs or a plain path."""
+    """Syntax of s3://bucket/prefix, obs://bucket/prefix, file:///abs or a plain path:
+    the run-time parser's verdict (launcher.storage.base.parse_url), so what submit
+    accepts, the pod accepts."""
     if not isinstance(url, str) or not url:
         return "must not be empty"
     problem = _text_problem(url)
@@ -128,36 +132,34 @@ def storage_url_problem(url: str) -> str | None:
         return problem
     scheme, sep, rest = url.partition("://")
     if not sep:
-        return None  # a plain path
+        return url_problem(url)  # a plain path
     if scheme in ("s3", "obs"):
         bucket = rest.partition("/")[0]
         if not _BUCKET.fullmatch(bucket):
             return (f"bucket {bucket!r} is not valid: 3-63 characters of lowercase letters, digits, "
                     "'.' and '-', starting and ending with a letter or digit")
-        return None
+        return _reason(url_problem(url))
     if scheme == "file":
         if not rest.startswith("/"):
             return "file:// URLs need an absolute path, e.g. file:///data/leo"
-        return None
+        return _reason(url_problem(url))
     return f"unknown scheme {scheme + '://'!r}; use s3://, obs://, file:// or a plain path"
 
 
-def endpoint_problem(url: str) -> str | None:
-    from urllib.parse import urlsplit
+def _reason(problem: str | None) -> str | None:
+    """parse_url's message without its 'malformed storage URL ...:' head (the caller names
+    the flag and the value)."""
+    if problem is None:
+        return None
+    return problem.split(": ", 1)[1] if ": " in problem else problem
 
+
+def endpoint_problem(url: str) -> str | None:
+    """The run-time check of launcher.storage.base (no credentials, no path or query)."""
     problem = _text_problem(url)
     if problem:
         return problem
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as err:
-        return str(err)
-    if parts.scheme not in ("http", "https") or not parts.hostname or " " in url:
-        return "must be an http:// or https:// URL with a host, e.g. https://obs.cn-north-4.myhuaweicloud.com"
-    if port is not None and not 0 < port < 65536:
-        return "has a bad port"
-    return None
+    return storage_endpoint_problem(url)
 
 
 def image_problem(image: str) -> str | None:

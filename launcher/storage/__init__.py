@@ -8,9 +8,11 @@ loaded when an s3:// or obs:// URL is opened.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
+from launcher.errors import UsageError
 from launcher.storage.base import (  # noqa: F401 - the package's public names
     DEFAULT_CONCURRENCY,
     DEFAULT_MAX_ATTEMPTS,
@@ -53,6 +55,7 @@ def sync_up(local: str | Path, url: URLLike, *, options: StorageOptions | None =
             delete: bool = False) -> SyncReport:
     """Upload the tree `local` under `url`, skipping files whose size and content hash
     already match; delete extra objects only when `delete`."""
+    _refuse_overlap(Path(local), url)
     with open_store(url, options) as store:
         return _sync_up(Path(local), store, delete=delete)
 
@@ -62,6 +65,7 @@ def sync_down(url: URLLike, local: str | Path, *, options: StorageOptions | None
     """Download everything under `url` into `local`, each file verified and renamed into
     place when complete; unchanged files are skipped; extra local files deleted only
     when `delete`. Re-running after an interruption continues."""
+    _refuse_overlap(Path(local), url)
     with open_store(url, options) as store:
         return _sync_down(store, Path(local), delete=delete)
 
@@ -73,8 +77,8 @@ def push(local: str | Path, url: URLLike, *, options: StorageOptions | None = No
     path = Path(local)
     if path.is_dir():
         return sync_up(path, url, options=options, delete=delete)
-    if not path.is_file():
-        raise StorageError(f"{local}: no such file or directory")
+    if not path.is_file():  # bad input, not a failure of the storage
+        raise UsageError(f"{local}: no such file or directory")
     target = parse_url(url)
     if ((isinstance(url, str) and url.endswith("/")) or (not target.is_local and not target.key)
             or (target.is_local and Path(target.path).is_dir())):
@@ -82,6 +86,18 @@ def push(local: str | Path, url: URLLike, *, options: StorageOptions | None = No
 
     with open_store(target.parent(), options) as store:
         return sync_files_up({target.name: path}, store)
+
+
+def _refuse_overlap(local: Path, url: URLLike) -> None:
+    """A local tree synced with a local URL must not contain it or lie inside it: the
+    sync would copy into its own source or delete it (`--delete`)."""
+    target = parse_url(url)
+    if not target.is_local:
+        return
+    mine, theirs = os.path.realpath(local), os.path.realpath(target.path)
+    if os.path.commonpath([mine, theirs]) in (mine, theirs):
+        raise UsageError(f"{local} and {target} overlap (one is inside the other): choose a "
+                         "destination outside the source")
 
 
 def upload(local: str | Path, url: URLLike, *, options: StorageOptions | None = None) -> str:

@@ -16,6 +16,9 @@ Endpoint, addressing and retries of object stores (see `StorageOptions`):
   otherwise virtual-hosted for obs:// and botocore's choice for s3://;
 - retries: botocore's "standard" mode, `AWS_MAX_ATTEMPTS` (default 5) attempts with
   exponential back-off and jitter on throttling, 5xx and connection errors;
+- timeouts: 10 s to connect and 20 s without a byte per attempt, and no retry that could
+  end after 60 s from a request's first attempt (`--storage-timeout`,
+  `LEO_STORAGE_TIMEOUT`): a server that accepts and never answers fails within a minute;
 - request bodies are not hashed into signatures (LEO_STORAGE_SIGN_PAYLOAD=1 to do so):
   the sha256 in every object's metadata is checked on every read instead;
 - credentials: boto3's standard chain (variables, profiles, web identity...). They are
@@ -39,6 +42,12 @@ SCHEMES = ("s3", "obs", "file")
 DEFAULT_CONCURRENCY = 10
 DEFAULT_PART_SIZE = 64 * MB
 DEFAULT_MAX_ATTEMPTS = 5
+# A request that gets no answer is given up after this many seconds, retries included
+# (--storage-timeout, LEO_STORAGE_TIMEOUT); each attempt waits at most CONNECT/READ.
+DEFAULT_TIMEOUT = 60.0
+CONNECT_TIMEOUT = 10.0
+READ_TIMEOUT = 20.0
+MAX_TIMEOUT = 86400.0
 # Temporary files of downloads and atomic writes start with this; listings skip them.
 TMP_PREFIX = ".leo-tmp-"
 
@@ -127,6 +136,8 @@ def parse_url(text: URLLike) -> StorageURL:
     if not isinstance(text, str) or not text.strip():
         raise UsageError("empty storage URL")
     text = text.strip()
+    if any(ord(c) < 32 for c in text):
+        raise UsageError(f"malformed storage URL {text!r}: control characters are not allowed")
     if "://" not in text:
         if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:/", text):
             raise UsageError(f"malformed storage URL {text!r}: expected scheme://...")
@@ -141,6 +152,12 @@ def parse_url(text: URLLike) -> StorageURL:
         host, slash, path = rest.partition("/")
         if host not in ("", "localhost") or not slash:
             raise UsageError(f"malformed file URL {text!r}: expected file:///absolute/path")
+        from urllib.parse import unquote
+
+        # str() of a file URL is Path.as_uri(), percent-encoded: decode, so it parses back
+        path = unquote(path)
+        if any(ord(c) < 32 for c in path):
+            raise UsageError(f"malformed file URL {text!r}: control characters are not allowed")
         return StorageURL("file", path=os.path.abspath("/" + path))
     if any(c in rest for c in "?#\\") or any(ord(c) < 32 for c in rest):
         raise UsageError(f"malformed storage URL {text!r}: '?', '#', '\\' and control characters are not allowed")
@@ -173,13 +190,14 @@ class StorageOptions:
     concurrency: int = DEFAULT_CONCURRENCY
     part_size: int = DEFAULT_PART_SIZE
     progress: bool | None = None  # None: a bar when stderr is a terminal
-    connect_timeout: float = 10.0
-    read_timeout: float = 60.0
+    connect_timeout: float = CONNECT_TIMEOUT
+    read_timeout: float = READ_TIMEOUT
+    timeout: float | None = None  # None: LEO_STORAGE_TIMEOUT, else DEFAULT_TIMEOUT
     sign_payload: bool | None = None  # None: LEO_STORAGE_SIGN_PAYLOAD, else off (sha256 verified instead)
 
     def __post_init__(self) -> None:
-        if self.endpoint is not None and not _ENDPOINT_RE.match(self.endpoint):
-            raise UsageError(f"malformed storage endpoint {redact_endpoint(self.endpoint)!r}: expected http(s)://host[:port]")
+        if self.endpoint is not None:
+            _check_endpoint(self.endpoint)
         if self.region is not None and not _REGION_RE.match(self.region):
             raise UsageError(f"malformed storage region {self.region!r}")
         if self.concurrency < 1:
@@ -188,6 +206,8 @@ class StorageOptions:
             raise UsageError("storage part size must be at least 5 MiB (the S3 minimum)")
         if self.max_attempts is not None and self.max_attempts < 1:
             raise UsageError("storage max attempts must be at least 1")
+        if self.timeout is not None and not 0 < self.timeout <= MAX_TIMEOUT:
+            raise UsageError(f"--storage-timeout must be between 0 and {MAX_TIMEOUT:.0f} seconds")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, **overrides: Any) -> StorageOptions:
@@ -200,6 +220,8 @@ class StorageOptions:
         concurrency = getattr(args, "concurrency", None)
         if concurrency is not None:
             values["concurrency"] = concurrency
+        if getattr(args, "storage_timeout", None) is not None:
+            values["timeout"] = args.storage_timeout
         values.update(overrides)
         return cls(**values)
 
@@ -208,8 +230,7 @@ class StorageOptions:
         env = os.environ if environ is None else environ
         endpoint = self.endpoint or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
         if endpoint:
-            if not _ENDPOINT_RE.match(endpoint):
-                raise UsageError(f"malformed storage endpoint {redact_endpoint(endpoint)!r}: expected http(s)://host[:port]")
+            _check_endpoint(endpoint)
             return endpoint.rstrip("/")
         if scheme == "obs":
             region = self.resolved_region(scheme, env)
@@ -252,6 +273,17 @@ class StorageOptions:
             return self.sign_payload
         return _truthy(env.get("LEO_STORAGE_SIGN_PAYLOAD"))
 
+    def resolved_timeout(self, environ: Mapping[str, str] | None = None) -> float:
+        """Seconds after which a request without an answer is given up, retries included."""
+        env = os.environ if environ is None else environ
+        if self.timeout is not None:
+            return self.timeout
+        try:
+            value = float(env.get("LEO_STORAGE_TIMEOUT", ""))
+        except ValueError:
+            return DEFAULT_TIMEOUT
+        return value if 0 < value <= MAX_TIMEOUT else DEFAULT_TIMEOUT
+
     def resolved_max_attempts(self, environ: Mapping[str, str] | None = None) -> int:
         env = os.environ if environ is None else environ
         if self.max_attempts is not None:
@@ -274,6 +306,10 @@ def add_storage_arguments(parser: argparse.ArgumentParser) -> None:
                        help="path-style addressing (endpoint/bucket/key) instead of virtual-hosted")
     group.add_argument("--concurrency", type=_positive_int, metavar="N",
                        help=f"parallel transfers (default {DEFAULT_CONCURRENCY})")
+    group.add_argument("--storage-timeout", type=_seconds, metavar="SECONDS",
+                       help=f"give up on a storage request that gets no answer after SECONDS, "
+                       f"retries included (default {DEFAULT_TIMEOUT:.0f}, or LEO_STORAGE_TIMEOUT); "
+                       f"raise it for a slow or distant server")
 
 
 def _positive_int(text: str) -> int:
@@ -286,9 +322,65 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from err
+    if not 0 < value <= MAX_TIMEOUT:
+        raise argparse.ArgumentTypeError(f"must be between 0 and {MAX_TIMEOUT:.0f}")
+    return value
+
+
 def redact_endpoint(endpoint: str) -> str:
     """An endpoint without any user:password@ part."""
     return re.sub(r"^(\w+://)[^/@]*@", r"\1", endpoint)
+
+
+def redact_urls(text: str) -> str:
+    """`text` with the user:password@ part of every URL in it removed (for messages)."""
+    return re.sub(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s'\"]*@", r"\1", text)
+
+
+def url_problem(url: str) -> str | None:
+    """Why `url` is not a storage URL the pods accept (parse_url's reason), or None:
+    submit and render check with the very parser the bootstrap uses."""
+    try:
+        parse_url(url)
+    except UsageError as err:
+        return str(err)
+    return None
+
+
+def endpoint_problem(endpoint: str) -> str | None:
+    """Why `endpoint` is not usable as an object-store endpoint, or None. Credentials
+    are refused: they belong in the storage Secret, not in a ConfigMap or a process's
+    environment."""
+    if not isinstance(endpoint, str):
+        return "must be a string"
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in endpoint):
+        return "must not contain control characters"
+    netloc = endpoint.partition("://")[2].partition("/")[0]
+    if "@" in netloc:
+        return ("must not hold credentials (user:password@): give them as the storage Secret "
+                "or the AWS_* variables")
+    if not _ENDPOINT_RE.match(endpoint):
+        return "must be an http:// or https:// URL of a host[:port], with no path, query or fragment"
+    from urllib.parse import urlsplit
+
+    try:
+        port = urlsplit(endpoint).port
+    except ValueError as err:
+        return f"has a bad port ({err})"
+    if port is not None and not 0 < port < 65536:
+        return "has a bad port"
+    return None
+
+
+def _check_endpoint(endpoint: str) -> None:
+    problem = endpoint_problem(endpoint)
+    if problem:
+        raise UsageError(f"storage endpoint {redact_endpoint(endpoint)!r} {problem}")
 
 
 # ------------------------------------------------------------------------ stores
@@ -373,6 +465,7 @@ class SyncReport:
     bytes: int = 0  # bytes transferred
     seconds: float = 0.0
     sha256: dict[str, str] = field(default_factory=dict)  # of transferred files, by key
+    links: list[str] = field(default_factory=list)  # symbolic links skipped (never followed)
 
     def summary(self, verb: str) -> str:
         text = (f"{verb} {self.transferred} file(s), {_human(self.bytes)}; "

@@ -53,9 +53,10 @@ def key_of(relative: Path) -> str:
     return "/".join(relative.parts)
 
 
-def walk_files(root: Path) -> dict[str, Path]:
+def walk_files(root: Path, links: list[str] | None = None) -> dict[str, Path]:
     """Every regular file under `root` by '/'-separated key, temporaries excluded;
-    a file `root` gives {name: root}."""
+    a file `root` gives {name: root}. Symbolic links inside the tree (to files or
+    folders) are never followed: their keys are appended to `links`."""
     if root.is_file():
         return {root.name: root}
     files: dict[str, Path] = {}
@@ -64,15 +65,38 @@ def walk_files(root: Path) -> dict[str, Path]:
         raise local_error(err)
 
     for folder, dirs, names in os.walk(root, onerror=fail):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(TMP_PREFIX))
         base = Path(folder)
+        kept = []
+        for name in sorted(dirs):
+            if name.startswith(TMP_PREFIX):
+                continue
+            if (base / name).is_symlink():
+                if links is not None:
+                    links.append(key_of((base / name).relative_to(root)))
+                continue
+            kept.append(name)
+        dirs[:] = kept
         for name in names:
             if name.startswith(TMP_PREFIX):
                 continue
             path = base / name
-            if path.is_file():
+            if path.is_symlink():
+                if links is not None:
+                    links.append(key_of(path.relative_to(root)))
+            elif path.is_file():
                 files[key_of(path.relative_to(root))] = path
     return files
+
+
+def link_inside(root: Path, key: str) -> Path | None:
+    """The first folder on the way from `root` to `key` that is a symbolic link (writing
+    there would land outside `root`), or None."""
+    path = root
+    for part in key.split("/")[:-1]:
+        path = path / part
+        if path.is_symlink():
+            return path
+    return None
 
 
 def tmp_token() -> str:

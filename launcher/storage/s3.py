@@ -64,6 +64,7 @@ def make_client(scheme: str, options: StorageOptions):
     endpoint = options.resolved_endpoint(scheme)
     region = options.resolved_region(scheme) or ("us-east-1" if endpoint else None)
     addressing = options.resolved_addressing(scheme)
+    deadline = options.resolved_timeout()
     extra = {}
     if scheme == "obs" or endpoint:
         extra = {"request_checksum_calculation": "when_required",
@@ -75,15 +76,42 @@ def make_client(scheme: str, options: StorageOptions):
         s3={"addressing_style": addressing,
             "payload_signing_enabled": options.resolved_sign_payload()},
         retries={"mode": "standard", "total_max_attempts": options.resolved_max_attempts()},
-        connect_timeout=options.connect_timeout,
-        read_timeout=options.read_timeout,
+        connect_timeout=min(options.connect_timeout, deadline),
+        read_timeout=min(options.read_timeout, deadline),
         max_pool_connections=max(10, 2 * options.concurrency),
         tcp_keepalive=True,
         user_agent_extra="leo-launch",
         **extra,
     )
     session = boto3.session.Session()
-    return session.client("s3", endpoint_url=endpoint, region_name=region, config=config)
+    client = session.client("s3", endpoint_url=endpoint, region_name=region, config=config)
+    where = redact_endpoint(endpoint) if endpoint else "the default AWS endpoint"
+    client.meta.events.register("request-created.s3", _deadline_hook(
+        deadline, min(options.read_timeout, deadline), where))
+    return client
+
+
+class StorageTimeout(StorageError):
+    """A storage request got no answer within the deadline (exit code 1)."""
+
+
+def _deadline_hook(deadline: float, attempt_limit: float, where: str):
+    """Gives up, before a retry, on a request that cannot end within `deadline` s of its
+    first attempt (botocore's retries alone would wait attempts x read timeout)."""
+
+    def check(request, operation_name: str | None = None, **kwargs) -> None:  # noqa: ANN001, ARG001
+        context = getattr(request, "context", None)
+        if context is None:
+            return
+        now = time.monotonic()
+        started = context.setdefault("leo_started", now)
+        if now - started + attempt_limit > deadline:
+            raise StorageTimeout(
+                f"the storage server {where} did not answer {operation_name or 'a request'} "
+                f"within {deadline:.0f} s (is it up and reachable?); a slow server needs "
+                f"--storage-timeout SECONDS or LEO_STORAGE_TIMEOUT")
+
+    return check
 
 
 class _Progress(BaseSubscriber):
@@ -446,6 +474,10 @@ def translate(err: BaseException, target: str, where: str, attempts: int) -> Sto
         message = str(err.response.get("Error", {}).get("Message", "")).splitlines()[0:1]
         detail = f": {message[0]}" if message and message[0] else ""
         return StorageError(f"storage request for {target} failed with {code or status}{detail}")
+    if isinstance(err, bx.ReadTimeoutError):
+        return StorageError(f"the storage server {where} did not answer for {target} "
+                            f"({attempts} attempts); a slow server needs --storage-timeout "
+                            "SECONDS or LEO_STORAGE_TIMEOUT")
     if isinstance(err, (bx.EndpointConnectionError, bx.ConnectTimeoutError)):
         return StorageError(f"cannot reach the storage endpoint {where} "
                             f"(connection failed after {attempts} attempts)")

@@ -19,6 +19,7 @@ from typing import TypeVar
 from launcher.storage.base import ObjectInfo, StorageError, Store, SyncReport
 from launcher.storage.files import (
     hash_file,
+    link_inside,
     local_error,
     remove_stale_tmp,
     safe_parts,
@@ -123,11 +124,15 @@ def sync_up(local: Path, store: Store, *, delete: bool = False, label: str = "pu
     if not local.is_dir():
         raise StorageError(f"{local}: not a directory")
     started = time.monotonic()
-    files = walk_files(local)
+    links: list[str] = []
+    files = walk_files(local, links)
     remote = store.list()
     report = sync_files_up(files, store, remote=remote, label=label)
+    report.links = links
     if delete:
-        extra = sorted(key for key in remote if key not in files)
+        # a skipped link is not a deleted file: what is under its path stays
+        extra = sorted(key for key in remote if key not in files
+                       and not any(key == link or key.startswith(link + "/") for link in links))
         store.delete(extra)
         report.deleted = len(extra)
     report.seconds = time.monotonic() - started
@@ -166,6 +171,10 @@ def sync_down(store: Store, local: Path, *, delete: bool = False, label: str = "
     remote = store.list()
     for key in remote:
         safe_parts(key, f"object key {key!r} in {store.url}")  # no '..' escapes from `local`
+        link = link_inside(local, key)
+        if link is not None:  # never write through a link out of the destination
+            raise StorageError(f"{link} is a symbolic link inside the destination: pull never "
+                               "writes through links; remove it or pull to another folder")
     existing = walk_files(local) if local.is_dir() else {}
 
     def decide(key: str, info: ObjectInfo) -> tuple[str, Path, ObjectInfo] | None:
