@@ -275,7 +275,17 @@ HOSTILE = [
 ]
 
 
-@pytest.mark.parametrize("value", HOSTILE)
+# object keys the pods' URL parser refuses ('\\', '#'): render refuses them too (issue 12)
+REFUSED_URLS = {'s3://bucket/a"b\'c\\d', "s3://bucket/{{ job.name }}/{% raw %}{#"}
+
+
+@pytest.mark.parametrize("value", sorted(REFUSED_URLS))
+def test_urls_the_pods_would_refuse_are_refused_at_render(value):
+    with pytest.raises(UsageError, match="not allowed"):
+        _spec("ascend", 8, "volcano", data_url=value, train_url=value)
+
+
+@pytest.mark.parametrize("value", [v for v in HOSTILE if v not in REFUSED_URLS])
 def test_hostile_strings_stay_literal_and_valid(value):
     spec = _spec("ascend", 8, "volcano", data_url=value, train_url=value)
     objects = render.render_validated(spec)
