@@ -177,8 +177,10 @@ def test_closed_form_inner_gradients_equal_autodiff(k, training):
     np.testing.assert_allclose(closed_w, auto_w.asnumpy(), rtol=1e-5, atol=1e-6)
 
     # d(summed support CE)/dz through the decoder (and the sampling in training).
+    dec = f.split_decoder(w_dec)
+
     def loss_of_z(z_):
-        return f.support_loss_and_grad(x, y, f.decode(z_, w_dec, eps)[0])[0].sum()
+        return f.support_loss_and_grad(x, y, f.decode(z_, dec, eps)[0])[0].sum()
 
     if training:
         z = _tensor(0.3 * rng.standard_normal((b, n, k, latents)))
@@ -186,9 +188,13 @@ def test_closed_form_inner_gradients_equal_autodiff(k, training):
     else:  # evaluation adapts one copy; autodiff sees the original's K identical copies
         z_closed = _tensor(0.3 * rng.standard_normal((b, n, 1, latents)))
         z = ms.ops.broadcast_to(z_closed, (b, n, k, latents))
-    weights, _, u = f.decode(z_closed, w_dec, eps)
+    weights, dw_du, u = f.decode(z_closed, dec, eps)
     _, grad_w = f.support_loss_and_grad(x, y, weights)
-    closed_z = f.latent_grad(grad_w, u, eps, w_dec).asnumpy()
+    # The inner loop's form: the gradient of the class-mean weights.
+    np.testing.assert_allclose(
+        grad_w.asnumpy()[:, :, 0], f.support_grad(x, y, f.mean_axis(weights, 2)).asnumpy(),
+        rtol=1e-6, atol=1e-7)
+    closed_z = f.latent_grad(grad_w, dw_du, dec).asnumpy()
     auto_z = ms.grad(loss_of_z)(z).asnumpy()
     if training:  # the clamp at 1e-10 must be active for part of the decoder's outputs
         std = np.exp(u.asnumpy()) - f.weight_offset
@@ -261,8 +267,10 @@ def test_relation_network_uses_all_pairs(k):
     rng = np.random.default_rng(k)
     tr_x = _unit(np.abs(rng.standard_normal((1, n, k, D))))
 
-    def encode(x):
-        return f.encode(_tensor(x.reshape(1, n * k, D)), *weights, None).asnumpy()[0]
+    def encode(x):  # one distribution per class, tiled over its K examples as the original
+        dist = f.encode(_tensor(x.reshape(1, n * k, D)), *weights, None).asnumpy()[0]
+        assert dist.shape == (n, 1, 2 * latents)
+        return np.broadcast_to(dist, (n, k, 2 * latents))
 
     dist = encode(tr_x)
     assert dist.shape == (n, k, 2 * latents)
@@ -319,9 +327,14 @@ def test_sampling_formula():
     params = init_parameters(cfg, seed=1)
     z = 0.5 * rng.standard_normal((2, 5, 5, cfg.num_latents)).astype(np.float32)
     eps = rng.standard_normal((2, 5, 5, D)).astype(np.float32)
-    w, w_mean, w_u = (t.asnumpy() for t in f.decode(_tensor(z), _tensor(params["decoder/w"]), _tensor(eps)))
+    dec = f.split_decoder(_tensor(params["decoder/w"]))
+    w, dw_du, w_u = (t.asnumpy() for t in f.decode(_tensor(z), dec, _tensor(eps)))
+    w_mean = f.decode(_tensor(z), dec, None)[0].asnumpy()
     out = z.astype(np.float64) @ params["decoder/w"]
     np.testing.assert_allclose(w_mean, out[..., :D], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(w_u, out[..., D:], rtol=1e-4, atol=1e-6)
+    unclamped = np.exp(out[..., D:]) - (1 - s) > 1e-10
+    np.testing.assert_allclose(dw_du, eps * np.exp(out[..., D:]) * unclamped, rtol=1e-4, atol=1e-5)
     std = np.maximum(np.exp(out[..., D:]) - (1 - s), 1e-10)
     np.testing.assert_allclose(w, out[..., :D] + std * eps, rtol=1e-4, atol=1e-5)
 
