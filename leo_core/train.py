@@ -72,6 +72,8 @@ class Trainer:
         self.step = 0
         self.best = {"accuracy": -1.0, "step": None}
         self.my_tasks = shard(cfg.metatrain_batch_size, comm.rank, comm.world)
+        self._prefetcher = None  # started by the first train_step (after any restore)
+        self._train_rng_state = None  # sampler state after the last step's episodes
         if comm.world > cfg.metatrain_batch_size:
             raise ConfigError(
                 f"{comm.world} ranks exceed metatrain_batch_size={cfg.metatrain_batch_size} "
@@ -106,7 +108,9 @@ class Trainer:
     def save(self) -> None:
         if not self.comm.is_main:
             return
-        state = {"train_rng": self.sampler.rng.bit_generator.state, "seed": self.seed,
+        # The live generator may already hold the prefetched next step's draws.
+        train_rng = self._train_rng_state or self.sampler.rng.bit_generator.state
+        state = {"train_rng": train_rng, "seed": self.seed,
                  "experiment": self.cfg.name, "world_size": self.comm.world, "best": self.best,
                  "config": self.cfg.to_dict()}
         checkpoint.save(self.out, self.step, self.model.params, self.adam.state(), state)
@@ -121,14 +125,19 @@ class Trainer:
 
     # -- one meta-training step
     def train_step(self) -> tuple[float, float]:
-        from leo_core.model import PARAM_NAMES, WEIGHT_NAMES, sample_noise
+        from leo_core.model import PARAM_NAMES, WEIGHT_NAMES
         from leo_core.optim import clip_gradients, has_nan, nan_guard_gradients
+        from leo_core.prefetch import StepPrefetcher, prepare_step
 
         cfg, comm = self.cfg, self.comm
         batch_size = cfg.metatrain_batch_size
-        mine = self.my_tasks
-        batch = self.sampler.sample(batch_size, tasks=slice(mine.start, mine.stop))
-        noise = sample_noise(cfg, self.seed, self.step, mine, cfg.num_val_examples_per_class)
+        if self._prefetcher is None:  # episodes and noise of step s + 1 drawn during step s
+            self._prefetcher = StepPrefetcher(lambda step: prepare_step(
+                self.sampler, cfg, self.seed, step, self.my_tasks, batch_size),
+                enabled=os.environ.get("LEO_PREFETCH", "1") != "0")
+        prepared = self._prefetcher.get(self.step)
+        self._train_rng_state = prepared.rng_state_after
+        batch, noise = prepared.batch, prepared.noise
         loss, ce, acc, grads = self.model.loss_and_grads(
             batch.tr_x, batch.tr_y, batch.val_x, batch.val_y, noise,
             task_weight=1.0 / batch_size, reg_weight=1.0 / comm.world)
@@ -188,6 +197,9 @@ class Trainer:
                     self._validate_and_log()
                 self.save()
                 window_start = time.monotonic()  # keep validation out of the step rate
+        if self._prefetcher is not None:
+            self._prefetcher.close()
+            self._prefetcher = None
         if self.best["step"] is None:
             # Runs shorter than checkpoint_steps still leave a best checkpoint.
             self._validate_and_log()
