@@ -47,6 +47,10 @@ def parse_args(argv):
     parser.add_argument("--resume", action="store_true",
                         help="continue from OUT/checkpoints/latest.json when it exists")
     parser.add_argument("--log-every", type=int, default=100, help="steps between progress lines (100)")
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="run MindSpore's profiler over a few steps after the first two "
+                             "(which compile); each rank writes DIR/rank-<r>/ with op_summary.txt")
+    parser.add_argument("--profile-steps", type=int, default=5, help="steps to profile (5)")
     return parser.parse_args(argv)
 
 
@@ -73,6 +77,7 @@ class Trainer:
         self.best = {"accuracy": -1.0, "step": None}
         self.my_tasks = shard(cfg.metatrain_batch_size, comm.rank, comm.world)
         self._prefetcher = None  # started by the first train_step (after any restore)
+        self.profiler = None  # a leo_core.profiling.StepProfiler with --profile
         self._train_rng_state = None  # sampler state after the last step's episodes
         if comm.world > cfg.metatrain_batch_size:
             raise ConfigError(
@@ -178,6 +183,8 @@ class Trainer:
         window_start, window_steps, losses, accs = time.monotonic(), 0, [], []
         while self.step < total_steps:
             loss, acc = self.train_step()
+            if self.profiler is not None:
+                self.profiler.step_done()
             losses.append(loss)
             accs.append(acc)
             window_steps += 1
@@ -197,6 +204,8 @@ class Trainer:
                     self._validate_and_log()
                 self.save()
                 window_start = time.monotonic()  # keep validation out of the step rate
+        if self.profiler is not None:
+            self.profiler.stop()  # runs shorter than the profiled window
         if self._prefetcher is not None:
             self._prefetcher.close()
             self._prefetcher = None
@@ -257,6 +266,10 @@ def main(argv: list[str] | None = None) -> int:
         trainer = Trainer(cfg, Path(args.data_root), args.out, args.seed, comm, args.log_every)
         if args.resume:
             trainer.restore()
+        if args.profile:
+            from leo_core.profiling import StepProfiler
+
+            trainer.profiler = StepProfiler(args.profile, comm.rank, steps=args.profile_steps)
     try:
         best = trainer.run(cfg.num_steps_limit)
     except Exception:
