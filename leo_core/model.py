@@ -417,7 +417,12 @@ def _build_graphs(cfg: ExperimentConfig, dim: int):
     def regulariser_value(w_enc, w_r0, w_r1, w_r2, w_dec):
         return f.regularisers((w_enc, w_r0, w_r1, w_r2, w_dec))
 
-    return train_step, evaluate, regulariser_value
+    @ms.jit
+    def adapted_weights(w_enc, w_r0, w_r1, w_r2, w_dec, inner_lr, finetuning_lr, tr_x, tr_y):
+        params = (w_enc, w_r0, w_r1, w_r2, w_dec, inner_lr, finetuning_lr)
+        return f.adapt(params, tr_x, tr_y, None)[0]
+
+    return train_step, evaluate, regulariser_value, adapted_weights
 
 
 def _tensor(array: np.ndarray):
@@ -445,7 +450,7 @@ class LEO:
         key = (cfg, dim)
         if key not in _GRAPHS:
             _GRAPHS[key] = _build_graphs(cfg, dim)
-        self._train_step, self._evaluate, self._regularisers = _GRAPHS[key]
+        self._train_step, self._evaluate, self._regularisers, self._adapted = _GRAPHS[key]
 
     # -- parameters
     def parameters_as_numpy(self) -> dict[str, np.ndarray]:
@@ -519,3 +524,27 @@ class LEO:
             _tensor(_flat(np.asarray(val_y, np.int32)[..., None])[..., 0]),
         )
         return ce.asnumpy(), acc.asnumpy()
+
+    def adapted_weights(self, tr_x, tr_y) -> np.ndarray:
+        """Evaluation-mode adapted classifier weights [B, N, D] (mean over the K samples)."""
+        n = self.cfg.num_classes
+        w = self._adapted(*self._param_tensors(), _tensor(_flat(np.asarray(tr_x, np.float32))),
+                          _tensor(_flat(_one_hot(tr_y, n))))
+        return w.asnumpy()
+
+    def evaluate_episodes(self, sampler, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`evaluate_batch` of the episodes `rows` of `sampler` (from `sample_indices`),
+        without gathering the queries: MindSpore adapts on the support sets, then the
+        query logits come from `sampler.query_logits` (one matrix product per class) and
+        cross-entropy and accuracy from NumPy. Same numbers as `evaluate_batch` up to
+        float32 rounding; several times faster with 600 - K queries per class."""
+        tr_x, tr_y = sampler.support(rows)
+        logits = sampler.query_logits(rows, self.adapted_weights(tr_x, tr_y))  # [B, N, Q, N]
+        n = logits.shape[1]
+        labels = np.arange(n)[None, :, None]
+        top = logits.max(axis=-1)
+        log_sum = np.log(np.exp(logits - top[..., None]).sum(axis=-1)) + top
+        own = np.take_along_axis(logits, np.broadcast_to(labels, logits.shape[:3])[..., None], -1)[..., 0]
+        ce = (log_sum - own).mean(axis=(1, 2))
+        acc = (logits.argmax(axis=-1) == labels).mean(axis=(1, 2))
+        return ce.astype(np.float32), acc.astype(np.float32)
