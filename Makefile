@@ -28,8 +28,9 @@ lint: install
 	$(BIN)/ruff check launcher leo_core tests
 	$(BIN)/lint-imports --no-cache
 
+# BENCH_CORE_ARGS, e.g. "--blocks 5 --steps 30" or "--only train" (see the script's --help).
 bench-core: install
-	$(BIN)/python tests/benchmarks/bench_core.py
+	$(BIN)/python tests/benchmarks/bench_core.py $(BENCH_CORE_ARGS)
 
 # awscli pins botocore differently from boto3: the baselines get a venv of their own.
 BENCH_STORAGE_VENV := $(CURDIR)/.venv-bench-storage

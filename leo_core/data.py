@@ -401,6 +401,44 @@ class EpisodeSampler:
         )
 
 
+    def support(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Support embeddings [B, N, K, D] and labels [B, N, K] of `rows` (no queries)."""
+        rows = np.asarray(rows)
+        b, n, k = rows.shape[0], self.num_classes, self.num_tr
+        labels = np.arange(n, dtype=np.int32)[None, :, None]
+        return self._data[rows[:, :, :k]], np.ascontiguousarray(np.broadcast_to(labels, (b, n, k)))
+
+    def query_logits(self, rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """Logits `x @ w.T` [B, N, Q, N] of the query examples of `rows` (from
+        `sample_indices`) under per-task classifier weights `weights` [B, N, D].
+
+        The same numbers as gathering the queries (`gather`) and multiplying, without the
+        gather (599 queries per class are 7.7 MB per task): each class's contiguous
+        block of embeddings is multiplied once by the weights of every task in `rows`
+        that uses the class (one matrix product per class), then each task's query rows
+        are picked from the [images x N] products.
+        """
+        rows = np.asarray(rows)
+        b, n, size = rows.shape
+        k, q = self.num_tr, size - self.num_tr
+        weights = np.asarray(weights, np.float32)
+        flat_rows = rows.reshape(b * n, size)
+        classes = np.searchsorted(self._offsets, flat_rows[:, 0], side="right") - 1  # [B*N]
+        out = np.empty((b * n, q, n), np.float32)
+        order = np.argsort(classes, kind="stable")
+        unique, starts = np.unique(classes[order], return_index=True)
+        ends = np.append(starts[1:], len(order))
+        for c, lo, hi in zip(unique, starts, ends, strict=True):
+            slots = order[lo:hi]  # (task, position) pairs, flattened, that use class c
+            w = weights[slots // n].reshape(-1, weights.shape[-1])  # [slots * N, D]
+            first = self._offsets[c]
+            block = self._data[first:first + self._counts[c]]
+            products = (block @ w.T).reshape(len(block), len(slots), n)
+            local = flat_rows[slots, k:] - first  # [slots, Q]
+            out[slots] = products[local, np.arange(len(slots))[:, None]]
+        return out.reshape(b, n, q, n)
+
+
 def sampler_for(
     cfg: ExperimentConfig,
     data_root: str | Path,

@@ -30,6 +30,9 @@ from leo_core.distributed import Comm, shard
 # Tasks per rank evaluated at once: 16 five-way tasks with 599 queries per class
 # are ~120 MB of float32 queries.
 CHUNK_PER_RANK = 16
+# Models with `evaluate_episodes` never gather the queries: larger chunks amortise the
+# per-call cost of the adaptation graph and feed one matrix product per class.
+EPISODE_CHUNK_PER_RANK = 100
 
 
 def evaluate_tasks(model, sampler, num_tasks: int, comm: Comm, progress=None) -> dict:
@@ -40,15 +43,20 @@ def evaluate_tasks(model, sampler, num_tasks: int, comm: Comm, progress=None) ->
     """
     totals = np.zeros(4, np.float64)  # tasks, sum acc, sum acc², sum loss
     queries = 0
-    chunk = CHUNK_PER_RANK * comm.world
+    episodes = hasattr(model, "evaluate_episodes")
+    chunk = (EPISODE_CHUNK_PER_RANK if episodes else CHUNK_PER_RANK) * comm.world
     done = 0
     while done < num_tasks:
         size = min(chunk, num_tasks - done)
         mine = shard(size, comm.rank, comm.world)
-        batch = sampler.sample(size, tasks=slice(mine.start, mine.stop))
-        queries = batch.val_x.shape[2]
-        if len(mine):
+        rows = sampler.sample_indices(size)[mine.start:mine.stop]
+        queries = sampler.num_val
+        if len(mine) and episodes:  # queries never gathered (LEO.evaluate_episodes)
+            loss, acc = model.evaluate_episodes(sampler, rows)
+        elif len(mine):
+            batch = sampler.gather(rows)
             loss, acc = model.evaluate_batch(batch.tr_x, batch.tr_y, batch.val_x, batch.val_y)
+        if len(mine):
             acc = acc.astype(np.float64)
             totals += (len(mine), acc.sum(), np.square(acc).sum(), loss.astype(np.float64).sum())
         done += size

@@ -51,6 +51,10 @@ def parse_args(argv):
                              "port's names, e.g. leo_ms_init.ckpt) or a checkpoint directory/pointer "
                              "(its best); ignored when --resume finds a checkpoint")
     parser.add_argument("--log-every", type=int, default=100, help="steps between progress lines (100)")
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="run MindSpore's profiler over a few steps after the first two "
+                             "(which compile); each rank writes DIR/rank-<r>/ with op_summary.txt")
+    parser.add_argument("--profile-steps", type=int, default=5, help="steps to profile (5)")
     return parser.parse_args(argv)
 
 
@@ -76,6 +80,9 @@ class Trainer:
         self.step = 0
         self.best = {"accuracy": -1.0, "step": None}
         self.my_tasks = shard(cfg.metatrain_batch_size, comm.rank, comm.world)
+        self._prefetcher = None  # started by the first train_step (after any restore)
+        self.profiler = None  # a leo_core.profiling.StepProfiler with --profile
+        self._train_rng_state = None  # sampler state after the last step's episodes
         if comm.world > cfg.metatrain_batch_size:
             raise ConfigError(
                 f"{comm.world} ranks exceed metatrain_batch_size={cfg.metatrain_batch_size} "
@@ -119,7 +126,9 @@ class Trainer:
     def save(self) -> None:
         if not self.comm.is_main:
             return
-        state = {"train_rng": self.sampler.rng.bit_generator.state, "seed": self.seed,
+        # The live generator may already hold the prefetched next step's draws.
+        train_rng = self._train_rng_state or self.sampler.rng.bit_generator.state
+        state = {"train_rng": train_rng, "seed": self.seed,
                  "experiment": self.cfg.name, "world_size": self.comm.world, "best": self.best,
                  "config": self.cfg.to_dict()}
         checkpoint.save(self.out, self.step, self.model.params, self.adam.state(), state)
@@ -134,14 +143,19 @@ class Trainer:
 
     # -- one meta-training step
     def train_step(self) -> tuple[float, float]:
-        from leo_core.model import PARAM_NAMES, WEIGHT_NAMES, sample_noise
+        from leo_core.model import PARAM_NAMES, WEIGHT_NAMES
         from leo_core.optim import clip_gradients, has_nan, nan_guard_gradients
+        from leo_core.prefetch import StepPrefetcher, prepare_step
 
         cfg, comm = self.cfg, self.comm
         batch_size = cfg.metatrain_batch_size
-        mine = self.my_tasks
-        batch = self.sampler.sample(batch_size, tasks=slice(mine.start, mine.stop))
-        noise = sample_noise(cfg, self.seed, self.step, mine, cfg.num_val_examples_per_class)
+        if self._prefetcher is None:  # episodes and noise of step s + 1 drawn during step s
+            self._prefetcher = StepPrefetcher(lambda step: prepare_step(
+                self.sampler, cfg, self.seed, step, self.my_tasks, batch_size),
+                enabled=os.environ.get("LEO_PREFETCH", "1") != "0")
+        prepared = self._prefetcher.get(self.step)
+        self._train_rng_state = prepared.rng_state_after
+        batch, noise = prepared.batch, prepared.noise
         loss, ce, acc, grads = self.model.loss_and_grads(
             batch.tr_x, batch.tr_y, batch.val_x, batch.val_y, noise,
             task_weight=1.0 / batch_size, reg_weight=1.0 / comm.world)
@@ -182,6 +196,8 @@ class Trainer:
         window_start, window_steps, losses, accs = time.monotonic(), 0, [], []
         while self.step < total_steps:
             loss, acc = self.train_step()
+            if self.profiler is not None:
+                self.profiler.step_done()
             losses.append(loss)
             accs.append(acc)
             window_steps += 1
@@ -201,6 +217,11 @@ class Trainer:
                     self._validate_and_log()
                 self.save()
                 window_start = time.monotonic()  # keep validation out of the step rate
+        if self.profiler is not None:
+            self.profiler.stop()  # runs shorter than the profiled window
+        if self._prefetcher is not None:
+            self._prefetcher.close()
+            self._prefetcher = None
         if self.best["step"] is None:
             # Runs shorter than checkpoint_steps still leave a best checkpoint.
             self._validate_and_log()
@@ -259,6 +280,10 @@ def main(argv: list[str] | None = None) -> int:
         resumed = args.resume and trainer.restore()
         if args.init and not resumed:
             trainer.initialise_from(args.init)
+        if args.profile:
+            from leo_core.profiling import StepProfiler
+
+            trainer.profiler = StepProfiler(args.profile, comm.rank, steps=args.profile_steps)
     try:
         best = trainer.run(cfg.num_steps_limit)
     except Exception:

@@ -1,29 +1,35 @@
 """`make bench-core`: LEO meta-training and evaluation speed, MindSpore against PyTorch.
 
-Prints a markdown table. Not a test: timings on a shared machine are noisy.
+Not a test: it prints a markdown report. It is built so that it cannot flatter either side
+on a shared machine:
 
-- Meta-training step (12 tasks, 15 queries per class), median over timed steps after
-  warm-up (the first call compiles the MindSpore graph; its time is shown apart).
-  MindSpore: `sample_noise` (host NumPy noise) + `LEO.loss_and_grads` (graph mode,
-  closed-form inner loops, autodiff outer gradient). The optimizer update
-  (Adam, clipping, NaN guard) is not included: it lives in leo_core.train.
-  PyTorch: the same step written plainly in float32 on the CPU — batched over
-  tasks, noise from torch's RNG, inner loops by `torch.autograd.grad(...,
-  create_graph=True)` (second order), then `.backward()`. Its loss and gradients
-  are checked once against the float64 reference in tests/leo_core/reference_torch.py.
-- Evaluation throughput: tasks/s with 600 - K queries per class in chunks of 25 tasks,
-  including episode gathering by leo_core.data's `EpisodeSampler` from a random
-  [20 x 600 x 640] array (unit-normalised once) — MindSpore `evaluate_batch` and the
-  PyTorch baseline in evaluation mode; the time of 10,000 one-shot tasks is
-  extrapolated from the rate.
-- Peak RSS (resource.getrusage) of each framework's process.
+- Each measurement is a BLOCK: one fresh process of ONE framework (never both alive) sets
+  up, warms up (the first MindSpore call compiles its graph), times `--steps` steps and
+  exits. Blocks alternate A B A B ... (`--blocks` pairs), so slow drifts of the machine's
+  load hit both frameworks alike; the 1-minute load average is recorded before and after
+  every block.
+- Per step it records wall time (`time.perf_counter`) and CPU time of the whole process,
+  all threads (`time.process_time`). A block's value is its median step; the MS/PT ratio
+  is formed per adjacent pair of blocks and reported as the median over pairs with its
+  min-max spread.
+- It states the threads each framework used: PyTorch's intra-/inter-op settings, and
+  for both the number of OS threads of the process.
 
-Each framework runs in its own subprocess (separate peak memory); the MindSpore and
-PyTorch processes of a comparison stay alive together and their steps alternate, so
-both see the same load on a shared machine, and the ratio is the median of per-step
-ratios.
+Meta-training step (12 tasks, 5-way, 15 queries per class, the experiment's config on
+both sides; the optimizer update is excluded on both sides): episodes come from
+leo_core.data's `EpisodeSampler` over a random [64 x 600 x 640] unit-normalised split.
+MindSpore runs what `leo_core.train` runs: the `StepPrefetcher` (episodes and
+`sample_noise` of step s+1 drawn in a background thread) and `LEO.loss_and_grads`; the
+time on the critical path waiting for host inputs is reported apart. PyTorch: the same
+step written plainly in float32 (gathering on the main thread, torch RNG noise, inner
+loops by `torch.autograd.grad(..., create_graph=True)`, then `.backward()`), checked
+once against the float64 reference in tests/leo_core/reference_torch.py.
 
-Usage: python tests/benchmarks/bench_core.py [--steps N] [--eval-chunks N]
+Evaluation: tasks/s with 600 - K queries per class, chunks as `leo_core.evaluate` uses
+them, episode gathering included, over a random [20 x 600 x 640] split; and the real
+`leo_core.evaluate.evaluate_tasks` on `--metatest-tasks` one-shot tasks (MindSpore).
+
+Usage: python tests/benchmarks/bench_core.py [--blocks N] [--steps N] [--only train|eval]
 """
 
 from __future__ import annotations
@@ -37,7 +43,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -53,9 +58,7 @@ from leo_core.model import EMBEDDING_DIM, PARAM_NAMES, init_parameters, sample_n
 D = EMBEDDING_DIM
 EXPERIMENTS = ("mini_1shot", "mini_5shot")
 TRAIN_QUERIES = 15
-EVAL_CHUNK = 25
 POOL_CLASSES, POOL_IMAGES = 20, 600
-TORCH_THREADS = 2
 
 
 # ---------------------------------------------------------------- shared helpers
@@ -214,56 +217,87 @@ def _check_torch_baseline(torch, cfg, params) -> float:
     return max(errors)
 
 
-# ---------------------------------------------------------------- workers (subprocesses)
 
-MARK = "BENCH "  # prefix of the worker's protocol lines on stdout
+# ---------------------------------------------------------------- workers (one framework per process)
+
+TRAIN_CLASSES, TRAIN_IMAGES = 64, 600
 
 
-def _reply(obj) -> None:
-    print(MARK + json.dumps(obj), flush=True)
+def _split(classes: int, images: int, seed: int):
+    from leo_core.data import Split, l2_normalize
+
+    rng = np.random.default_rng(seed)
+    pool = np.abs(rng.standard_normal((classes * images, D), np.float32))
+    l2_normalize(pool, out=pool)
+    return Split("bench", tuple(f"c{i}" for i in range(classes)),
+                 tuple(pool[i * images:(i + 1) * images] for i in range(classes)))
+
+
+def _threads() -> int:
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return -1
 
 
 def _train_worker(framework: str, cfg):
-    """(step function, closing function) of one framework's meta-training step."""
+    """(step function, info function) of one framework's meta-training step."""
+    from leo_core.data import EpisodeSampler, make_rng
+
     batch_size = cfg.metatrain_batch_size
-    rng = np.random.default_rng(0)
-    batches = [random_batch(rng, cfg, batch_size, TRAIN_QUERIES) for _ in range(4)]
+    sampler = EpisodeSampler(_split(TRAIN_CLASSES, TRAIN_IMAGES, 0), cfg.num_classes,
+                             cfg.num_tr_examples_per_class, TRAIN_QUERIES, make_rng(0, 0))
     counter = iter(range(10**9))
     if framework == "mindspore":
         from leo_core.model import LEO
+        from leo_core.prefetch import StepPrefetcher, prepare_step
 
         model = LEO(cfg, seed=0)
+        prefetch = os.environ.get("LEO_PREFETCH", "1") != "0"
+        prefetcher = StepPrefetcher(
+            lambda step: prepare_step(sampler, cfg, 0, step, range(batch_size), batch_size),
+            enabled=prefetch)
+        waits = []
 
         def step():
-            i = next(counter)
-            noise = sample_noise(cfg, 0, i, range(batch_size), TRAIN_QUERIES)
-            model.loss_and_grads(*batches[i % 4], noise, task_weight=1.0 / batch_size)
+            start = time.perf_counter()
+            prepared = prefetcher.get(next(counter))
+            waits.append(time.perf_counter() - start)
+            b = prepared.batch
+            model.loss_and_grads(b.tr_x, b.tr_y, b.val_x, b.val_y, prepared.noise,
+                                 task_weight=1.0 / batch_size)
 
-        def close():
-            noise_ms = []
-            for _ in range(5):
-                start = time.perf_counter()
-                sample_noise(cfg, 0, next(counter), range(batch_size), TRAIN_QUERIES)
-                noise_ms.append(1e3 * (time.perf_counter() - start))
-            return {"noise_ms": statistics.median(noise_ms)}
+        def info():
+            prefetcher.close()
+            return {"host_wait_ms": 1e3 * statistics.median(waits[-10:]),
+                    "host_prepare_ms": 1e3 * prefetcher.prepare_seconds / prefetcher.steps,
+                    "prefetch": prefetch, "threads": _threads()}
 
-        return step, close
+        return step, info
     import torch
 
-    torch.set_num_threads(TORCH_THREADS)
+    torch.set_num_threads(int(framework.removeprefix("torch")))
     torch.manual_seed(0)
     params = init_parameters(cfg, seed=0)
     leo = torch_leo(cfg, params, torch)
-    inputs = [_torch_inputs(torch, cfg, *b) for b in batches]
 
     def step():
-        leo(*inputs[next(counter) % 4])
+        next(counter)
+        b = sampler.sample(batch_size)
+        leo(*_torch_inputs(torch, cfg, b.tr_x, b.tr_y, b.val_x, b.val_y))
 
-    return step, lambda: {"check_err": _check_torch_baseline(torch, cfg, params)}
+    def info():
+        return {"threads": _threads(), "torch_threads": torch.get_num_threads(),
+                "torch_interop_threads": torch.get_num_interop_threads(),
+                "check_err": _check_torch_baseline(torch, cfg, params)}
+
+    return step, info
 
 
 def _eval_worker(framework: str, cfg):
-    """(step function, closing function): one chunk of tasks gathered and evaluated."""
+    """(step function, info function): one chunk of tasks gathered and evaluated."""
+    from leo_core.evaluate import CHUNK_PER_RANK
+
     sampler = evaluation_sampler(cfg, seed=0)
     if framework == "mindspore":
         from leo_core.model import LEO
@@ -272,94 +306,98 @@ def _eval_worker(framework: str, cfg):
     else:
         import torch
 
-        torch.set_num_threads(TORCH_THREADS)
+        torch.set_num_threads(int(framework.removeprefix("torch")))
         leo = torch_leo(cfg, init_parameters(cfg, seed=0), torch)
 
         def evaluate(*batch):
             return leo(*_torch_inputs(torch, cfg, *batch), training=False)
 
-    gather_ms = []
-
     def step():
-        start = time.perf_counter()
-        b = sampler.sample(EVAL_CHUNK)
-        gather_ms.append(1e3 * (time.perf_counter() - start))
+        b = sampler.sample(CHUNK_PER_RANK)
         evaluate(b.tr_x, b.tr_y, b.val_x, b.val_y)
 
-    return step, lambda: {"gather_ms": statistics.median(gather_ms[1:] or gather_ms)}
+    return step, lambda: {"threads": _threads(), "chunk": CHUNK_PER_RANK}
 
 
-def worker(kind: str, framework: str, experiment: str, warmup: int) -> None:
-    """Set up, warm up, then time one step per `step` line read from stdin."""
+def _metatest_worker(cfg, tasks: int) -> dict:
+    """The real leo_core.evaluate path on `tasks` tasks (MindSpore)."""
+    from leo_core.distributed import Comm
+    from leo_core.evaluate import evaluate_tasks
+    from leo_core.model import LEO
+
+    model = LEO(cfg, seed=0)
+    evaluate_tasks(model, evaluation_sampler(cfg, seed=1), 16, Comm())  # compile
+    load = os.getloadavg()[0]
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = evaluate_tasks(model, evaluation_sampler(cfg, seed=0), tasks, Comm())
+    return {"tasks": tasks, "wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu,
+            "queries_per_class": result["queries_per_class"], "load_before": load,
+            "load_after": os.getloadavg()[0], "peak_rss_mb": peak_rss_mb(), "threads": _threads()}
+
+
+def worker(kind: str, framework: str, experiment: str, steps: int, warmup: int) -> None:
     cfg = load_experiment(experiment)
-    step, close = (_train_worker if kind == "train" else _eval_worker)(framework, cfg)
+    if kind == "metatest":
+        print(MARK + json.dumps(_metatest_worker(cfg, steps)), flush=True)
+        return
+    step, info = (_train_worker if kind == "train" else _eval_worker)(framework, cfg)
     start = time.perf_counter()
     step()  # compiles (MindSpore) / allocates
     first = time.perf_counter() - start
     for _ in range(warmup - 1):
         step()
-    _reply({"first_s": first})
-    for line in sys.stdin:
-        if line.strip() == "step":
-            start = time.perf_counter()
-            step()
-            _reply({"ms": 1e3 * (time.perf_counter() - start)})
-        else:
-            break
-    _reply({**close(), "peak_rss_mb": peak_rss_mb()})
+    wall, cpu = [], []
+    for _ in range(steps):
+        w, c = time.perf_counter(), time.process_time()
+        step()
+        wall.append(1e3 * (time.perf_counter() - w))
+        cpu.append(1e3 * (time.process_time() - c))
+    print(MARK + json.dumps({"first_s": first, "wall_ms": wall, "cpu_ms": cpu,
+                             "peak_rss_mb": peak_rss_mb(), **info()}), flush=True)
 
 
-class Worker:
-    def __init__(self, kind: str, framework: str, experiment: str, warmup: int):
-        self.log = tempfile.TemporaryFile("w+")
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, framework,
-               experiment, "--warmup", str(warmup)]
-        self.name = " ".join(cmd[-5:-2])
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self.log, text=True)
-        self.ready = self._read()
-        self.times: list[float] = []
-
-    def _read(self) -> dict:
-        while True:
-            line = self.proc.stdout.readline()
-            if not line:
-                self.proc.wait()
-                self.log.seek(0)
-                sys.stderr.write(self.log.read()[-4000:])
-                raise SystemExit(f"benchmark worker {self.name} failed ({self.proc.returncode})")
-            if line.startswith(MARK):
-                return json.loads(line[len(MARK):])
-
-    def step(self) -> float:
-        self.proc.stdin.write("step\n")
-        self.proc.stdin.flush()
-        self.times.append(self._read()["ms"])
-        return self.times[-1]
-
-    def finish(self) -> dict:
-        self.proc.stdin.write("done\n")
-        self.proc.stdin.flush()
-        result = self._read()
-        self.proc.wait()
-        self.log.close()
-        return {**self.ready, **result, "median_ms": statistics.median(self.times),
-                "min_ms": min(self.times)}
+MARK = "BENCH "
 
 
-def paired(kind: str, experiment: str, steps: int, warmup: int) -> dict:
-    """MindSpore and PyTorch workers alive together, their steps alternated so that both
-    see the same machine load; the ratio is the median of the per-pair ratios."""
-    ms_worker = Worker(kind, "mindspore", experiment, warmup)
-    pt_worker = Worker(kind, "torch", experiment, warmup)
-    ratios = []
-    for i in range(steps):
-        first, second = (ms_worker, pt_worker) if i % 2 == 0 else (pt_worker, ms_worker)
-        first.step()
-        second.step()
-        ratios.append(ms_worker.times[-1] / pt_worker.times[-1])
-    return {"mindspore": ms_worker.finish(), "torch": pt_worker.finish(),
-            "ratio": statistics.median(ratios)}
+def run_block(kind: str, framework: str, experiment: str, steps: int, warmup: int) -> dict:
+    """One framework alone in a fresh process; returns its measurements."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, framework, experiment,
+           "--steps", str(steps), "--warmup", str(warmup)]
+    load_before = os.getloadavg()[0]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(MARK)]
+    if proc.returncode != 0 or not lines:
+        sys.stderr.write(proc.stderr[-4000:])
+        raise SystemExit(f"benchmark block {kind} {framework} {experiment} failed ({proc.returncode})")
+    result = json.loads(lines[-1][len(MARK):])
+    result.update(load_before=load_before, load_after=os.getloadavg()[0])
+    if "wall_ms" in result:
+        result["wall"] = statistics.median(result["wall_ms"])
+        result["cpu"] = statistics.median(result["cpu_ms"])
+    return result
+
+
+def alternate(kind: str, experiment: str, blocks: int, steps: int, warmup: int,
+              torch_threads: list[int]) -> dict:
+    """Rounds of blocks MS, PT (each thread setting), MS, PT, ... each framework alone.
+
+    Per round, the ratio divides MindSpore's median step by the FASTER PyTorch setting's
+    (on a loaded machine PyTorch's 2-thread kernels can lose badly to 1 thread, so a fixed
+    setting could flatter MindSpore)."""
+    variants = ["mindspore"] + [f"torch{n}" for n in torch_threads]
+    runs = {v: [] for v in variants}
+    for i in range(blocks):
+        for framework in variants:
+            block = run_block(kind, framework, experiment, steps, warmup)
+            runs[framework].append(block)
+            print(f"  {kind} {experiment} round {i + 1}/{blocks} {framework}: median "
+                  f"{block['wall']:.1f} ms wall, {block['cpu']:.1f} ms CPU per step, load "
+                  f"{block['load_before']:.1f}->{block['load_after']:.1f}", file=sys.stderr, flush=True)
+    best_torch = [min((runs[v][i] for v in variants[1:]), key=lambda b: b["wall"]) for i in range(blocks)]
+    ratios = [m["wall"] / t["wall"] for m, t in zip(runs["mindspore"], best_torch, strict=True)]
+    cpu_ratios = [m["cpu"] / t["cpu"] for m, t in zip(runs["mindspore"], best_torch, strict=True)]
+    return {**runs, "torch": best_torch, "ratios": ratios, "cpu_ratios": cpu_ratios,
+            "torch_variants": variants[1:]}
 
 
 # ---------------------------------------------------------------- report
@@ -375,69 +413,111 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def _med(blocks, key):
+    return statistics.median(b[key] for b in blocks)
+
+
+def _spread(values, fmt="{:.2f}"):
+    return f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}–{fmt.format(max(values))})"
+
+
+def _loads(result) -> str:
+    loads = [b[k] for fw in ("mindspore", *result["torch_variants"]) for b in result[fw]
+             for k in ("load_before", "load_after")]
+    return f"{min(loads):.1f}–{max(loads):.1f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=15, help="timed training steps per config")
+    parser.add_argument("--blocks", type=int, default=3, help="MS/PT block pairs per config (3)")
+    parser.add_argument("--steps", type=int, default=20, help="timed training steps per block (20)")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--eval-chunks", type=int, default=6,
-                        help=f"timed evaluation chunks of {EVAL_CHUNK} tasks per config")
+    parser.add_argument("--eval-chunks", type=int, default=5, help="timed evaluation chunks per block")
+    parser.add_argument("--metatest-tasks", type=int, default=10000,
+                        help="one-shot tasks for the real meta-test timing (0 skips it)")
+    parser.add_argument("--only", choices=("train", "eval"), help="run one part only")
+    parser.add_argument("--experiments", nargs="+", default=list(EXPERIMENTS))
+    parser.add_argument("--torch-threads", nargs="+", type=int, default=[1, 2],
+                        help="PyTorch intra-op thread settings, each its own block (1 2)")
     parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(*args.worker, warmup=args.warmup)
+        worker(*args.worker, steps=args.steps, warmup=args.warmup)
         return
 
     from importlib.metadata import version
 
     started = time.perf_counter()
-    load_before = os.getloadavg()[0]
-    train = {exp: paired("train", exp, args.steps, args.warmup) for exp in EXPERIMENTS}
-    evals = {exp: paired("eval", exp, args.eval_chunks, 2) for exp in EXPERIMENTS}
-    load_after = os.getloadavg()[0]
+    load_start = os.getloadavg()
+    train = evals = metatest = None
+    if args.only in (None, "train"):
+        train = {e: alternate("train", e, args.blocks, args.steps, args.warmup,
+                                  args.torch_threads) for e in args.experiments}
+    if args.only in (None, "eval"):
+        evals = {e: alternate("eval", e, max(1, args.blocks - 1), args.eval_chunks, 1,
+                                 args.torch_threads)
+                 for e in args.experiments}
+        if args.metatest_tasks:
+            metatest = run_block("metatest", "mindspore", "mini_1shot", args.metatest_tasks, 0)
+    load_end = os.getloadavg()
 
-    print(f"## LEO core benchmark — {cpu_model()}, nproc {os.cpu_count()}, "
-          f"MindSpore {version('mindspore')}, PyTorch {version('torch')} ({TORCH_THREADS} threads)\n")
-    print(f"1-minute load average {load_before:.1f} before, {load_after:.1f} after (other "
-          "processes share the machine). Each MindSpore/PyTorch pair runs in two live "
-          "subprocesses whose steps alternate, so both see the same load; the ratio is the "
-          "median of the per-step ratios, and in brackets the ratio of the fastest steps "
-          "(less sensitive to load spikes, which hit PyTorch's 2-thread kernels hardest).\n")
-    print("### Meta-training step (12 tasks × 5 classes, 15 queries per class)\n")
-    print("MindSpore = host noise (`sample_noise`) + `LEO.loss_and_grads`; PyTorch = the same "
-          "step in plain float32 (torch RNG, `create_graph=True`, `.backward()`). "
-          "Optimizer update excluded for both.\n")
-    print("| config | MindSpore ms/step median (min) | of which noise ms "
-          "| PyTorch ms/step median (min) | ratio MS/PT paired median (of minima) "
-          "| MS first call (compile) s | peak RSS MS / PT MB |")
-    print("|---|---|---|---|---|---|---|")
-    for exp in EXPERIMENTS:
-        m, t = train[exp]["mindspore"], train[exp]["torch"]
-        print(f"| {exp} | {m['median_ms']:.1f} ({m['min_ms']:.1f}) | {m['noise_ms']:.1f} "
-              f"| {t['median_ms']:.1f} ({t['min_ms']:.1f}) "
-              f"| {train[exp]['ratio']:.2f} ({m['min_ms'] / t['min_ms']:.2f}) "
-              f"| {m['first_s']:.1f} | {m['peak_rss_mb']:.0f} / {t['peak_rss_mb']:.0f} |")
-    print(f"\n{args.steps} timed steps after {args.warmup} warm-up steps. PyTorch baseline vs "
-          "the float64 reference (2 tasks, same noise), max error of loss and gradients relative "
-          "to each tensor's largest entry: "
-          + ", ".join(f"{exp} {train[exp]['torch']['check_err']:.1e}" for exp in EXPERIMENTS)
-          + ".\n")
-    print(f"### Evaluation (600 − K queries per class, chunks of {EVAL_CHUNK} tasks, "
-          "episode gathering included)\n")
-    print("| config | MindSpore tasks/s median (best) | PyTorch tasks/s median (best) "
-          "| ratio MS/PT time paired median (of minima) "
-          "| gathering ms/chunk | 10,000 tasks MS / PT | peak RSS MS / PT MB |")
-    print("|---|---|---|---|---|---|---|")
-    for exp in EXPERIMENTS:
-        m, t = evals[exp]["mindspore"], evals[exp]["torch"]
-        m_rate, t_rate = EVAL_CHUNK / m["median_ms"] * 1e3, EVAL_CHUNK / t["median_ms"] * 1e3
-        m_best, t_best = EVAL_CHUNK / m["min_ms"] * 1e3, EVAL_CHUNK / t["min_ms"] * 1e3
-        print(f"| {exp} | {m_rate:.1f} ({m_best:.1f}) | {t_rate:.1f} ({t_best:.1f}) "
-              f"| {evals[exp]['ratio']:.2f} ({m['min_ms'] / t['min_ms']:.2f}) "
-              f"| {m['gather_ms']:.0f} | {1e4 / m_rate:.0f} s / {1e4 / t_rate:.0f} s "
-              f"| {m['peak_rss_mb']:.0f} / {t['peak_rss_mb']:.0f} |")
-    print(f"\nRates from the median chunk time of {args.eval_chunks} timed chunks per config "
-          "after one warm-up chunk; 10,000 tasks extrapolated from the rate.")
-    print(f"\nTotal benchmark time {time.perf_counter() - started:.0f} s.")
+    print(f"## LEO core benchmark — {cpu_model()}, {os.cpu_count()} cores, "
+          f"MindSpore {version('mindspore')}, PyTorch {version('torch')}\n")
+    print(f"Load average (1/5/15 min) {'/'.join(f'{x:.1f}' for x in load_start)} at the start, "
+          f"{'/'.join(f'{x:.1f}' for x in load_end)} at the end. Every block is one framework "
+          "alone in a fresh process; blocks alternate MindSpore, PyTorch, MindSpore, ... "
+          "Ratios are MS/PT per adjacent pair of blocks: median (min–max over pairs).\n")
+    if train:
+        print(f"### Meta-training step ({args.blocks} block pairs × {args.steps} timed steps after "
+              f"{args.warmup} warm-up; 12 tasks, 15 queries per class; optimizer excluded)\n")
+        variants = next(iter(train.values()))["torch_variants"]
+        print("| config | MindSpore ms/step wall (CPU) | "
+              + " | ".join(f"PyTorch {v[5:]} thread(s) ms/step wall (CPU)" for v in variants)
+              + " | ratio MS/PT wall | ratio MS/PT CPU | MS host inputs: critical path / "
+              "background ms | load during blocks | peak RSS MS / PT MB |")
+        print("|---|---|" + "---|" * len(variants) + "---|---|---|---|---|")
+        for exp, r in train.items():
+            m = r["mindspore"]
+            print(f"| {exp} | {_med(m, 'wall'):.1f} ({_med(m, 'cpu'):.1f}) | "
+                  + " | ".join(f"{_med(r[v], 'wall'):.1f} ({_med(r[v], 'cpu'):.1f})" for v in variants)
+                  + f" | {_spread(r['ratios'])} | {_spread(r['cpu_ratios'])} "
+                  f"| {_med(m, 'host_wait_ms'):.2f} / {_med(m, 'host_prepare_ms'):.1f} "
+                  f"| {_loads(r)} | {max(b['peak_rss_mb'] for b in m):.0f} / "
+                  f"{max(b['peak_rss_mb'] for v in variants for b in r[v]):.0f} |")
+        print("\nMS/PT ratios use, round by round, the faster PyTorch setting; medians over "
+              "rounds, (min–max).")
+        any_exp = next(iter(train.values()))
+        pt, ms_ = any_exp["torch"][0], any_exp["mindspore"][0]
+        print(f"\nThreads: PyTorch intra-op as in the column, inter-op "
+              f"{pt['torch_interop_threads']}, {pt['threads']} OS threads in its process; "
+              f"MindSpore {ms_['threads']} OS threads in its process (runtime defaults"
+              f"{', prefetch thread included' if ms_['prefetch'] else ''}). "
+              "MS first call (graph compilation): "
+              + ", ".join(f"{e} {_med(r['mindspore'], 'first_s'):.1f} s" for e, r in train.items())
+              + ". PyTorch baseline vs the float64 reference (2 tasks, same noise), max error "
+              "relative to each tensor's largest entry: "
+              + ", ".join(f"{e} {r['torch'][0]['check_err']:.1e}" for e, r in train.items()) + ".\n")
+    if evals:
+        chunk = next(iter(evals.values()))["mindspore"][0]["chunk"]
+        print(f"### Evaluation (600 − K queries per class, chunks of {chunk} tasks, gathering "
+              "included)\n")
+        variants = next(iter(evals.values()))["torch_variants"]
+        print("| config | MindSpore tasks/s (CPU ms/task) | "
+              + " | ".join(f"PyTorch {v[5:]} thread(s) tasks/s (CPU ms/task)" for v in variants)
+              + " | ratio MS/PT time | load during blocks |")
+        print("|---|---|" + "---|" * len(variants) + "---|---|")
+        for exp, r in evals.items():
+            cells = [f"{chunk / _med(r[v], 'wall') * 1e3:.0f} ({_med(r[v], 'cpu') / chunk:.1f})"
+                     for v in ("mindspore", *variants)]
+            print(f"| {exp} | {' | '.join(cells)} | {_spread(r['ratios'])} | {_loads(r)} |")
+        print()
+    if metatest:
+        print(f"Meta-test, `leo_core.evaluate.evaluate_tasks`, mini_1shot, {metatest['tasks']} tasks × "
+              f"{metatest['queries_per_class']} queries per class (MindSpore): "
+              f"{metatest['wall_s']:.1f} s wall, {metatest['cpu_s']:.1f} s CPU, load "
+              f"{metatest['load_before']:.1f}->{metatest['load_after']:.1f}, peak RSS "
+              f"{metatest['peak_rss_mb']:.0f} MB.\n")
+    print(f"Total benchmark time {time.perf_counter() - started:.0f} s.")
 
 
 if __name__ == "__main__":

@@ -177,8 +177,10 @@ def test_closed_form_inner_gradients_equal_autodiff(k, training):
     np.testing.assert_allclose(closed_w, auto_w.asnumpy(), rtol=1e-5, atol=1e-6)
 
     # d(summed support CE)/dz through the decoder (and the sampling in training).
+    dec = f.split_decoder(w_dec)
+
     def loss_of_z(z_):
-        return f.support_loss_and_grad(x, y, f.decode(z_, w_dec, eps)[0])[0].sum()
+        return f.support_loss_and_grad(x, y, f.decode(z_, dec, eps)[0])[0].sum()
 
     if training:
         z = _tensor(0.3 * rng.standard_normal((b, n, k, latents)))
@@ -186,9 +188,13 @@ def test_closed_form_inner_gradients_equal_autodiff(k, training):
     else:  # evaluation adapts one copy; autodiff sees the original's K identical copies
         z_closed = _tensor(0.3 * rng.standard_normal((b, n, 1, latents)))
         z = ms.ops.broadcast_to(z_closed, (b, n, k, latents))
-    weights, _, u = f.decode(z_closed, w_dec, eps)
+    weights, dw_du, u = f.decode(z_closed, dec, eps)
     _, grad_w = f.support_loss_and_grad(x, y, weights)
-    closed_z = f.latent_grad(grad_w, u, eps, w_dec).asnumpy()
+    # The inner loop's form: the gradient of the class-mean weights.
+    np.testing.assert_allclose(
+        grad_w.asnumpy()[:, :, 0], f.support_grad(x, y, f.mean_axis(weights, 2)).asnumpy(),
+        rtol=1e-6, atol=1e-7)
+    closed_z = f.latent_grad(grad_w, dw_du, dec).asnumpy()
     auto_z = ms.grad(loss_of_z)(z).asnumpy()
     if training:  # the clamp at 1e-10 must be active for part of the decoder's outputs
         std = np.exp(u.asnumpy()) - f.weight_offset
@@ -261,8 +267,10 @@ def test_relation_network_uses_all_pairs(k):
     rng = np.random.default_rng(k)
     tr_x = _unit(np.abs(rng.standard_normal((1, n, k, D))))
 
-    def encode(x):
-        return f.encode(_tensor(x.reshape(1, n * k, D)), *weights, None).asnumpy()[0]
+    def encode(x):  # one distribution per class, tiled over its K examples as the original
+        dist = f.encode(_tensor(x.reshape(1, n * k, D)), *weights, None).asnumpy()[0]
+        assert dist.shape == (n, 1, 2 * latents)
+        return np.broadcast_to(dist, (n, k, 2 * latents))
 
     dist = encode(tr_x)
     assert dist.shape == (n, k, 2 * latents)
@@ -319,9 +327,14 @@ def test_sampling_formula():
     params = init_parameters(cfg, seed=1)
     z = 0.5 * rng.standard_normal((2, 5, 5, cfg.num_latents)).astype(np.float32)
     eps = rng.standard_normal((2, 5, 5, D)).astype(np.float32)
-    w, w_mean, w_u = (t.asnumpy() for t in f.decode(_tensor(z), _tensor(params["decoder/w"]), _tensor(eps)))
+    dec = f.split_decoder(_tensor(params["decoder/w"]))
+    w, dw_du, w_u = (t.asnumpy() for t in f.decode(_tensor(z), dec, _tensor(eps)))
+    w_mean = f.decode(_tensor(z), dec, None)[0].asnumpy()
     out = z.astype(np.float64) @ params["decoder/w"]
     np.testing.assert_allclose(w_mean, out[..., :D], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(w_u, out[..., D:], rtol=1e-4, atol=1e-6)
+    unclamped = np.exp(out[..., D:]) - (1 - s) > 1e-10
+    np.testing.assert_allclose(dw_du, eps * np.exp(out[..., D:]) * unclamped, rtol=1e-4, atol=1e-5)
     std = np.maximum(np.exp(out[..., D:]) - (1 - s), 1e-10)
     np.testing.assert_allclose(w, out[..., :D] + std * eps, rtol=1e-4, atol=1e-5)
 
@@ -371,3 +384,26 @@ def test_parameter_names_shapes_and_loading():
     missing = {k: v for k, v in params.items() if k != "finetuning_lr"}
     with pytest.raises(ValueError, match="finetuning_lr"):
         model.load_numpy(missing)
+
+
+@pytest.mark.parametrize("k", [1, 5])
+def test_evaluate_episodes_equals_evaluate_batch(k):
+    """The meta-test path (adapt in MindSpore, query logits per class block without
+    gathering the queries) gives evaluate_batch's numbers on the same episodes."""
+    from leo_core.data import EpisodeSampler, Split, l2_normalize, make_rng
+
+    cfg = load_experiment(EXPERIMENTS[k], ["total_examples_per_class=40"])
+    model = LEO(cfg)
+    model.load_numpy(_test_parameters(cfg))
+    rng = np.random.default_rng(k)
+    pool = np.abs(rng.standard_normal((7 * 45, D))).astype(np.float32)
+    l2_normalize(pool, out=pool)
+    split = Split("t", tuple(f"c{i}" for i in range(7)), tuple(pool[i * 45:(i + 1) * 45] for i in range(7)))
+    sampler = EpisodeSampler(split, cfg.num_classes, k, cfg.eval_queries_per_class, make_rng(3))
+    rows = sampler.sample_indices(6)
+    batch = sampler.gather(rows)
+    ce, acc = model.evaluate_batch(batch.tr_x, batch.tr_y, batch.val_x, batch.val_y)
+    ce2, acc2 = model.evaluate_episodes(sampler, rows)
+    np.testing.assert_allclose(ce2, ce, rtol=1e-5)
+    np.testing.assert_allclose(acc2, acc, atol=1e-6)
+    assert len(set(acc.tolist())) > 1  # tasks differ, so the check has teeth
