@@ -83,13 +83,18 @@ MIN_SUPER_CLASSES = 2
 @dataclass(frozen=True)
 class DatasetShape:
     classes: tuple[int, int, int]  # train, val, test
+    # "random": one pool of super-classes (their sum) shared by the splits, and every class
+    # assigned to a split at random (miniImageNet's split is random over ImageNet classes).
+    # "category": each split its own super-classes (tieredImageNet's splits are disjoint
+    # categories).
     super_classes: tuple[int, int, int]
     images: tuple[int, int]  # inclusive range of images per class
+    split_by: str
 
 
 SHAPES = {
-    "miniImageNet": DatasetShape((64, 16, 20), (16, 4, 5), (600, 600)),
-    "tieredImageNet": DatasetShape((351, 97, 160), (20, 6, 8), (732, 1300)),
+    "miniImageNet": DatasetShape((64, 16, 20), (16, 4, 5), (600, 600), "random"),
+    "tieredImageNet": DatasetShape((351, 97, 160), (20, 6, 8), (732, 1300), "category"),
 }
 
 
@@ -100,7 +105,7 @@ class GenerativeModel:
     latent_dim: int = 64
     super_scale: float = 1.5
     class_scale: float = 0.45
-    image_scale: float = 2.8
+    image_scale: float = 3.7
     # Crop-dependent variation: latent (pose, framing) and per-feature noise. Multiview
     # embeddings average several crops of the image, so they carry less of it.
     view_scale: tuple[float, float] = (1.1, 0.55)  # center, multiview
@@ -108,13 +113,17 @@ class GenerativeModel:
     bias_mean: float = -0.3
     bias_std: float = 0.5
     gain_std: float = 0.25
+    # The representation is fitted to the training classes: a latent direction keeps a
+    # gain that grows with the training classes' between-class spread along it, and at
+    # least `fit_floor` (1.0 = no fitting).
+    fit_floor: float = 0.35
 
 
-# Fewer of tieredImageNet's class pairs share a super-class (12% in test, against 16% in
-# miniImageNet's), which makes its episodes easier; a little more image noise evens them out.
 MODELS = {
     "miniImageNet": GenerativeModel(),
-    "tieredImageNet": GenerativeModel(image_scale=3.1),
+    # Disjoint categories: weaker super-classes, so that the 351 training classes span the
+    # latent space as a real network's training classes span its features.
+    "tieredImageNet": GenerativeModel(super_scale=1.0, class_scale=0.7),
 }
 
 
@@ -146,13 +155,26 @@ class _SplitPlan:
     wnids: tuple[str, ...]  # sorted
     images: tuple[int, ...]
     class_means: np.ndarray  # [C, r]
+    class_ids: tuple[int, ...]  # dataset-wide index of each class (keys its random streams)
 
 
 def _super_class_count(count: int, full_count: int, full_supers: int) -> int:
-    """Super-classes for `count` classes keeping the full split's chance that two classes
+    """Super-classes for `count` classes keeping the full data's chance that two classes
     share a super-class (so episodes of shrunk data are about as hard as full-size ones)."""
+    if full_count <= 1:
+        return count
     same = (full_count / full_supers - 1) / (full_count - 1)
     return min(count, max(MIN_SUPER_CLASSES, round(count / (1 + same * (count - 1)))))
+
+
+def _class_means(
+    rng: np.random.Generator, count: int, supers: int, model: GenerativeModel, family: _Family
+) -> np.ndarray:
+    centres = family.mu0 + model.super_scale * rng.standard_normal((supers, model.latent_dim))
+    # Every super-class gets at least one class; the rest are spread at random.
+    owner = np.concatenate([np.arange(supers), rng.integers(0, supers, count - supers)])
+    rng.shuffle(owner)
+    return centres[owner] + model.class_scale * rng.standard_normal((count, model.latent_dim))
 
 
 def _plans(
@@ -166,32 +188,73 @@ def _plans(
     shape = SHAPES[dataset]
     dataset_id = DATASETS.index(dataset)
     classes = [max(MIN_CLASSES, round(c * scale)) for c in shape.classes]
+    total = sum(classes)
     rng = _stream(seed, dataset_id, 1)
-    numbers = rng.choice(10**8, size=sum(classes), replace=False)
+    numbers = rng.choice(10**8, size=total, replace=False)
+    pool_rng = _stream(seed, dataset_id, 2)
+    if shape.split_by == "random":
+        supers = _super_class_count(total, sum(shape.classes), sum(shape.super_classes))
+        pool = _class_means(pool_rng, total, supers, model, family)
+        order = pool_rng.permutation(total)  # the random class -> split assignment
+        means = [pool[order[a:b]] for a, b in _bounds(classes)]
+    else:
+        means = [
+            _class_means(
+                _stream(seed, dataset_id, 2, index),
+                count,
+                _super_class_count(count, shape.classes[index], shape.super_classes[index]),
+                model,
+                family,
+            )
+            for index, count in enumerate(classes)
+        ]
     plans = []
-    start = 0
-    for index, (name, count) in enumerate(zip(SPLITS, classes, strict=True)):
-        wnids = tuple(sorted(f"n{n:08d}" for n in numbers[start : start + count]))
-        start += count
-        split_rng = _stream(seed, dataset_id, 2, index)
-        supers = _super_class_count(count, shape.classes[index], shape.super_classes[index])
-        centres = family.mu0 + model.super_scale * split_rng.standard_normal(
-            (supers, model.latent_dim)
-        )
-        # Every super-class gets at least one class; the rest are spread at random.
-        owner = np.concatenate([np.arange(supers), split_rng.integers(0, supers, count - supers)])
-        split_rng.shuffle(owner)
-        means = centres[owner] + model.class_scale * split_rng.standard_normal(
-            (count, model.latent_dim)
-        )
+    for index, (name, (a, b)) in enumerate(zip(SPLITS, _bounds(classes), strict=True)):
+        count = b - a
+        names = [f"n{n:08d}" for n in numbers[a:b]]
+        order = np.argsort(names)  # rows are stored class by class in wnid order
         if images_per_class is not None:
             images = (images_per_class,) * count
         else:
             low = max(MIN_IMAGES, round(shape.images[0] * scale))
             high = max(low, round(shape.images[1] * scale))
-            images = tuple(int(n) for n in split_rng.integers(low, high + 1, count))
-        plans.append(_SplitPlan(name, index, wnids, images, means))
+            drawn = _stream(seed, dataset_id, 5, index).integers(low, high + 1, count)
+            images = tuple(int(drawn[i]) for i in order)
+        plans.append(
+            _SplitPlan(
+                name,
+                index,
+                tuple(names[i] for i in order),
+                images,
+                means[index][order],
+                tuple(int(a + i) for i in order),
+            )
+        )
     return plans
+
+
+def _bounds(counts: Sequence[int]) -> list[tuple[int, int]]:
+    ends = np.cumsum(counts)
+    return [(int(e - c), int(e)) for c, e in zip(counts, ends, strict=True)]
+
+
+def _fitted_map(train_means: np.ndarray, model: GenerativeModel) -> np.ndarray:
+    """The latent -> representation map [r, r] fitted to the training classes.
+
+    Symmetric, with the eigenvectors of the training classes' between-class covariance
+    (eigenvalues l) and gains sqrt((l + k) / (l_max + k)), k set so that a direction
+    along which training classes do not vary keeps `fit_floor`.
+    """
+    floor = model.fit_floor
+    if floor >= 1.0:
+        return np.eye(model.latent_dim)
+    centred = train_means - train_means.mean(axis=0)
+    values, vectors = np.linalg.eigh(centred.T @ centred / max(len(train_means) - 1, 1))
+    values = np.maximum(values, 0.0)
+    top = values.max()
+    kappa = top * floor**2 / (1.0 - floor**2)
+    gains = np.sqrt((values + kappa) / (top + kappa))
+    return (vectors * gains) @ vectors.T
 
 
 def _class_embeddings(
@@ -202,19 +265,22 @@ def _class_embeddings(
     crops: Sequence[str],
     model: GenerativeModel,
     family: _Family,
+    fitted: np.ndarray,
 ) -> dict[str, np.ndarray]:
     n = plan.images[c]
-    rng = _stream(seed, dataset_id, 3, plan.index, c)
+    class_id = plan.class_ids[c]
+    rng = _stream(seed, dataset_id, 3, class_id)
     latent = plan.class_means[c] + model.image_scale * rng.standard_normal((n, model.latent_dim))
     gain = np.exp(model.gain_std * rng.standard_normal(n)).astype(np.float32)
     out = {}
     for crop in crops:
         which = CROPS.index(crop)
-        crop_rng = _stream(seed, dataset_id, 4 + which, plan.index, c)
+        crop_rng = _stream(seed, dataset_id, 6 + which, class_id)
         view = latent + model.view_scale[which] * crop_rng.standard_normal((n, model.latent_dim))
+        features = (view - family.mu0) @ fitted + family.mu0
         x = crop_rng.standard_normal((n, EMBEDDING_DIM), dtype=np.float32)
         x *= np.float32(model.feature_noise[which])
-        x += (view @ family.mixing + family.bias).astype(np.float32)
+        x += (features @ family.mixing + family.bias).astype(np.float32)
         x *= gain[:, None]
         np.maximum(x, 0.0, out=x)
         out[crop] = x
@@ -224,8 +290,8 @@ def _class_embeddings(
 def _check_args(
     dataset: str, scale: float, images_per_class: int | None, crops: Sequence[str]
 ) -> None:
-    if dataset not in DATASETS:
-        raise ConfigError(f"dataset must be one of {', '.join(DATASETS)}, not {dataset!r}")
+    if dataset not in SHAPES:
+        raise ConfigError(f"dataset must be one of {', '.join(SHAPES)}, not {dataset!r}")
     if not (isinstance(scale, (int, float)) and 0.0 < scale <= 1.0):
         raise ConfigError(f"scale must be in (0, 1], got {scale!r}")
     if images_per_class is not None and (
@@ -277,7 +343,9 @@ def write_dataset(
     model = model or MODELS[dataset]
     dataset_id = DATASETS.index(dataset)
     family = _family(seed, dataset_id, model)
-    for plan in _plans(seed, dataset, scale, images_per_class, model, family):
+    plans = _plans(seed, dataset, scale, images_per_class, model, family)
+    fitted = _fitted_map(plans[0].class_means, model)
+    for plan in plans:
         started = time.perf_counter()
         total = sum(plan.images)
         arrays = {crop: np.empty((total, EMBEDDING_DIM), dtype=np.float32) for crop in crops}
@@ -287,7 +355,7 @@ def write_dataset(
         for c, wnid in enumerate(plan.wnids):
             n = plan.images[c]
             for crop, x in _class_embeddings(
-                seed, dataset_id, plan, c, crops, model, family
+                seed, dataset_id, plan, c, crops, model, family, fitted
             ).items():
                 arrays[crop][row : row + n] = x
             keys.extend(f"{row + j}-{wnid}-{wnid}_{j:08d}.JPEG" for j in range(n))
@@ -320,7 +388,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description="Write synthetic LEO embedding pickles in the original format and layout.",
     )
     parser.add_argument("--out", required=True, help="data root; writes OUT/<dataset>/<crop>/*.pkl")
-    parser.add_argument("--dataset", required=True, choices=DATASETS)
+    parser.add_argument("--dataset", required=True, choices=tuple(SHAPES))
     parser.add_argument(
         "--scale", type=float, default=1.0, help="shrink class and image counts (0 < F <= 1)"
     )
