@@ -14,7 +14,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[test,report]"
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[test,report,glyphs]"
 	touch $(STAMP)
 
 test: install
@@ -25,6 +25,11 @@ demo: install
 
 lint: install
 	$(BIN)/ruff check launcher leo_core tests
+
+# The real-image few-shot benchmark, built offline (README, "Glyph benchmark").
+.PHONY: glyphs
+glyphs: install
+	$(BIN)/python -m leo_core.glyphs --out data
 
 bench-core: install
 	$(BIN)/python tests/benchmarks/bench_core.py
