@@ -14,7 +14,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[test,report]"
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[test,report,glyphs]"
 	touch $(STAMP)
 
 test: install
@@ -27,6 +27,11 @@ demo: install
 lint: install
 	$(BIN)/ruff check launcher leo_core tests
 	$(BIN)/lint-imports --no-cache
+
+# The real-image few-shot benchmark, built offline (README, "Glyph benchmark").
+.PHONY: glyphs
+glyphs: install
+	$(BIN)/python -m leo_core.glyphs --out data
 
 # BENCH_CORE_ARGS, e.g. "--blocks 5 --steps 30" or "--only train" (see the script's --help).
 bench-core: install

@@ -47,7 +47,7 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +85,7 @@ class Weights:
     naming: str  # "leo" or "modelzoo": the names the file used
     path: Path  # the file read
     step: int | None  # from state.json next to the file, when there is one
+    state: dict = field(default_factory=dict)  # that state.json ({} without one)
 
 
 # ---------------------------------------------------------------- reading
@@ -222,14 +223,17 @@ def load_weights(path: str | Path, num_latents: int | None = None, which: str = 
     """
     file = weights_file(path, which)
     params, naming = map_names(read_arrays(file), file, dim, num_latents)
-    return Weights(params, naming, file, _step_next_to(file))
+    state = _state_next_to(file)
+    step = state.get("step")
+    return Weights(params, naming, file, step if isinstance(step, int) else None, state)
 
 
-def _step_next_to(file: Path) -> int | None:
+def _state_next_to(file: Path) -> dict:
     try:
-        return int(json.loads((file.parent / "state.json").read_text())["step"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+        state = json.loads((file.parent / "state.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
 
 
 # ---------------------------------------------------------------- writing

@@ -16,7 +16,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key (repeatable), e.g. --set outer_lr=1e-4")
     parser.add_argument("--data-root", required=True,
-                        help="directory holding miniImageNet/ and/or tieredImageNet/ embeddings")
+                        help="directory holding miniImageNet/, tieredImageNet/ and/or glyphs/ embeddings")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--device", choices=("CPU", "GPU", "Ascend"), default=None,
                         help="device target (default $LEO_DEVICE, $DEVICE_TARGET or CPU)")

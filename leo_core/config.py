@@ -16,7 +16,8 @@ from typing import Any
 import yaml
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-DATASETS = ("miniImageNet", "tieredImageNet")
+# glyphs: the real-image benchmark `python -m leo_core.glyphs` builds offline.
+DATASETS = ("miniImageNet", "tieredImageNet", "glyphs")
 CROPS = ("center", "multiview")
 
 

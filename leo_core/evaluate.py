@@ -8,6 +8,13 @@ port's parameter names (see leo_core.ckpt_format).
 
 The interval is 1.96 * std(per-task accuracy) / sqrt(tasks): the original prints
 none. Tasks are split across data-parallel ranks and the sums combined.
+
+Every evaluation shows its baselines on the SAME tasks (the sampler is re-seeded for
+each): the untrained model (the initial weights of the run, rebuilt from the seed in the
+checkpoint: what training started from) and nearest-class-mean (NCM: prototype = mean of
+the K supports, nearest in Euclidean distance). `--no-baselines` skips them. The JSON
+keeps the trained model's numbers at the top level and adds
+`"baselines": {"untrained": {...}, "nearest_class_mean": {...}}` and `"best_step"`.
 """
 
 from __future__ import annotations
@@ -75,6 +82,32 @@ def evaluate_tasks(model, sampler, num_tasks: int, comm: Comm, progress=None) ->
     }
 
 
+class NearestClassMean:
+    """The nearest-class-mean baseline behind LEO's `evaluate_batch` interface (loss 0)."""
+
+    def evaluate_batch(self, tr_x, tr_y, val_x, val_y) -> tuple[np.ndarray, np.ndarray]:
+        from leo_core.data import EpisodeBatch, nearest_class_mean_accuracy
+
+        acc = nearest_class_mean_accuracy(EpisodeBatch(tr_x, tr_y, val_x, val_y))
+        return np.zeros_like(acc), acc
+
+
+BASELINES = ("untrained", "nearest_class_mean")
+
+
+def evaluate_with_baselines(models: dict, make_sampler, num_tasks: int, comm: Comm,
+                            progress=None) -> dict[str, dict]:
+    """`evaluate_tasks` for each named model on the same tasks (`make_sampler()` must
+    return a freshly seeded sampler; every model gets its own, so all see one stream)."""
+    return {name: evaluate_tasks(model, make_sampler(), num_tasks, comm,
+                                 progress if name == next(iter(models)) else None)
+            for name, model in models.items()}
+
+
+def _percent(result: dict) -> str:
+    return f"{100 * result['accuracy']:.2f}% ± {100 * result['ci95']:.2f}%"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m leo_core.evaluate", description=__doc__.split("\n\n")[0])
     cli_common.add_config_arguments(parser)
@@ -88,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=None,
                         help="queries per class (default total_examples_per_class - K)")
     parser.add_argument("--json", type=Path, help="also write the result as JSON here")
+    parser.add_argument("--no-baselines", dest="baselines", action="store_false",
+                        help="skip the untrained-model and nearest-class-mean baselines")
     args = parser.parse_args(argv)
     with cli_common.exit_on_user_error():
         cfg = cli_common.resolve_config(args)
@@ -100,23 +135,43 @@ def main(argv: list[str] | None = None) -> int:
         weights = load_weights(args.checkpoint, cfg.num_latents, args.which)
         split = data.load_split(args.data_root, cfg.dataset_name, cfg.embedding_crop, args.split)
         queries = args.queries or cfg.eval_queries_per_class
-        sampler = data.EpisodeSampler(split, cfg.num_classes, cfg.num_tr_examples_per_class, queries,
-                                      data.make_rng(args.seed, 2))
+
+        def make_sampler():
+            return data.EpisodeSampler(split, cfg.num_classes, cfg.num_tr_examples_per_class,
+                                       queries, data.make_rng(args.seed, 2))
+
+        make_sampler()  # too few images for the queries: a one-line error before any work
         comm = setup(args.device)
     from leo_core.model import LEO
 
     model = LEO(cfg)
     model.load_numpy(weights.params)
+    models = {"trained": model}
+    if args.baselines:
+        # The run's initial weights: LEO(cfg, seed) is what Trainer started from (seed 0 for a
+        # weights file with no state.json beside it).
+        models["untrained"] = LEO(cfg, int(weights.state.get("seed", 0)))
+        models["nearest_class_mean"] = NearestClassMean()
     started = time.monotonic()
     printer = cli_common.Progress("evaluating", enabled=comm.is_main)
-    result = evaluate_tasks(model, sampler, args.tasks, comm, printer)
-    result.update(experiment=cfg.name, split=args.split, step=weights.step, checkpoint=str(weights.path),
+    results = evaluate_with_baselines(models, make_sampler, args.tasks, comm, printer)
+    result = results.pop("trained")
+    best_step = (weights.state.get("best") or {}).get("step")
+    result.update(experiment=cfg.name, split=args.split, step=weights.step, best_step=best_step,
+                  checkpoint=str(weights.path),
                   seconds=round(time.monotonic() - started, 1))
+    if results:
+        results["nearest_class_mean"].pop("loss", None)  # NCM has no cross-entropy
+        result["baselines"] = results
     if comm.is_main:
-        print(f"{args.split} accuracy {100 * result['accuracy']:.2f}% ± {100 * result['ci95']:.2f}% "
+        print(f"{args.split} accuracy {_percent(result)} "
               f"(95% interval, 1.96·std/√n) over {result['tasks']} tasks, "
               f"{result['queries_per_class']} queries per class, checkpoint "
               + (f"step {weights.step}" if weights.step is not None else str(weights.path)))
+        for name, label in (("untrained", "untrained model (initial weights)"),
+                            ("nearest_class_mean", "nearest-class-mean baseline")):
+            if name in results:
+                print(f"  {label}, same tasks: {_percent(results[name])}")
         if args.json:
             args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0

@@ -193,6 +193,11 @@ class Trainer:
             print(f"training {cfg.name}: steps {self.step}→{total_steps}, global meta-batch "
                   f"{cfg.metatrain_batch_size} over {self.comm.world} rank(s), "
                   f"validation every {cfg.checkpoint_steps} steps", flush=True)
+        if self.step == 0 and self.best["step"] is None:
+            # As the original: validate before any update, so the untrained model is
+            # `best` until a trained step beats it (its checkpoint is step-0).
+            self._validate_and_log()
+            self.save()
         window_start, window_steps, losses, accs = time.monotonic(), 0, [], []
         while self.step < total_steps:
             loss, acc = self.train_step()
@@ -213,8 +218,9 @@ class Trainer:
                           f"eta {_duration(eta)}", flush=True)
                 window_start, window_steps, losses, accs = time.monotonic(), 0, [], []
             if self.step % cfg.checkpoint_steps == 0 or self.step == total_steps:
-                if self.step % cfg.checkpoint_steps == 0:
-                    self._validate_and_log()
+                # The last step is validated too, so a run that ends between two
+                # validations still lets its final weights compete for `best`.
+                self._validate_and_log()
                 self.save()
                 window_start = time.monotonic()  # keep validation out of the step rate
         if self.profiler is not None:
@@ -222,10 +228,6 @@ class Trainer:
         if self._prefetcher is not None:
             self._prefetcher.close()
             self._prefetcher = None
-        if self.best["step"] is None:
-            # Runs shorter than checkpoint_steps still leave a best checkpoint.
-            self._validate_and_log()
-            self.save()
         self.dump_parameters()
         return self.best
 
@@ -246,11 +248,13 @@ class Trainer:
             self.best = {"accuracy": result["accuracy"], "step": self.step}
         self.log({"step": self.step, "kind": "validation", "accuracy": result["accuracy"],
                   "ci95": result["ci95"], "loss": result["loss"], "tasks": result["tasks"],
-                  "best": improved})
+                  "best": improved, "best_step": self.best["step"]})
         if self.comm.is_main:
             print(f"validation at step {self.step}: accuracy {100 * result['accuracy']:.2f}% "
                   f"± {100 * result['ci95']:.2f}% over {result['tasks']} tasks"
-                  + ("  (new best)" if improved else ""), flush=True)
+                  + ("  (new best)" if improved else
+                     f"  (best stays step {self.best['step']}: {100 * self.best['accuracy']:.2f}%)"),
+                  flush=True)
 
 
 def _duration(seconds: float) -> str:
@@ -291,8 +295,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         _exit_failed_rank(comm)
     if comm.is_main:
-        print(f"done: best validation accuracy {100 * best['accuracy']:.2f}% at step {best['step']}; "
-              f"checkpoints in {args.out / 'checkpoints'}", flush=True)
+        untrained = " (the untrained model: no trained step beat it)" if best["step"] == 0 else ""
+        print(f"done: best validation accuracy {100 * best['accuracy']:.2f}% at step {best['step']}"
+              f"{untrained}; checkpoints in {args.out / 'checkpoints'}", flush=True)
     return 0
 
 

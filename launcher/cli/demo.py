@@ -4,8 +4,10 @@
 2. start a local SeaweedFS S3 server and push the embeddings to it;
 3. `leo-launch submit --backend local --accel cpu --cards 2 --exp mini_5shot` with a short
    schedule, and follow its logs (2 MindSpore workers under msrun);
-4. pull the best checkpoint, print the meta-test accuracy with its 95% interval next to
-   the nearest-class-mean baseline on the same kind of episodes;
+4. pull the best checkpoint and print a table of meta-test accuracy, each with its 95%
+   interval, on the SAME 1,000 tasks: trained LEO (the best checkpoint, which may be the
+   untrained step 0), the untrained model and nearest-class-mean (the job's evaluation
+   writes all three into result.json);
 5. write the training-curve plot and the run's report table;
 6. stop what it started (the server, the job's processes).
 
@@ -103,16 +105,30 @@ def main() -> int:
             env=env, cwd=ROOT, capture_output=True, text=True, check=True)
         (OUT / "report.json").write_text(result.stdout)
 
-        say("6/6 meta-test accuracy against the nearest-class-mean baseline")
+        say("6/6 meta-test: trained LEO, the untrained model and nearest-class-mean, same tasks")
         summary = json.loads(result.stdout)
         test = summary.get("meta_test") or {}
         tasks = int(test.get("tasks") or 1000)
-        ncm, ncm_ci = nearest_class_mean(data_root, tasks)
-        accuracy, ci95 = test.get("accuracy"), test.get("ci95")
-        leo_text = f"{100 * accuracy:.2f}% ± {100 * ci95:.2f}%" if accuracy is not None else "n/a"
-        print(f"LEO mini_5shot, {STEPS} steps on 2 CPU workers: meta-test {leo_text} "
-              f"({tasks} tasks, 595 queries per class)")
-        print(f"nearest-class-mean baseline, {tasks} tasks:          {100 * ncm:.2f}% ± {100 * ncm_ci:.2f}%")
+        baselines = test.get("baselines") or {}
+        if "nearest_class_mean" not in baselines:  # a result.json without baselines
+            ncm, ncm_ci = nearest_class_mean(data_root, tasks)
+            baselines["nearest_class_mean"] = {"accuracy": ncm, "ci95": ncm_ci}
+        best = summary.get("best_validation") or {}
+        step = test.get("step", best.get("step"))
+        rows = [(f"LEO mini_5shot, trained (best checkpoint: step {step})", test),
+                ("LEO mini_5shot, untrained (step 0, initial weights)", baselines.get("untrained")),
+                ("nearest-class-mean (prototype = mean of the 5 shots)",
+                 baselines.get("nearest_class_mean"))]
+        print(f"meta-test, {tasks} tasks, 5-way 5-shot, 595 queries per class; "
+              f"{STEPS} training steps on 2 CPU workers")
+        width = max(len(label) for label, _ in rows)
+        print(f"  {'model'.ljust(width)}  accuracy ± 95% interval")
+        for label, value in rows:
+            text = ("n/a" if not value or value.get("accuracy") is None
+                    else f"{100 * value['accuracy']:.2f}% ± {100 * (value.get('ci95') or 0):.2f}%")
+            print(f"  {label.ljust(width)}  {text}")
+        if step == 0:
+            print("  (no trained step beat the untrained model on meta-validation)")
         print(f"outputs: {OUT}/ (checkpoint/, curves.png, report.json); "
               f"took {(time.monotonic() - started) / 60:.1f} min")
         return 0

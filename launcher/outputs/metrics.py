@@ -48,6 +48,8 @@ class MetaTest:
     ci95: float | None
     tasks: int | None
     step: int | None
+    # name -> {"accuracy", "ci95"} on the same tasks (untrained, nearest_class_mean)
+    baselines: dict[str, dict[str, float | None]] | None = None
 
 
 def parse_metrics(data: bytes, where: str = METRICS_FILE) -> tuple[list[Point], list[Point], int]:
@@ -96,8 +98,15 @@ def parse_result(data: bytes, where: str = RESULT_FILE) -> MetaTest:
     if accuracy is None:
         raise LaunchError(f"{where} has no meta-test accuracy (expected "
                           '{"accuracy": 0.7631, "ci95": 0.0012, ...} with fractions)')
+    baselines = {}
+    if isinstance(result.get("baselines"), dict):
+        for name, value in result["baselines"].items():
+            if isinstance(value, dict) and _fraction(value.get("accuracy")) is not None:
+                baselines[str(name)] = {"accuracy": _fraction(value.get("accuracy")),
+                                        "ci95": _fraction(value.get("ci95"))}
     return MetaTest(accuracy=accuracy, ci95=_fraction(result.get("ci95")),
-                    tasks=positive_int(result.get("tasks")), step=step_or_none(result.get("step")))
+                    tasks=positive_int(result.get("tasks")), step=step_or_none(result.get("step")),
+                    baselines=baselines or None)
 
 
 def meta_test_experiment(data: bytes) -> str | None:

@@ -7,7 +7,9 @@ file:// or a path alike):
   `{"step", "kind": "train", "loss", "accuracy", "steps_per_s", "time"}` and
   `{"step", "kind": "validation", "accuracy", "ci95", "loss", "tasks", "best", "time"}`;
 - `result.json` (once the job has evaluated on meta-test): `{"accuracy", "ci95",
-  "tasks", "step", "experiment"}`, accuracies as fractions;
+  "tasks", "step", "experiment"}`, accuracies as fractions, and (leo_core.evaluate writes
+  them) `"baselines": {"untrained": {"accuracy", "ci95", ...}, "nearest_class_mean": {...}}`
+  on the same tasks;
 - `job.yaml` (when published): the resolved JobSpec (experiment, accelerator, cards,
   nodes, overrides).
 
@@ -84,7 +86,7 @@ class RunReport:
             "target_steps": self.target_steps,
             "steps_per_s": None if self.steps_per_s is None else round(self.steps_per_s, 4),
             "best_validation": best,
-            "meta_test": None if self.meta_test is None else dataclasses.asdict(self.meta_test),
+            "meta_test": None if self.meta_test is None else _meta_test_dict(self.meta_test),
             "records": {"train": len(self.train), "validation": len(self.validation),
                         "skipped": self.skipped_lines},
         }
@@ -105,10 +107,21 @@ class RunReport:
             ("META-TEST", "-" if self.meta_test is None
              else percent(self.meta_test.accuracy, self.meta_test.ci95)),
         ]
+        baselines = (self.meta_test.baselines if self.meta_test is not None else None) or {}
+        for key, title in (("untrained", "UNTRAINED"), ("nearest_class_mean", "NCM")):
+            if key in baselines:
+                cells.append((title, percent(baselines[key]["accuracy"], baselines[key]["ci95"])))
         widths = [max(len(title), len(value)) for title, value in cells]
         rows = [[title for title, _ in cells], [value for _, value in cells]]
         return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
                          for row in rows)
+
+
+def _meta_test_dict(meta_test: MetaTest) -> dict[str, Any]:
+    data = dataclasses.asdict(meta_test)
+    if data["baselines"] is None:
+        del data["baselines"]
+    return data
 
 
 def percent(fraction: float, ci95: float | None = None) -> str:

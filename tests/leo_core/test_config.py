@@ -27,8 +27,11 @@ TUNED = {
 }
 
 
+GLYPHS = {"glyphs_1shot": "mini_1shot", "glyphs_5shot": "mini_5shot"}
+
+
 def test_four_experiments_with_the_original_tuned_values():
-    assert experiment_names() == sorted(TUNED)
+    assert experiment_names() == sorted([*TUNED, *GLYPHS])
     for name, values in TUNED.items():
         cfg = load_experiment(name)
         for key, value in values.items():
@@ -40,6 +43,15 @@ def test_four_experiments_with_the_original_tuned_values():
         assert (cfg.metatrain_batch_size, cfg.metavalid_batch_size, cfg.metatest_batch_size) == (12, 200, 200)
         assert (cfg.gradient_threshold, cfg.gradient_norm_threshold) == (0.1, 0.1)
         assert cfg.num_steps_limit == 100_000 and cfg.eval_queries_per_class == 600 - cfg.num_tr_examples_per_class
+
+
+def test_glyph_experiments_reuse_mini_values_on_the_glyph_benchmark():
+    for name, mini in GLYPHS.items():
+        cfg, base = load_experiment(name), load_experiment(mini)
+        assert cfg.dataset_name == "glyphs" and cfg.embedding_crop == "center"
+        assert cfg.total_examples_per_class == 50 and cfg.checkpoint_steps == 500
+        different = {k for k, v in cfg.to_dict().items() if v != base.to_dict()[k]}
+        assert different == {"name", "dataset_name", "total_examples_per_class", "checkpoint_steps"}
 
 
 def test_overrides_are_typed():

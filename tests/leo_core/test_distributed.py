@@ -126,7 +126,7 @@ def test_two_ranks_complete_with_one_writer(two_ranks):
     # Metrics: each (step, kind) once, i.e. not written by both ranks.
     keys = [(r["step"], r["kind"]) for r in records(out)]
     assert sorted(keys) == sorted([(s, "train") for s in range(1, STEPS + 1)]
-                                  + [(3, "validation"), (6, "validation")])
+                                  + [(0, "validation"), (3, "validation"), (6, "validation")])
     # Rank 1 trains silently; rank 0 reports.
     assert "validation at step" not in result.logs["worker_1.log"]
     assert "done: best validation accuracy" in result.logs["worker_0.log"]
@@ -185,7 +185,7 @@ def test_two_ranks_of_six_tasks_equal_one_process_of_twelve(two_ranks, one_proce
 def test_validation_tasks_are_split_not_repeated(two_ranks, one_process):
     dist = [r for r in records(two_ranks[0] / "out") if r["kind"] == "validation"]
     single = [r for r in records(one_process[0] / "out") if r["kind"] == "validation"]
-    assert [r["step"] for r in dist] == [r["step"] for r in single] == [3, 6]
+    assert [r["step"] for r in dist] == [r["step"] for r in single] == [0, 3, 6]
     queries = VALIDATION_TASKS * 5 * 15  # tasks x classes x queries per class
     for d, s in zip(dist, single, strict=True):
         # The shares add up to the T tasks (repeating them would count 2T)...
@@ -247,8 +247,12 @@ def test_evaluate_tasks_splits_chunks_across_ranks(tiny_root):
     for s in samplers:  # every rank drew every chunk's indices
         assert s.rng.bit_generator.state == one_sampler.rng.bit_generator.state
     assert combined["tasks"] == single["tasks"] == tasks
-    for key in ("accuracy", "loss", "ci95"):
+    for key in ("accuracy", "loss"):
         assert combined[key] == pytest.approx(single[key], rel=1e-5, abs=1e-7), key
+    # The interval comes from E[a²] - E[a]², and ranks combine their sums in float32
+    # (one process keeps float64): the cancellation costs relative precision (measured
+    # 1.3e-5 on the realistic synthetic family), so it gets 1e-4.
+    assert combined["ci95"] == pytest.approx(single["ci95"], rel=1e-4, abs=1e-7)
 
 
 # ---------------------------------------------------------------- 3. resume across world sizes
@@ -264,7 +268,7 @@ def test_two_rank_checkpoint_resumes_in_one_process(two_ranks, tiny_root, tmp_pa
     # Steps and metrics continue where the 2-rank run stopped.
     keys = [(r["step"], r["kind"]) for r in records(out)]
     assert [s for s, k in keys if k == "train"] == list(range(1, STEPS + 4))
-    assert [s for s, k in keys if k == "validation"] == [3, 6, 9]
+    assert [s for s, k in keys if k == "validation"] == [0, 3, 6, 9]
     latest = json.loads((out / "checkpoints/latest.json").read_text())
     assert latest == {"step": STEPS + 3, "path": f"step-{STEPS + 3}"}
     state = json.loads((out / f"checkpoints/step-{STEPS + 3}/state.json").read_text())

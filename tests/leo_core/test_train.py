@@ -74,6 +74,14 @@ def test_progress_and_metrics(trained):
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     kinds = {r["kind"] for r in records}
     assert kinds == {"train", "validation"}
+    # As the original: validation at step 0, before any update, then every 3 steps; the
+    # untrained model is the first best, and every record says which step is best.
+    validation = [r for r in records if r["kind"] == "validation"]
+    assert [r["step"] for r in validation] == [0, 3, 6]
+    assert validation[0]["best"] is True and validation[0]["best_step"] == 0
+    assert "validation at step 0" in proc.stdout
+    best = max(validation, key=lambda r: (r["accuracy"], -r["step"]))
+    assert validation[-1]["best_step"] == best["step"]
     train_rec = [r for r in records if r["kind"] == "train"][-1]
     assert {"loss", "accuracy", "steps_per_s", "time"} <= set(train_rec)
     assert np.isfinite(train_rec["loss"]) and 0 <= train_rec["accuracy"] <= 1
@@ -90,12 +98,32 @@ def test_evaluate_reports_an_interval(tiny_root, trained, tmp_path):
     assert data["tasks"] == 40 and data["queries_per_class"] == 15 and data["step"] == best_step
     assert 0 < data["ci95"] < 0.2 and 0 <= data["accuracy"] <= 1
     assert "95% interval" in proc.stdout
+    # The baselines, on the same tasks: the run's initial weights and nearest-class-mean.
+    assert set(data["baselines"]) == {"untrained", "nearest_class_mean"}
+    for baseline in data["baselines"].values():
+        assert baseline["tasks"] == 40 and 0 <= baseline["accuracy"] <= 1 and 0 < baseline["ci95"] < 0.2
+    assert "untrained model" in proc.stdout and "nearest-class-mean" in proc.stdout
     # Evaluation is deterministic for a seed.
     again = tmp_path / "again.json"
     run("leo_core.evaluate", "--experiment", "mini_5shot", "--data-root", tiny_root,
         "--checkpoint", out, "--tasks", 40, "--json", again,
         "--set", "total_examples_per_class=20")
     assert json.loads(again.read_text())["accuracy"] == data["accuracy"]
+    assert json.loads(again.read_text())["baselines"] == data["baselines"]
+
+
+def test_untrained_baseline_is_the_step_0_checkpoint(tiny_root, tmp_path):
+    """Evaluating the step-0 checkpoint (the untrained model) gives its own baseline."""
+    out = tmp_path / "zero"
+    train(tiny_root, out, 1)  # validates steps 0 and 1, keeps step-0 only while it is best
+    step0 = tmp_path / "step0.json"
+    run("leo_core.evaluate", "--experiment", "mini_5shot", "--data-root", tiny_root,
+        "--checkpoint", out / "checkpoints" / "latest.json", "--tasks", 20, "--json", step0,
+        "--set", "total_examples_per_class=20")
+    latest = json.loads(step0.read_text())
+    assert latest["step"] == 1
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "validation"] == [0, 1]
 
 
 @pytest.mark.parametrize(

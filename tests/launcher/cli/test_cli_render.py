@@ -151,11 +151,12 @@ def test_experiments_table_and_json(capsys):
     code, out, err = run_cli(capsys, ["experiments"])
     lines = out.splitlines()
     assert code == 0 and lines[0].split()[:3] == ["NAME", "DATASET", "WAYS"]
-    assert [line.split()[0] for line in lines[1:]] == ["mini_1shot", "mini_5shot", "tiered_1shot", "tiered_5shot"]
-    assert lines[4].split()[1:4] == ["tieredImageNet", "5", "5"]
+    assert [line.split()[0] for line in lines[1:]] == ["glyphs_1shot", "glyphs_5shot", "mini_1shot",
+                                                       "mini_5shot", "tiered_1shot", "tiered_5shot"]
+    assert lines[6].split()[1:4] == ["tieredImageNet", "5", "5"]
     code, out, err = run_cli(capsys, ["experiments", "-o", "json"])
     data = json.loads(out)
-    assert code == 0 and [d["name"] for d in data][1] == "mini_5shot"
+    assert code == 0 and [d["name"] for d in data][3] == "mini_5shot"
     assert data[0]["num_tr_examples_per_class"] == 1 and data[1]["metatrain_batch_size"] == 12
     code, out, err = run_cli(capsys, ["experiments", "-o", "yaml"])
     assert code == 2 and len(err.splitlines()) == 1

@@ -132,6 +132,22 @@ def test_json_output_keeps_fractions(tmp_path, capsys):
     assert "png" not in data
 
 
+def test_baselines_of_result_json_are_shown(tmp_path, capsys):
+    """leo_core.evaluate adds the untrained model and nearest-class-mean, same tasks."""
+    baselines = {"untrained": {"accuracy": 0.6012, "ci95": 0.0031, "tasks": 10000},
+                 "nearest_class_mean": {"accuracy": 0.7702, "ci95": 0.0025, "tasks": 10000}}
+    base = write_job(tmp_path / "leo-mini", result={**RESULT, "step": 0, "baselines": baselines})
+    code, out, err = run_cli(capsys, ["report", str(base)])
+    header, row = out.splitlines()[:2]
+    assert header.split()[-3:] == ["META-TEST", "UNTRAINED", "NCM"]
+    assert row.split()[-6:] == ["60.12%", "±", "0.31%", "77.02%", "±", "0.25%"]
+    code, out, err = run_cli(capsys, ["report", str(base), "-o", "json"])
+    data = json.loads(out)["meta_test"]
+    assert data["step"] == 0  # the untrained model can be the best checkpoint
+    assert data["baselines"] == {"untrained": {"accuracy": 0.6012, "ci95": 0.0031},
+                                 "nearest_class_mean": {"accuracy": 0.7702, "ci95": 0.0025}}
+
+
 def test_report_by_job_name_through_the_local_registry(tmp_path, monkeypatch, capsys):
     train_url = tmp_path / "outputs"
     write_job(train_url / "leo-local")
