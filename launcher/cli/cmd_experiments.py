@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "list the registered experiments (mini_1shot, mini_5shot, tiered_1shot, tiered_5shot)"
+HELP = ("list the registered experiments (mini_1shot, mini_5shot, tiered_1shot, tiered_5shot, "
+        "glyphs_1shot, glyphs_5shot)")
 
 _COLUMNS = (
     ("NAME", "name"),

@@ -35,13 +35,17 @@ def print_status(status: Mapping[str, Any], out: TextIO | None = None) -> None:
     rows.append(("RESTARTS", f"{status.get('restarts', 0)} of at most {status.get('max_restarts', '?')}"))
     rows.append(("AGE", status.get("age", "-")))
     if "step" in status or "best_accuracy" in status:
+        best_at = status.get("best_step")
+        where = "" if best_at is None else (f" at step {best_at}"
+                                            + (" (the untrained model)" if best_at == 0 else ""))
         rows.append(("PROGRESS", f"step {status.get('step', '-')}, best meta-validation accuracy "
-                                 f"{_percent(status.get('best_accuracy'))}"))
+                                 f"{_percent(status.get('best_accuracy'))}{where}"))
     result = status.get("result")
     if isinstance(result, dict) and "accuracy" in result:
         rows.append(("RESULT", f"meta-test accuracy {_percent(result.get('accuracy'))} "
                                f"± {_percent(result.get('ci95'))} over {result.get('tasks', '?')} tasks "
-                               f"(checkpoint step {result.get('step', '?')})"))
+                               f"(checkpoint step {result.get('step', '?')})"
+                               + baselines_text(result)))
     if status.get("storage_error"):
         rows.append(("STORAGE", f"progress unavailable: {status['storage_error']}"))
     if status.get("outputs_url"):
@@ -98,3 +102,12 @@ def print_list(items: list[Mapping[str, Any]], out: TextIO | None = None) -> Non
 
 def print_json(obj: Any, out: TextIO | None = None) -> None:
     (out or sys.stdout).write(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def baselines_text(result: Mapping[str, Any]) -> str:
+    """`; untrained 62.93% ± 0.41%, NCM 78.10% ± 0.44%` from a result.json's baselines."""
+    baselines = result.get("baselines") if isinstance(result.get("baselines"), dict) else {}
+    parts = [f"{label} {_percent(b.get('accuracy'))} ± {_percent(b.get('ci95'))}"
+             for key, label in (("untrained", "untrained"), ("nearest_class_mean", "NCM"))
+             if isinstance(b := baselines.get(key), dict)]
+    return f"; same tasks: {', '.join(parts)}" if parts else ""

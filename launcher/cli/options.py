@@ -41,7 +41,8 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     """JOB OPTIONS of render and submit (validated by JobSpec, not by argparse)."""
     job = parser.add_argument_group("job")
     job.add_argument("--exp", required=True, metavar="EXP",
-                     help="experiment: mini_1shot, mini_5shot, tiered_1shot or tiered_5shot")
+                     help="experiment: mini_1shot, mini_5shot, tiered_1shot, tiered_5shot, glyphs_1shot "
+                          "or glyphs_5shot (leo-launch experiments)")
     job.add_argument("--accel", required=True, metavar="{" + ",".join(js.ACCELERATORS) + "}",
                      help="accelerator of the nodes")
     job.add_argument("--cards", required=True, type=int, metavar="N",

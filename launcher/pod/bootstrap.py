@@ -457,8 +457,17 @@ class Bootstrap:
         if self.publisher is not None:
             self.publisher.put_json(RESULT_FILE, result)
         self.out.node(f"meta-test accuracy {100 * result['accuracy']:.2f}% ± {100 * result['ci95']:.2f}% "
-                      f"over {result['tasks']} tasks (checkpoint step {result.get('step')})")
+                      f"over {result['tasks']} tasks (checkpoint step {result.get('step')})"
+                      + _baselines_text(result))
         return 0
+
+
+def _baselines_text(result: dict) -> str:
+    baselines = result.get("baselines") if isinstance(result.get("baselines"), dict) else {}
+    parts = [f"{label} {100 * b['accuracy']:.2f}%" for key, label in
+             (("untrained", "untrained"), ("nearest_class_mean", "nearest-class-mean"))
+             if isinstance(b := baselines.get(key), dict) and isinstance(b.get("accuracy"), int | float)]
+    return f"; same tasks: {', '.join(parts)}" if parts else ""
 
 
 def main(argv: list[str] | None = None) -> int:

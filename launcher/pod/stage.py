@@ -39,12 +39,12 @@ from launcher.storage.files import (
     safe_parts,
 )
 from launcher.storage.sync import sync_down
+from leo_core.config import DATASETS  # the datasets a data_url may hold
 
 DATA_DIR = "data"  # the staged tree: <cache_dir>/data
 MARKER = ".leo-staged.json"
 LOCK = ".leo-stage.lock"
 DEFAULT_CACHE = "/cache"
-DATASETS = ("miniImageNet", "tieredImageNet")
 
 
 class StageTimeout(StorageError):
