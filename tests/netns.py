@@ -36,6 +36,8 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from launcher.util.procs import pid_alive
+
 PREFIX = "leo-mn"  # namespaces: leo-mn<tag>-<i>
 BRIDGE_PREFIX = "lbr"  # bridge: lbr<tag>
 VETH_PREFIX = "lvh"  # host ends: lvh<tag>-<i>
@@ -72,16 +74,6 @@ def _ip(*args: str, netns: str | None = None) -> str:
     return proc.stdout
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def clean_stale() -> list[str]:
     """Remove namespaces, links and /etc/netns entries of earlier runs whose process is gone."""
     removed = []
@@ -91,7 +83,7 @@ def clean_stale() -> list[str]:
     for kind, names in (("netns", namespaces), ("link", links), ("etc", etc)):
         for name in names:
             match = _TAG.match(name)
-            if not match or _alive(int(match.group(1))):
+            if not match or pid_alive(int(match.group(1))):
                 continue
             if kind == "netns":
                 subprocess.run(["ip", "netns", "delete", name], capture_output=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 from launcher.errors import UsageError
 from launcher.storage.base import TMP_PREFIX, IntegrityError, StorageError, split_key
 from launcher.util import files as util_files
+from launcher.util.procs import pid_alive
 
 CHUNK = 1024 * 1024
 
@@ -143,7 +144,7 @@ def remove_stale_tmp(root: Path, *, recursive: bool = True) -> int:
             if not name.startswith(TMP_PREFIX):
                 continue
             pid_text = name[len(TMP_PREFIX):].split("-", 1)[0]
-            if not pid_text.isdigit() or int(pid_text) == os.getpid() or _alive(int(pid_text)):
+            if not pid_text.isdigit() or int(pid_text) == os.getpid() or pid_alive(int(pid_text)):
                 continue
             path = Path(folder) / name
             if path.is_dir() and not path.is_symlink():
@@ -155,16 +156,6 @@ def remove_stale_tmp(root: Path, *, recursive: bool = True) -> int:
         if not recursive:
             break
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def check_content(what: str, size: int, sha256: str, md5: str | None, expected_size: int | None,

@@ -75,3 +75,14 @@ def kill_marked(var: str, value: str, exclude: set[int] | None = None, grace: fl
         kill_processes(procs, grace)
         grace = 0.0
     return total
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process of that id exists (one we may not signal counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
