@@ -11,6 +11,7 @@ import pytest
 
 from launcher import backends
 from launcher.backends import base as jobs
+from launcher.backends import k8s_logs
 from launcher.backends import kubernetes as cluster
 from launcher.cli import format
 from launcher.errors import LaunchError
@@ -371,7 +372,7 @@ def test_logs_follow_returns_when_a_rank_restarted_before_attaching(monkeypatch)
         if len(sleeps) > 20:
             raise AssertionError("logs -f does not return")
 
-    monkeypatch.setattr(cluster.time, "sleep", sleep)
+    monkeypatch.setattr(k8s_logs.time, "sleep", sleep)
     out = io.StringIO()
     assert cluster.logs(fake_cluster(api), "leo-u", follow=True, all_ranks=True, out=out, err=io.StringIO(),
                         poll=0) == 0
