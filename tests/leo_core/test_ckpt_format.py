@@ -197,7 +197,8 @@ def test_ckpt_round_trip_gives_the_same_accuracy(tiny_root, trained, tmp_path):
     alone = tmp_path / "alone" / "leo.ckpt"  # outside its step directory: no state.json
     alone.parent.mkdir()
     shutil.copy(step_dir / "leo.ckpt", alone)
-    from_npz = evaluate(tiny_root, trained, tmp_path / "npz.json")
+    # the step directory itself: with validation at step 0, `best` may be the untrained model
+    from_npz = evaluate(tiny_root, step_dir, tmp_path / "npz.json")
     from_ckpt = evaluate(tiny_root, alone, tmp_path / "ckpt.json")
     assert from_npz["step"] == 3 and from_ckpt["step"] is None
     assert from_ckpt["accuracy"] == from_npz["accuracy"] and from_ckpt["loss"] == from_npz["loss"]
@@ -207,7 +208,7 @@ def test_ckpt_round_trip_gives_the_same_accuracy(tiny_root, trained, tmp_path):
 @pytest.mark.integration
 def test_convert_cli_and_port_names_evaluate_alike(tiny_root, trained, tmp_path):
     port = tmp_path / "port.ckpt"
-    proc = run("leo_core.checkpoint", "convert", trained, port, "--names", "modelzoo")
+    proc = run("leo_core.checkpoint", "convert", trained / "checkpoints/step-3", port, "--names", "modelzoo")
     assert "wrote" in proc.stdout and "note: inner_lr" in proc.stderr  # trained rates -> their mean
     assert "leo.encoder.encoder.weight" in ms.load_checkpoint(str(port))
     back = tmp_path / "back.npz"
