@@ -14,9 +14,13 @@ peer died) prints the traceback and exits with status 1 at once, skipping MindSp
 interpreter shutdown, which would wait for the scheduler; see `leo_core.distributed`
 for the timeouts that bound how long survivors wait.
 
-Debugging/testing hook: with `LEO_DUMP_PARAMS_DIR=DIR` in the environment, EVERY rank
+Debugging/testing hooks: with `LEO_DUMP_PARAMS_DIR=DIR` in the environment, EVERY rank
 writes its final parameters to `DIR/params-rank<r>.npz` (one array per parameter name,
-plus `step`) at the end of `Trainer.run`, so data-parallel ranks can be compared.
+plus `step`) at the end of `Trainer.run`, so data-parallel ranks can be compared; with
+`LEO_DUMP_STEPS_DIR=DIR`, every rank writes `DIR/rank-<r>/step-<s>.npz` for every step:
+the weights the step started from (`w/<name>`), the all-reduced gradients before the NaN
+guard and clipping (`g/<name>`) and the all-reduced loss, so a test can recompute each
+data-parallel step in one process at the very same weights.
 """
 
 from __future__ import annotations
@@ -169,6 +173,7 @@ class Trainer:
             grads[name] = flat[offset:offset + size].reshape(grads[name].shape)
             offset += size
         loss, acc_sum = float(flat[-2]), float(flat[-1])
+        self._dump_step(loss, grads)
         if has_nan(loss, grads):
             grads = nan_guard_gradients(self.model.params, WEIGHT_NAMES)
             loss = 0.0  # as the original, keep NaNs out of the summaries
@@ -230,6 +235,16 @@ class Trainer:
             self._prefetcher = None
         self.dump_parameters()
         return self.best
+
+    def _dump_step(self, loss: float, grads: dict[str, np.ndarray]) -> None:
+        """Opt-in (env LEO_DUMP_STEPS_DIR): this step's starting weights and reduced gradients."""
+        target = os.environ.get("LEO_DUMP_STEPS_DIR")
+        if not target:
+            return
+        path = Path(target) / f"rank-{self.comm.rank}" / f"step-{self.step}.npz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, loss=np.float32(loss), **{f"w/{k}": v for k, v in self.model.params.items()},
+                 **{f"g/{k}": v for k, v in grads.items()})
 
     def dump_parameters(self) -> Path | None:
         """Opt-in (env LEO_DUMP_PARAMS_DIR): this rank's parameters to params-rank<r>.npz."""

@@ -47,9 +47,11 @@ NAMESPACE = "default"
 DATA_BUCKET, RUNS_BUCKET = "leo-mn-data", "leo-mn-runs"
 JOBS = ("leo-mn", "leo-mn-rt", "leo-mn-cut")  # one per test; each gets its Service names
 STEPS = 6
+# kl_weight=0 as in tests/leo_core/test_distributed.py: the KL's gradient is singular at
+# the latent std's clamp, so with it two float32 runs part; without it they must agree.
 TINY = ["--set", "total_examples_per_class=20", "--set", "num_validation_batches=1",
         "--set", "metavalid_batch_size=4", "--set", "metatest_batch_size=4",
-        "--set", "checkpoint_steps=3"]
+        "--set", "checkpoint_steps=3", "--set", "kl_weight=0"]
 WEIGHT_ATOL = 1e-5  # as test_distributed.py (float32; measured ~1e-7)
 DEATH_BOUND_S = 60  # leo_core/distributed.py: every rank and launcher ends within 60 s
 CLUSTER_TIMEOUT_S = 90
@@ -280,10 +282,7 @@ def test_two_nodes_train_publish_and_match_one_process(net, s3, tiny, tmp_path):
     initial = init_parameters(load_experiment("mini_5shot"), 0)
     worst = max(float(np.abs(two_nodes[n] - single[n]).max()) for n in PARAM_NAMES)
     moved = max(float(np.abs(single[n] - initial[n]).max()) for n in PARAM_NAMES)
-    # The data-parallel step is the one-process step: the all-reduced losses of the first
-    # steps agree. The weights after six steps are compared strictly in
-    # tests/leo_core/test_distributed.py, where an open drift on this synthetic data is
-    # recorded (README, "Data-parallel training"); here their difference is reported.
+    # The data-parallel step is the one-process step: the same weights and losses.
     losses = [json.loads(line)["loss"] for line in
               s3.client().get_object(Bucket=RUNS_BUCKET, Key=prefix + "metrics.jsonl")["Body"]
               .read().decode().splitlines() if '"kind": "train"' in line]
@@ -291,7 +290,8 @@ def test_two_nodes_train_publish_and_match_one_process(net, s3, tiny, tmp_path):
                  (tmp_path / "reference/metrics.jsonl").read_text().splitlines()
                  if '"kind": "train"' in line]
     assert len(losses) == len(reference) == STEPS
-    np.testing.assert_allclose(losses[:3], reference[:3], rtol=1e-5)
+    np.testing.assert_allclose(losses, reference, rtol=1e-5)
+    assert worst <= WEIGHT_ATOL, f"max |2 nodes - 1 process| = {worst:.2e}"
     assert moved > 100 * WEIGHT_ATOL, f"training barely moved the weights ({moved})"
     print(f"\n2 nodes x 1 worker: {job_s:.1f} s (1 process: {reference_s:.1f} s); "
           f"max |2 nodes - 1 process| = {worst:.2e}; max |weights - init| = {moved:.2e}")
