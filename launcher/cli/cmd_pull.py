@@ -1,14 +1,18 @@
 """`leo-launch pull NAME|URL [--checkpoint best|latest] [--format ckpt|npz] [--to DIR]`:
-download a checkpoint (or, with --tree, everything under the URL)."""
+download a checkpoint (or, with --tree, everything under the URL; with --profile, the
+profile of a job submitted with --profile)."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from launcher.backends import outputs_url
 from launcher.cli.options import add_job_reference
 from launcher.errors import UsageError
 from launcher.outputs.checkpoints import pull
+from launcher.outputs.layout import PROFILE_DIR
+from launcher.outputs.profile import pull_profile
 from launcher.storage import (
     StorageError,
     StorageOptions,
@@ -28,6 +32,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--tree", action="store_true",
                       help="download everything under NAME|URL instead (each file verified, "
                       "unchanged files skipped, nothing deleted)")
+    what.add_argument("--profile", action="store_true",
+                      help="download the job's profile instead (submit --profile): "
+                      "rank-<r>/op_summary.txt, trace_view.json, ... into DIR (default "
+                      f"./<job name>/{PROFILE_DIR})")
     parser.add_argument("--format", choices=("ckpt", "npz"), dest="fmt",
                         help="only the MindSpore checkpoint (leo.ckpt + state.json, for "
                         "mindspore.load_checkpoint) or the NumPy files (weights.npz, optimizer.npz, "
@@ -39,8 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.tree and args.fmt:
-        raise UsageError("--format selects a checkpoint's files; it does not apply to --tree")
+    if (args.tree or args.profile) and args.fmt:
+        raise UsageError(f"--format selects a checkpoint's files; it does not apply to "
+                         f"{'--tree' if args.tree else '--profile'}")
     options = StorageOptions.from_args(args)
     base = outputs_url(args.job, requested=args.backend, context=args.context,
                        namespace=args.namespace)
@@ -50,6 +59,12 @@ def run(args: argparse.Namespace) -> int:
         if not report.files:
             raise StorageError(f"nothing exists under {base}: check the URL (nothing was pulled)")
         print(f"{report.summary('pulled')} → {dest}")
+        return 0
+    if args.profile:
+        dest = args.to or str(Path(parse_url(base).name or ".") / PROFILE_DIR)
+        report = pull_profile(base, dest, options=options)
+        print(f"{report.summary('pulled')} → {dest} (summary again: python -m leo_core.profiling "
+              f"{dest}/rank-0)")
         return 0
     which = args.checkpoint or "best"
     pulled = pull(base, which, args.to, options=options, fmt=args.fmt)

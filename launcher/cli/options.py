@@ -58,6 +58,13 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     job.add_argument("--steps", type=int, metavar="N", help="meta-training steps (num_steps_limit)")
     job.add_argument("--set", dest="set_overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="experiment override, repeatable (e.g. metatrain_batch_size=32)")
+    job.add_argument("--profile", action="store_true",
+                     help="run MindSpore's profiler on every rank over a few steps after the two that "
+                          "compile; each node publishes its ranks' op_summary.txt and trace_view.json "
+                          "to <train_url>/<job>/profile/rank-<r>/ (leo-launch pull NAME --profile)")
+    job.add_argument("--profile-steps", type=int, metavar="N",
+                     help=f"steps to profile with --profile (default: {js.DEFAULT_PROFILE_STEPS}, "
+                          f"at most {js.MAX_PROFILE_STEPS})")
     storage = parser.add_argument_group("storage")
     storage.add_argument("--data-url", help="embeddings: s3://bucket/prefix, obs://..., file:///abs or a path")
     storage.add_argument("--train-url", help="outputs (checkpoints, metrics, logs, result.json)")
@@ -124,6 +131,7 @@ def spec_from_args(args: argparse.Namespace) -> js.JobSpec:
         hccl_connect_timeout=args.hccl_connect_timeout, nccl_socket_ifname=args.nccl_socket_ifname,
         nccl_ib_hca=args.nccl_ib_hca, nccl_debug=args.nccl_debug, run_as_user=args.run_as_user,
         run_as_group=args.run_as_group, ascend_driver_mount=args.ascend_driver_mount,
+        profile=args.profile, profile_steps=args.profile_steps,
     )
 
 
@@ -134,6 +142,11 @@ def warnings(spec: js.JobSpec) -> list[str]:
     remote = [u for u in (spec.data_url, spec.train_url, spec.init_url) if u and u.startswith(("s3://", "obs://"))]
     if remote and spec.storage_secret is None:
         out.append("object-storage URLs without --storage-secret: pods get no credentials")
+    if spec.profile_steps is not None:
+        steps = spec.experiment_config().num_steps_limit
+        if steps < js.PROFILE_SKIP + spec.profile_steps:
+            out.append(f"--profile-steps {spec.profile_steps}: the job trains {steps} step(s), so at most "
+                       f"{max(steps - js.PROFILE_SKIP, 0)} are profiled (the first {js.PROFILE_SKIP} compile)")
     return out
 
 

@@ -8,6 +8,8 @@ Under `<train_url>/<job>/` (and in the local output directory `leo_core.train` w
     checkpoints/latest.json, best.json   pointers, updated after the manifest
     logs/rank-<r>.log
     result.json                       meta-test accuracy of the best checkpoint
+    profile/rank-<r>/...              `--profile`: each rank's profiler summary and trace
+                                      (launcher.outputs.profile; every node its own ranks)
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ CHECKPOINTS_DIR = "checkpoints"
 LOGS_DIR = "logs"
 MANIFEST = "MANIFEST.json"
 POINTERS = ("latest", "best")
+PROFILE_DIR = "profile"  # also the node-local folder `leo_core.train --profile` writes into
 _RANK_LOG = re.compile(r"(?:^|/)rank-(\d+)\.log$")
 
 
@@ -34,6 +37,11 @@ def pointer_file(which: str) -> str:
 def rank_log(rank: int | str) -> str:
     """The log file name of a rank (inside logs/); "*" gives the glob of them all."""
     return f"rank-{rank}.log"
+
+
+def profile_rank(rank: int | str) -> str:
+    """A rank's folder inside profile/ (what `leo_core.train --profile DIR` names it)."""
+    return f"rank-{rank}"
 
 
 def rank_of_log(key: str) -> int | None:

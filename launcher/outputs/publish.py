@@ -1,6 +1,8 @@
 """Publication of a job's outputs while it trains: checkpoints (objects, then the
 manifest, then the pointer), metrics and logs from the local output directory to
-`<train_url>/<job>/`, every few seconds and once more at the end."""
+`<train_url>/<job>/`, every few seconds and once more at the end; with `--profile`, the
+node's ranks' profiles too (launcher.outputs.profile), last and never at the cost of the
+training outputs: a failure there is a warning."""
 
 from __future__ import annotations
 
@@ -12,7 +14,16 @@ from pathlib import Path
 from typing import Any
 
 from launcher.outputs.checkpoints import _read_local_pointer, build_manifest
-from launcher.outputs.layout import CHECKPOINTS_DIR, MANIFEST, METRICS_FILE, POINTERS, rank_log
+from launcher.outputs.layout import (
+    CHECKPOINTS_DIR,
+    MANIFEST,
+    METRICS_FILE,
+    POINTERS,
+    PROFILE_DIR,
+    profile_rank,
+    rank_log,
+)
+from launcher.outputs.profile import MAX_FILE_BYTES, local_profiles
 from launcher.storage import get_json, open_store, put_json
 from launcher.storage.base import NotFoundError, StorageError, StorageOptions
 from launcher.storage.files import local_error
@@ -25,7 +36,8 @@ log = logging.getLogger(__name__)
 class PublishReport:
     checkpoints: list[str] = field(default_factory=list)  # step dirs uploaded
     pointers: list[str] = field(default_factory=list)  # "latest"/"best" updated
-    files: list[str] = field(default_factory=list)  # metrics and logs mirrored
+    files: list[str] = field(default_factory=list)  # metrics, logs and profile files mirrored
+    warnings: list[str] = field(default_factory=list)  # what was not published (the profile)
 
 
 class Publisher:
@@ -34,13 +46,18 @@ class Publisher:
     `poll()` uploads new checkpoints (objects, then MANIFEST.json, then the pointer) and
     mirrors metrics.jsonl and the rank logs when they changed; call it every N seconds
     (`start(N)` runs it on a thread) and `final()` once at exit. `put_json`/`put_file`
-    publish result.json and job.yaml. Thread-safe; nothing is printed.
+    publish result.json and job.yaml. With `profile_dir`, each rank's profile found there
+    is mirrored to profile/rank-<r>/ once complete (by `final()` whatever it holds); its
+    failures are `warnings` of the report, never raised. Thread-safe; nothing is printed.
     """
 
     def __init__(self, out_dir: str | Path, job_url: str, *, logs_dir: str | Path | None = None,
-                 options: StorageOptions | None = None) -> None:
+                 profile_dir: str | Path | None = None, options: StorageOptions | None = None) -> None:
         self.out = Path(out_dir)
         self.logs = Path(logs_dir) if logs_dir is not None else None
+        self.profile = Path(profile_dir) if profile_dir is not None else None
+        self.profile_ranks: set[int] = set()  # ranks whose profile is published
+        self._profile_warned: set[str] = set()
         self.store = open_store(job_url, dataclasses.replace(options or StorageOptions(), progress=False))
         self._lock = threading.Lock()
         self._published: set[str] = set()
@@ -54,9 +71,10 @@ class Publisher:
     def url(self) -> str:
         return str(self.store.url)
 
-    def poll(self) -> PublishReport:
+    def poll(self, *, final: bool = False) -> PublishReport:
         """Publish what changed since the last call. Raises StorageError on failure;
-        what was not published is retried by the next call."""
+        what was not published is retried by the next call. `final`: also a rank's
+        profile that its summary does not mark complete."""
         with self._lock:
             report = PublishReport()
             ckpt = self.out / CHECKPOINTS_DIR
@@ -73,7 +91,28 @@ class Publisher:
             if self.logs is not None and self.logs.is_dir():
                 for path in sorted(self.logs.glob(rank_log("*"))):
                     self._mirror(path, f"logs/{path.name}", report)
+            if self.profile is not None:
+                self._publish_profiles(report, final)
             return report
+
+    def _publish_profiles(self, report: PublishReport, final: bool) -> None:
+        """Mirror each rank's profile files (after everything else: a failure here is a
+        warning and leaves the training outputs published)."""
+        assert self.profile is not None
+        try:
+            for profile in local_profiles(self.profile):
+                for path in profile.too_large:
+                    self._profile_warning(report, f"{path.name} of rank {profile.rank} is over "
+                                                  f"{MAX_FILE_BYTES >> 20} MiB: not published")
+                if not (profile.complete or final) or not profile.files:
+                    continue
+                folder = f"{PROFILE_DIR}/{profile_rank(profile.rank)}"
+                for name, path in profile.files.items():
+                    self._mirror(path, f"{folder}/{name}", report, stream=True)
+                self.profile_ranks.add(profile.rank)
+        except Exception as err:  # noqa: BLE001 - a profile never fails the publication
+            text = str(err).splitlines()[0] if str(err) else type(err).__name__
+            self._profile_warning(report, f"the profile was not published: {text}")
 
     def _publish_step(self, ckpt: Path, name: str, step: int, report: PublishReport) -> bool:
         """Upload one checkpoint directory and then its manifest; False when the
@@ -116,20 +155,32 @@ class Publisher:
         self._published.add(name)
         return True
 
-    def _mirror(self, path: Path, key: str, report: PublishReport, *, whole_lines: bool = False) -> None:
+    def _profile_warning(self, report: PublishReport, text: str) -> None:
+        report.warnings.append(text)
+        if text not in self._profile_warned:  # once, not at every tick
+            self._profile_warned.add(text)
+            log.warning("%s", text)
+
+    def _mirror(self, path: Path, key: str, report: PublishReport, *, whole_lines: bool = False,
+                stream: bool = False) -> None:
         try:
             st = path.stat()
             signature = (st.st_size, st.st_mtime_ns)
             if self._mirrored.get(key) == signature:
                 return
-            data = path.read_bytes()
+            if stream:  # a file too large to hold in memory at once (a profiler trace)
+                self.store.put_file(path, key)
+                data = None
+            else:
+                data = path.read_bytes()
         except FileNotFoundError:
             return
         except OSError as err:
             raise local_error(err, path) from err
-        if whole_lines:
-            data = data[: data.rfind(b"\n") + 1]
-        self.store.put_bytes(key, data)
+        if data is not None:
+            if whole_lines:
+                data = data[: data.rfind(b"\n") + 1]
+            self.store.put_bytes(key, data)
         self._mirrored[key] = signature
         report.files.append(key)
 
@@ -172,7 +223,7 @@ class Publisher:
     def final(self) -> PublishReport:
         """At exit: stop the thread and publish everything once more (errors raised)."""
         self.stop()
-        return self.poll()
+        return self.poll(final=True)
 
     def close(self) -> None:
         self.stop()

@@ -19,11 +19,13 @@ runs on this machine. In order:
 4. Ascend: prepares the HCCL rank table (dynamic rendezvous, hccl-controller or
    ascend-operator, the ConfigMap's file, or none); NVIDIA/CPU: msrun's dynamic cluster needs only the master address;
 5. runs `msrun --join True ... leo_core/train.py --config experiment.yaml --resume ...`
+   (with `--profile <work>/profile --profile-steps N` when the job has `profile_steps`)
    and prints every worker's lines on stdout as `[rank R] line` (its own as `[node K] ...`),
    keeping them in `logs/rank-R.log`;
 6. publishes checkpoints, metrics and logs to `<train_url>/<job>/` while training
    (node 0: everything; other nodes: their ranks' logs), every `$LEO_PUBLISH_INTERVAL`
-   seconds (default 30);
+   seconds (default 30); every node also its ranks' profiles (`profile/rank-<r>/`), a
+   failure there being a warning only;
 7. node 0 then evaluates the best checkpoint on meta-test (50 × metatest_batch_size
    tasks, 10,000 by default; `$LEO_EVAL_TASKS` overrides) into `result.json`, publishes it
    and the rest, and exits.
@@ -61,7 +63,7 @@ from typing import Any, TextIO
 
 from launcher.errors import UsageError
 from launcher.outputs.checkpoints import resume_from_remote
-from launcher.outputs.layout import RESULT_FILE, rank_log
+from launcher.outputs.layout import PROFILE_DIR, RESULT_FILE, rank_log
 from launcher.outputs.publish import Publisher
 from launcher.pod.logrelay import NOISE, LogRelay, Output
 from launcher.pod.modelarts import prepare
@@ -195,6 +197,8 @@ class Bootstrap:
                       f"ranks {local_ranks[0]}-{local_ranks[-1]} of {spec.world_size} on {spec.accelerator}")
         for path in (self.paths.out, self.paths.logs, self.paths.cache):
             path.mkdir(parents=True, exist_ok=True)
+        # an earlier attempt's profile is not this one's (the publisher mirrors what is there)
+        shutil.rmtree(self.paths.profile, ignore_errors=True)
         job_url = None
         if spec.train_url:
             job_url = str(parse_url(spec.train_url).child(spec.name))
@@ -335,6 +339,7 @@ class Bootstrap:
         out_dir = self.paths.out if node_rank == 0 else self.paths.nothing
         out_dir.mkdir(parents=True, exist_ok=True)
         self.publisher = Publisher(out_dir, job_url, logs_dir=self.paths.logs,
+                                   profile_dir=self.paths.profile if spec.profile_steps else None,
                                    options=self.storage_options(spec))
         if node_rank == 0:
             self.publisher.put_file(self.paths.job_file, "job.yaml")
@@ -349,10 +354,11 @@ class Bootstrap:
         if publisher is None:
             return
         failed: list[BaseException] = []
+        reports: list[Any] = []
 
         def last() -> None:
             try:
-                publisher.final()
+                reports.append(publisher.final())
             except Exception as err:  # noqa: BLE001 - reported below
                 failed.append(err)
 
@@ -367,6 +373,11 @@ class Bootstrap:
         if failed:
             err = failed[0]
             self.out.node(f"warning: last publication failed: {str(err).splitlines()[0] if str(err) else err}")
+        for warning in reports[0].warnings if reports else ():
+            self.out.node(f"warning: {warning}")
+        if publisher.profile_ranks:
+            ranks = ", ".join(str(r) for r in sorted(publisher.profile_ranks))
+            self.out.node(f"profile of rank(s) {ranks} published to {publisher.url}/{PROFILE_DIR}/")
         publisher.close()
 
     def train(self, spec: js.JobSpec, config: Any, node_rank: int, local_ranks: list[int],
@@ -389,6 +400,8 @@ class Bootstrap:
                "--log-every", str(log_every(config))]
         if init is not None:  # train.py uses it only when there is no checkpoint to resume
             cmd += ["--init", str(init)]
+        if spec.profile_steps:  # every rank writes <profile>/rank-<r>/
+            cmd += ["--profile", str(self.paths.profile), "--profile-steps", str(spec.profile_steps)]
         env = self.child_env()
         if table:
             env["RANK_TABLE_FILE"] = table

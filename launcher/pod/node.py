@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher.errors import LaunchError, UsageError
-from launcher.outputs.layout import LOGS_DIR
+from launcher.outputs.layout import LOGS_DIR, PROFILE_DIR
 from launcher.pod import rendezvous as rdv
 from launcher.pod.logrelay import Output
 from launcher.spec import contract
@@ -57,6 +57,10 @@ class Paths:
     @property
     def logs(self) -> Path:
         return self.work / LOGS_DIR
+
+    @property
+    def profile(self) -> Path:
+        return self.work / PROFILE_DIR  # `leo_core.train --profile`: rank-<r>/ of this node's ranks
 
     @property
     def msrun_logs(self) -> Path:

@@ -94,6 +94,11 @@ DEFAULT_ASCEND_DRIVER_MOUNT = "hostpath"
 
 JOBSPEC_VERSION = 1
 INIT_SUFFIXES = (".ckpt", ".npz")  # --init: what leo_core.train --init reads
+# --profile: steps MindSpore's profiler records on every rank (after the two that compile);
+# bounded because each profiled step adds to every rank's trace
+DEFAULT_PROFILE_STEPS = 5
+PROFILE_SKIP = 2  # steps leo_core.train runs before its profiler records (leo_core.profiling)
+MAX_PROFILE_STEPS = 100
 
 # ------------------------------------------------------------------ the JobSpec
 
@@ -134,6 +139,7 @@ class JobSpec:
     run_as_user: int | None = None  # default: the image's user
     run_as_group: int | None = None  # default: the image's group (also the pods' fsGroup)
     ascend_driver_mount: str | None = None  # ascend: hostpath (default) or runtime
+    profile_steps: int | None = None  # --profile: steps every rank profiles; None: no profiler
     _config: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -146,6 +152,7 @@ class JobSpec:
         self._check_resources()
         self._check_cluster()
         self._check_security()
+        self._check_profile()
 
     # -------------------------------------------------------------- validation
     def _set(self, name: str, value: Any) -> None:
@@ -380,6 +387,11 @@ class JobSpec:
                              "and hccn.conf) or runtime (nodes with Ascend Docker Runtime)")
         self._set("ascend_driver_mount", mount)
 
+    def _check_profile(self) -> None:
+        if self.profile_steps is not None:
+            self._set("profile_steps", _int(self.profile_steps, "--profile-steps", minimum=1,
+                                            maximum=MAX_PROFILE_STEPS))
+
     # -------------------------------------------------------------- derived values
     @property
     def cards_per_node(self) -> int:
@@ -508,6 +520,7 @@ class JobSpec:
             "ascend_driver_mount": self.ascend_driver_mount,
             # only when set: a job.yaml without it stays readable by older bootstraps (images)
             **({"init_url": self.init_url} if self.init_url is not None else {}),
+            **({"profile_steps": self.profile_steps} if self.profile_steps is not None else {}),
         }
 
     @classmethod
@@ -555,8 +568,10 @@ def build_job_spec(*, experiment: str, accelerator: str, cards: int, nodes: int 
                    name: str | None = None, set_overrides: Iterable[str] = (),
                    steps: int | None = None, rank_table: str | None = None,
                    node_selectors: Iterable[str] = (), tolerations: Iterable[str] = (),
+                   profile: bool = False, profile_steps: int | None = None,
                    **values: Any) -> JobSpec:
-    """A JobSpec from command-line style values (`--set k=v`, `--toleration k=v:Effect`, ...)."""
+    """A JobSpec from command-line style values (`--set k=v`, `--toleration k=v:Effect`,
+    `--profile [--profile-steps N]`, ...)."""
     from leo_core.config import ConfigError, parse_override
 
     overrides: dict[str, str] = {}
@@ -568,13 +583,17 @@ def build_job_spec(*, experiment: str, accelerator: str, cards: int, nodes: int 
         overrides[key] = value
     if steps is not None:
         overrides["num_steps_limit"] = str(_int(steps, "--steps", minimum=1, maximum=MAX_STEPS))
+    if profile_steps is not None and not profile:
+        raise UsageError("--profile-steps applies with --profile only")
     mode, inventory = parse_rank_table(rank_table)
     if name is None:
         name = default_name(experiment, accelerator, cards)
     return JobSpec(name=name, experiment=experiment, accelerator=accelerator, cards=cards, nodes=nodes,
                    overrides=tuple(overrides.items()), rank_table=mode, inventory=inventory,
                    node_selector=parse_node_selectors(node_selectors),
-                   tolerations=tuple(Toleration.parse(t) for t in tolerations), **values)
+                   tolerations=tuple(Toleration.parse(t) for t in tolerations),
+                   profile_steps=(DEFAULT_PROFILE_STEPS if profile_steps is None else profile_steps)
+                   if profile else None, **values)
 
 
 def default_name(experiment: str, accelerator: str, cards: int) -> str:

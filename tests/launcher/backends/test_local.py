@@ -261,3 +261,32 @@ def test_cancel_mid_run_leaves_no_process_behind(e2e):
         from launcher.util.procs import kill_marked
 
         kill_marked(contract.ENV_LOCAL_JOB, mark)
+
+
+@pytest.mark.e2e
+def test_profile_publishes_the_profile_of_every_rank_under_the_train_url(e2e, tmp_path):
+    """`submit --profile`: both ranks run MindSpore's profiler (2 steps after the 2 that
+    compile) and the job publishes profile/rank-0/ and profile/rank-1/, no raw data."""
+    env, name = {**e2e["env"], "LEO_EVAL_TASKS": "8"}, "e2e-profile"
+    try:
+        proc = leo(env, "submit", "--backend", "local", "--accel", "cpu", "--cards", "2", "--exp", "mini_5shot",
+                   "--steps", 4, *TINY, "--name", name, "--profile", "--profile-steps", 2, "-f",
+                   "--data-url", "s3://leo-e2e-data/tiny", "--train-url", "s3://leo-e2e-runs/train", timeout=420)
+        assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr
+        assert f"profile of rank(s) 0, 1 published to s3://leo-e2e-runs/train/{name}/profile/" in proc.stdout
+        client = e2e["s3"].client()
+        prefix = f"train/{name}/profile/"
+        listed = client.list_objects_v2(Bucket="leo-e2e-runs", Prefix=prefix)["Contents"]
+        keys = {item["Key"][len(prefix):] for item in listed}
+        assert {"rank-0/op_summary.txt", "rank-0/trace_view.json", "rank-1/op_summary.txt",
+                "rank-1/trace_view.json"} <= keys
+        assert {k.split("/")[1] for k in keys} <= {"op_summary.txt", "trace_view.json", "cpu_op_detail_info_0.csv",
+                                                   "cpu_op_type_info_0.csv", "cpu_op_detail_info_1.csv",
+                                                   "cpu_op_type_info_1.csv"}, keys
+        summary = client.get_object(Bucket="leo-e2e-runs", Key=prefix + "rank-1/op_summary.txt")["Body"].read()
+        assert "2 steps; per step:" in summary.decode()
+        pulled = leo(env, "pull", name, "--profile", "--to", tmp_path / "profile")
+        assert pulled.returncode == 0, pulled.stderr
+        assert (tmp_path / "profile" / "rank-1" / "op_summary.txt").read_bytes() == summary
+    finally:
+        cleanup(e2e, name)

@@ -46,6 +46,17 @@ def test_render_warns_about_missing_outputs_and_credentials(capsys):
     assert "no --train-url" in err and "without --storage-secret" in err
 
 
+def test_render_with_profile_puts_it_in_job_yaml_and_warns_when_the_job_is_too_short(capsys):
+    code, out, err = run_cli(capsys, ["render", *BASE, "--train-url", "/out", "--profile", "--profile-steps", "3"])
+    assert code == 0 and err == ""
+    job = yaml.safe_load(next(yaml.safe_load_all(out))["data"]["job.yaml"])
+    assert job["profile_steps"] == 3
+    code, out, err = run_cli(capsys, ["render", *BASE, "--train-url", "/out", "--profile", "--steps", "4"])
+    assert code == 0 and yaml.safe_load(next(yaml.safe_load_all(out))["data"]["job.yaml"])["profile_steps"] == 5
+    assert err == ("leo-launch: warning: --profile-steps 5: the job trains 4 step(s), so at most 2 are "
+                   "profiled (the first 2 compile)\n")
+
+
 def test_render_to_a_directory(tmp_path, capsys):
     inventory = write_inventory(tmp_path / "nodes.yaml", 2)
     argv = ["render", "--exp", "tiered_5shot", "--accel", "ascend", "--cards", "16", "--set",
@@ -116,6 +127,10 @@ BAD_INPUTS = [
     (["--ascend-driver-mount", "cdi"], "choose hostpath"),
     (["--accel", "cpu", "--ascend-driver-mount", "runtime"], "--accel ascend only"),
     (["--unknown-flag"], "unrecognized arguments"),
+    (["--profile-steps", "3"], "--profile-steps applies with --profile only"),
+    (["--profile", "--profile-steps", "0"], "--profile-steps must be at least 1"),
+    (["--profile", "--profile-steps", "1000"], "--profile-steps must be at most 100"),
+    (["--profile", "--profile-steps", "two"], "invalid int value"),
 ]
 
 

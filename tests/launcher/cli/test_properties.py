@@ -11,7 +11,7 @@ from tests.launcher.properties import SETTINGS, hostile_text
 
 FLAGS = ["--data-url", "--train-url", "--storage-endpoint", "--name", "--set", "--toleration",
          "--node-selector", "--cards", "--nodes", "--steps", "--max-restarts", "--cpu", "--memory",
-         "--image", "--queue", "--priority-class", "--cluster-timeout", "--master-port"]
+         "--image", "--queue", "--priority-class", "--cluster-timeout", "--master-port", "--profile-steps"]
 numbers = st.sampled_from(["0", "1", "-1", "99999999999999999999999", "1e3", "", "two", " 2"])
 
 

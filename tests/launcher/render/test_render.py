@@ -87,6 +87,19 @@ def test_matrix_renders_and_validates(inventories, accel, cards, scheduler, mode
     assert config["name"] == experiment and config["metatrain_batch_size"] >= cards
 
 
+@pytest.mark.parametrize(("accel", "cards", "scheduler"), [("cpu", 2, "job"), ("nvidia", 16, "volcano"),
+                                                      ("ascend", 16, "volcano"), ("ascend", 16, "ascendjob")])
+def test_profile_validates_and_changes_only_the_job_file(accel, cards, scheduler):
+    """--profile travels in the ConfigMap's job.yaml; pods, services and the rest stay as they were."""
+    plain = render.render_validated(_spec(accel, cards, scheduler))
+    profiled = render.render_validated(_spec(accel, cards, scheduler, profile=True, profile_steps=3))
+    config = by_kind(profiled)["ConfigMap"][0]
+    assert JobSpec.from_yaml(config["data"][contract.JOB_FILE]).profile_steps == 3
+    del config["data"][contract.JOB_FILE]
+    del by_kind(plain)["ConfigMap"][0]["data"][contract.JOB_FILE]
+    assert profiled == plain
+
+
 def test_kubernetes_validate_itself_accepts_the_output():
     """Our cached validators use kubernetes-validate's schemas; cross-check with its own API."""
     for spec in (_spec("ascend", 16), _spec("nvidia", 32), _spec("cpu", 2)):

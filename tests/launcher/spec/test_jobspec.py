@@ -171,6 +171,10 @@ def test_steps_override_num_steps_limit_after_set():
         ({"run_as_group": "staff"}, "--run-as-group expects a whole number"),
         ({"ascend_driver_mount": "host"}, "choose hostpath .* or runtime"),
         ({"accelerator": "nvidia", "ascend_driver_mount": "runtime"}, "--ascend-driver-mount applies to --accel ascend only"),
+        ({"profile": True, "profile_steps": 0}, "--profile-steps must be at least 1"),
+        ({"profile": True, "profile_steps": 101}, "--profile-steps must be at most 100"),
+        ({"profile": True, "profile_steps": "some"}, "--profile-steps expects a whole number"),
+        ({"profile_steps": 3}, "--profile-steps applies with --profile only"),
     ],
 )
 def test_bad_values_raise_one_line_usage_errors(values, message):
@@ -244,3 +248,15 @@ def test_contract_constants():
     assert js.DEFAULT_IMAGES == {"ascend": "leo-launch:ascend", "nvidia": "leo-launch:nvidia",
                                  "cpu": "leo-launch:cpu"}
     assert js.DOCKERFILES["ascend"] == "images/ascend/Dockerfile"
+
+
+def test_profile_steps_default_to_five_and_travel_in_job_yaml():
+    """`--profile` reaches the pods through job.yaml (the ConfigMap's JOB_FILE)."""
+    s = spec(profile=True)
+    assert s.profile_steps == js.DEFAULT_PROFILE_STEPS == 5
+    assert JobSpec.from_yaml(s.to_yaml()).profile_steps == 5
+    assert JobSpec.from_yaml(spec(profile=True, profile_steps=2).to_yaml()).profile_steps == 2
+    assert spec().profile_steps is None
+    assert "profile_steps" not in spec().to_dict()  # job.yaml stays readable by bootstraps without it
+    with pytest.raises(UsageError, match="--profile-steps expects a whole number"):
+        JobSpec.from_dict({**s.to_dict(), "profile_steps": True})
