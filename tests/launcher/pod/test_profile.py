@@ -14,31 +14,23 @@ import pytest
 from launcher.outputs.publish import PublishReport
 from launcher.pod import bootstrap as bs
 from tests.launcher.pod.test_bootstrap import write_config
+from tests.launcher.pod.test_operator import FakeProcess
 
 
-class ProfilingMsrun:
-    """subprocess.Popen's stand-in for msrun: records the command and, like the ranks of
-    this node would, writes each local rank's profile folder where --profile says."""
+class ProfilingMsrun(FakeProcess):
+    """The stand-in for msrun that, like the ranks of this node would, writes each local
+    rank's profile folder where --profile says."""
 
-    started: list[list[str]] = []
     ranks: list[int] = []
 
-    def __init__(self, cmd, **_):
-        self.started.append(list(cmd))
+    def __init__(self, cmd, **options):
+        super().__init__(cmd, env=options.get("env") or {})
         if "--profile" in cmd:
             root = Path(cmd[cmd.index("--profile") + 1])
             for rank in self.ranks:
                 (root / f"rank-{rank}" / "vm_1_2_ascend_ms").mkdir(parents=True)
                 (root / f"rank-{rank}" / "vm_1_2_ascend_ms" / "trace_view.json").write_text("[]")
                 (root / f"rank-{rank}" / "op_summary.txt").write_text(f"rank {rank}\n")
-        self.stdout = iter([b"a line\n"])
-        self.pid = os.getpid()
-
-    def poll(self):
-        return 0
-
-    def wait(self):
-        return 0
 
 
 @pytest.fixture
@@ -67,7 +59,7 @@ def test_every_rank_profiles_and_node_1_publishes_its_own_ranks(tmp_path, monkey
     stale.mkdir(parents=True)
     (stale / "op_summary.txt").write_text("old\n")
     assert boot.run() == 0
-    ((cmd),) = msrun.started
+    ((cmd, _),) = msrun.started
     profile_dir = tmp_path / "cache" / "job" / "profile"
     assert cmd[cmd.index("--profile") + 1] == str(profile_dir) and cmd[cmd.index("--profile-steps") + 1] == "3"
     published = tmp_path / "runs" / "leo-b" / "profile"
@@ -81,7 +73,8 @@ def test_without_profile_train_py_gets_no_profiler_and_nothing_is_published(tmp_
     msrun.ranks = [2, 3]
     boot, out = node_one_of_two(tmp_path, monkeypatch)
     assert boot.run() == 0
-    assert "--profile" not in msrun.started[0] and "--profile-steps" not in msrun.started[0]
+    cmd = msrun.started[0][0]
+    assert "--profile" not in cmd and "--profile-steps" not in cmd
     assert not (tmp_path / "runs" / "leo-b" / "profile").exists() and "profile" not in out.getvalue()
 
 
