@@ -407,7 +407,7 @@ class LocalBackend:
         self.environ = environ
 
     def submit(self, spec: js.JobSpec, objects: list[dict[str, Any]], *, out: TextIO,
-               err: TextIO, warnings: Any = ()) -> None:  # noqa: ARG002 - no manifests here
+               err: TextIO) -> None:  # noqa: ARG002 - no manifests here
         submit(spec, environ=self.environ, out=out, err=err)
 
     def status(self, name: str, *, progress: bool = True) -> JobStatus:
