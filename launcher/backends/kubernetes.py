@@ -208,10 +208,10 @@ class KubernetesBackend:
         submit(self.cluster, spec, objects, out=out, err=err)
 
     def status(self, name: str, *, progress: bool = True) -> JobStatus:
-        return JobStatus.from_dict(status(self.cluster, name, self.namespace, progress=progress))
+        return JobStatus(**status(self.cluster, name, self.namespace, progress=progress))
 
     def list(self, *, all_namespaces: bool = False) -> list[JobStatus]:
-        return [JobStatus.from_dict(item) for item in
+        return [JobStatus(**item) for item in
                 list_jobs(self.cluster, self.namespace, all_namespaces=all_namespaces)]
 
     def logs(self, name: str, *, rank: int | None = None, all_ranks: bool = False,

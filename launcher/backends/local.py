@@ -411,10 +411,10 @@ class LocalBackend:
         submit(spec, environ=self.environ, out=out, err=err)
 
     def status(self, name: str, *, progress: bool = True) -> JobStatus:
-        return JobStatus.from_dict(status(name, environ=self.environ, progress=progress))
+        return JobStatus(**status(name, environ=self.environ, progress=progress))
 
     def list(self) -> list[JobStatus]:
-        return [JobStatus.from_dict(item) for item in list_jobs(self.environ)]
+        return [JobStatus(**item) for item in list_jobs(self.environ)]
 
     def logs(self, name: str, *, rank: int | None = None, all_ranks: bool = False,
              follow: bool = False, tail: int | None = None, out: TextIO, err: TextIO) -> int:  # noqa: ARG002
