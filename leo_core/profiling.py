@@ -20,12 +20,25 @@ import csv
 import sys
 from pathlib import Path
 
+DEFAULT_STEPS = 5
+# each profiled step adds to every rank's trace (launcher.spec.jobspec has the same bound)
+MAX_STEPS = 100
+
+
+def check_steps(steps: int) -> int:
+    """`--profile-steps`: ValueError unless 1 to MAX_STEPS."""
+    if steps < 1:
+        raise ValueError(f"--profile-steps must be at least 1, got {steps}")
+    if steps > MAX_STEPS:
+        raise ValueError(f"--profile-steps must be at most {MAX_STEPS}, got {steps}")
+    return steps
+
 
 class StepProfiler:
     """Call `step_done()` after every training step; profiling covers steps
     skip+1 .. skip+steps of the run and stops by itself."""
 
-    def __init__(self, out_dir: Path, rank: int = 0, steps: int = 5, skip: int = 2):
+    def __init__(self, out_dir: Path, rank: int = 0, steps: int = DEFAULT_STEPS, skip: int = 2):
         import mindspore as ms
         from mindspore.profiler import ProfilerActivity, schedule, tensorboard_trace_handler
 

@@ -38,7 +38,7 @@ if __package__ in (None, ""):  # run as a script (msrun takes a script path)
 
 import numpy as np
 
-from leo_core import checkpoint, cli_common
+from leo_core import checkpoint, cli_common, profiling
 from leo_core.config import ConfigError, ExperimentConfig
 from leo_core.distributed import Comm, shard
 
@@ -58,8 +58,12 @@ def parse_args(argv):
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="run MindSpore's profiler over a few steps after the first two "
                              "(which compile); each rank writes DIR/rank-<r>/ with op_summary.txt")
-    parser.add_argument("--profile-steps", type=int, default=5, help="steps to profile (5)")
-    return parser.parse_args(argv)
+    parser.add_argument("--profile-steps", type=int, default=profiling.DEFAULT_STEPS,
+                        help=f"steps to profile ({profiling.DEFAULT_STEPS}, at most {profiling.MAX_STEPS})")
+    args = parser.parse_args(argv)
+    with cli_common.exit_on_user_error():  # before any data is read or process group joined
+        profiling.check_steps(args.profile_steps)
+    return args
 
 
 class Trainer:

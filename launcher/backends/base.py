@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, Protocol, TextIO
 
 from launcher.errors import LaunchError
@@ -42,7 +42,8 @@ _ALWAYS = ("name", "backend", "phase", "experiment", "accelerator", "cards", "no
 
 @dataclasses.dataclass
 class JobStatus:
-    """One job's state, from either backend (see the module docstring for the fields)."""
+    """One job's state, from either backend (see the module docstring for the fields).
+    Backends build it as `JobStatus(**entry)`: a key without a field is a TypeError."""
 
     name: str
     backend: str
@@ -67,11 +68,6 @@ class JobStatus:
     best_step: int | None = None
     result: Any = None
     storage_error: str | None = None
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> JobStatus:
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
     def to_dict(self) -> dict[str, Any]:
         out = {key: getattr(self, key) for key in _ALWAYS}

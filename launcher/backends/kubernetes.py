@@ -15,7 +15,7 @@ are sent to the API and also checked here.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any, TextIO
 
 from launcher.backends.base import (
@@ -72,8 +72,7 @@ def check_cluster(cluster: Cluster, spec: js.JobSpec, objects: list[dict[str, An
 
 
 def submit(cluster: Cluster, spec: js.JobSpec, objects: list[dict[str, Any]], *,
-           warnings: Iterable[str] = (), out: TextIO | None = None,
-           err: TextIO | None = None, check: bool = True) -> None:
+           out: TextIO | None = None, err: TextIO | None = None, check: bool = True) -> None:
     """Create the objects in order, after the pre-flight checks (`check`); on a failure
     delete what was created and raise with the API's reason."""
     out, err = out or sys.stdout, err or sys.stderr
@@ -97,9 +96,6 @@ def submit(cluster: Cluster, spec: js.JobSpec, objects: list[dict[str, Any]], *,
     names = ", ".join(f"{o['kind']} {meta(o).get('name')}" for o in objects)
     out.write(f"job {spec.name} submitted to namespace {ns} ({cluster.describe()}): {names}\n")
     out.flush()
-    for warning in warnings:
-        err.write(f"leo-launch: warning: {warning}\n")
-    err.flush()
 
 
 _OPERATORS = {ASCEND_JOB: "MindCluster's ascend-operator", VOLCANO_JOB: "Volcano"}
@@ -208,14 +204,14 @@ class KubernetesBackend:
         return cls(connect(context, namespace))
 
     def submit(self, spec: js.JobSpec, objects: list[dict[str, Any]], *, out: TextIO,
-               err: TextIO, warnings: Iterable[str] = ()) -> None:
-        submit(self.cluster, spec, objects, warnings=warnings, out=out, err=err)
+               err: TextIO) -> None:
+        submit(self.cluster, spec, objects, out=out, err=err)
 
     def status(self, name: str, *, progress: bool = True) -> JobStatus:
-        return JobStatus.from_dict(status(self.cluster, name, self.namespace, progress=progress))
+        return JobStatus(**status(self.cluster, name, self.namespace, progress=progress))
 
     def list(self, *, all_namespaces: bool = False) -> list[JobStatus]:
-        return [JobStatus.from_dict(item) for item in
+        return [JobStatus(**item) for item in
                 list_jobs(self.cluster, self.namespace, all_namespaces=all_namespaces)]
 
     def logs(self, name: str, *, rank: int | None = None, all_ranks: bool = False,

@@ -407,14 +407,14 @@ class LocalBackend:
         self.environ = environ
 
     def submit(self, spec: js.JobSpec, objects: list[dict[str, Any]], *, out: TextIO,
-               err: TextIO, warnings: Any = ()) -> None:  # noqa: ARG002 - no manifests here
+               err: TextIO) -> None:  # noqa: ARG002 - no manifests here
         submit(spec, environ=self.environ, out=out, err=err)
 
     def status(self, name: str, *, progress: bool = True) -> JobStatus:
-        return JobStatus.from_dict(status(name, environ=self.environ, progress=progress))
+        return JobStatus(**status(name, environ=self.environ, progress=progress))
 
     def list(self) -> list[JobStatus]:
-        return [JobStatus.from_dict(item) for item in list_jobs(self.environ)]
+        return [JobStatus(**item) for item in list_jobs(self.environ)]
 
     def logs(self, name: str, *, rank: int | None = None, all_ranks: bool = False,
              follow: bool = False, tail: int | None = None, out: TextIO, err: TextIO) -> int:  # noqa: ARG002

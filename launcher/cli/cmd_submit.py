@@ -22,7 +22,6 @@ from launcher.cli.options import (
     add_output_argument,
     print_warnings,
     spec_from_args,
-    warnings,
 )
 from launcher.errors import UsageError
 
@@ -69,8 +68,8 @@ def run(args: argparse.Namespace) -> int:
     if kind == "k8s" and args.namespace is None and spec.namespace != namespace:
         spec = dataclasses.replace(spec, namespace=namespace)  # the context's namespace
         objects = render_validated(spec)
-    backend.submit(spec, objects, out=sys.stdout, err=sys.stderr,
-                   warnings=warnings(spec) if kind == "k8s" else ())
+    backend.submit(spec, objects, out=sys.stdout, err=sys.stderr)
+    print_warnings(spec, pods=kind == "k8s")
     if args.follow:
         return follow_to_end(backend, spec.name, out=sys.stdout, err=sys.stderr, poll=POLL[kind])
     if args.wait:

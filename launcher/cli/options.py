@@ -135,12 +135,14 @@ def spec_from_args(args: argparse.Namespace) -> js.JobSpec:
     )
 
 
-def warnings(spec: js.JobSpec) -> list[str]:
+def warnings(spec: js.JobSpec, *, pods: bool = True) -> list[str]:
+    """What the job will not do that its user may expect. `pods`: also what concerns
+    Kubernetes pods (a local job has a default train_url and this machine's credentials)."""
     out = []
-    if spec.train_url is None:
+    if pods and spec.train_url is None:
         out.append("no --train-url: checkpoints and results stay inside the pods and are lost with them")
     remote = [u for u in (spec.data_url, spec.train_url, spec.init_url) if u and u.startswith(("s3://", "obs://"))]
-    if remote and spec.storage_secret is None:
+    if pods and remote and spec.storage_secret is None:
         out.append("object-storage URLs without --storage-secret: pods get no credentials")
     if spec.profile_steps is not None:
         steps = spec.experiment_config().num_steps_limit
@@ -150,9 +152,9 @@ def warnings(spec: js.JobSpec) -> list[str]:
     return out
 
 
-def print_warnings(spec: js.JobSpec) -> None:
+def print_warnings(spec: js.JobSpec, *, pods: bool = True) -> None:
     """After success only: a failing command prints its one error line and nothing else."""
-    for warning in warnings(spec):
+    for warning in warnings(spec, pods=pods):
         print(f"leo-launch: warning: {warning}", file=sys.stderr)
 
 

@@ -13,9 +13,10 @@ from the ModelZoo flags `--dataset_name` and `--num_tr_examples_per_class`, else
 mini_1shot, the ModelZoo default), `--init`/`--checkpoint_url` (initial weights, a
 `.ckpt` or `.npz`), `--device_target Ascend|GPU|CPU` (default
 `$LEO_ACCELERATOR`, else Ascend), `--device_num`/`--cards` (processes on this node, default
-1), `--steps`, `--set key=value`, `--name`, `--storage-endpoint`. Other flags (the ModelZoo's
-`enable_modelarts`, `data_path`, `save_path`, `ckpt_file`, …, or the platform's own)
-are ignored, each with a note.
+1), `--steps`, `--set key=value`, `--name`, `--storage-endpoint`, `--enable_profiling=True|False`
+(the ModelZoo's flag: `leo-launch submit --profile`, MindSpore's profiler on every rank for
+the default number of steps). Other flags (the ModelZoo's `enable_modelarts`, `data_path`,
+`save_path`, `ckpt_file`, …, or the platform's own) are ignored, each with a note.
 """
 
 from __future__ import annotations
@@ -32,11 +33,20 @@ from launcher.util.files import atomic_write
 DEFAULT_EXPERIMENT = "mini_1shot"  # the ModelZoo's default_config: miniImageNet, 1 shot
 _DEVICES = {"ascend": "ascend", "gpu": "nvidia", "cpu": "cpu"}
 _DATASETS = {"miniimagenet": "mini", "tieredimagenet": "tiered"}
+# the ModelZoo parses its boolean flags with ast.literal_eval: `--enable_profiling=True`
+_BOOLEANS = {"true": True, "false": False}
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(f"python -m launcher.bootstrap: {message}")
+
+
+def _boolean(value: str) -> bool:
+    try:
+        return _BOOLEANS[value.strip().lower()]
+    except KeyError:
+        raise argparse.ArgumentTypeError(f"expected True or False, got {value!r}") from None
 
 
 def parser() -> argparse.ArgumentParser:
@@ -63,6 +73,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="job name: outputs go to <train_url>/<name>/ (default leo-<exp>-<accel><cards>)")
     p.add_argument("--storage-endpoint", "--storage_endpoint", dest="storage_endpoint",
                    help="S3/OBS endpoint (default $AWS_ENDPOINT_URL; OBS from $OBS_REGION)")
+    p.add_argument("--enable_profiling", "--enable-profiling", dest="profile", type=_boolean, default=False,
+                   metavar="{True,False}",
+                   help=f"ModelZoo flag: MindSpore's profiler on every rank for {js.DEFAULT_PROFILE_STEPS} "
+                        "steps, published to <train_url>/<name>/profile/rank-<r>/ (leo-launch submit --profile)")
     return p
 
 
@@ -99,7 +113,8 @@ def prepare(argv: Sequence[str], env: Mapping[str, str]) -> tuple[dict[str, str]
         values["init_url"] = args.init_url
     spec = js.build_job_spec(experiment=_experiment(args), accelerator=accelerator, cards=args.cards,
                              nodes=1, name=args.name, set_overrides=args.overrides, steps=args.steps,
-                             data_url=args.data_url, train_url=args.train_url, **values)
+                             data_url=args.data_url, train_url=args.train_url, profile=args.profile,
+                             **values)
     cache = Path(env.get(contract.ENV_CACHE_DIR) or contract.CACHE_DIR)
     config_dir = cache / "modelarts" / "config"
     import yaml

@@ -9,6 +9,7 @@ MindSpore training."""
 from __future__ import annotations
 
 import io
+import sys
 import time
 
 import pytest
@@ -86,3 +87,16 @@ def test_an_unknown_job(backend):
     with pytest.raises(JobNotFoundError):
         backend.logs("no-such-job", out=io.StringIO(), err=io.StringIO())
     assert "nothing to cancel" in backend.cancel("no-such-job")
+
+
+def test_a_status_key_jobstatus_has_no_field_for_is_an_error(backend, monkeypatch):
+    """A backend's status or list entry with a key JobStatus lacks is a programming error
+    (a misspelt or new field), not something to drop without a word."""
+    module = sys.modules[type(backend).__module__]
+    entry = {"name": "leo-contract", "backend": backend.name, "phase": "Running", "stepp": 3}
+    monkeypatch.setattr(module, "status", lambda *args, **kwargs: dict(entry))
+    monkeypatch.setattr(module, "list_jobs", lambda *args, **kwargs: [dict(entry)])
+    with pytest.raises(TypeError, match="stepp"):
+        backend.status("leo-contract")
+    with pytest.raises(TypeError, match="stepp"):
+        backend.list()

@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from launcher.errors import UsageError
-from launcher.pod import modelarts
+from launcher.pod import bootstrap, modelarts
+from launcher.pod.node import load_job, paths_from_env
 from launcher.spec import contract
 from tests.msrun_util import free_port
 
@@ -52,15 +53,42 @@ def test_dash_spellings_and_the_modelzoo_experiment_flags(tmp_path):
     assert job["overrides"] == {"num_steps_limit": "7"}
 
 
+@pytest.mark.parametrize("flag, steps", [
+    ("--enable_profiling=True", 5), ("--enable_profiling=true", 5), ("--enable-profiling=TRUE", 5),
+    ("--enable_profiling=False", None), (None, None),
+])
+def test_enable_profiling_is_submit_profile(tmp_path, flag, steps):
+    """The ModelZoo's --enable_profiling (True/False, as its ast.literal_eval parses them)
+    is `leo-launch submit --profile`: the job the bootstrap loads profiles every rank."""
+    argv = ["--data_url=/d", "--train_url=/runs", "--device_target=CPU"] + ([flag] if flag else [])
+    environ, notes, job = prepared(tmp_path, *argv)
+    assert job.get("profile_steps") == steps
+    spec, _ = load_job(paths_from_env(environ))
+    assert spec.profile_steps == steps
+    assert not any("enable" in note for note in notes)  # used, not ignored
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--train_url=/runs"], "the following arguments are required: --data_url"),
     (["--data_url=/d", "--device_target=TPU"], "unknown accelerator 'tpu'"),
     (["--data_url=/d", "--device_target=Ascend", "--device_num=16"], "Ascend nodes take 1, 2, 4 or 8 cards"),
     (["--data_url=/d", "--dataset_name=omniglot"], "--dataset_name 'omniglot'"),
+    (["--data_url=/d", "--enable_profiling=yes"], "argument --enable_profiling/--enable-profiling: expected "
+                                                  "True or False, got 'yes'"),
 ])
 def test_bad_arguments_are_usage_errors(tmp_path, argv, message):
     with pytest.raises(UsageError, match=message):
         modelarts.prepare(argv, {contract.ENV_CACHE_DIR: str(tmp_path)})
+    assert not (tmp_path / "modelarts").exists()
+
+
+def test_a_bad_argument_is_one_error_line_and_exit_2(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv(contract.ENV_CACHE_DIR, str(tmp_path))
+    assert bootstrap.main(["--data_url=/d", "--enable_profiling=1x"]) == contract.EXIT_BAD_CONFIG == 2
+    out = capsys.readouterr()
+    assert out.out.strip().splitlines() == [
+        "[node ?] error: python -m launcher.bootstrap: argument --enable_profiling/--enable-profiling: expected "
+        "True or False, got '1x' (bad configuration: not retrying)"]
     assert not (tmp_path / "modelarts").exists()
 
 
