@@ -31,7 +31,7 @@ if __package__ in (None, ""):  # run as a script (msrun takes a script path)
 
 import numpy as np
 
-from leo_core import cli_common
+from leo_core import cli_common, hostmem
 from leo_core.distributed import Comm, shard
 
 # Tasks per rank evaluated at once: 16 five-way tasks with 599 queries per class
@@ -124,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-baselines", dest="baselines", action="store_false",
                         help="skip the untrained-model and nearest-class-mean baselines")
     args = parser.parse_args(argv)
+    hostmem.keep_freed_memory()
     with cli_common.exit_on_user_error():
         cfg = cli_common.resolve_config(args)
         if args.tasks <= 0:

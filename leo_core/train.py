@@ -38,7 +38,7 @@ if __package__ in (None, ""):  # run as a script (msrun takes a script path)
 
 import numpy as np
 
-from leo_core import checkpoint, cli_common, profiling
+from leo_core import checkpoint, cli_common, hostmem, profiling
 from leo_core.config import ConfigError, ExperimentConfig
 from leo_core.distributed import Comm, shard
 
@@ -292,6 +292,7 @@ def _exit_failed_rank(comm: Comm) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    hostmem.keep_freed_memory()
     with cli_common.exit_on_user_error():
         cfg = cli_common.resolve_config(args)
         if args.steps is not None:

@@ -336,6 +336,9 @@ def _metatest_worker(cfg, tasks: int) -> dict:
 
 
 def worker(kind: str, framework: str, experiment: str, steps: int, warmup: int) -> None:
+    from leo_core.hostmem import keep_freed_memory
+
+    keep_freed_memory()  # as leo_core.train does; the same for both frameworks
     cfg = load_experiment(experiment)
     if kind == "metatest":
         print(MARK + json.dumps(_metatest_worker(cfg, steps)), flush=True)

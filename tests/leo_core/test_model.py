@@ -353,6 +353,22 @@ def test_noise_layout():
     np.testing.assert_array_equal(alone.weight_eps[:, 0], noise.weight_eps[:, 1])
 
 
+def test_dropout_masks_keep_each_element_with_the_configured_probability():
+    """16-bit draws compared with round(keep * 2**16): the realised keep rate is within
+    2**-17 of 1 - dropout_rate; over ~4.6M elements the sampling error is ~2e-4 (1 sigma)."""
+    cfg = load_experiment("mini_5shot")
+    noise = sample_noise(cfg, seed=1, step=7, tasks=range(12), num_queries=15)
+    kept = np.concatenate([(noise.tr_masks > 0).ravel(), (noise.val_mask > 0).ravel()])
+    keep = 1 - cfg.dropout_rate
+    sigma = math.sqrt(keep * (1 - keep) / kept.size)
+    assert abs(kept.mean() - keep) < 5 * sigma + 2**-17, (kept.mean(), keep)
+    # Masks of one task and step are independent draws: two uses differ.
+    assert (noise.tr_masks[0, 0] != noise.tr_masks[1, 0]).mean() > 0.3
+    none = sample_noise(cfg.with_overrides({"dropout_rate": 0.0}), seed=1, step=7, tasks=range(2),
+                        num_queries=15)
+    assert (none.tr_masks == 1).all() and (none.val_mask == 1).all()
+
+
 def test_parameter_names_shapes_and_loading():
     cfg = load_experiment("mini_1shot")
     model = LEO(cfg, seed=2)
