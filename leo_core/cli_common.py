@@ -1,4 +1,5 @@
-"""Command-line pieces shared by `leo_core.train` and `leo_core.evaluate`."""
+"""Command-line pieces shared by `leo_core.train`, `leo_core.evaluate` and the dataset writers
+(`leo_core.synthetic`, `leo_core.glyphs`)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,20 @@ def exit_on_user_error():
     except (ConfigError, CheckpointError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+
+
+def write_files(out, write, user_errors: tuple[type[Exception], ...] = (ValueError,)) -> int:
+    """Run a dataset writer's `write()` into `out`; its exit code: 0, 2 for `user_errors`
+    (bad arguments or data; one line), 1 when `out` cannot be written."""
+    try:
+        write()
+    except user_errors as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"error: cannot write under {out}: {err.strerror or err}", file=sys.stderr)
+        return 1
+    return 0
 
 
 class Progress:

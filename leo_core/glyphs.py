@@ -49,6 +49,8 @@ from pathlib import Path
 
 import numpy as np
 
+from leo_core.cli_common import write_files
+
 DATASET = "glyphs"
 CANVAS = 48  # rendering resolution (pixels)
 SIZE = 32  # image size fed to the CNN
@@ -451,16 +453,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.seed < 0 or args.epochs < 1 or args.images_per_epoch < 1:
         print("error: --seed must be >= 0, --epochs and --images-per-epoch >= 1", file=sys.stderr)
         return 2
-    try:
-        build(args.out, seed=args.seed, images_per_class=args.images_per_class, epochs=args.epochs,
-              images_per_epoch=args.images_per_epoch, threads=args.threads)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:
-        print(f"error: cannot write under {args.out}: {err.strerror or err}", file=sys.stderr)
-        return 1
-    return 0
+    return write_files(args.out, lambda: build(
+        args.out, seed=args.seed, images_per_class=args.images_per_class, epochs=args.epochs,
+        images_per_epoch=args.images_per_epoch, threads=args.threads))
 
 
 if __name__ == "__main__":

@@ -96,6 +96,7 @@ from pathlib import Path
 
 import numpy as np
 
+from leo_core.cli_common import write_files
 from leo_core.config import CROPS, DATASETS, ConfigError
 from leo_core.data import EMBEDDING_DIM, SPLITS, DataError, embeddings_path
 
@@ -427,22 +428,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     crops = CROPS if args.crop == "both" else (args.crop,)
-    try:
-        write_dataset(
-            args.out,
-            args.dataset,
-            scale=args.scale,
-            images_per_class=args.images_per_class,
-            seed=args.seed,
-            crops=crops,
-        )
-    except (ConfigError, DataError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:
-        print(f"error: cannot write under {args.out}: {err.strerror or err}", file=sys.stderr)
-        return 1
-    return 0
+    return write_files(args.out, lambda: write_dataset(
+        args.out, args.dataset, scale=args.scale, images_per_class=args.images_per_class,
+        seed=args.seed, crops=crops), user_errors=(ConfigError, DataError))
 
 
 if __name__ == "__main__":
