@@ -21,8 +21,8 @@ import sys
 from pathlib import Path
 
 DEFAULT_STEPS = 5
-# each profiled step adds to every rank's trace (launcher.spec.jobspec has the same bound)
-MAX_STEPS = 100
+MAX_STEPS = 100  # each profiled step adds to every rank's trace (the launcher uses these too)
+SKIP_STEPS = 2  # steps run before the profiler records (the first compiles the graph)
 
 
 def check_steps(steps: int) -> int:
@@ -38,7 +38,7 @@ class StepProfiler:
     """Call `step_done()` after every training step; profiling covers steps
     skip+1 .. skip+steps of the run and stops by itself."""
 
-    def __init__(self, out_dir: Path, rank: int = 0, steps: int = DEFAULT_STEPS, skip: int = 2):
+    def __init__(self, out_dir: Path, rank: int = 0, steps: int = DEFAULT_STEPS, skip: int = SKIP_STEPS):
         import mindspore as ms
         from mindspore.profiler import ProfilerActivity, schedule, tensorboard_trace_handler
 

@@ -58,6 +58,7 @@ from launcher.spec.values import (
     storage_url_problem,
 )
 from launcher.storage.base import redact_endpoint
+from leo_core import profiling
 
 # ------------------------------------------------------------------ accelerators, images
 ACCELERATORS = ("ascend", "nvidia", "cpu")
@@ -94,11 +95,11 @@ DEFAULT_ASCEND_DRIVER_MOUNT = "hostpath"
 
 JOBSPEC_VERSION = 1
 INIT_SUFFIXES = (".ckpt", ".npz")  # --init: what leo_core.train --init reads
-# --profile: steps MindSpore's profiler records on every rank (after the two that compile);
-# bounded because each profiled step adds to every rank's trace
-DEFAULT_PROFILE_STEPS = 5
-PROFILE_SKIP = 2  # steps leo_core.train runs before its profiler records (leo_core.profiling)
-MAX_PROFILE_STEPS = 100
+# --profile: steps MindSpore's profiler records on every rank, bounded as leo_core.train
+# bounds them (after PROFILE_SKIP steps that compile)
+DEFAULT_PROFILE_STEPS = profiling.DEFAULT_STEPS
+PROFILE_SKIP = profiling.SKIP_STEPS
+MAX_PROFILE_STEPS = profiling.MAX_STEPS
 
 # ------------------------------------------------------------------ the JobSpec
 
