@@ -1,4 +1,4 @@
-"""Typed errors of the launcher. Library code raises them; only cli.py prints and exits."""
+"""Typed errors of the launcher. Library code raises them; only launcher.cli prints and picks exit codes."""
 
 
 class LaunchError(Exception):

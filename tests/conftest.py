@@ -12,7 +12,7 @@ os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get(
 os.environ.setdefault("GLOG_v", "2")
 
 
-# --- Object storage: a real S3 server (SeaweedFS `weed mini`), see tests/s3server.py ---
+# --- Object storage: a real S3 server (SeaweedFS `weed mini`), see launcher/util/s3server.py ---
 import pytest  # noqa: E402
 
 
@@ -26,7 +26,7 @@ def no_instance_metadata(monkeypatch):
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """One authenticated SeaweedFS S3 server per test session, stopped at the end."""
-    from tests.s3server import start_s3_server
+    from launcher.util.s3server import start_s3_server
 
     server = start_s3_server(tmp_path_factory.mktemp("s3server"))
     try:
@@ -50,7 +50,7 @@ def s3_env(s3_server, monkeypatch):
 @pytest.fixture(scope="session")
 def localhost_subdomains():
     """`<bucket>.localhost` resolves to 127.0.0.1 (virtual-hosted addressing in tests)."""
-    from tests.s3server import resolve_localhost_subdomains
+    from launcher.util.s3server import resolve_localhost_subdomains
 
     with resolve_localhost_subdomains():
         yield

@@ -24,9 +24,7 @@ from launcher.backends.base import (
     JobStatus,
 )
 from launcher.backends.k8s_logs import logs
-from launcher.backends.k8s_read import (  # noqa: F401 - the backend's reading functions
-    JOB_KINDS,
-    POLL,
+from launcher.backends.k8s_read import (
     find_job,
     list_jobs,
     our_pods,

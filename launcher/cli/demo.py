@@ -11,8 +11,8 @@
 5. write the training-curve plot and the run's report table;
 6. stop what it started (the server, the job's processes).
 
-Run from the repository (the S3 server helper lives in tests/s3server.py). Outputs land in
-./demo-out/. Every step is a real `leo-launch` command; the script only strings them together.
+Run from the repository (the S3 server is launcher/util/s3server.py's SeaweedFS, from the
+dev extras). Outputs land in ./demo-out/. Every step is a real `leo-launch` command; the script only strings them together.
 """
 
 from __future__ import annotations
@@ -63,8 +63,7 @@ def nearest_class_mean(data_root: Path, tasks: int) -> tuple[float, float]:
 
 
 def main() -> int:
-    sys.path.insert(0, str(ROOT))
-    from tests.s3server import start_s3_server
+    from launcher.util.s3server import start_s3_server
 
     started = time.monotonic()
     shutil.rmtree(OUT, ignore_errors=True)

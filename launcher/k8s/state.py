@@ -267,7 +267,7 @@ VOLCANO_PHASES = {"Pending": "Pending", "Inqueue": "Pending", "Running": "Runnin
 def summarize(info: JobInfo, pods: Iterable[Mapping[str, Any]], *,
               events: Iterable[Mapping[str, Any]] = (), podgroups: Iterable[Mapping[str, Any]] = (),
               now: float | None = None) -> dict[str, Any]:
-    """The status dict of a job (see launcher.jobs) from its API objects; no progress."""
+    """The status dict of a job (see launcher.backends.base.JobStatus) from its API objects; no progress."""
     now = time.time() if now is None else now
     events = list(events)
     pods = [p for p in pods if is_ours(p, info.name)]

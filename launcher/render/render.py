@@ -342,7 +342,7 @@ def render_template(name: str, ctx: Mapping[str, Any], **extra: Any) -> dict[str
 
 
 def render_validated(spec: JobSpec, versions: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """`render` followed by `manifest_check.check_manifests` (raises on any problem)."""
+    """`render` followed by `launcher.render.check.check_manifests` (raises on any problem)."""
     from launcher.render.check import check_manifests
 
     objects = render(spec)

@@ -6,8 +6,8 @@ bootstrap (`python -m launcher.bootstrap`) and the local backend reload from
 It holds names, storage URLs and the *name* of the storage Secret, never
 credentials.
 
-The constants below are the contract between the rendered manifests, the
-bootstrap and the images; import them rather than repeating the strings.
+The contract between the rendered manifests, the bootstrap and the images (labels,
+paths, exit codes) is launcher.spec.contract; import it rather than repeating strings.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.s3server import start_s3_server  # noqa: E402
+from launcher.util.s3server import start_s3_server  # noqa: E402
 
 TOOLS = ("leo", "aws", "s5cmd")
 

@@ -37,8 +37,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from launcher.util.s3server import start_s3_server
 from tests import msrun_util, netns
-from tests.s3server import start_s3_server
 
 pytestmark = pytest.mark.integration
 

@@ -28,8 +28,8 @@ from launcher.storage import (
     sync_up,
     write_json,
 )
+from launcher.util.s3server import start_s3_server
 from tests.launcher.storage.test_storage import read_tree, write_tree
-from tests.s3server import start_s3_server
 
 pytestmark = pytest.mark.integration
 
@@ -247,7 +247,7 @@ def test_no_credentials(s3_env, monkeypatch):
 
 
 def test_unreachable_endpoint(s3_env, capsys, tmp_path, monkeypatch):
-    from tests.s3server import free_ports
+    from launcher.util.s3server import free_ports
 
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
     port = free_ports(1)[0]  # nothing listens there
