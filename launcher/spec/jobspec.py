@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from launcher import flavours
 from launcher.errors import UsageError
 from launcher.spec import names as syn
 from launcher.spec.contract import (
@@ -28,8 +29,6 @@ from launcher.spec.contract import (
     ANNOTATION_RANK_TABLE,
     ANNOTATION_SCHEDULER,
     APP_NAME,
-    ASCENDJOB_SCHEDULER,
-    ASCENDJOB_WORKER,
     LABEL_ACCEL,
     LABEL_APP,
     LABEL_EXPERIMENT,
@@ -37,7 +36,6 @@ from launcher.spec.contract import (
     LABEL_MANAGED_BY,
     MANAGER,
     NODE_RANK_ENV_VARS,
-    VOLCANO_TASK,
 )
 from launcher.spec.ranktable import (
     InventoryNode,
@@ -73,10 +71,9 @@ MAX_CARDS = 65536
 MAX_NODES = 8192
 MAX_STEPS = 10**9
 MAX_CLUSTER_TIMEOUT = 7 * 86400
-SCHEDULERS = ("job", "volcano", "ascendjob")
+SCHEDULERS = flavours.NAMES
 # none: no rank table, MindSpore's dynamic cluster only (the ascend-operator's env mode)
 RANK_TABLE_MODES = ("dynamic", "controller", "file", "none")
-ASCENDJOB_RANK_TABLE_MODES = ("none", "controller", "file")
 NCCL_DEBUG_LEVELS = ("VERSION", "WARN", "INFO", "TRACE")
 DEFAULT_MASTER_PORT = 8118  # msrun's default
 DEFAULT_CLUSTER_TIMEOUT = 1800  # msrun --cluster_time_out, seconds
@@ -120,7 +117,7 @@ class JobSpec:
     storage_secret: str | None = None
     storage_endpoint: str | None = None
     init_url: str | None = None  # initial weights (.ckpt or .npz), staged like data_url
-    scheduler: str = "job"
+    scheduler: str = flavours.DEFAULT
     rank_table: str | None = None  # ascend: dynamic (default; ascendjob: none), controller, file or none
     inventory: tuple[InventoryNode, ...] = ()  # rank_table == "file"
     node_selector: tuple[tuple[str, str], ...] = ()
@@ -221,15 +218,8 @@ class JobSpec:
         return f"try --nodes {' or '.join(str(n) for n in options[:3])}"
 
     def _check_names(self) -> None:
-        if self.scheduler not in SCHEDULERS:
-            raise UsageError(f"unknown scheduler {self.scheduler!r}; choose {', '.join(SCHEDULERS)}")
-        if self.scheduler == "ascendjob" and self.accelerator != "ascend":
-            raise UsageError(f"--scheduler ascendjob runs Ascend training (MindCluster's ascend-operator), "
-                             f"not {self.accelerator}; use --accel ascend")
-        if self.scheduler == "ascendjob" and self.cards < 2:
-            # with one process MindSpore forms no cluster: the Scheduler pod would have none to serve
-            raise UsageError("--scheduler ascendjob runs a MindSpore cluster of at least 2 cards; "
-                             "for one card use --scheduler job")
+        for problem in flavours.flavour_of(self.scheduler).spec_problems(self):
+            raise UsageError(problem)
         if not isinstance(self.name, str):
             raise UsageError("--name must be a string")
         longest = max((self.pod_hostname(self.nodes - 1), self.scheduler_hostname or ""), key=len)
@@ -300,19 +290,20 @@ class JobSpec:
             if self.inventory:
                 raise UsageError("an inventory is for Ascend rank tables only")
             return
-        mode = mode or ("none" if self.scheduler == "ascendjob" else "dynamic")
+        flavour = self.flavour
+        mode = mode or flavour.default_rank_table
         if mode not in RANK_TABLE_MODES:
             raise UsageError(f"unknown rank-table mode {mode!r}; use dynamic, controller, none or an inventory file")
-        if self.scheduler == "ascendjob" and mode not in ASCENDJOB_RANK_TABLE_MODES:
-            raise UsageError(f"--rank-table {mode} does not work under the ascend-operator (its worker pods have "
-                             "no stable DNS names for the rendezvous); use none (default), controller or "
-                             "an inventory file")
+        if flavour.rank_table_modes is not None and mode not in flavour.rank_table_modes:
+            raise UsageError(f"--rank-table {mode} does not work with --scheduler {flavour.name} "
+                             f"({flavour.rank_table_why}); use {', '.join(flavour.rank_table_modes)}")
         self._set("rank_table", mode)
         inventory = tuple(n if isinstance(n, InventoryNode) else InventoryNode.from_dict(n, "inventory node")
                           for n in self.inventory)
         self._set("inventory", inventory)
-        if mode == "controller" and self.scheduler == "job":
-            raise UsageError("--rank-table controller needs --scheduler volcano or ascendjob "
+        if mode == "controller" and not flavour.controller_rank_table:
+            able = [f.name for f in flavours.FLAVOURS.values() if f.controller_rank_table]
+            raise UsageError(f"--rank-table controller needs --scheduler {' or '.join(able)} "
                              "(the hccl-controller or the ascend-operator fills rings-config)")
         if mode != "file":
             if inventory:
@@ -411,25 +402,23 @@ class JobSpec:
         """The headless Service (batch Job) or Volcano svc-plugin Service of the pods."""
         return self.name
 
+    @property
+    def flavour(self) -> flavours.Flavour:
+        """The job flavour of `scheduler` (launcher.flavours): what kind runs the pods."""
+        return flavours.flavour_of(self.scheduler)
+
     def pod_hostname(self, node_rank: int) -> str:
-        if self.scheduler == "volcano":
-            return f"{self.name}-{VOLCANO_TASK}-{node_rank}"
-        if self.scheduler == "ascendjob":  # the operator's pod names
-            return f"{self.name}-{ASCENDJOB_WORKER}-{node_rank}"
-        return f"{self.name}-{node_rank}"
+        return self.flavour.pod_hostname(self, node_rank)
 
     @property
     def scheduler_hostname(self) -> str | None:
-        """AscendJob: the MindSpore scheduler's pod, also the name of the operator's Service."""
-        return f"{self.name}-{ASCENDJOB_SCHEDULER}-0" if self.scheduler == "ascendjob" else None
+        """A pod of its own for MindSpore's scheduler role (its flavour's), if any."""
+        return self.flavour.scheduler_hostname(self)
 
     @property
     def master_addr(self) -> str:
-        """Stable DNS name of node rank 0's pod (resolves once the pod exists); for an
-        AscendJob the operator's Service of the scheduler pod (pods get MS_SCHED_HOST)."""
-        if self.scheduler == "ascendjob":
-            return f"{self.scheduler_hostname}.{self.namespace}.svc"
-        return f"{self.pod_hostname(0)}.{self.service_name}.{self.namespace}.svc"
+        """Where the pods find MindSpore's scheduler (the flavour decides)."""
+        return self.flavour.master_addr(self)
 
     @property
     def ranktable_port(self) -> int:
@@ -445,7 +434,7 @@ class JobSpec:
 
     @property
     def uses_rings_config(self) -> bool:
-        return self.accelerator == "ascend" and (self.scheduler == "volcano" or self.rank_table == "controller")
+        return self.accelerator == "ascend" and (self.flavour.rings_config_always or self.rank_table == "controller")
 
     def inventory_rank(self, node_name: str) -> int:
         """FILE rank-table mode: a pod's node rank is its node's position in the inventory

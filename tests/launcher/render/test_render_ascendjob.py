@@ -109,7 +109,7 @@ def test_jobspec_rules():
     with pytest.raises(UsageError, match="at least 2 cards; for one card use --scheduler job"):
         spec(1)
     assert spec(2).nodes == 1
-    with pytest.raises(UsageError, match="--rank-table dynamic does not work under the ascend-operator"):
+    with pytest.raises(UsageError, match="--rank-table dynamic does not work with --scheduler ascendjob"):
         spec(8, rank_table="dynamic")
     assert spec(8).rank_table == "none"
     assert spec(8).master_addr == "leo-mini-5shot-ascend8-scheduler-0.default.svc"

@@ -1,0 +1,100 @@
+"""What a job flavour (one Kubernetes kind that runs the pods) decides, as one class.
+
+Generic code (spec validation, rendering, status, cancel, pre-flight) asks the flavour of
+`spec.scheduler` (launcher.flavours.flavour_of) and never branches on a kind's name. A
+flavour sees the job through duck-typed arguments (a JobSpec, API objects as dicts): this
+package sits below launcher.spec in the import layers, so that JobSpec can ask it too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
+
+
+def number(value: Any) -> int | None:
+    return int(value) if str(value).isdigit() else None
+
+
+def reason_text(reason: Any, message: Any) -> str:
+    reason, message = str(reason or "").strip(), " ".join(str(message or "").split())
+    if reason and message:
+        return f"{reason}: {message}"
+    return reason or message
+
+
+class Flavour:
+    """The defaults are those of a kind whose pods are `<name>-<rank>` behind the job's
+    headless Service; subclasses override what differs."""
+
+    name: str = ""  # the --scheduler value
+    help: str = ""  # one line for --scheduler's help
+    api: tuple[str, str] = ("", "")  # (apiVersion, kind) of the object that runs the pods
+    plural: str = ""  # the API's resource name of `api`
+    template: str = ""  # k8s_templates/<template>: the job object
+    manifest_tag: str = ""  # rendered file names: NN-<tag>-<name>.yaml
+    own_service: bool = True  # we render the headless Service (else the controller makes one)
+    operator: str | None = None  # who serves the kind, when it is not built in
+    crd: str | None = None  # its CustomResourceDefinition's name (pre-flight, schema)
+    schema_file: str | None = None  # the vendored CRD under launcher/schemas/
+    uses_podgroups: bool = False  # Volcano gangs the pods (status reads PodGroups)
+    rank_keys: tuple[str, ...] = ()  # pod annotations/labels holding the node rank
+    container: str | None = None  # the training container's name (None: contract's)
+    rank_table_modes: tuple[str, ...] | None = None  # None: every mode
+    rank_table_why: str = ""  # why the others do not work
+    default_rank_table: str = "dynamic"
+    rings_config_always: bool = False  # Ascend: the controller fills rings-config
+    controller_rank_table: bool = False  # --rank-table controller works (rings-config filled)
+    sets_job_index: bool = False  # the pods get JOB_COMPLETION_INDEX from us, not a controller
+    kueue_queue: bool = False  # --queue is a Kueue LocalQueue (a label), not the controller's
+
+    # ---------------------------------------------------------------- the job (spec)
+
+    def spec_problems(self, spec: Any) -> Iterable[str]:  # noqa: ARG002 - a hook
+        """What this flavour cannot run, as sentences about the job's fields."""
+        return ()
+
+    def pod_hostname(self, spec: Any, node_rank: int) -> str:
+        return f"{spec.name}-{node_rank}"
+
+    def scheduler_hostname(self, spec: Any) -> str | None:  # noqa: ARG002 - a hook
+        """A pod of its own for MindSpore's scheduler role, when the flavour has one."""
+        return None
+
+    def master_addr(self, spec: Any) -> str:
+        """Stable DNS name of node rank 0's pod (resolves once the pod exists)."""
+        return f"{self.pod_hostname(spec, 0)}.{spec.service_name}.{spec.namespace}.svc"
+
+    # ---------------------------------------------------------------- the API object
+
+    def job_fields(self, obj: Mapping[str, Any]) -> tuple[int | None, int | None]:  # noqa: ARG002
+        """(nodes, max_restarts) read from the job object when the ConfigMap is missing."""
+        return None, None
+
+    def phase(self, obj: Mapping[str, Any], last_failure: str | None) -> tuple[str, str | None] | None:  # noqa: ARG002
+        """The job's (phase, reason) when the controller's state decides it, else None
+        (then the pods decide)."""
+        return None
+
+    def restarts(self, obj: Mapping[str, Any]) -> int | None:  # noqa: ARG002 - a hook
+        """Restarts the controller counts itself (beyond the pods')."""
+        return None
+
+    def failed_pods(self, obj: Mapping[str, Any]) -> int:  # noqa: ARG002 - a hook
+        """Failed pods the controller counts (they may be gone already)."""
+        return 0
+
+    def preflight(self, ctx: Any) -> Iterable[str]:  # noqa: ARG002 - a hook
+        """Problems only this flavour's controller can have (besides a missing CRD)."""
+        return ()
+
+    def missing_crd(self) -> str:
+        return (f"--scheduler {self.name}: no CustomResourceDefinition {self.crd}: is {self.operator} "
+                "installed? (else use --scheduler job)")
+
+    @property
+    def schema(self) -> Path | None:
+        return SCHEMAS / self.schema_file if self.schema_file else None
