@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
+from launcher import flavours
 from launcher.backends.base import (
     FINAL_PHASES,
     JobNotFoundError,
@@ -93,8 +94,8 @@ def logs(cluster: Cluster, name: str, namespace: str | None = None, *, rank: int
 
 
 def _container(info: JobInfo) -> str:
-    """The training container: the ascend-operator injects its variables only into `ascend`."""
-    return contract.ASCENDJOB_CONTAINER if info.scheduler == "ascendjob" else contract.CONTAINER_NAME
+    """The training container: its flavour's (an operator may inject variables into one name only)."""
+    return flavours.flavour_of(info.scheduler).container or contract.CONTAINER_NAME
 
 
 def _has_log(pod: Mapping[str, Any]) -> bool:

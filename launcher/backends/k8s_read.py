@@ -1,23 +1,20 @@
-"""Reading a leo-launch job from a cluster: its spec (the ConfigMap), its Job, vcjob or
-AscendJob, its pods, and its status and list entries (launcher.k8s.state decides phases)."""
+"""Reading a leo-launch job from a cluster: its spec (the ConfigMap), its job object (of
+its flavour's kind), its pods, and its status and list entries (launcher.k8s.state decides phases)."""
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from launcher import flavours
 from launcher.backends.base import (
     JobNotFoundError,
 )
 from launcher.errors import LaunchError
 from launcher.k8s.api import (
-    ASCEND_JOB,
-    BATCH_JOB,
     CONFIGMAP,
     EVENT,
     POD,
-    PODGROUP,
-    VOLCANO_JOB,
     ClusterAPI,
     KubeError,
 )
@@ -37,7 +34,6 @@ from launcher.spec import contract
 from launcher.spec import jobspec as js
 
 POLL = 2.0
-JOB_KINDS = {"job": BATCH_JOB, "volcano": VOLCANO_JOB, "ascendjob": ASCEND_JOB}  # by --scheduler
 
 
 # ------------------------------------------------------------------ reading a job
@@ -59,15 +55,15 @@ def read_spec(api: ClusterAPI, name: str, namespace: str) -> js.JobSpec | None:
 
 def find_job(api: ClusterAPI, name: str, namespace: str,
              spec: js.JobSpec | None = None) -> JobInfo | None:
-    """The job's Job, vcjob or AscendJob. A kind RBAC forbids reading (e.g. Volcano's, for a
-    user of plain Jobs) is skipped unless the job's spec says it is that kind, or no kind is
-    readable."""
+    """The job's object, of whichever flavour holds it (the spec's first). A kind RBAC
+    forbids reading (e.g. Volcano's, for a user of plain Jobs) is skipped unless the job's
+    spec says it is that kind, or no kind is readable."""
     wanted = spec.scheduler if spec is not None else None
-    first = wanted if wanted in JOB_KINDS else "job"
-    order = (first, *(s for s in JOB_KINDS if s != first))
+    first = wanted if wanted in flavours.FLAVOURS else flavours.DEFAULT
+    order = (first, *(s for s in flavours.FLAVOURS if s != first))
     refused: list[KubeError] = []
     for scheduler in order:
-        kind = JOB_KINDS[scheduler]
+        kind = flavours.FLAVOURS[scheduler].api
         try:
             obj = api.get(*kind, namespace, name)
         except KubeError as err:
@@ -110,8 +106,8 @@ def status(cluster: Cluster, name: str, namespace: str | None = None, *,
                 else "")
         raise JobNotFoundError(f"no job {name!r} in namespace {ns} ({cluster.describe()}){hint}")
     pods = our_pods(api, ns, name)
-    groups = (podgroups_of(_optional(api, PODGROUP, ns), name) if info.scheduler in ("volcano", "ascendjob")
-              else [])
+    podgroup = flavours.flavour_of(info.scheduler).podgroup
+    groups = podgroups_of(_optional(api, podgroup, ns), name) if podgroup else []
     result = summarize(info, pods, podgroups=groups)
     if result["phase"] in ("Pending", "Restarting"):
         # warnings, and the scheduler's later word that a pod was bound after all
@@ -128,11 +124,12 @@ def list_jobs(cluster: Cluster, namespace: str | None = None, *, all_namespaces:
     api = cluster.api
     ns = None if all_namespaces else (namespace or cluster.namespace)
     selector = f"{contract.LABEL_MANAGED_BY}={contract.MANAGER}"
-    infos = [job_info(j, "job") for j in api.list(*BATCH_JOB, ns, label_selector=selector) if is_ours(j)]
-    for scheduler, kind in JOB_KINDS.items():  # Volcano, the ascend-operator: absent or forbidden → none
-        if scheduler != "job":
-            infos += [job_info(j, scheduler) for j in _optional(api, kind, ns, label_selector=selector)
-                      if is_ours(j)]
+    infos = []
+    for flavour in flavours.FLAVOURS.values():
+        # an operator's kind may be absent (none listed) or forbidden: then none of ours
+        objs = (_optional(api, flavour.api, ns, label_selector=selector) if flavour.operator
+                else api.list(*flavour.api, ns, label_selector=selector))
+        infos += [job_info(j, flavour.name) for j in objs if is_ours(j)]
     pods: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for pod in our_pods(api, ns):
         key = (meta(pod).get("namespace", ""), labels_of(pod).get(contract.LABEL_JOB, ""))

@@ -2,12 +2,10 @@
 through the thin `ClusterAPI` (launcher.k8s.api) and the pure reading of API objects
 (launcher.k8s.state).
 
-What a job is made of: the ConfigMap `<name>-config` (job.yaml, experiment.yaml), for
-`--scheduler job` a headless Service and an Indexed `batch/v1` Job, for `--scheduler
-volcano` a `batch.volcano.sh/v1alpha1` Job (its PodGroup is Volcano's), for `--scheduler
-ascendjob` a `mindxdl.gitee.com/v1` AscendJob (its pods, Service and PodGroup are the
-ascend-operator's), for Ascend with Volcano (or rank table `controller`) also
-`rings-config-<name>`. Every object and pod is labelled
+What a job is made of: the ConfigMap `<name>-config` (job.yaml, experiment.yaml), the
+object of its flavour's kind (launcher.flavours) and, when the flavour does not leave it
+to its controller, a headless Service `<name>`; for Ascend with a controller-filled rank
+table also `rings-config-<name>`. Every object and pod is labelled
 `app.kubernetes.io/managed-by: leo-launch` and `leo-launch/job: <name>`; label selectors
 are sent to the API and also checked here.
 """
@@ -18,6 +16,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any, TextIO
 
+from launcher import flavours
 from launcher.backends.base import (
     JobExistsError,
     JobNotFoundError,
@@ -35,12 +34,9 @@ from launcher.backends.k8s_read import (
 from launcher.errors import LaunchError
 from launcher.k8s import preflight
 from launcher.k8s.api import (
-    ASCEND_JOB,
-    BATCH_JOB,
     CONFIGMAP,
     POD,
     SERVICE,
-    VOLCANO_JOB,
     ClusterAPI,
     KubeError,
 )
@@ -96,16 +92,12 @@ def submit(cluster: Cluster, spec: js.JobSpec, objects: list[dict[str, Any]], *,
     out.flush()
 
 
-_OPERATORS = {ASCEND_JOB: "MindCluster's ascend-operator", VOLCANO_JOB: "Volcano"}
-
-
 def _missing_crd(obj: Mapping[str, Any], error: KubeError) -> str:
     """A 404 on creating a custom resource: its CRD is not installed."""
-    kind = (str(obj.get("apiVersion")), str(obj.get("kind")))
-    operator = _OPERATORS.get(kind)
-    if error.status != 404 or operator is None:
+    flavour = flavours.by_kind(str(obj.get("apiVersion")), str(obj.get("kind")))
+    if error.status != 404 or flavour is None or flavour.operator is None:
         return ""
-    return f" (the cluster does not serve {kind[1]} {kind[0]}: is {operator} installed?)"
+    return f" (the cluster does not serve {flavour.api[1]} {flavour.api[0]}: is {flavour.operator} installed?)"
 
 
 def rollback(api: ClusterAPI, created: list[dict[str, Any]]) -> str:
@@ -130,8 +122,8 @@ def cancel(cluster: Cluster, name: str, namespace: str | None = None) -> str:
     """Delete the job's Job (with its pods), Service, ConfigMaps and any pod left;
     idempotent (a job that does not exist is nothing to cancel). A failure to read or
     delete one object does not stop the others: what could not be deleted is named in the
-    LaunchError raised at the end. Volcano's API, when forbidden, is skipped (said only
-    when it could hold the job)."""
+    LaunchError raised at the end. An operator's kind, when forbidden, is skipped (said
+    only when it could hold the job)."""
     api, ns = cluster.api, namespace or cluster.namespace
     try:
         spec = read_spec(api, name, ns)
@@ -141,7 +133,8 @@ def cancel(cluster: Cluster, name: str, namespace: str | None = None) -> str:
     failed: list[str] = []
     unchecked = None
     found_job = False
-    candidates = [(BATCH_JOB, name), (VOLCANO_JOB, name), (ASCEND_JOB, name), (SERVICE, name),
+    kinds = [f.api for f in flavours.FLAVOURS.values()]
+    candidates = [*((kind, name) for kind in kinds), (SERVICE, name),
                   (CONFIGMAP, f"{name}-config"), (CONFIGMAP, f"rings-config-{name}")]
     for (api_version, kind), obj_name in candidates:
         what = f"{kind} {obj_name}"
@@ -149,16 +142,14 @@ def cancel(cluster: Cluster, name: str, namespace: str | None = None) -> str:
             obj = api.get(api_version, kind, ns, obj_name)
             if obj is None or not is_ours(obj, name):
                 continue
-            found_job = found_job or kind in ("Job", "AscendJob")
+            found_job = found_job or (api_version, kind) in kinds
             if api.delete(api_version, kind, ns, obj_name, propagation="Background"):
                 deleted.append(what)
         except KubeError as error:
-            optional = {VOLCANO_JOB: ("volcano", "a Volcano Job"),
-                        ASCEND_JOB: ("ascendjob", "an AscendJob")}.get((api_version, kind))
-            if optional and error.forbidden:
-                scheduler, what_kind = optional
-                if not found_job and (spec is None or spec.scheduler == scheduler):
-                    unchecked = f"{what_kind} {name} could not be looked for ({error})"
+            flavour = flavours.by_kind(api_version, kind)
+            if flavour is not None and flavour.operator and error.forbidden:
+                if not found_job and (spec is None or spec.scheduler == flavour.name):
+                    unchecked = f"{flavour.title} {name} could not be looked for ({error})"
                 continue
             failed.append(f"{what} ({error})")
     pods = terminating = 0

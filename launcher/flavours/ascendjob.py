@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from launcher.flavours.base import Flavour, number, reason_text
+from launcher.flavours.volcano import PODGROUP
 from launcher.spec import contract
 
 # the operator's pod labels (kubeflow/common: the old and the current spelling)
@@ -29,6 +30,7 @@ def condition(obj: Mapping[str, Any]) -> dict[str, Any]:
 class AscendJob(Flavour):
     name = "ascendjob"
     help = "ascendjob: MindCluster's AscendJob (ascend-operator, Ascend only)"
+    title = "an AscendJob"
     api = ("mindxdl.gitee.com/v1", "AscendJob")
     plural = "ascendjobs"
     template = "ascendjob.yaml.j2"
@@ -37,11 +39,15 @@ class AscendJob(Flavour):
     operator = "MindCluster's ascend-operator"
     crd = "ascendjobs.mindxdl.gitee.com"
     schema_file = "ascendjob/ascend-operator.yaml"
-    uses_podgroups = True
+    podgroup = PODGROUP  # its pods are gang-scheduled by Volcano
     rank_keys = REPLICA_INDEX
     container = contract.ASCENDJOB_CONTAINER
     rank_table_modes = ("none", "controller", "file")
     rank_table_why = "its worker pods have no stable DNS names for the rendezvous"
+
+    def missing_crd(self) -> str:
+        return (f"--scheduler ascendjob: no CustomResourceDefinition {self.crd}: is {self.operator} "
+                "installed? (else use --scheduler volcano or job)")
     default_rank_table = "none"
     controller_rank_table = True
 

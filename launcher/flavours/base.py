@@ -32,6 +32,7 @@ class Flavour:
 
     name: str = ""  # the --scheduler value
     help: str = ""  # one line for --scheduler's help
+    title: str = ""  # its object in a sentence, e.g. "a Volcano Job"
     api: tuple[str, str] = ("", "")  # (apiVersion, kind) of the object that runs the pods
     plural: str = ""  # the API's resource name of `api`
     template: str = ""  # k8s_templates/<template>: the job object
@@ -40,7 +41,7 @@ class Flavour:
     operator: str | None = None  # who serves the kind, when it is not built in
     crd: str | None = None  # its CustomResourceDefinition's name (pre-flight, schema)
     schema_file: str | None = None  # the vendored CRD under launcher/schemas/
-    uses_podgroups: bool = False  # Volcano gangs the pods (status reads PodGroups)
+    podgroup: tuple[str, str] | None = None  # the gang's PodGroup kind (status reads them)
     rank_keys: tuple[str, ...] = ()  # pod annotations/labels holding the node rank
     container: str | None = None  # the training container's name (None: contract's)
     rank_table_modes: tuple[str, ...] | None = None  # None: every mode

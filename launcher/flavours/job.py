@@ -12,6 +12,7 @@ from launcher.spec import contract
 class IndexedJob(Flavour):
     name = "job"
     help = "job: Indexed batch/v1 Job + headless Service (default)"
+    title = "an Indexed Job"
     api = ("batch/v1", "Job")
     plural = "jobs"
     template = "job.yaml.j2"

@@ -20,6 +20,7 @@ PHASES = {"Pending": "Pending", "Inqueue": "Pending", "Running": "Running",
 class Volcano(Flavour):
     name = "volcano"
     help = "volcano: a gang-scheduled vcjob"
+    title = "a Volcano Job"
     api = ("batch.volcano.sh/v1alpha1", "Job")
     plural = "jobs"
     template = "vcjob.yaml.j2"
@@ -27,7 +28,7 @@ class Volcano(Flavour):
     operator = "Volcano"
     crd = "jobs.batch.volcano.sh"
     schema_file = "volcano/batch.volcano.sh_jobs.yaml"
-    uses_podgroups = True
+    podgroup = PODGROUP
     rank_keys = (TASK_INDEX,)
     rings_config_always = True
     controller_rank_table = True

@@ -9,12 +9,9 @@ import json
 from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
+from launcher import flavours
 from launcher.errors import LaunchError
 
-BATCH_JOB = ("batch/v1", "Job")
-VOLCANO_JOB = ("batch.volcano.sh/v1alpha1", "Job")
-ASCEND_JOB = ("mindxdl.gitee.com/v1", "AscendJob")  # MindCluster's ascend-operator
-PODGROUP = ("scheduling.volcano.sh/v1beta1", "PodGroup")
 POD = ("v1", "Pod")
 EVENT = ("v1", "Event")
 CONFIGMAP = ("v1", "ConfigMap")
@@ -25,12 +22,11 @@ NAMESPACE = ("v1", "Namespace")
 NODE = ("v1", "Node")
 PRIORITY_CLASS = ("scheduling.k8s.io/v1", "PriorityClass")
 CRD = ("apiextensions.k8s.io/v1", "CustomResourceDefinition")
-VOLCANO_QUEUE = ("scheduling.volcano.sh/v1beta1", "Queue")
 PLURALS = {"ConfigMap": "configmaps", "Service": "services", "Pod": "pods", "Event": "events",
            "Job": "jobs", "PodGroup": "podgroups", "Secret": "secrets", "Namespace": "namespaces",
            "Node": "nodes", "PriorityClass": "priorityclasses",
            "CustomResourceDefinition": "customresourcedefinitions", "Queue": "queues",
-           "AscendJob": "ascendjobs"}
+           **{f.api[1]: f.plural for f in flavours.FLAVOURS.values()}}
 
 
 class KubeError(LaunchError):

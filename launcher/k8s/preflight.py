@@ -9,7 +9,7 @@ reads each object once for all checks, e.g. the Namespace). A check that RBAC fo
 (401/403) or that the API cannot answer (5xx) is skipped with a note, never fatal; an
 unreachable API is (nothing else would work either). `run` runs `CHECKS` in order.
 
-To add a check (e.g. Pod Security, an AscendJob CRD): one function decorated with
+To add a check (e.g. Pod Security): one function decorated with
 `@check("what it checks")`, here or in a module of its own imported at the end of this
 one; registration order is run order. Test it with `run(api, spec, objects,
 checks=[...])` against the in-memory API: its problem, and its skip when forbidden.
@@ -27,7 +27,6 @@ from launcher.k8s.api import (
     NODE,
     PRIORITY_CLASS,
     SECRET,
-    VOLCANO_QUEUE,
     ClusterAPI,
     KubeError,
 )
@@ -35,8 +34,6 @@ from launcher.spec import jobspec as js
 from launcher.spec.podsecurity import job_admission_problem
 
 STORAGE_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
-VOLCANO_CRD = "jobs.batch.volcano.sh"
-ASCENDJOB_CRD = "ascendjobs.mindxdl.gitee.com"
 DEVICE_PLUGINS = {"huawei.com/Ascend910": "the Ascend device plugin",
                   "nvidia.com/gpu": "the NVIDIA device plugin"}
 
@@ -83,10 +80,11 @@ class Note(str):
 
 
 CheckFn = Callable[[Context], Iterable[str]]
-CHECKS: list[tuple[str, CheckFn]] = []
+Title = str | Callable[[Context], str]  # a check's name, or how to name it for a job
+CHECKS: list[tuple[Title, CheckFn]] = []
 
 
-def check(what: str) -> Callable[[CheckFn], CheckFn]:
+def check(what: Title) -> Callable[[CheckFn], CheckFn]:
     """Register a check; `what` names it in the note when it is skipped."""
     def register(fn: CheckFn) -> CheckFn:
         CHECKS.append((what, fn))
@@ -96,7 +94,7 @@ def check(what: str) -> Callable[[CheckFn], CheckFn]:
 
 
 def run(api: ClusterAPI, spec: js.JobSpec, objects: list[dict[str, Any]] | None = None, *,
-        checks: Iterable[tuple[str, CheckFn]] | None = None) -> Report:
+        checks: Iterable[tuple[Title, CheckFn]] | None = None) -> Report:
     """Every check (default: `CHECKS`): the problems found and notes on what was skipped."""
     ctx = Context(api, spec, list(objects or []))
     report = Report()
@@ -108,7 +106,8 @@ def run(api: ClusterAPI, spec: js.JobSpec, objects: list[dict[str, Any]] | None 
             if err.status == 0:  # unreachable: not a check to skip
                 raise
             why = "not allowed" if err.forbidden else "the API could not answer"
-            report.notes.append(f"pre-flight: {what} not checked: {why} ({err})")
+            title = what(ctx) if callable(what) else what
+            report.notes.append(f"pre-flight: {title} not checked: {why} ({err})")
     return report
 
 
@@ -146,32 +145,14 @@ def priority_class(ctx: Context) -> Iterable[str]:
         yield f"--priority-class {name}: no PriorityClass {name} in the cluster"
 
 
-@check("Volcano")
-def volcano(ctx: Context) -> Iterable[str]:
-    if ctx.spec.scheduler != "volcano":
+@check(lambda ctx: ctx.spec.flavour.operator or "the job's kind")
+def job_flavour(ctx: Context) -> Iterable[str]:
+    """Its kind's CRD (when an operator serves it), then the flavour's own checks."""
+    flavour = ctx.spec.flavour
+    if flavour.crd and ctx.get(CRD, None, flavour.crd) is None:
+        yield flavour.missing_crd()
         return
-    if ctx.get(CRD, None, VOLCANO_CRD) is None:
-        yield (f"--scheduler volcano: Volcano is not installed (no CustomResourceDefinition "
-               f"{VOLCANO_CRD}); use --scheduler job")
-        return
-    name = ctx.spec.queue or "default"
-    try:
-        queue = ctx.get(VOLCANO_QUEUE, None, name)
-    except KubeError as err:
-        if err.forbidden:
-            return  # the queue is checked when readable
-        raise
-    if queue is None:
-        yield f"--queue {name}: no Volcano queue {name}"
-    elif ((queue.get("status") or {}).get("state") or "Open") != "Open":
-        yield f"--queue {name}: Volcano queue {name} is {queue['status']['state']}, not Open"
-
-
-@check("the ascend-operator")
-def ascend_operator(ctx: Context) -> Iterable[str]:
-    if ctx.spec.scheduler == "ascendjob" and ctx.get(CRD, None, ASCENDJOB_CRD) is None:
-        yield (f"--scheduler ascendjob: no CustomResourceDefinition {ASCENDJOB_CRD}: is "
-               "MindCluster's ascend-operator installed? (else use --scheduler volcano or job)")
+    yield from flavour.preflight(ctx)
 
 
 @check("the nodes' devices")

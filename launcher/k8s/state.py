@@ -1,5 +1,6 @@
 """Pure functions over Kubernetes API objects: a job's phase, per-rank state and why it
-waits, from its Job (or vcjob), pods, events and PodGroups. No HTTP: unit-tested on dicts."""
+waits, from its job object (its flavour reads it), pods, events and PodGroups. No HTTP:
+unit-tested on dicts."""
 
 from __future__ import annotations
 
@@ -9,17 +10,17 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from launcher import flavours
+from launcher.flavours.base import reason_text as _reason_text
 from launcher.outputs.layout import job_url_of
 from launcher.spec import contract
 from launcher.spec import jobspec as js
 from launcher.util.times import age, parse_time
 
-VOLCANO_TASK_INDEX = "volcano.sh/task-index"
-# the ascend-operator's pod labels (kubeflow/common: the old and the current spelling)
-ASCENDJOB_REPLICA_INDEX = ("replica-index", "training.kubeflow.org/replica-index")
-# an AscendJob's state is its last condition (kubectl's State column)
-ASCENDJOB_PHASES = {"Created": "Pending", "Running": "Running", "Restarting": "Restarting",
-                    "Succeeded": "Succeeded", "Failed": "Failed"}
+# where a pod's node rank may be: every flavour's annotations and labels
+RANK_KEYS = tuple(dict.fromkeys(k for f in flavours.FLAVOURS.values() for k in f.rank_keys))
+JOB_KINDS = {f.api[1] for f in flavours.FLAVOURS.values()}
+CONTAINER_NAMES = (contract.CONTAINER_NAME, *{f.container for f in flavours.FLAVOURS.values() if f.container})
 WAITING_PROBLEMS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull",
                     "CreateContainerConfigError", "CreateContainerError", "RunContainerError",
                     "CrashLoopBackOff", "PreCreateHookError", "PostStartHookError")
@@ -48,14 +49,14 @@ def created_at(obj: Mapping[str, Any] | None) -> float | None:
 
 
 def pod_rank(pod: Mapping[str, Any]) -> int | None:
-    """A pod's node rank: the Job's completion index, Volcano's task index, the
-    ascend-operator's replica index, or the index in its name (`<job>-<index>-<suffix>`,
-    `<job>-worker-<index>`). An AscendJob's scheduler pod has none."""
+    """A pod's node rank: the index its flavour's controller puts in an annotation or
+    label, or the index in its name (`<job>-<index>-<suffix>`, `<job>-worker-<index>`).
+    A pod with a role other than worker (e.g. MindSpore's scheduler) has none."""
     m = meta(pod)
     if (m.get("labels") or {}).get(contract.LABEL_ROLE) == contract.ASCENDJOB_SCHEDULER:
         return None
     for source in (m.get("annotations") or {}, m.get("labels") or {}):
-        for key in (contract.JOB_INDEX_ANNOTATION, VOLCANO_TASK_INDEX, *ASCENDJOB_REPLICA_INDEX):
+        for key in RANK_KEYS:
             value = str(source.get(key, ""))
             if value.isdigit():
                 return int(value)
@@ -84,7 +85,7 @@ def current_pod(pods: list[dict[str, Any]]) -> dict[str, Any]:
 def container_status(pod: Mapping[str, Any]) -> dict[str, Any]:
     statuses = ((pod.get("status") or {}).get("containerStatuses")) or []
     for status in statuses:
-        if status.get("name") in (contract.CONTAINER_NAME, contract.ASCENDJOB_CONTAINER):
+        if status.get("name") in CONTAINER_NAMES:
             return status
     return statuses[0] if statuses else {}
 
@@ -134,13 +135,6 @@ def is_bound(pod: Mapping[str, Any]) -> bool:
                for c in (pod.get("status") or {}).get("conditions") or [])
 
 
-def _reason_text(reason: Any, message: Any) -> str:
-    reason, message = str(reason or "").strip(), " ".join(str(message or "").split())
-    if reason and message:
-        return f"{reason}: {message}"
-    return reason or message
-
-
 def _involves(event: Mapping[str, Any], kind: str, name: Any) -> bool:
     obj = event.get("involvedObject") or event.get("regarding") or {}
     return obj.get("kind") == kind and obj.get("name") == name
@@ -160,7 +154,7 @@ def event_time(event: Mapping[str, Any]) -> float:
 
 
 def podgroup_problem(podgroups: Iterable[Mapping[str, Any]]) -> str | None:
-    """Volcano's reason a gang does not start (PodGroup conditions, e.g. Unschedulable)."""
+    """The gang scheduler's reason a gang does not start (PodGroup conditions, e.g. Unschedulable)."""
     for group in podgroups:
         conditions = (group.get("status") or {}).get("conditions") or []
         bad = [c for c in conditions if c.get("type") == "Unschedulable" and c.get("status") == "True"]
@@ -171,12 +165,12 @@ def podgroup_problem(podgroups: Iterable[Mapping[str, Any]]) -> str | None:
 
 
 def podgroups_of(podgroups: Iterable[Mapping[str, Any]], job: str) -> list[dict[str, Any]]:
-    """The PodGroups Volcano made for vcjob or AscendJob `job` (owner reference, else name)."""
+    """The PodGroups the gang scheduler made for job `job` (owner reference, else name)."""
     out = []
     for group in podgroups:
         owners = meta(group).get("ownerReferences") or []
         name = meta(group).get("name", "")
-        if any(o.get("kind") in ("Job", "AscendJob") and o.get("name") == job for o in owners) or \
+        if any(o.get("kind") in JOB_KINDS and o.get("name") == job for o in owners) or \
                 (not owners and (name == job or name.startswith(f"{job}-"))):
             out.append(dict(group))
     return out
@@ -191,7 +185,7 @@ class JobInfo:
 
     name: str
     namespace: str
-    scheduler: str  # job | volcano | ascendjob
+    scheduler: str  # its flavour's name (launcher.flavours)
     obj: dict[str, Any]
     experiment: str | None = None
     accelerator: str | None = None
@@ -232,18 +226,8 @@ def job_info(obj: Mapping[str, Any], scheduler: str, spec: js.JobSpec | None = N
     def number(value: Any) -> int | None:
         return int(value) if str(value).isdigit() else None
 
-    nodes = number(annotations.get(contract.ANNOTATION_NODES))
-    body = obj.get("spec") or {}
-    if scheduler == "volcano":
-        max_restarts = number(body.get("maxRetry"))
-        nodes = nodes or number(body.get("minAvailable"))
-    elif scheduler == "ascendjob":
-        max_restarts = number((body.get("runPolicy") or {}).get("backoffLimit"))
-        nodes = nodes or number(((body.get("replicaSpecs") or {}).get("Worker") or {}).get("replicas"))
-    else:
-        nodes = nodes or number(body.get("completions"))
-        backoff = number(body.get("backoffLimit"))
-        max_restarts = backoff // nodes if backoff is not None and nodes else backoff
+    nodes, max_restarts = flavours.flavour_of(scheduler).job_fields(obj)
+    nodes = number(annotations.get(contract.ANNOTATION_NODES)) or nodes
     env = _template_env(obj)
     info = JobInfo(name=m.get("name", ""), namespace=m.get("namespace", ""), scheduler=scheduler,
                    obj=dict(obj), experiment=labels.get(contract.LABEL_EXPERIMENT),
@@ -257,11 +241,6 @@ def job_info(obj: Mapping[str, Any], scheduler: str, spec: js.JobSpec | None = N
         info.train_url, info.storage_endpoint = spec.train_url, spec.storage_endpoint
     return info
 
-
-VOLCANO_PHASES = {"Pending": "Pending", "Inqueue": "Pending", "Running": "Running",
-                  "Restarting": "Restarting", "Completing": "Running", "Completed": "Succeeded",
-                  "Failed": "Failed", "Aborting": "Failed", "Aborted": "Failed",
-                  "Terminating": "Failed", "Terminated": "Failed"}
 
 
 def summarize(info: JobInfo, pods: Iterable[Mapping[str, Any]], *,
@@ -318,75 +297,31 @@ def summarize(info: JobInfo, pods: Iterable[Mapping[str, Any]], *,
         "age": age(None if created is None else now - created),
         "outputs_url": info.job_url, "ranks": ranks,
     }
-    if info.scheduler == "volcano":
-        retries = ((info.obj.get("status") or {}).get("retryCount"))
-        if isinstance(retries, int):
-            out["restarts"] = max(restarts_max, retries)
+    retries = flavours.flavour_of(info.scheduler).restarts(info.obj)
+    if retries is not None:
+        out["restarts"] = max(restarts_max, retries)
     if reason:
         out["reason"] = reason
     return out
-
-
-def ascendjob_condition(obj: Mapping[str, Any]) -> dict[str, Any]:
-    """An AscendJob's current condition: the last true one ({} when none yet)."""
-    conditions = [c for c in (obj.get("status") or {}).get("conditions") or []
-                  if isinstance(c, Mapping) and c.get("status") == "True"]
-    return dict(conditions[-1]) if conditions else {}
 
 
 def _job_phase(info: JobInfo, current: dict[int, dict[str, Any]],
                by_rank: dict[int, list[dict[str, Any]]], podgroups: Iterable[Mapping[str, Any]],
                events: list[Mapping[str, Any]],
                unranked: Iterable[tuple[str, Mapping[str, Any]]] = ()) -> tuple[str, str | None]:
-    status = info.obj.get("status") or {}
     nodes = info.nodes or len(current) or 1
     phases = {rank: (pod.get("status") or {}).get("phase") or "Pending" for rank, pod in current.items()}
     failed_pods = sum(1 for items in by_rank.values() for p in items
                       if (p.get("status") or {}).get("phase") == "Failed")
     last_failure = _last_failure(by_rank)
-    if info.scheduler == "volcano":
-        state = status.get("state") or {}
-        vphase = state.get("phase")
-        mapped = VOLCANO_PHASES.get(vphase or "Pending", "Pending")
-        if mapped == "Failed":
-            return "Failed", _reason_text(state.get("reason") or vphase, state.get("message")) or last_failure
-        if mapped in ("Succeeded", "Running"):
-            return mapped, None
-        if mapped == "Restarting":
-            return "Restarting", last_failure or _reason_text(state.get("reason"), state.get("message")) or None
-    elif info.scheduler == "ascendjob":
-        condition = ascendjob_condition(info.obj)
-        mapped = ASCENDJOB_PHASES.get(condition.get("type") or "Created", "Pending")
-        text = _reason_text(condition.get("reason"), condition.get("message"))
-        if mapped == "Failed":
-            if last_failure and last_failure not in text:
-                text = f"{text}; last failure: {last_failure}" if text else last_failure
-            return "Failed", text or "failed"
-        if mapped in ("Succeeded", "Running"):
-            return mapped, None
-        if mapped == "Restarting":
-            return "Restarting", last_failure or text or None
-    else:
-        conditions = {c.get("type"): c for c in status.get("conditions") or []
-                      if c.get("status") == "True"}
-        for kind in ("Complete", "SuccessCriteriaMet"):
-            if kind in conditions:
-                return "Succeeded", None
-        for kind in ("Failed", "FailureTarget"):
-            if kind in conditions:
-                c = conditions[kind]
-                text = _reason_text(c.get("reason"), c.get("message"))
-                if last_failure and last_failure not in text:
-                    text = f"{text}; last failure: {last_failure}" if text else last_failure
-                return "Failed", text or "failed"
-        if (info.obj.get("spec") or {}).get("suspend") or "Suspended" in conditions:
-            queue_name = labels_of(info.obj).get(contract.KUEUE_QUEUE_LABEL)
-            where = f" in queue {queue_name}" if queue_name else ""
-            return "Pending", f"suspended: waiting to be admitted{where} (Kueue)"
-        failed_pods = max(failed_pods, int(status.get("failed") or 0))
-        fatal = _job_failing_failure(info.obj, by_rank)
-        if fatal:  # the pod failure policy fails the Job; its condition follows shortly
-            return "Failed", fatal
+    flavour = flavours.flavour_of(info.scheduler)
+    decided = flavour.phase(info.obj, last_failure)  # the controller's word, when it has one
+    if decided is not None:
+        return decided
+    failed_pods = max(failed_pods, flavour.failed_pods(info.obj))
+    fatal = _job_failing_failure(info.obj, by_rank)
+    if fatal:  # the pod failure policy fails the Job; its condition follows shortly
+        return "Failed", fatal
     all_running = len(phases) >= nodes and all(p in ("Running", "Succeeded") for p in phases.values()) \
         and all((p.get("status") or {}).get("phase") in ("Running", "Succeeded") for _, p in unranked)
     if all_running and any(p == "Running" for p in phases.values()):
@@ -439,9 +374,9 @@ def pending_reason(info: JobInfo, current: dict[int, dict[str, Any]],
                    podgroups: Iterable[Mapping[str, Any]],
                    events: list[Mapping[str, Any]],
                    unranked: Iterable[tuple[str, Mapping[str, Any]]] = ()) -> str | None:
-    """Why the job does not run yet: the first pod problem (by rank, then an AscendJob's
-    scheduler pod), else Volcano's PodGroup, else the Job's own warnings (e.g. FailedCreate
-    over a quota, or the ascend-operator's)."""
+    """Why the job does not run yet: the first pod problem (by rank, then pods of other
+    roles), else the gang's PodGroup, else the job object's own warnings (e.g. FailedCreate
+    over a quota, or an operator's)."""
     nodes = info.nodes or len(current) or 1
     waiting = [(rank, pod) for rank, pod in sorted(current.items())
                if (pod.get("status") or {}).get("phase") in (None, "Pending")]
@@ -455,7 +390,7 @@ def pending_reason(info: JobInfo, current: dict[int, dict[str, Any]],
     problem = podgroup_problem(podgroups)
     if problem:
         return problem
-    kind = "AscendJob" if info.scheduler == "ascendjob" else "Job"
+    kind = flavours.flavour_of(info.scheduler).api[1]
     warnings = [e for e in events if _involves(e, kind, info.name) and e.get("type") == "Warning"]
     if warnings:
         latest = max(warnings, key=event_time)

@@ -11,6 +11,7 @@ import pytest
 from launcher.backends import kubernetes as cluster
 from launcher.backends.base import JobNotFoundError
 from launcher.errors import LaunchError
+from launcher.flavours import ascendjob
 from launcher.k8s import api as kapi
 from launcher.k8s import state as kstate
 from launcher.render.render import render
@@ -44,7 +45,7 @@ def submitted(*pods, conditions=None):
     api = FakeAPI()
     objects = render(spec())
     cluster.submit(fake_cluster(api), spec(), objects, out=io.StringIO(), err=io.StringIO(), check=False)
-    job = api.get(*kapi.ASCEND_JOB, "default", NAME)
+    job = api.get(*ascendjob.FLAVOUR.api, "default", NAME)
     job["metadata"]["creationTimestamp"] = "2026-01-01T00:00:00Z"
     if conditions is not None:
         job["status"] = {"conditions": conditions}
@@ -64,7 +65,7 @@ def status(api):
 
 def test_the_ascendjob_is_found_and_read():
     api = submitted()
-    assert kapi.resource_path(*kapi.ASCEND_JOB, "default", NAME) == \
+    assert kapi.resource_path(*ascendjob.FLAVOUR.api, "default", NAME) == \
         f"/apis/mindxdl.gitee.com/v1/namespaces/default/ascendjobs/{NAME}"
     info = cluster.find_job(api, NAME, "default")  # without the ConfigMap's spec too
     assert (info.scheduler, info.nodes, info.cards, info.max_restarts) == ("ascendjob", 2, 16, 3)
@@ -137,7 +138,7 @@ def test_cancel_deletes_the_ascendjob_its_configmap_and_pods():
 
 def test_an_ascendjob_not_made_by_us_is_not_ours():
     api = FakeAPI()
-    api.objects[(*kapi.ASCEND_JOB, "default", NAME)] = {"apiVersion": kapi.ASCEND_JOB[0], "kind": "AscendJob",
+    api.objects[(*ascendjob.FLAVOUR.api, "default", NAME)] = {"apiVersion": ascendjob.FLAVOUR.api[0], "kind": "AscendJob",
                                                          "metadata": {"name": NAME, "namespace": "default"}}
     with pytest.raises(JobNotFoundError, match="mindxdl.gitee.com/v1 AscendJob leo-acj .* not managed"):
         status(api)
