@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from launcher import flavours
 from launcher.errors import UsageError
 from launcher.spec import jobspec as js
 
@@ -76,20 +77,19 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     storage.add_argument("--storage-endpoint", metavar="URL",
                          help="S3/OBS endpoint, e.g. https://obs.cn-north-4.myhuaweicloud.com")
     sched = parser.add_argument_group("scheduling")
-    sched.add_argument("--scheduler", choices=js.SCHEDULERS, default="job",
-                       help="job: Indexed batch/v1 Job + headless Service (default); volcano: a gang-scheduled "
-                            "vcjob; ascendjob: MindCluster's AscendJob (ascend-operator, Ascend only)")
+    sched.add_argument("--scheduler", choices=flavours.NAMES, default=flavours.DEFAULT,
+                       help="; ".join(f.help for f in flavours.FLAVOURS.values()))
     sched.add_argument("--rank-table", metavar="{dynamic,controller,none,FILE}",
                        help="Ascend HCCL rank table: dynamic (default), controller (hccl-controller or "
-                            "ascend-operator), none (MindSpore's dynamic cluster only; the default for "
-                            "ascendjob) or an inventory YAML")
+                            "ascend-operator), none (MindSpore's dynamic cluster only) or an inventory YAML; "
+                            "some schedulers default to another mode")
     sched.add_argument("--node-selector", dest="node_selectors", action="append", default=[],
                        metavar="KEY=VALUE", help="node label to require, repeatable")
     sched.add_argument("--toleration", dest="tolerations", action="append", default=[],
                        metavar="KEY[=VALUE][:EFFECT]", help="taint to tolerate, repeatable")
     sched.add_argument("--priority-class", help="PriorityClass of the pods")
-    sched.add_argument("--queue", help="Volcano queue (default: default; also for ascendjob) or Kueue LocalQueue for "
-                            "--scheduler job")
+    sched.add_argument("--queue", help="; ".join(f"{f.name}: {f.queue_help}" for f in flavours.FLAVOURS.values()
+                                                 if f.queue_help))
     sched.add_argument("--max-restarts", type=int, default=js.DEFAULT_MAX_RESTARTS, metavar="N",
                        help=f"restarts of the whole job before it fails (default: {js.DEFAULT_MAX_RESTARTS})")
     res = parser.add_argument_group("resources and cluster settings")

@@ -24,6 +24,12 @@ def flavour_of(name: str) -> Flavour:
         raise UsageError(f"unknown scheduler {name!r}; choose {', '.join(NAMES)}") from None
 
 
+def describe_kind(api_version: str, kind: str) -> str:
+    """A kind as messages and file names call it (e.g. vcjob)."""
+    flavour = by_kind(api_version, kind)
+    return (flavour.nickname if flavour is not None and flavour.nickname else kind)
+
+
 def by_kind(api_version: str, kind: str) -> Flavour | None:
     """The flavour whose job object is (apiVersion, kind)."""
     return next((f for f in FLAVOURS.values() if f.api == (api_version, kind)), None)

@@ -36,11 +36,16 @@ class Flavour:
     api: tuple[str, str] = ("", "")  # (apiVersion, kind) of the object that runs the pods
     plural: str = ""  # the API's resource name of `api`
     template: str = ""  # k8s_templates/<template>: the job object
-    manifest_tag: str = ""  # rendered file names: NN-<tag>-<name>.yaml
+    nickname: str | None = None  # in messages and file names (NN-<nickname>-<name>.yaml)
     own_service: bool = True  # we render the headless Service (else the controller makes one)
+    scheduler_name: str | None = None  # the pods' schedulerName (None: the default scheduler)
+    port_name: str = "msrun"  # the name of MindSpore's scheduler port
+    operator_cluster: bool = False  # an operator gives the pods MindSpore's cluster variables
+    queue_help: str = ""  # what --queue means here
     operator: str | None = None  # who serves the kind, when it is not built in
     crd: str | None = None  # its CustomResourceDefinition's name (pre-flight, schema)
     schema_file: str | None = None  # the vendored CRD under launcher/schemas/
+    crd_title: str = ""  # its schema in messages ("<title> CRD schema: ...")
     podgroup: tuple[str, str] | None = None  # the gang's PodGroup kind (status reads them)
     rank_keys: tuple[str, ...] = ()  # pod annotations/labels holding the node rank
     container: str | None = None  # the training container's name (None: contract's)
@@ -95,6 +100,26 @@ class Flavour:
     def missing_crd(self) -> str:
         return (f"--scheduler {self.name}: no CustomResourceDefinition {self.crd}: is {self.operator} "
                 "installed? (else use --scheduler job)")
+
+    # ---------------------------------------------------------------- rendering, checks
+
+    def template_context(self, spec: Any, ctx: dict[str, Any]) -> dict[str, Any]:  # noqa: ARG002
+        """What this flavour's template needs beyond the shared context `ctx`."""
+        return {}
+
+    def pod_templates(self, obj: Mapping[str, Any]) -> list[tuple[str, Any]]:
+        """The pod templates inside a job object, with where they are."""
+        return [("spec.template", (obj.get("spec") or {}).get("template") or {})]
+
+    def worker_template(self, obj: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The pod template of the training pods (their environment tells the job's outputs)."""
+        templates = self.pod_templates(obj)
+        return templates[0][1] if templates else {}
+
+    def object_problems(self, obj: Mapping[str, Any], rendered: Any) -> list[str]:  # noqa: ARG002
+        """What the controller needs that no schema states; `rendered` offers the job's other
+        objects (`services`, `configmaps`) and the shared pod template check `template(t, where)`."""
+        return []
 
     @property
     def schema(self) -> Path | None:

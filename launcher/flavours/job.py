@@ -16,7 +16,7 @@ class IndexedJob(Flavour):
     api = ("batch/v1", "Job")
     plural = "jobs"
     template = "job.yaml.j2"
-    manifest_tag = "job"
+    queue_help = "a Kueue LocalQueue (label kueue.x-k8s.io/queue-name)"
     rank_keys = (contract.JOB_INDEX_ANNOTATION,)
     sets_job_index = True  # the pods get JOB_COMPLETION_INDEX (not a controller's variable)
     kueue_queue = True  # --queue is a Kueue LocalQueue (label), not a scheduler's queue
@@ -45,6 +45,41 @@ class IndexedJob(Flavour):
             where = f" in queue {queue_name}" if queue_name else ""
             return "Pending", f"suspended: waiting to be admitted{where} (Kueue)"
         return None
+
+    def object_problems(self, obj: Mapping[str, Any], rendered: Any) -> list[str]:
+        out = []
+        spec = obj.get("spec") or {}
+        name = obj["metadata"]["name"]
+        template = spec.get("template") or {}
+        pod = template.get("spec") or {}
+        completions = spec.get("completions")
+        if spec.get("completionMode") == "Indexed":
+            if not isinstance(completions, int) or completions < 1:
+                out.append("an Indexed Job needs completions >= 1")
+            elif spec.get("parallelism") != completions:
+                out.append("parallelism must equal completions: every rank runs at once")
+            elif len(f"{name}-{completions - 1}") > 63:
+                out.append(f"pod host name {name}-{completions - 1} is longer than 63 characters")
+        if spec.get("podFailurePolicy") and pod.get("restartPolicy") != "Never":
+            out.append("a podFailurePolicy needs restartPolicy: Never")
+        if pod.get("restartPolicy") not in ("Never", "OnFailure"):
+            out.append("a Job's pods need restartPolicy Never or OnFailure")
+        containers = {c.get("name") for c in pod.get("containers") or [] if isinstance(c, Mapping)}
+        for index, rule in enumerate((spec.get("podFailurePolicy") or {}).get("rules") or []):
+            codes = rule.get("onExitCodes") or {}
+            if codes.get("containerName") not in (None, *containers):
+                out.append(f"podFailurePolicy.rules[{index}] names unknown container {codes.get('containerName')!r}")
+            if codes.get("operator") == "In" and 0 in (codes.get("values") or []):
+                out.append(f"podFailurePolicy.rules[{index}]: exit code 0 cannot be a failure")
+        subdomain = pod.get("subdomain")
+        if subdomain is not None:
+            service = rendered.services.get(subdomain)
+            if service is None:
+                out.append(f"spec.template.spec.subdomain {subdomain!r} names no rendered Service")
+            elif (service.get("spec") or {}).get("clusterIP") != "None":
+                out.append(f"Service {subdomain} must be headless (clusterIP: None) for pod DNS names")
+        out += rendered.template(template, "spec.template")
+        return out
 
     def failed_pods(self, obj: Mapping[str, Any]) -> int:
         return int((obj.get("status") or {}).get("failed") or 0)

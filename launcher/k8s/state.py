@@ -206,10 +206,8 @@ class JobInfo:
         return job_url_of(self.train_url, self.name)
 
 
-def _template_env(obj: Mapping[str, Any]) -> dict[str, str]:
-    spec = obj.get("spec") or {}
-    template = (spec.get("template") or next(iter(spec.get("tasks") or [{}]), {}).get("template")
-                or ((spec.get("replicaSpecs") or {}).get("Worker") or {}).get("template") or {})
+def _template_env(obj: Mapping[str, Any], scheduler: str) -> dict[str, str]:
+    template = flavours.flavour_of(scheduler).worker_template(obj)
     containers = (template.get("spec") or {}).get("containers") or []
     env = {}
     for container in containers[:1]:
@@ -228,7 +226,7 @@ def job_info(obj: Mapping[str, Any], scheduler: str, spec: js.JobSpec | None = N
 
     nodes, max_restarts = flavours.flavour_of(scheduler).job_fields(obj)
     nodes = number(annotations.get(contract.ANNOTATION_NODES)) or nodes
-    env = _template_env(obj)
+    env = _template_env(obj, scheduler)
     info = JobInfo(name=m.get("name", ""), namespace=m.get("namespace", ""), scheduler=scheduler,
                    obj=dict(obj), experiment=labels.get(contract.LABEL_EXPERIMENT),
                    accelerator=labels.get(contract.LABEL_ACCEL),

@@ -145,7 +145,7 @@ _ROLES = {"MS_SCHED": contract.ASCENDJOB_SCHEDULER, "MS_WORKER": contract.ASCEND
 def operator_cluster(spec: js.JobSpec, env: Mapping[str, str]) -> OperatorCluster | None:
     """The operator's variables of an AscendJob pod, checked against the job (None for other
     schedulers). A pod of an AscendJob without them was not started by the operator."""
-    if spec.scheduler != "ascendjob":
+    if not spec.flavour.operator_cluster:
         return None
     role = env.get(contract.OPERATOR_ROLE, "").strip()
     if not role:

@@ -8,10 +8,10 @@ Four independent checks, all of which must pass:
 2. The official `kubernetes` client's models: each object is deserialised into
    its model class and serialised back; anything the model drops or changes
    (unknown fields, wrong types, missing required fields) is an error.
-3. Volcano jobs and AscendJobs against their own CRD schemas (`launcher/schemas/volcano/`,
-   `launcher/schemas/ascendjob/`, made strict like the API server's field validation:
-   the AscendJob CRD's pod schema is old and would silently prune newer fields), plus
-   their metadata and pod templates against the Kubernetes schemas and models.
+3. Custom resources of a job flavour against the flavour's vendored CRD schema
+   (`launcher/schemas/<flavour>/`, made strict like the API server's field validation:
+   an old CRD's pod schema would silently prune newer fields), plus their metadata and
+   pod templates against the Kubernetes schemas and models.
 4. Semantic rules the schemas miss: names, label syntax, quantities, extended
    resources equal in requests and limits, references between the objects.
 
@@ -23,17 +23,14 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
+from launcher import flavours
 from launcher.errors import LaunchError
-from launcher.render.semantics import ASCENDJOB_API, VOLCANO_API, describe, semantic_problems
+from launcher.flavours.base import Flavour
+from launcher.render.semantics import describe, semantic_problems
 
 MIN_KUBERNETES_VERSION = "1.30"
-VOLCANO_JOB_SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "volcano" / "batch.volcano.sh_jobs.yaml"
-# the ascend-operator's deployment manifest; its CustomResourceDefinition document is used
-ASCENDJOB_SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "ascendjob" / "ascend-operator.yaml"
-ASCENDJOB_CRD = "ascendjobs.mindxdl.gitee.com"
 
 
 class ManifestError(LaunchError):
@@ -66,10 +63,9 @@ def problems(objects: Sequence[Mapping[str, Any]], versions: Sequence[str] | Non
         if not isinstance(obj, Mapping) or "apiVersion" not in obj or "kind" not in obj:
             out.append(f"{where}: not a Kubernetes object (apiVersion and kind are required)")
             continue
-        if obj["apiVersion"] == VOLCANO_API and obj["kind"] == "Job":
-            out += [f"{where}: {p}" for p in _volcano_problems(obj, versions, models)]
-        elif obj["apiVersion"] == ASCENDJOB_API and obj["kind"] == "AscendJob":
-            out += [f"{where}: {p}" for p in _ascendjob_problems(obj, versions, models)]
+        flavour = flavours.by_kind(obj["apiVersion"], obj["kind"])
+        if flavour is not None and flavour.schema is not None:
+            out += [f"{where}: {p}" for p in _custom_resource_problems(flavour, obj, versions, models)]
         else:
             for version in versions:
                 out += [f"{where}: {p}" for p in schema_problems(obj, version)]
@@ -193,18 +189,31 @@ def _difference(sent: Any, back: Any, path: str) -> str | None:
     return None
 
 
-# ----------------------------------------------------------------------------- 3. Volcano
+# ----------------------------------------------------------------------------- 3. custom resources
 
 @functools.cache
-def _volcano_validator() -> Any:
+def _crd_validator(flavour: Flavour) -> Any:
+    """The flavour's CRD (a file may hold other documents, e.g. an operator's deployment)
+    as a strict JSON Schema validator of the version the flavour renders."""
     import jsonschema
     import yaml
 
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    crd = yaml.load(VOLCANO_JOB_SCHEMA.read_text(), Loader=loader)  # noqa: S506 - a safe loader
-    version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1")
-    schema = _strict_crd_schema(version["schema"]["openAPIV3Schema"])
-    return jsonschema.Draft7Validator(schema)
+    with flavour.schema.open() as handle:
+        docs = list(yaml.load_all(handle, Loader=loader))  # noqa: S506 - a safe loader
+    crd = next(d for d in docs if isinstance(d, dict) and d.get("kind") == "CustomResourceDefinition"
+               and d["metadata"]["name"] == flavour.crd)
+    version = next(v for v in crd["spec"]["versions"] if v["name"] == flavour.api[0].rpartition("/")[2])
+    return jsonschema.Draft7Validator(_strict_crd_schema(version["schema"]["openAPIV3Schema"]))
+
+
+def _custom_resource_problems(flavour: Flavour, obj: Mapping[str, Any], versions: Sequence[str],
+                              models: bool) -> list[str]:
+    out = [f"{flavour.crd_title} CRD schema: {_path(err.absolute_path)}: {err.message}"
+           for err in sorted(_crd_validator(flavour).iter_errors(obj),
+                             key=lambda e: list(map(str, e.absolute_path)))]
+    templates = [(where.removeprefix("spec."), template) for where, template in flavour.pod_templates(obj)]
+    return out + _embedded_problems(obj.get("metadata"), templates, versions, models)
 
 
 def _strict_crd_schema(node: Any) -> Any:
@@ -229,16 +238,6 @@ def _strict_crd_schema(node: Any) -> Any:
     return out
 
 
-def _volcano_problems(obj: Mapping[str, Any], versions: Sequence[str], models: bool) -> list[str]:
-    out = [f"Volcano CRD schema: {_path(err.absolute_path)}: {err.message}"
-           for err in sorted(_volcano_validator().iter_errors(obj),
-                             key=lambda e: list(map(str, e.absolute_path)))]
-    tasks = (obj.get("spec") or {}).get("tasks") or []
-    templates = [(f"tasks[{index}].template", task["template"]) for index, task in enumerate(tasks)
-                 if isinstance(task, Mapping) and "template" in task]
-    return out + _embedded_problems(obj.get("metadata"), templates, versions, models)
-
-
 def _embedded_problems(meta: Any, templates: Sequence[tuple[str, Any]], versions: Sequence[str],
                        models: bool) -> list[str]:
     """A custom resource's metadata and pod templates against the Kubernetes schemas and models."""
@@ -254,29 +253,3 @@ def _embedded_problems(meta: Any, templates: Sequence[tuple[str, Any]], versions
         for where, template in templates:
             out += [f"{where}: {p}" for p in model_problems(template, "V1PodTemplateSpec")]
     return out
-
-
-# ----------------------------------------------------------------------------- AscendJob
-
-@functools.cache
-def _ascendjob_validator() -> Any:
-    import jsonschema
-    import yaml
-
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    with ASCENDJOB_SCHEMA.open() as handle:
-        docs = list(yaml.load_all(handle, Loader=loader))  # noqa: S506 - a safe loader
-    crd = next(d for d in docs if isinstance(d, dict) and d.get("kind") == "CustomResourceDefinition"
-               and d["metadata"]["name"] == ASCENDJOB_CRD)
-    version = next(v for v in crd["spec"]["versions"] if v["name"] == ASCENDJOB_API.rpartition("/")[2])
-    return jsonschema.Draft7Validator(_strict_crd_schema(version["schema"]["openAPIV3Schema"]))
-
-
-def _ascendjob_problems(obj: Mapping[str, Any], versions: Sequence[str], models: bool) -> list[str]:
-    out = [f"AscendJob CRD schema: {_path(err.absolute_path)}: {err.message}"
-           for err in sorted(_ascendjob_validator().iter_errors(obj),
-                             key=lambda e: list(map(str, e.absolute_path)))]
-    replicas = (obj.get("spec") or {}).get("replicaSpecs") or {}
-    templates = [(f"replicaSpecs.{kind}.template", replica["template"]) for kind, replica in replicas.items()
-                 if isinstance(replica, Mapping) and "template" in replica]
-    return out + _embedded_problems(obj.get("metadata"), templates, versions, models)

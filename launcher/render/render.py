@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from launcher import flavours
 from launcher.errors import LaunchError, UsageError
 from launcher.spec import contract, podsecurity, ranktable
 from launcher.spec.jobspec import JobSpec
@@ -26,9 +27,8 @@ from launcher.util.files import atomic_write
 TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "k8s_templates"
 PODINFO_DIR = "/etc/podinfo"  # downward-API volume: files `annotations`, `labels`
 GRACE_SECONDS = 60  # time for rank 0 to publish its last checkpoint
-_MANIFEST_FILE = re.compile(r"\d\d-(configmap|service|job|vcjob|ascendjob)-.+\.yaml")
-# The AscendJob's Scheduler pod runs only MindSpore's scheduler role (no NPUs, no data)
-ASCENDJOB_SCHEDULER_REQUESTS = {"cpu": "1", "memory": "4Gi"}
+_KINDS = sorted({"configmap", "service", *(flavours.describe_kind(*f.api).lower() for f in flavours.FLAVOURS.values())})
+_MANIFEST_FILE = re.compile(rf"\d\d-({'|'.join(_KINDS)})-.+\.yaml")
 
 
 class Quoted(str):
@@ -141,7 +141,7 @@ def pod_environment(spec: JobSpec) -> list[dict[str, Any]]:
         _value(contract.ENV_WORLD_SIZE, spec.world_size),
         _value(contract.ENV_CARDS_PER_NODE, spec.cards_per_node),
     ]
-    if spec.scheduler == "job":  # Volcano's env plugin provides VC_TASK_INDEX instead
+    if spec.flavour.sets_job_index:  # other controllers give the index their own way
         env.append(_field(contract.ENV_NODE_RANK, f"metadata.annotations['{contract.JOB_INDEX_ANNOTATION}']"))
     env += [
         _value(contract.ENV_MASTER_ADDR, spec.master_addr),
@@ -226,30 +226,23 @@ def context(spec: JobSpec) -> dict[str, Any]:
     if spec.uses_rings_config:
         key, value = contract.RINGS_CONFIG_LABEL
         pod_labels[key] = job_labels[key] = value
-    if spec.queue is not None and spec.scheduler == "job":
-        job_labels[contract.KUEUE_QUEUE_LABEL] = spec.queue  # Kueue admits the Job from this queue
-    ports = [{"name": "msrun", "port": spec.master_port}]
-    if spec.scheduler == "ascendjob":  # the operator's Service and MS_SCHED_PORT use this port
-        ports = [{"name": contract.ASCENDJOB_PORT_NAME, "port": spec.master_port}]
+    flavour = spec.flavour
+    if spec.queue is not None and flavour.kueue_queue:
+        job_labels[contract.KUEUE_QUEUE_LABEL] = spec.queue  # Kueue admits the job from this queue
+    ports = [{"name": flavour.port_name, "port": spec.master_port}]
     if spec.rank_table == "dynamic":
         ports.append({"name": "ranktable", "port": spec.ranktable_port})
     requests, limits = _resources(spec)
     host_paths = podsecurity.host_path_mounts(spec)  # the pods' Pod Security level depends on them
-    container_name = contract.CONTAINER_NAME
-    replica_specs: list[dict[str, Any]] = []
-    if spec.scheduler == "ascendjob":
-        container_name = contract.ASCENDJOB_CONTAINER
-        for key, value in (contract.ASCENDJOB_FRAMEWORK_LABEL, contract.ASCENDJOB_PRODUCT_LABEL):
-            job_labels[key] = value
-        replica_specs = _ascendjob_replicas(spec, pod_labels, requests, limits, pod_environment(spec))
-    return {
+    ctx = {
         "job": spec,
         "labels": labels,
         "job_labels": job_labels,
         "pod_labels": pod_labels,
         "selector": selector,
         "annotations": spec.annotations(),
-        "container": {"name": container_name, "command": list(contract.BOOTSTRAP_COMMAND)},
+        "container": {"name": flavour.container or contract.CONTAINER_NAME,
+                      "command": list(contract.BOOTSTRAP_COMMAND)},
         "env": pod_environment(spec),
         "ports": ports,
         "requests": requests,
@@ -257,12 +250,8 @@ def context(spec: JobSpec) -> dict[str, Any]:
         "tolerations": _tolerations(spec),
         "node_selector": dict(spec.node_selector),
         "pinned_nodes": [node.name for node in spec.inventory],
-        "subdomain": spec.service_name if spec.scheduler == "job" else None,
-        "scheduler_name": "volcano" if spec.scheduler == "volcano" else None,
-        "task_name": contract.VOLCANO_TASK,
-        "volcano_queue": spec.queue or "default",
-        "replica_specs": replica_specs,
-        "min_available": spec.nodes + 1,  # AscendJob: the Scheduler pod and every Worker, as one gang
+        "subdomain": spec.service_name if flavour.own_service else None,
+        "scheduler_name": flavour.scheduler_name,
         "grace_seconds": GRACE_SECONDS,
         # A job restart usually fails every pod once, so the budget is per node.
         "backoff_limit": spec.max_restarts * spec.nodes,
@@ -276,30 +265,8 @@ def context(spec: JobSpec) -> dict[str, Any]:
         "security": {"pod": podsecurity.pod_security_context(spec),
                      "container": podsecurity.container_security_context(spec)},
     }
-
-
-def _ascendjob_replicas(spec: JobSpec, pod_labels: dict[str, str], requests: dict[str, str],
-                        limits: dict[str, str], env: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The Scheduler and Worker replica types of an AscendJob. Workers repel each other
-    (one per node); the Scheduler has no NPUs, touches no storage (no credentials) and
-    may go anywhere."""
-    key, product = contract.ASCENDJOB_PRODUCT_LABEL
-    out = []
-    for kind, role in (("Scheduler", contract.ASCENDJOB_SCHEDULER), ("Worker", contract.ASCENDJOB_WORKER)):
-        labels = {**pod_labels, key: product, contract.LABEL_ROLE: role}
-        worker = role == contract.ASCENDJOB_WORKER
-        out.append({
-            "type": kind, "role": role, "replicas": spec.nodes if worker else 1, "labels": labels,
-            "npu": worker,
-            "env": env if worker else [var for var in env if var["kind"] != "secret"],
-            "requests": requests if worker else dict(ASCENDJOB_SCHEDULER_REQUESTS),
-            "limits": limits if worker else {"memory": ASCENDJOB_SCHEDULER_REQUESTS["memory"]},
-            "anti_affinity": {contract.LABEL_JOB: spec.name, contract.LABEL_ROLE: role} if worker else None,
-            "node_selector": dict(spec.node_selector) if worker else {},
-            "tolerations": _tolerations(spec) if worker else [],
-            "pinned_nodes": [node.name for node in spec.inventory] if worker else [],
-        })
-    return out
+    ctx.update(flavour.template_context(spec, ctx))
+    return ctx
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -313,13 +280,9 @@ def render(spec: JobSpec) -> list[dict[str, Any]]:
         configmaps.append({"name": spec.rings_config_name, "labels": {**ctx["labels"], key: value},
                            "data": {contract.RANK_TABLE_FILE: '{"status":"initializing"}'}})
     objects = [render_template("configmap.yaml.j2", ctx, configmap=cm) for cm in configmaps]
-    if spec.scheduler == "job":
+    if spec.flavour.own_service:  # else its controller makes one
         objects.append(render_template("service.yaml.j2", ctx))
-        objects.append(render_template("job.yaml.j2", ctx))
-    elif spec.scheduler == "ascendjob":  # the operator makes the scheduler's Service itself
-        objects.append(render_template("ascendjob.yaml.j2", ctx))
-    else:
-        objects.append(render_template("vcjob.yaml.j2", ctx))
+    objects.append(render_template(spec.flavour.template, ctx))
     return objects
 
 
@@ -377,9 +340,7 @@ def _dumper() -> Any:
 
 
 def file_name(index: int, obj: Mapping[str, Any]) -> str:
-    kind = obj["kind"].lower()
-    if obj["apiVersion"].startswith("batch.volcano.sh/"):
-        kind = "vcjob"
+    kind = flavours.describe_kind(obj["apiVersion"], obj["kind"]).lower()
     return f"{index:02d}-{kind}-{obj['metadata']['name']}.yaml"
 
 

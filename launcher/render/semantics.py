@@ -1,17 +1,18 @@
 """The checks no schema makes (check 4 of launcher.render.check): names, labels and
-annotations, ConfigMap sizes, Service selectors, Job and vcjob policies, pod templates
-(volumes, env, ports, resources) as the API server and kubelet would judge them."""
+annotations, ConfigMap sizes, Service selectors, pod templates (volumes, env, ports,
+resources) as the API server and kubelet would judge them, and each job object's own
+rules, which its flavour states (launcher.flavours)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from launcher import flavours
 from launcher.spec import contract
 from launcher.spec import names as syn
 
-VOLCANO_API = "batch.volcano.sh/v1alpha1"
-ASCENDJOB_API = "mindxdl.gitee.com/v1"
 REQUIRED_LABELS = {contract.LABEL_APP: contract.APP_NAME, contract.LABEL_MANAGED_BY: contract.MANAGER}
 _NATIVE_RESOURCES = ("cpu", "memory", "ephemeral-storage")
 _FIELD_PATHS = ("metadata.name", "metadata.namespace", "metadata.uid", "metadata.labels",
@@ -23,8 +24,7 @@ _MAX_CONFIGMAP = 1024 * 1024
 
 def describe(obj: Any) -> str:
     try:
-        kind = "vcjob" if obj["apiVersion"] == VOLCANO_API else obj["kind"]
-        return f"{kind}/{obj['metadata']['name']}"
+        return f"{flavours.describe_kind(obj['apiVersion'], obj['kind'])}/{obj['metadata']['name']}"
     except (KeyError, TypeError):
         return "object"
 
@@ -49,18 +49,25 @@ def semantic_problems(objects: Sequence[Mapping[str, Any]]) -> list[str]:
             out.append(f"{where}: two objects of this kind share the name")
         seen.add(key)
         out += [f"{where}: {p}" for p in _metadata_problems(obj)]
-        kind, api = obj.get("kind"), obj.get("apiVersion")
+        kind = obj.get("kind")
+        flavour = flavours.by_kind(str(obj.get("apiVersion")), str(kind))
         if kind == "ConfigMap":
             out += [f"{where}: {p}" for p in _configmap_problems(obj)]
         elif kind == "Service":
             out += [f"{where}: {p}" for p in _service_problems(obj, good)]
-        elif kind == "Job" and api == "batch/v1":
-            out += [f"{where}: {p}" for p in _job_problems(obj, configmaps, services)]
-        elif kind == "Job" and api == VOLCANO_API:
-            out += [f"{where}: {p}" for p in _vcjob_problems(obj, configmaps)]
-        elif kind == "AscendJob" and api == ASCENDJOB_API:
-            out += [f"{where}: {p}" for p in _ascendjob_problems(obj, configmaps)]
+        elif flavour is not None:
+            rendered = Rendered(services, configmaps, lambda t, w: _template_problems(t, w, configmaps))
+            out += [f"{where}: {p}" for p in flavour.object_problems(obj, rendered)]
     return out
+
+
+@dataclasses.dataclass
+class Rendered:
+    """What a flavour's object check may look at besides its object."""
+
+    services: Mapping[Any, Any]
+    configmaps: set[Any]
+    template: Callable[[Mapping[str, Any], str], list[str]]  # the shared pod template check
 
 
 def _metadata_problems(obj: Mapping[str, Any]) -> list[str]:
@@ -145,130 +152,8 @@ def _matches(selector: Mapping[str, Any], labels: Mapping[str, Any]) -> bool:
 
 
 def _pod_templates(obj: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
-    spec = obj.get("spec") or {}
-    if obj.get("apiVersion") == "batch/v1" and obj.get("kind") == "Job":
-        return [("spec.template", spec.get("template") or {})]
-    if obj.get("apiVersion") == VOLCANO_API:
-        return [(f"spec.tasks[{i}].template", task.get("template") or {})
-                for i, task in enumerate(spec.get("tasks") or []) if isinstance(task, Mapping)]
-    if obj.get("apiVersion") == ASCENDJOB_API:
-        return [(f"spec.replicaSpecs.{kind}.template", replica.get("template") or {})
-                for kind, replica in (spec.get("replicaSpecs") or {}).items() if isinstance(replica, Mapping)]
-    return []
-
-
-def _job_problems(obj: Mapping[str, Any], configmaps: set[Any], services: Mapping[Any, Any]) -> list[str]:
-    out = []
-    spec = obj.get("spec") or {}
-    name = obj["metadata"]["name"]
-    template = spec.get("template") or {}
-    pod = template.get("spec") or {}
-    completions = spec.get("completions")
-    if spec.get("completionMode") == "Indexed":
-        if not isinstance(completions, int) or completions < 1:
-            out.append("an Indexed Job needs completions >= 1")
-        elif spec.get("parallelism") != completions:
-            out.append("parallelism must equal completions: every rank runs at once")
-        elif len(f"{name}-{completions - 1}") > 63:
-            out.append(f"pod host name {name}-{completions - 1} is longer than 63 characters")
-    if spec.get("podFailurePolicy") and pod.get("restartPolicy") != "Never":
-        out.append("a podFailurePolicy needs restartPolicy: Never")
-    if pod.get("restartPolicy") not in ("Never", "OnFailure"):
-        out.append("a Job's pods need restartPolicy Never or OnFailure")
-    containers = {c.get("name") for c in pod.get("containers") or [] if isinstance(c, Mapping)}
-    for index, rule in enumerate((spec.get("podFailurePolicy") or {}).get("rules") or []):
-        codes = rule.get("onExitCodes") or {}
-        if codes.get("containerName") not in (None, *containers):
-            out.append(f"podFailurePolicy.rules[{index}] names unknown container {codes.get('containerName')!r}")
-        if codes.get("operator") == "In" and 0 in (codes.get("values") or []):
-            out.append(f"podFailurePolicy.rules[{index}]: exit code 0 cannot be a failure")
-    subdomain = pod.get("subdomain")
-    if subdomain is not None:
-        service = services.get(subdomain)
-        if service is None:
-            out.append(f"spec.template.spec.subdomain {subdomain!r} names no rendered Service")
-        elif (service.get("spec") or {}).get("clusterIP") != "None":
-            out.append(f"Service {subdomain} must be headless (clusterIP: None) for pod DNS names")
-    out += _template_problems(template, "spec.template", configmaps)
-    return out
-
-
-def _vcjob_problems(obj: Mapping[str, Any], configmaps: set[Any]) -> list[str]:
-    out = []
-    spec = obj.get("spec") or {}
-    name = obj["metadata"]["name"]
-    if spec.get("schedulerName") != "volcano":
-        out.append("spec.schedulerName must be volcano")
-    if (queue := spec.get("queue")) is not None and (problem := syn.dns1123_label_problem(str(queue))):
-        out.append(f"spec.queue {queue!r} {problem}")
-    tasks = [t for t in spec.get("tasks") or [] if isinstance(t, Mapping)]
-    replicas = sum(int(t.get("replicas") or 0) for t in tasks)
-    if not isinstance(spec.get("minAvailable"), int) or not 0 < spec["minAvailable"] <= replicas:
-        out.append(f"spec.minAvailable {spec.get('minAvailable')!r} must be 1..{replicas} (the pods)")
-    out += _policy_problems(spec.get("policies") or [], "spec.policies")
-    task_names: set[Any] = set()
-    for index, task in enumerate(tasks):
-        where = f"spec.tasks[{index}]"
-        task_name = task.get("name")
-        if (problem := syn.dns1123_label_problem(str(task_name))):
-            out.append(f"{where}.name {task_name!r} {problem}")
-        if task_name in task_names:
-            out.append(f"{where}.name {task_name!r} is used twice")
-        task_names.add(task_name)
-        if len(f"{name}-{task_name}-{int(task.get('replicas') or 1) - 1}") > 63:
-            out.append(f"{where}: pod host names {name}-{task_name}-<index> are longer than 63 characters")
-        out += _policy_problems(task.get("policies") or [], f"{where}.policies")
-        out += _template_problems(task.get("template") or {}, f"{where}.template", configmaps)
-    return out
-
-
-def _ascendjob_problems(obj: Mapping[str, Any], configmaps: set[Any]) -> list[str]:
-    """What the ascend-operator's validation (ascendjob_validate.go) and env injection need."""
-    out = []
-    spec = obj.get("spec") or {}
-    name = obj["metadata"]["name"]
-    labels = obj["metadata"].get("labels") or {}
-    key, value = contract.ASCENDJOB_FRAMEWORK_LABEL
-    if labels.get(key) != value:
-        out.append(f"metadata.labels must have {key}={value} (the operator picks MindSpore's roles by it)")
-    replicas = {k: r for k, r in (spec.get("replicaSpecs") or {}).items() if isinstance(r, Mapping)}
-    if set(replicas) != {"Scheduler", "Worker"}:
-        out.append(f"spec.replicaSpecs must be Scheduler and Worker for MindSpore, not {sorted(replicas)}")
-    if replicas.get("Scheduler", {}).get("replicas", 1) != 1:
-        out.append("spec.replicaSpecs.Scheduler.replicas must be 1")
-    total = sum(int(r.get("replicas", 1) or 0) for r in replicas.values())
-    policy = (spec.get("runPolicy") or {}).get("schedulingPolicy") or {}
-    if policy.get("minAvailable") != total:
-        out.append(f"spec.runPolicy.schedulingPolicy.minAvailable {policy.get('minAvailable')!r} must be "
-                   f"{total} (every pod: MindSpore's cluster starts only with all of them)")
-    if (queue := policy.get("queue")) is not None and (problem := syn.dns1123_label_problem(str(queue))):
-        out.append(f"spec.runPolicy.schedulingPolicy.queue {queue!r} {problem}")
-    if spec.get("successPolicy") not in (None, "", "AllWorkers"):
-        out.append(f"spec.successPolicy {spec.get('successPolicy')!r} must be empty or AllWorkers")
-    for kind, replica in replicas.items():
-        where = f"spec.replicaSpecs.{kind}"
-        if len(f"{name}-{kind.lower()}-{int(replica.get('replicas', 1) or 1) - 1}") > 63:
-            out.append(f"{where}: pod names {name}-{kind.lower()}-<index> are longer than 63 characters")
-        template = replica.get("template") or {}
-        containers = [c.get("name") for c in (template.get("spec") or {}).get("containers") or []
-                      if isinstance(c, Mapping)]
-        if contract.ASCENDJOB_CONTAINER not in containers:
-            out.append(f"{where}: the operator needs a container named {contract.ASCENDJOB_CONTAINER!r} "
-                       f"(it injects MindSpore's variables there only), not {containers}")
-        out += _template_problems(template, f"{where}.template", configmaps)
-    return out
-
-
-def _policy_problems(policies: Sequence[Any], where: str) -> list[str]:
-    out = []
-    for index, policy in enumerate(policies):
-        has_event = bool(policy.get("event") or policy.get("events"))
-        has_code = policy.get("exitCode") is not None
-        if has_event == has_code:
-            out.append(f"{where}[{index}] needs either event(s) or exitCode, not both or neither")
-        if policy.get("exitCode") == 0:
-            out.append(f"{where}[{index}]: exit code 0 cannot be a failure")
-    return out
+    flavour = flavours.by_kind(str(obj.get("apiVersion")), str(obj.get("kind")))
+    return flavour.pod_templates(obj) if flavour is not None else []
 
 
 def _template_problems(template: Mapping[str, Any], where: str, configmaps: set[Any]) -> list[str]:

@@ -12,7 +12,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from launcher import flavours
 from launcher.errors import UsageError
+from launcher.flavours import volcano
 from launcher.render import check as mc
 from launcher.render import render
 from launcher.spec import contract
@@ -65,7 +67,7 @@ def test_matrix_renders_and_validates(inventories, accel, cards, scheduler, mode
         return
     spec = _spec(accel, cards, scheduler, experiment, rank_table=rank_table)
     objects = render.render_validated(spec)  # raises ManifestError on any problem
-    kinds = [o["kind"] if o["apiVersion"] != mc.VOLCANO_API else "vcjob" for o in objects]
+    kinds = [flavours.describe_kind(o["apiVersion"], o["kind"]) for o in objects]
     expected = ["ConfigMap"] + (["ConfigMap"] if spec.uses_rings_config else [])
     expected += ["Service", "Job"] if scheduler == "job" else ["vcjob"]
     assert kinds == expected
@@ -484,8 +486,9 @@ def test_check_manifests_raises_one_line(job_objects):
 
 
 def test_the_volcano_schema_is_the_vendored_copy():
-    assert mc.VOLCANO_JOB_SCHEMA == Path(mc.__file__).resolve().parents[1] / "schemas" / "volcano" / "batch.volcano.sh_jobs.yaml"
-    notice = (mc.VOLCANO_JOB_SCHEMA.parent / "NOTICE").read_text()
+    schema = volcano.FLAVOUR.schema
+    assert schema == Path(mc.__file__).resolve().parents[1] / "schemas" / "volcano" / "batch.volcano.sh_jobs.yaml"
+    notice = (schema.parent / "NOTICE").read_text()
     assert "Apache License, Version 2.0" in notice and "volcano-sh/volcano" in notice
     for path in Path(render.__file__).resolve().parents[1].rglob("*.py"):
         assert "shared/schemas" not in path.read_text(), path
