@@ -6,12 +6,13 @@ under launcher/schemas/, and one line in FLAVOURS below."""
 from __future__ import annotations
 
 from launcher.errors import UsageError
-from launcher.flavours import ascendjob, job, volcano
+from launcher.flavours import ascendjob, job, jobset, volcano
 from launcher.flavours.base import Flavour
 
 __all__ = ["DEFAULT", "FLAVOURS", "NAMES", "Flavour", "by_kind", "flavour_of"]
 
-FLAVOURS: dict[str, Flavour] = {f.name: f for f in (job.FLAVOUR, volcano.FLAVOUR, ascendjob.FLAVOUR)}
+FLAVOURS: dict[str, Flavour] = {f.name: f for f in (job.FLAVOUR, volcano.FLAVOUR, ascendjob.FLAVOUR,
+                                                    jobset.FLAVOUR)}
 NAMES = tuple(FLAVOURS)
 DEFAULT = "job"
 

@@ -54,7 +54,7 @@ class Flavour:
     default_rank_table: str = "dynamic"
     rings_config_always: bool = False  # Ascend: the controller fills rings-config
     controller_rank_table: bool = False  # --rank-table controller works (rings-config filled)
-    sets_job_index: bool = False  # the pods get JOB_COMPLETION_INDEX from us, not a controller
+    rank_annotation: str | None = None  # the pod annotation our env reads the node rank from
     kueue_queue: bool = False  # --queue is a Kueue LocalQueue (a label), not the controller's
 
     # ---------------------------------------------------------------- the job (spec)
@@ -89,6 +89,10 @@ class Flavour:
         """Restarts the controller counts itself (beyond the pods')."""
         return None
 
+    def pod_failure_rules(self, obj: Mapping[str, Any]) -> list[dict[str, Any]]:  # noqa: ARG002 - a hook
+        """The rules of the batch/v1 podFailurePolicy that governs the pods, if any."""
+        return []
+
     def failed_pods(self, obj: Mapping[str, Any]) -> int:  # noqa: ARG002 - a hook
         """Failed pods the controller counts (they may be gone already)."""
         return 0
@@ -110,6 +114,12 @@ class Flavour:
     def pod_templates(self, obj: Mapping[str, Any]) -> list[tuple[str, Any]]:
         """The pod templates inside a job object, with where they are."""
         return [("spec.template", (obj.get("spec") or {}).get("template") or {})]
+
+    def embedded(self, obj: Mapping[str, Any]) -> list[tuple[str, Any, str, str]]:
+        """Built-in objects inside a custom resource, checked against the Kubernetes schemas
+        and models: (where, object, schema file, client model)."""
+        return [(where, template, "podtemplatespec-v1.json", "V1PodTemplateSpec")
+                for where, template in self.pod_templates(obj)]
 
     def worker_template(self, obj: Mapping[str, Any]) -> Mapping[str, Any]:
         """The pod template of the training pods (their environment tells the job's outputs)."""

@@ -18,7 +18,7 @@ class IndexedJob(Flavour):
     template = "job.yaml.j2"
     queue_help = "a Kueue LocalQueue (label kueue.x-k8s.io/queue-name)"
     rank_keys = (contract.JOB_INDEX_ANNOTATION,)
-    sets_job_index = True  # the pods get JOB_COMPLETION_INDEX (not a controller's variable)
+    rank_annotation = contract.JOB_INDEX_ANNOTATION
     kueue_queue = True  # --queue is a Kueue LocalQueue (label), not a scheduler's queue
 
     def job_fields(self, obj: Mapping[str, Any]) -> tuple[int | None, int | None]:
@@ -80,6 +80,9 @@ class IndexedJob(Flavour):
                 out.append(f"Service {subdomain} must be headless (clusterIP: None) for pod DNS names")
         out += rendered.template(template, "spec.template")
         return out
+
+    def pod_failure_rules(self, obj: Mapping[str, Any]) -> list[dict[str, Any]]:
+        return list(((obj.get("spec") or {}).get("podFailurePolicy") or {}).get("rules") or [])
 
     def failed_pods(self, obj: Mapping[str, Any]) -> int:
         return int((obj.get("status") or {}).get("failed") or 0)

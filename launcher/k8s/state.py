@@ -55,8 +55,10 @@ def pod_rank(pod: Mapping[str, Any]) -> int | None:
     m = meta(pod)
     if (m.get("labels") or {}).get(contract.LABEL_ROLE) == contract.ASCENDJOB_SCHEDULER:
         return None
+    own = flavours.FLAVOURS.get((m.get("annotations") or {}).get(contract.ANNOTATION_SCHEDULER, ""))
+    keys = own.rank_keys if own is not None else RANK_KEYS  # a JobSet's pods carry a Job's index too
     for source in (m.get("annotations") or {}, m.get("labels") or {}):
-        for key in RANK_KEYS:
+        for key in keys:
             value = str(source.get(key, ""))
             if value.isdigit():
                 return int(value)
@@ -317,8 +319,8 @@ def _job_phase(info: JobInfo, current: dict[int, dict[str, Any]],
     if decided is not None:
         return decided
     failed_pods = max(failed_pods, flavour.failed_pods(info.obj))
-    fatal = _job_failing_failure(info.obj, by_rank)
-    if fatal:  # the pod failure policy fails the Job; its condition follows shortly
+    fatal = _job_failing_failure(flavour.pod_failure_rules(info.obj), by_rank)
+    if fatal:  # the pod failure policy fails the job; its condition follows shortly
         return "Failed", fatal
     all_running = len(phases) >= nodes and all(p in ("Running", "Succeeded") for p in phases.values()) \
         and all((p.get("status") or {}).get("phase") in ("Running", "Succeeded") for _, p in unranked)
@@ -333,11 +335,10 @@ def _job_phase(info: JobInfo, current: dict[int, dict[str, Any]],
     return "Pending", waiting
 
 
-def _job_failing_failure(job: Mapping[str, Any], by_rank: dict[int, list[dict[str, Any]]]) -> str | None:
-    """A failed pod whose exit code a FailJob rule of the Job's podFailurePolicy matches
-    (exit code 2, bad configuration): the Job fails, it is not restarted."""
-    rules = [r for r in ((job.get("spec") or {}).get("podFailurePolicy") or {}).get("rules") or []
-             if r.get("action") == "FailJob" and r.get("onExitCodes")]
+def _job_failing_failure(rules: list[dict[str, Any]], by_rank: dict[int, list[dict[str, Any]]]) -> str | None:
+    """A failed pod whose exit code a FailJob rule of the job's podFailurePolicy matches
+    (exit code 2, bad configuration): the job fails, it is not restarted."""
+    rules = [r for r in rules if r.get("action") == "FailJob" and r.get("onExitCodes")]
     for rank, items in sorted(by_rank.items()):
         for pod in items:
             if (pod.get("status") or {}).get("phase") != "Failed":

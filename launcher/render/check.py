@@ -212,8 +212,8 @@ def _custom_resource_problems(flavour: Flavour, obj: Mapping[str, Any], versions
     out = [f"{flavour.crd_title} CRD schema: {_path(err.absolute_path)}: {err.message}"
            for err in sorted(_crd_validator(flavour).iter_errors(obj),
                              key=lambda e: list(map(str, e.absolute_path)))]
-    templates = [(where.removeprefix("spec."), template) for where, template in flavour.pod_templates(obj)]
-    return out + _embedded_problems(obj.get("metadata"), templates, versions, models)
+    embedded = [(where.removeprefix("spec."), *rest) for where, *rest in flavour.embedded(obj)]
+    return out + _embedded_problems(obj.get("metadata"), embedded, versions, models)
 
 
 def _strict_crd_schema(node: Any) -> Any:
@@ -238,18 +238,18 @@ def _strict_crd_schema(node: Any) -> Any:
     return out
 
 
-def _embedded_problems(meta: Any, templates: Sequence[tuple[str, Any]], versions: Sequence[str],
+def _embedded_problems(meta: Any, embedded: Sequence[tuple[str, Any, str, str]], versions: Sequence[str],
                        models: bool) -> list[str]:
-    """A custom resource's metadata and pod templates against the Kubernetes schemas and models."""
+    """A custom resource's metadata and embedded objects (pod or job templates) against the
+    Kubernetes schemas and models."""
     out = []
     for version in versions:
         out += schema_problems(meta, version, "objectmeta-meta-v1.json",
                                f"metadata: Kubernetes {version} schema")
-        for where, template in templates:
-            out += schema_problems(template, version, "podtemplatespec-v1.json",
-                                   f"{where}: Kubernetes {version} schema")
+        for where, template, schema, _ in embedded:
+            out += schema_problems(template, version, schema, f"{where}: Kubernetes {version} schema")
     if models:
         out += model_problems(meta, "V1ObjectMeta")
-        for where, template in templates:
-            out += [f"{where}: {p}" for p in model_problems(template, "V1PodTemplateSpec")]
+        for where, template, _, model in embedded:
+            out += [f"{where}: {p}" for p in model_problems(template, model)]
     return out

@@ -141,8 +141,8 @@ def pod_environment(spec: JobSpec) -> list[dict[str, Any]]:
         _value(contract.ENV_WORLD_SIZE, spec.world_size),
         _value(contract.ENV_CARDS_PER_NODE, spec.cards_per_node),
     ]
-    if spec.flavour.sets_job_index:  # other controllers give the index their own way
-        env.append(_field(contract.ENV_NODE_RANK, f"metadata.annotations['{contract.JOB_INDEX_ANNOTATION}']"))
+    if spec.flavour.rank_annotation:  # else its controller gives the index its own way
+        env.append(_field(contract.ENV_NODE_RANK, f"metadata.annotations['{spec.flavour.rank_annotation}']"))
     env += [
         _value(contract.ENV_MASTER_ADDR, spec.master_addr),
         _value(contract.ENV_MASTER_PORT, spec.master_port),
