@@ -48,6 +48,21 @@ def get_backend(requested: str = "auto", name: str | None = None, *,
     return KubernetesBackend.connect(context, namespace)
 
 
+def listed_backends(requested: str = "auto", *, context: str | None = None, namespace: str | None = None,
+                    environ: Mapping[str, str] | None = None) -> list[tuple[Backend, bool]]:
+    """The backends `list` reads, each with whether its failure is an error (else only a
+    warning): this machine's for auto and local; the cluster for k8s, and for auto when
+    one is configured."""
+    if requested not in BACKENDS:
+        raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}")
+    out: list[tuple[Backend, bool]] = []
+    if requested in ("auto", "local"):
+        out.append((LocalBackend(environ), True))
+    if requested == "k8s" or (requested == "auto" and kube_configured(environ)):
+        out.append((KubernetesBackend.connect(context, namespace), requested == "k8s"))
+    return out
+
+
 def outputs_url(name_or_url: str, *, requested: str = "auto", context: str | None = None,
                 namespace: str | None = None, environ: Mapping[str, str] | None = None) -> str:
     """The base URL of a job's outputs: a URL or path is returned as given (normalised);

@@ -91,21 +91,39 @@ class JobStatus:
         return f"job {self.name}: {self.phase}" + (f" ({self.reason})" if self.reason else "")
 
 
+class Plan(Protocol):
+    """What a backend will do to start a job, decided before anything is created:
+    `submit --dry-run` prints it, `Backend.submit(plan)` does exactly that."""
+
+    spec: Any  # the JobSpec as the backend runs it (e.g. with the context's namespace)
+
+    def text(self) -> str:
+        """The plan as `submit --dry-run` prints it (YAML)."""
+
+    def write_dir(self, directory: str) -> list[Any]:
+        """Write the plan into files in `directory` (UsageError: nothing written)."""
+
+
 class Backend(Protocol):
     """Where jobs run: `k8s` (a Kubernetes cluster) or `local` (this machine)."""
 
     name: str
+    describe: str  # in messages, e.g. "Kubernetes" (jobs not listed)
+    poll: float  # seconds between status reads while waiting for a job
+    runs_pods: bool  # its jobs run in pods (credentials and outputs leave with them)
 
-    def submit(self, spec: Any, objects: list[dict[str, Any]], *, out: TextIO,
-               err: TextIO) -> None:
-        """Create the job (JobExistsError when the name is taken; nothing half-created)."""
+    def plan(self, spec: Any) -> Plan:
+        """What submitting `spec` would do; UsageError when this backend cannot run it."""
+
+    def submit(self, plan: Any, *, out: TextIO, err: TextIO) -> None:
+        """Carry out `plan` (JobExistsError when the name is taken; nothing half-created)."""
 
     def status(self, name: str, *, progress: bool = True) -> JobStatus:
         """The job's state (JobNotFoundError when there is none); with `progress`, its
         step, best accuracy and result read from its outputs."""
 
-    def list(self) -> list[JobStatus]:
-        """The backend's jobs, sorted by name."""
+    def list(self, *, all_namespaces: bool = False) -> list[JobStatus]:
+        """The backend's jobs, sorted by name (`all_namespaces`: where a backend has several)."""
 
     def logs(self, name: str, *, rank: int | None = None, all_ranks: bool = False,
              follow: bool = False, tail: int | None = None, out: TextIO,

@@ -12,6 +12,7 @@ are sent to the API and also checked here.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Mapping
 from typing import Any, TextIO
@@ -24,6 +25,7 @@ from launcher.backends.base import (
 )
 from launcher.backends.k8s_logs import logs
 from launcher.backends.k8s_read import (
+    POLL,
     find_job,
     list_jobs,
     our_pods,
@@ -40,7 +42,7 @@ from launcher.k8s.api import (
     ClusterAPI,
     KubeError,
 )
-from launcher.k8s.config import Cluster, connect
+from launcher.k8s.config import Cluster, connect, kube_configured
 from launcher.k8s.state import (
     is_ours,
     meta,
@@ -179,22 +181,63 @@ def cancel(cluster: Cluster, name: str, namespace: str | None = None) -> str:
     return f"job {name} cancelled in namespace {ns}: deleted {', '.join(deleted)}{more}"
 
 
+@dataclasses.dataclass(frozen=True)
+class KubernetesPlan:
+    """The validated manifests of a job, in creation order (`Plan`, launcher.backends.base)."""
+
+    spec: js.JobSpec
+    objects: list[dict[str, Any]]
+
+    def text(self) -> str:
+        from launcher.render.render import dump
+
+        return dump(self.objects)
+
+    def write_dir(self, directory: str) -> list[Any]:
+        from launcher.render.render import write_dir
+
+        return write_dir(self.objects, directory)
+
+
 class KubernetesBackend:
-    """`Backend` over a cluster (see launcher.backends.base)."""
+    """`Backend` over a cluster (see launcher.backends.base). The cluster is connected on
+    first use: planning needs none unless a kubeconfig names the namespace."""
 
     name = "k8s"
+    describe = "Kubernetes"
+    poll = POLL
+    runs_pods = True
 
-    def __init__(self, cluster: Cluster, namespace: str | None = None) -> None:
-        self.cluster = cluster
-        self.namespace = namespace or cluster.namespace
+    def __init__(self, cluster: Cluster | None = None, namespace: str | None = None, *,
+                 context: str | None = None) -> None:
+        self._cluster, self._namespace, self._context = cluster, namespace, context
 
     @classmethod
     def connect(cls, context: str | None = None, namespace: str | None = None) -> KubernetesBackend:
-        return cls(connect(context, namespace))
+        return cls(None, namespace, context=context)
 
-    def submit(self, spec: js.JobSpec, objects: list[dict[str, Any]], *, out: TextIO,
-               err: TextIO) -> None:
-        submit(self.cluster, spec, objects, out=out, err=err)
+    @property
+    def cluster(self) -> Cluster:
+        if self._cluster is None:
+            self._cluster = connect(self._context, self._namespace)
+        return self._cluster
+
+    @property
+    def namespace(self) -> str:
+        return self._namespace or self.cluster.namespace
+
+    def plan(self, spec: js.JobSpec) -> KubernetesPlan:
+        """The manifests, in the context's namespace when no --namespace was given (with no
+        Kubernetes configuration at all: the spec's own)."""
+        from launcher.render.render import render_validated
+
+        if self._namespace is None and (self._cluster is not None or kube_configured()):
+            if spec.namespace != self.cluster.namespace:
+                spec = dataclasses.replace(spec, namespace=self.cluster.namespace)
+        return KubernetesPlan(spec, render_validated(spec))
+
+    def submit(self, plan: KubernetesPlan, *, out: TextIO, err: TextIO) -> None:
+        submit(self.cluster, plan.spec, plan.objects, out=out, err=err)
 
     def status(self, name: str, *, progress: bool = True) -> JobStatus:
         return JobStatus(**status(self.cluster, name, self.namespace, progress=progress))

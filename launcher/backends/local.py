@@ -61,11 +61,46 @@ from launcher.util.times import age
 # ------------------------------------------------------------------ submit
 
 
-def submit(spec: js.JobSpec, *, environ: Mapping[str, str] | None = None,
-           out: TextIO | None = None, err: TextIO | None = None) -> None:
-    """Start `spec` on this machine, detached."""
+@dataclasses.dataclass(frozen=True)
+class LocalPlan:
+    """What `submit --backend local` will do (`Plan`, launcher.backends.base): the state
+    folder it creates, the supervisor's command line in that folder, the variables it adds
+    to this environment (the rest is inherited, not shown) and the resolved paths."""
+
+    spec: js.JobSpec
+    state_dir: Path
+    command: list[str]
+    environment: dict[str, str]
+    token: str
+    notes: list[str] = dataclasses.field(default_factory=list)
+    environ: Mapping[str, str] = dataclasses.field(default_factory=dict, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"backend": "local", "job": self.spec.name, "state_dir": str(self.state_dir),
+                "command": list(self.command), "cwd": str(self.state_dir),
+                "environment": dict(self.environment),
+                "paths": {"data_url": self.spec.data_url, "train_url": self.spec.train_url,
+                          "outputs": job_url_of(self.spec.train_url, self.spec.name),
+                          "job_file": str(self.state_dir / contract.JOB_FILE),
+                          "work_dir": str(self.state_dir / WORK_DIR),
+                          "supervisor_log": str(self.state_dir / SUPERVISOR_LOG),
+                          "output_log": str(self.state_dir / OUTPUT_LOG)},
+                "processes": f"{self.spec.cards} CPU worker process(es) under msrun on 127.0.0.1, "
+                             f"restarted at most {self.spec.max_restarts} time(s)"}
+
+    def text(self) -> str:
+        import yaml
+
+        return "---\n" + yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False)
+
+    def write_dir(self, directory: str) -> list[Any]:
+        raise UsageError(f"-o {directory}: the local backend's plan is printed, not written "
+                         "(-o DIR writes Kubernetes manifests)")
+
+
+def plan(spec: js.JobSpec, *, environ: Mapping[str, str] | None = None) -> LocalPlan:
+    """What starting `spec` on this machine would do; UsageError when it cannot run here."""
     env = dict(os.environ if environ is None else environ)
-    out, err = out or sys.stdout, err or sys.stderr
     if spec.accelerator != "cpu":
         raise UsageError(f"the local backend runs CPU worker processes: use --accel cpu "
                          f"(--accel {spec.accelerator} jobs go to Kubernetes with --backend k8s)")
@@ -73,27 +108,45 @@ def submit(spec: js.JobSpec, *, environ: Mapping[str, str] | None = None,
         raise UsageError(f"the local backend runs one node, not {spec.nodes}: use --nodes 1")
     if spec.data_url is None:
         raise UsageError("submit needs --data-url: the embeddings (s3://, obs://, file:// or a path)")
+    notes = []
     if spec.train_url is None:
         spec = dataclasses.replace(spec, train_url=default_train_url(env))
-        err.write(f"leo-launch: outputs go to {spec.train_url}/{spec.name} (no --train-url)\n")
+        notes.append(f"outputs go to {spec.train_url}/{spec.name} (no --train-url)")
     # A relative path means what it means in the shell where submit was typed, not in the
     # job's work folder (where cancel would delete it).
     spec = dataclasses.replace(spec, data_url=absolute_url(spec.data_url),
                                train_url=absolute_url(spec.train_url))
-    final, token = create_job_dir(spec, env)
-    child_env = dict(env)
-    child_env[ENV_LOCAL_JOB] = f"{spec.name}:{token}"
-    child_env[ENV_LOCAL_ROOT] = str(jobs_root(env))
-    child_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    child_env.setdefault("PYTHONUNBUFFERED", "1")
+    token = uuid.uuid4().hex[:16]
+    state_dir = jobs_root(env) / spec.name
+    added = {ENV_LOCAL_JOB: f"{spec.name}:{token}", ENV_LOCAL_ROOT: str(jobs_root(env)),
+             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"}
+    if "PYTHONUNBUFFERED" not in env:
+        added["PYTHONUNBUFFERED"] = "1"
+    command = [sys.executable, "-m", "launcher.backends.supervisor", str(state_dir)]
+    return LocalPlan(spec, state_dir, command, added, token, notes, env)
+
+
+def start(planned: LocalPlan, *, out: TextIO | None = None, err: TextIO | None = None) -> None:
+    """Carry out `planned`: create its state folder, start its supervisor, detached."""
+    out, err = out or sys.stdout, err or sys.stderr
+    spec = planned.spec
+    for note in planned.notes:
+        err.write(f"leo-launch: {note}\n")
+    final, _ = create_job_dir(spec, planned.environ, token=planned.token)
+    child_env = {**planned.environ, **planned.environment}
     with open(final / SUPERVISOR_LOG, "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "launcher.backends.supervisor", str(final)],
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(planned.command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 env=child_env, cwd=final, start_new_session=True, close_fds=True)
     atomic_write(final / PID_FILE, f"{proc.pid}\n")
     out.write(f"job {spec.name} started on this machine ({spec.cards} CPU worker process(es), "
               f"supervisor pid {proc.pid}); follow it with: leo-launch logs {spec.name} -f\n")
     out.flush()
+
+
+def submit(spec: js.JobSpec, *, environ: Mapping[str, str] | None = None,
+           out: TextIO | None = None, err: TextIO | None = None) -> None:
+    """Start `spec` on this machine, detached."""
+    start(plan(spec, environ=environ), out=out, err=err)
 
 
 def absolute_url(url: str | None) -> str | None:
@@ -103,9 +156,10 @@ def absolute_url(url: str | None) -> str | None:
     return os.path.abspath(url)
 
 
-def create_job_dir(spec: js.JobSpec, environ: Mapping[str, str] | None = None) -> tuple[Path, str]:
+def create_job_dir(spec: js.JobSpec, environ: Mapping[str, str] | None = None, *,
+                   token: str | None = None) -> tuple[Path, str]:
     """Write the job's state directory (atomically: a duplicate name is refused) and
-    return it with the job's process-mark token."""
+    return it with the job's process-mark token (a new one unless given)."""
     env = dict(os.environ if environ is None else environ)
     root = jobs_root(env)
     final = root / spec.name
@@ -113,7 +167,7 @@ def create_job_dir(spec: js.JobSpec, environ: Mapping[str, str] | None = None) -
         raise JobExistsError(_exists_message(LocalJob(spec.name, final), env))
     root.mkdir(parents=True, exist_ok=True)
     remove_abandoned(root)
-    token = uuid.uuid4().hex[:16]
+    token = token or uuid.uuid4().hex[:16]
     # the creator's pid in the name: a CLI killed mid-way leaves a folder the next one removes
     tmp = root / f".{spec.name}.{token}.{os.getpid()}"
     tmp.mkdir()
@@ -402,18 +456,23 @@ class LocalBackend:
     """`Backend` on this machine (see launcher.backends.base)."""
 
     name = "local"
+    describe = "local"
+    poll = POLL
+    runs_pods = False
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         self.environ = environ
 
-    def submit(self, spec: js.JobSpec, objects: list[dict[str, Any]], *, out: TextIO,
-               err: TextIO) -> None:  # noqa: ARG002 - no manifests here
-        submit(spec, environ=self.environ, out=out, err=err)
+    def plan(self, spec: js.JobSpec) -> LocalPlan:
+        return plan(spec, environ=self.environ)
+
+    def submit(self, plan: LocalPlan, *, out: TextIO, err: TextIO) -> None:
+        start(plan, out=out, err=err)
 
     def status(self, name: str, *, progress: bool = True) -> JobStatus:
         return JobStatus(**status(name, environ=self.environ, progress=progress))
 
-    def list(self) -> list[JobStatus]:
+    def list(self, *, all_namespaces: bool = False) -> list[JobStatus]:  # noqa: ARG002 - one machine
         return [JobStatus(**item) for item in list_jobs(self.environ)]
 
     def logs(self, name: str, *, rank: int | None = None, all_ranks: bool = False,

@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from launcher.backends import get_backend
+from launcher.backends import listed_backends
 from launcher.cli.format import print_json, print_list
 from launcher.cli.options import add_cluster_arguments
 from launcher.errors import LaunchError
-from launcher.k8s.config import kube_configured
 
 HELP = "list jobs (local ones and those labelled as ours on the cluster) with phase and accuracy"
 
@@ -24,16 +23,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     items = []
-    if args.backend in ("auto", "local"):
-        items += get_backend("local").list()
-    if args.backend == "k8s" or (args.backend == "auto" and kube_configured()):
+    for backend, required in listed_backends(args.backend, context=args.context, namespace=args.namespace):
         try:
-            cluster = get_backend("k8s", context=args.context, namespace=args.namespace)
-            items += cluster.list(all_namespaces=args.all_namespaces)
+            items += backend.list(all_namespaces=args.all_namespaces)
         except LaunchError as err:
-            if args.backend == "k8s":
+            if required:
                 raise
-            print(f"leo-launch: warning: Kubernetes jobs not listed: {err}", file=sys.stderr)
+            print(f"leo-launch: warning: {backend.describe} jobs not listed: {err}", file=sys.stderr)
     rows = [item.to_dict() for item in items]
     if args.output == "json":
         print_json(rows)

@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Any
 
+from launcher.backends.kubernetes import KubernetesPlan
 from launcher.backends.kubernetes import check_cluster as preflight
 from launcher.cli.options import (
     add_job_arguments,
@@ -27,14 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "exit code 1 and no manifests when the job would not run")
 
 
-def emit(objects: list[dict[str, Any]], output_dir: str | None) -> int:
-    """Print the manifests, or write them to `output_dir` and list the files."""
-    from launcher.render.render import dump, write_dir
-
+def emit(plan: Any, output_dir: str | None) -> int:
+    """Print a plan (launcher.backends.base.Plan), or write it to `output_dir` and list the files."""
     if output_dir is None:
-        sys.stdout.write(dump(objects))
+        sys.stdout.write(plan.text())
         return 0
-    for path in write_dir(objects, output_dir):
+    for path in plan.write_dir(output_dir):
         print(path)
     return 0
 
@@ -61,6 +60,6 @@ def run(args: argparse.Namespace) -> int:
     objects = render_validated(spec)
     if args.check_cluster:
         spec, objects = check_cluster(args, spec, objects)
-    code = emit(objects, args.output_dir)
+    code = emit(KubernetesPlan(spec, objects), args.output_dir)
     print_warnings(spec)
     return code

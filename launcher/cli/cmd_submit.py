@@ -1,16 +1,15 @@
-"""`leo-launch submit`: render, validate and submit a job.
+"""`leo-launch submit`: plan a job on a backend and carry the plan out.
 
-`--dry-run` prints exactly what `render` prints. Otherwise the job goes to the backend
-`get_backend()` picks (launcher.backends): `k8s` (the cluster of the kubeconfig context)
-or `local` (the same bootstrap as detached processes on this machine); `auto` picks k8s
-when a kubeconfig or an in-cluster service account exists, else local, and says which on
-stderr.
+The job goes to the backend `get_backend()` picks (launcher.backends): `k8s` (the
+cluster of the kubeconfig context) or `local` (the same bootstrap as detached processes
+on this machine); `auto` picks k8s when a kubeconfig or an in-cluster service account
+exists, else local, and says which on stderr. The backend's plan (`Backend.plan`) is
+what `--dry-run` prints (for k8s exactly what `render` prints) and what `submit` does.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 
 from launcher.backends import choose_backend, get_backend
@@ -25,7 +24,7 @@ from launcher.cli.options import (
 )
 from launcher.errors import UsageError
 
-HELP = "submit a job to Kubernetes or run it locally (--dry-run: print the manifests)"
+HELP = "submit a job to Kubernetes or run it locally (--dry-run: print the backend's plan)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="k8s (the cluster of --context), local (processes on this machine) or "
                           "auto (default: k8s when a cluster is configured, else local)")
     sub.add_argument("--dry-run", action="store_true",
-                     help="render and validate only; print the manifests (same output as render)")
+                     help="print the backend's plan and create nothing: the manifests for k8s (as "
+                          "render prints them), the command, environment, paths and state folder "
+                          "for local")
     sub.add_argument("--wait", action="store_true",
                      help="return once every rank runs (exit code 0) or the job failed (1), "
                           "reporting why it is pending meanwhile")
@@ -46,35 +47,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from launcher.render.render import render_validated
-
     spec = spec_from_args(args)
-    objects = render_validated(spec)
-    if args.dry_run:
-        code = emit(objects, args.output_dir)
-        print_warnings(spec)
-        return code
-    if spec.data_url is None:
+    if spec.data_url is None and not args.dry_run:
         raise UsageError("submit needs --data-url: the embeddings (s3://, obs://, file:// or a path)")
-
-
     kind = choose_backend(args.backend)
     if args.backend == "auto":
         why = ("a Kubernetes configuration was found" if kind == "k8s"
                else "no Kubernetes configuration was found")
         print(f"leo-launch: backend {kind} ({why}; choose with --backend)", file=sys.stderr)
     backend = get_backend(kind, context=args.context, namespace=args.namespace)
-    namespace = getattr(backend, "namespace", None)
-    if kind == "k8s" and args.namespace is None and spec.namespace != namespace:
-        spec = dataclasses.replace(spec, namespace=namespace)  # the context's namespace
-        objects = render_validated(spec)
-    backend.submit(spec, objects, out=sys.stdout, err=sys.stderr)
-    print_warnings(spec, pods=kind == "k8s")
+    plan = backend.plan(spec)
+    if args.dry_run:
+        code = emit(plan, args.output_dir)
+        print_warnings(plan.spec, pods=backend.runs_pods)
+        return code
+    backend.submit(plan, out=sys.stdout, err=sys.stderr)
+    print_warnings(plan.spec, pods=backend.runs_pods)
     if args.follow:
-        return follow_to_end(backend, spec.name, out=sys.stdout, err=sys.stderr, poll=POLL[kind])
+        return follow_to_end(backend, spec.name, out=sys.stdout, err=sys.stderr, poll=backend.poll)
     if args.wait:
-        return wait_and_report(backend, spec.name, out=sys.stdout, err=sys.stderr, poll=POLL[kind])
+        return wait_and_report(backend, spec.name, out=sys.stdout, err=sys.stderr, poll=backend.poll)
     return 0
-
-
-POLL = {"k8s": 2.0, "local": 0.5}  # seconds between status reads while waiting

@@ -8,10 +8,9 @@ import argparse
 import sys
 
 from launcher import flavours
+from launcher.backends import BACKENDS
 from launcher.errors import UsageError
 from launcher.spec import jobspec as js
-
-BACKENDS = ("auto", "k8s", "local")
 
 
 def add_cluster_arguments(parser: argparse.ArgumentParser, *, backend: bool = True) -> None:

@@ -13,6 +13,7 @@ import sys
 import time
 
 import pytest
+import yaml
 
 from launcher.backends.base import PHASES, JobExistsError, JobNotFoundError, JobStatus
 from launcher.backends.kubernetes import KubernetesBackend
@@ -43,8 +44,29 @@ def backend(request, tmp_path, monkeypatch):
 
 def submit(backend):
     out, err = io.StringIO(), io.StringIO()
-    backend.submit(backend.test_spec, render(backend.test_spec), out=out, err=err)
+    backend.submit(backend.plan(backend.test_spec), out=out, err=err)
     return out.getvalue()
+
+
+def test_plan_creates_nothing_and_submit_does_the_plan(backend):
+    plan = backend.plan(backend.test_spec)
+    assert plan.spec.name == "leo-contract"
+    shown = list(yaml.safe_load_all(plan.text()))
+    assert backend.list() == []  # planning created nothing
+    if backend.name == "local":  # the command, its environment, the paths and the state folder
+        (shown,) = shown
+        assert shown["state_dir"] == str(plan.state_dir) and plan.state_dir.name == "leo-contract"
+        assert shown["command"][1:3] == ["-m", "launcher.backends.supervisor"]
+        assert shown["environment"]["LEO_LOCAL_JOB"] == f"leo-contract:{plan.token}"
+        assert shown["paths"]["outputs"].endswith("/out/leo-contract")
+    else:  # the manifests, exactly what render gives
+        assert [o["kind"] for o in shown] == ["ConfigMap", "Service", "Job"]
+        assert plan.objects == render(backend.test_spec)
+    backend.submit(plan, out=io.StringIO(), err=io.StringIO())
+    assert [s.name for s in backend.list()] == ["leo-contract"]
+    if backend.name == "local":  # the planned folder and process mark, not new ones
+        assert plan.state_dir.is_dir()
+        assert (plan.state_dir / "state.json").read_text().count(plan.token) == 1
 
 
 def test_submit_status_list_logs_cancel(backend):

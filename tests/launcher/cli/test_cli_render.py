@@ -75,7 +75,7 @@ def test_submit_dry_run_prints_exactly_what_render_prints(tmp_path, capsys):
     rendered = run_cli(capsys, ["render", *argv])
     submitted = run_cli(capsys, ["submit", "--dry-run", "--backend", "k8s", *argv])
     assert rendered == submitted and rendered[0] == 0
-    code, out, err = run_cli(capsys, ["submit", "--dry-run", *argv, "-o", str(tmp_path / "out")])
+    code, out, err = run_cli(capsys, ["submit", "--dry-run", "--backend", "k8s", *argv, "-o", str(tmp_path / "out")])
     assert code == 0 and len(list((tmp_path / "out").iterdir())) == 3
 
 
