@@ -94,8 +94,9 @@ class AscendJob(Flavour):
             worker = role == contract.ASCENDJOB_WORKER
             env = ctx["env"]
             out.append({
+                **ctx["pod"],  # the shared pod template's values, then this replica type's
                 "type": kind, "role": role, "replicas": spec.nodes if worker else 1, "labels": labels,
-                "npu": worker,
+                "npu": worker, "restart_policy": None, "subdomain": None, "scheduler_name": None,
                 "env": env if worker else [var for var in env if var["kind"] != "secret"],
                 "requests": ctx["requests"] if worker else dict(SCHEDULER_REQUESTS),
                 "limits": ctx["limits"] if worker else {"memory": SCHEDULER_REQUESTS["memory"]},

@@ -265,6 +265,12 @@ def context(spec: JobSpec) -> dict[str, Any]:
         "security": {"pod": podsecurity.pod_security_context(spec),
                      "container": podsecurity.container_security_context(spec)},
     }
+    # the one pod per node of the shared pod template (a flavour may make others)
+    ctx["pod"] = {"labels": pod_labels, "env": ctx["env"], "requests": requests, "limits": limits,
+                  "npu": True, "restart_policy": "Never", "subdomain": ctx["subdomain"],
+                  "scheduler_name": ctx["scheduler_name"], "anti_affinity": selector,
+                  "node_selector": ctx["node_selector"], "tolerations": ctx["tolerations"],
+                  "pinned_nodes": ctx["pinned_nodes"]}
     ctx.update(flavour.template_context(spec, ctx))
     return ctx
 

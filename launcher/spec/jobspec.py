@@ -38,6 +38,7 @@ from launcher.spec.contract import (
     NODE_RANK_ENV_VARS,
 )
 from launcher.spec.ranktable import (
+    DEVICES_PER_SERVER,
     InventoryNode,
     RankTableError,
     build_table,
@@ -63,7 +64,7 @@ ACCELERATORS = ("ascend", "nvidia", "cpu")
 DEFAULT_IMAGES = {accel: f"leo-launch:{accel}" for accel in ACCELERATORS}
 DOCKERFILES = {accel: f"images/{accel}/Dockerfile" for accel in ACCELERATORS}
 RESOURCE_NAMES = {"ascend": "huawei.com/Ascend910", "nvidia": "nvidia.com/gpu"}
-ASCEND_CARDS_PER_NODE = (1, 2, 4, 8)
+ASCEND_CARDS_PER_NODE = DEVICES_PER_SERVER  # HCCL's server sizes
 MAX_CARDS_PER_NODE = {"ascend": 8, "nvidia": 16, "cpu": 64}
 DEFAULT_CARDS_PER_NODE = 8  # --nodes defaults to ceil(cards / 8)
 # Bounds of every numeric flag: far above any real job, low enough that no check loops long.

@@ -415,7 +415,8 @@ def pod_templates(obj: dict) -> list[PodTemplate]:
     """The pod templates an object creates pods from; [] for objects without pods.
 
     Pod (spec), batch/v1 Job (spec.template), Volcano batch.volcano.sh Job
-    (spec.tasks[*].template) and AscendJob mindxdl.gitee.com (spec.replicaSpecs.*.template).
+    (spec.tasks[*].template), AscendJob mindxdl.gitee.com (spec.replicaSpecs.*.template) and
+    JobSet jobset.x-k8s.io (spec.replicatedJobs[*].template.spec.template).
     """
     kind, api = obj.get("kind"), str(obj.get("apiVersion", ""))
     name = (obj.get("metadata") or {}).get("name", "?")
@@ -435,6 +436,10 @@ def pod_templates(obj: dict) -> list[PodTemplate]:
     if kind == "AscendJob" and api.startswith("mindxdl.gitee.com/"):
         return [tpl(f"AscendJob/{name} replica {role}", (replica or {}).get("template"))
                 for role, replica in (spec.get("replicaSpecs") or {}).items()]
+    if kind == "JobSet" and api.startswith("jobset.x-k8s.io/"):
+        return [tpl(f"JobSet/{name} replicated job {r.get('name', i)}",
+                    ((r.get("template") or {}).get("spec") or {}).get("template"))
+                for i, r in enumerate(spec.get("replicatedJobs") or [])]
     return []
 
 

@@ -39,7 +39,7 @@ CARDS = (1, 8, 16)  # one node with one card, one full node, two nodes
 FLAVOURS = [
     *[("ascend", c, s, m, d) for c, s, m, d in itertools.product(
         CARDS, js.SCHEDULERS, js.RANK_TABLE_MODES, js.ASCEND_DRIVER_MOUNTS)],
-    *[(a, c, s, None, None) for a, c, s in itertools.product(("nvidia", "cpu"), CARDS, ("job", "volcano"))],
+    *[(a, c, s, None, None) for a, c, s in itertools.product(("nvidia", "cpu"), CARDS, ("job", "volcano", "jobset"))],
 ]
 # What each flavour claims (issue 16): hostPath driver mounts need privileged.
 EXPECTED = {("ascend", "hostpath"): "privileged", ("ascend", "runtime"): "restricted",
@@ -57,7 +57,7 @@ def test_every_flavour_passes_the_level_it_claims(tmp_path, accel, cards, schedu
         values["ascend_driver_mount"] = mount
         values["rank_table"] = str(write_inventory(tmp_path / "inv.yaml", nodes, cards // nodes)) \
             if mode == "file" else mode
-    refused = ((mode == "controller" and scheduler == "job")
+    refused = ((mode == "controller" and scheduler in ("job", "jobset"))
                or (scheduler == "ascendjob" and (cards < 2 or mode == "dynamic")))
     if refused:  # combinations the JobSpec refuses (see test_jobspec)
         with pytest.raises(UsageError):
