@@ -31,7 +31,7 @@ class JobSet(Flavour):
     operator = "the JobSet controller"
     crd = "jobsets.jobset.x-k8s.io"
     crd_title = "JobSet"
-    schema_file = "jobset/jobset.x-k8s.io_jobsets.yaml"
+    schema_file = "jobset/jobset-v1alpha2.schema.json"
     rank_keys = (JOB_INDEX,)
     rank_annotation = JOB_INDEX
     kueue_queue = True

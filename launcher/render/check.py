@@ -198,6 +198,8 @@ def _crd_validator(flavour: Flavour) -> Any:
     import jsonschema
     import yaml
 
+    if flavour.schema.suffix == ".json":  # a JSON Schema already strict (see its NOTICE)
+        return jsonschema.Draft7Validator(json.loads(flavour.schema.read_text()))
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     with flavour.schema.open() as handle:
         docs = list(yaml.load_all(handle, Loader=loader))  # noqa: S506 - a safe loader

@@ -172,3 +172,9 @@ def test_preflight_names_a_missing_jobset_controller():
              "metadata": {"name": jobset.FLAVOUR.crd}})
     assert preflight.run(api, spec(), render(spec()), checks=[c for c in preflight.CHECKS
                                                               if c[1] is preflight.job_flavour]).problems == []
+
+
+def test_the_committed_jobset_schema_is_what_the_pinned_api_models_generate():
+    from tests.tools import gen_jobset_schema
+
+    assert gen_jobset_schema.OUT.read_text() == gen_jobset_schema.text()
