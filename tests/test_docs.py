@@ -192,3 +192,18 @@ def test_readme_commands_run_as_written(readme, doc_env, tmp_path):
             f"{block.where}: exit {proc.returncode}, expected {block.exit}:\n{code}\n--- output:\n{output[-4000:]}")
         for text in block.expect:
             assert text in output, f"{block.where}: {text!r} not in the output:\n{output[-4000:]}"
+
+
+def test_status_json_keys_are_documented_as_they_are_printed():
+    """launcher/README.md names the keys `status -o json` always prints and those it prints
+    only when known (issue 29: `reason` was documented as always there)."""
+    import dataclasses
+
+    from launcher.backends.base import _ALWAYS, JobStatus
+
+    text = " ".join((ROOT / "launcher/README.md").read_text().split())
+    always, sometimes = re.search(r"`status -o json` prints one object with the keys (.*?) always, "
+                                  r"and these only when known: (.*?); `list -o json`", text).groups()
+    named = lambda part: set(re.findall(r"`(\w+)`", part))  # noqa: E731
+    assert named(always) == set(_ALWAYS)
+    assert named(sometimes) == {f.name for f in dataclasses.fields(JobStatus)} - set(_ALWAYS)
