@@ -58,9 +58,15 @@ class Block:
 
 
 def readmes() -> list[str]:
+    """The repository's README.md files (git's view; without git, every one outside dot folders)."""
     found = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard",
-                            "*README.md"], cwd=ROOT, capture_output=True, text=True, check=True)
-    return sorted(name for name in found.stdout.split() if Path(name).name == "README.md")
+                            "*README.md"], cwd=ROOT, capture_output=True, text=True)
+    if found.returncode == 0:
+        names = found.stdout.split()
+    else:
+        names = [str(p.relative_to(ROOT)) for p in ROOT.rglob("README.md")
+                 if not any(part.startswith(".") for part in p.relative_to(ROOT).parts)]
+    return sorted(name for name in names if Path(name).name == "README.md")
 
 
 def parse_marker(block: Block) -> None:
