@@ -13,7 +13,9 @@ carries from block to block, as a reader's shell would), with this venv first on
 real S3 server (SeaweedFS, bucket `bkt`) as the only AWS endpoint, no kubeconfig (so
 `--backend auto` means this machine) and local jobs under the scratch folder. `replace`
 fills in a placeholder or shortens a run; `expect` text must appear in the block's output;
-`exit` is the expected exit code (default 0). Blocks that are not commands are labelled
+`exit` is the expected exit code (default 0); `each` runs every command of the block on
+its own, e.g. a cluster command that must get past argument parsing (exit 2) and stop at
+"no cluster" (exit 1), which checks its flags. Blocks that are not commands are labelled
 `text`, `yaml`, `json`, ... and are not run.
 """
 
@@ -51,6 +53,7 @@ class Block:
     replace: list[tuple[str, str]] = field(default_factory=list)
     expect: list[str] = field(default_factory=list)
     exit: int = 0
+    each: bool = False  # run every command on its own (each must exit `exit`)
 
     @property
     def where(self) -> str:
@@ -89,6 +92,8 @@ def parse_marker(block: Block) -> None:
             block.expect.append(m[1])
         elif m := re.fullmatch(r"exit (\d+)", part):
             block.exit = int(m[1])
+        elif part == "each":
+            block.each = True
         else:
             raise ValueError(f"{block.where}: unknown doc-test option {part!r}")
 
@@ -188,16 +193,27 @@ def test_readme_commands_run_as_written(readme, doc_env, tmp_path):
         code = block.code
         for old, new in block.replace:
             code = code.replace(old, new)
-        try:
-            proc = subprocess.run(["bash", "-e", "-c", code], cwd=work, env=doc_env,
-                                  capture_output=True, text=True, timeout=BLOCK_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"{block.where}: still running after {BLOCK_TIMEOUT} s:\n{code}")
-        output = proc.stdout + proc.stderr
-        assert proc.returncode == block.exit, (
-            f"{block.where}: exit {proc.returncode}, expected {block.exit}:\n{code}\n--- output:\n{output[-4000:]}")
-        for text in block.expect:
-            assert text in output, f"{block.where}: {text!r} not in the output:\n{output[-4000:]}"
+        for command in commands(code) if block.each else [code]:
+            run_block(block, command, work, doc_env)
+
+
+def commands(code: str) -> list[str]:
+    """The commands of a block: continuation lines joined, comments and blank lines dropped."""
+    lines = code.replace("\\\n", " ").splitlines()
+    return [line for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+def run_block(block: Block, code: str, work: Path, doc_env: dict[str, str]) -> None:
+    try:
+        proc = subprocess.run(["bash", "-e", "-c", code], cwd=work, env=doc_env,
+                              capture_output=True, text=True, timeout=BLOCK_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{block.where}: still running after {BLOCK_TIMEOUT} s:\n{code}")
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == block.exit, (
+        f"{block.where}: exit {proc.returncode}, expected {block.exit}:\n{code}\n--- output:\n{output[-4000:]}")
+    for text in block.expect:
+        assert text in output, f"{block.where}: {text!r} not in the output:\n{output[-4000:]}"
 
 
 def test_status_json_keys_are_documented_as_they_are_printed():
