@@ -32,6 +32,7 @@ from pathlib import Path
 import pytest
 
 from launcher.spec.contract import SECRET_KEYS
+from tests.s3server import free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 SHELL_LABELS = {"", "sh", "bash", "shell", "console"}
@@ -174,7 +175,8 @@ def doc_env(s3_env, tmp_path):
     env.update(s3_env.env())
     env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}", HOME=str(tmp_path),
                XDG_STATE_HOME=str(tmp_path / "state"), KUBECONFIG=str(tmp_path / "no-kubeconfig"),
-               AWS_ENDPOINT_URL=s3_env.endpoint, DOC_REPO=str(ROOT))
+               AWS_ENDPOINT_URL=s3_env.endpoint, DOC_REPO=str(ROOT),
+               DOC_PORT=str(free_ports(1)[0]))  # for msrun: other suites on this machine use ports too
     yield env
     # A block that fails may leave a local job running: stop every one.
     listed = subprocess.run(["leo-launch", "list", "-o", "json"], env=env, cwd=tmp_path,
