@@ -28,7 +28,7 @@ lint: install
 	$(BIN)/ruff check launcher leo_core tests
 	$(BIN)/lint-imports --no-cache
 
-# The real-image few-shot benchmark, built offline (README, "Glyph benchmark").
+# The real-image few-shot benchmark, built offline (leo_core/README.md, "Glyph benchmark").
 .PHONY: glyphs
 glyphs: install
 	$(BIN)/python -m leo_core.glyphs --out data

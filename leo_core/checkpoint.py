@@ -12,7 +12,7 @@ pointers are replaced atomically after it, so a reader never sees a partial one.
 Only the directories the two pointers name are kept. `leo_core.ckpt_format` reads and
 converts weights files (`.ckpt`/`.npz`, this project's or the ModelZoo port's names):
 
-    python -m leo_core.checkpoint convert IN OUT --names modelzoo|leo
+    python -m leo_core.checkpoint convert IN OUT [--names modelzoo|leo]   # default by OUT's suffix
 """
 
 from __future__ import annotations

@@ -9,8 +9,9 @@ written by `mindspore.save_checkpoint` under this project's names, so
 `load_weights` reads initial weights (`leo_core.train --init`) and weights to evaluate
 (`leo_core.evaluate --checkpoint`) from a `.ckpt` or `.npz` file, a checkpoint step
 directory, a training output directory or a `latest.json`/`best.json` pointer, in either
-naming; `convert` (CLI: `python -m leo_core.checkpoint convert IN OUT --names
-modelzoo|leo`) writes them in either naming, so a checkpoint trained here opens in the port.
+naming; `convert` (CLI: `python -m leo_core.checkpoint convert IN OUT [--names
+modelzoo|leo]`) writes them in either naming (by default the port's for a `.ckpt`, this
+project's for an `.npz`), so a checkpoint trained here opens in the port.
 
 Names and layouts (D = 640 embedding size, L = num_latents). This project keeps Sonnet's
 `[in, out]` linear weights; the port's `nn.Dense` layers store `[out, in]`. Its names are
@@ -282,14 +283,21 @@ def save_npz(path: str | Path, params: dict[str, np.ndarray], names: str = "leo"
     return notes
 
 
-def convert(src: str | Path, dst: str | Path, names: str = "modelzoo", which: str = "best",
+# The naming an output gets unless --names says otherwise: the port reads .ckpt files,
+# and .npz is this project's own format.
+DEFAULT_NAMES = {".ckpt": "modelzoo", ".npz": "leo"}
+
+
+def convert(src: str | Path, dst: str | Path, names: str | None = None, which: str = "best",
             num_latents: int | None = None) -> tuple[Weights, list[str]]:
     """Read `src` (any accepted file or directory, either naming) and write `dst` (.ckpt or
-    .npz by its suffix) in `names`. Returns what was read and notes on lossy steps."""
+    .npz by its suffix) in `names` (default: the port's for .ckpt, this project's for .npz).
+    Returns what was read and notes on lossy steps."""
     dst = Path(dst)
     writer = {".ckpt": save_ckpt, ".npz": save_npz}.get(dst.suffix.lower())
     if writer is None:
         raise WeightsFileError(f"{dst}: the output must end in .ckpt or .npz")
+    names = names or DEFAULT_NAMES[dst.suffix.lower()]
     if names not in NAMINGS:
         raise WeightsFileError(f"names must be one of {', '.join(NAMINGS)}, not {names!r}")
     weights = load_weights(src, num_latents, which)
@@ -305,8 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     conv = sub.add_parser("convert", help="write IN's weights to OUT (.ckpt or .npz) in the chosen naming")
     conv.add_argument("src", metavar="IN", help=".ckpt/.npz file, step directory, output directory or pointer")
     conv.add_argument("dst", metavar="OUT", type=Path, help="file to write, ending in .ckpt or .npz")
-    conv.add_argument("--names", choices=NAMINGS, default="modelzoo",
-                      help="parameter names and layouts to write (default modelzoo)")
+    conv.add_argument("--names", choices=NAMINGS, default=None,
+                      help="parameter names and layouts to write (default: modelzoo for .ckpt, "
+                           "leo for .npz)")
     conv.add_argument("--which", choices=("best", "latest"), default="best",
                       help="pointer to follow when IN is a training output directory (default best)")
     args = parser.parse_args(argv)
@@ -317,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
-    print(f"wrote {args.dst} ({args.names} names) from {weights.path} ({weights.naming} names"
+    names = args.names or DEFAULT_NAMES[args.dst.suffix.lower()]
+    print(f"wrote {args.dst} ({names} names) from {weights.path} ({weights.naming} names"
           + (f", step {weights.step}" if weights.step is not None else "") + ")")
     return 0

@@ -157,7 +157,7 @@ _RUNTIME_CONFIGURED = False
 def configure_runtime() -> None:
     """Apply `LEO_MS_THREADS` (MindSpore's CPU kernel thread pool size) once per process.
 
-    Unset: MindSpore's default. See the README's performance section for what was
+    Unset: MindSpore's default. See tests/benchmarks/README.md for what was
     measured; the setting must come before the first graph runs."""
     global _RUNTIME_CONFIGURED
     if _RUNTIME_CONFIGURED:

@@ -4,7 +4,7 @@ The profiler records every operator launch of the compiled step (on CPU: host-si
 kernel times; on Ascend/GPU the device timeline as well) for `steps` steps after
 `skip` steps (the first compiles the graph). Each rank writes under `DIR/rank-<r>/`;
 when the profiler has parsed its data, `op_summary.txt` there lists the operator time
-per step by operator type, the table the README's breakdown comes from:
+per step by operator type, the table tests/benchmarks/README.md's breakdown comes from:
 
     python -m leo_core.profiling DIR/rank-0     # prints the summary again
 

@@ -75,7 +75,7 @@ full data's chance that two classes of a split share a category.
 
 For comparison, LEO itself reports 0.618 / 0.776 on the real miniImageNet embeddings and
 0.663 / 0.814 on tieredImageNet: NCM here is near those numbers, so the synthetic tasks
-are about as hard as the real ones. Trained LEO on this family (README, Results) does
+are about as hard as the real ones. Trained LEO on this family (leo_core/README.md, Results) does
 improve on NEW classes (mini_5shot, 300 steps, 1,000 meta-test tasks: untrained
 62.9%, trained 72.3%, NCM 78.1%). Full-size
 miniImageNet takes ~2 s to write; full-size tieredImageNet ~20 s with a peak of ~1.9 GB

@@ -93,6 +93,18 @@ def test_our_names_in_either_format(tmp_path, suffix):
         np.testing.assert_array_equal(weights.params[name], params[name], err_msg=name)
 
 
+def test_convert_names_default_by_extension(tmp_path):
+    """`convert IN OUT.npz` writes this project's names, `OUT.ckpt` the port's (issue 29)."""
+    src = tmp_path / "in.npz"
+    ckpt_format.save_npz(src, trained_like(6))
+    ckpt_format.convert(src, tmp_path / "out.npz")
+    ckpt_format.convert(src, tmp_path / "out.ckpt")
+    assert load_weights(tmp_path / "out.npz", CFG.num_latents).naming == "leo"
+    assert load_weights(tmp_path / "out.ckpt", CFG.num_latents).naming == "modelzoo"
+    ckpt_format.convert(src, tmp_path / "port.npz", names="modelzoo")  # an explicit choice wins
+    assert load_weights(tmp_path / "port.npz", CFG.num_latents).naming == "modelzoo"
+
+
 # ---------------------------------------------------------------- bad files
 
 
