@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 
 from launcher.spec.contract import SECRET_KEYS
-from tests.s3server import free_ports
+from launcher.util.s3server import free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 SHELL_LABELS = {"", "sh", "bash", "shell", "console"}
