@@ -23,14 +23,17 @@ BACKENDS = ("auto", "k8s", "local")
 
 
 def choose_backend(requested: str, name: str | None = None,
-                   environ: Mapping[str, str] | None = None) -> str:
-    """`k8s` or `local` (see the module docstring)."""
+                   environ: Mapping[str, str] | None = None, *, accel: str | None = None) -> str:
+    """`k8s` or `local` (see the module docstring). A new job on an accelerator (`accel`
+    other than cpu) can only run on a cluster: auto picks k8s for it."""
     if requested in ("k8s", "local"):
         return requested
     if requested != "auto":
         raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}")
     if name is not None and local_job_exists(name, environ):
         return "local"
+    if accel not in (None, "cpu"):
+        return "k8s"
     return "k8s" if kube_configured(environ) else "local"
 
 

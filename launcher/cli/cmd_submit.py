@@ -50,9 +50,10 @@ def run(args: argparse.Namespace) -> int:
     spec = spec_from_args(args)
     if spec.data_url is None and not args.dry_run:
         raise UsageError("submit needs --data-url: the embeddings (s3://, obs://, file:// or a path)")
-    kind = choose_backend(args.backend)
+    kind = choose_backend(args.backend, accel=spec.accelerator)
     if args.backend == "auto":
-        why = ("a Kubernetes configuration was found" if kind == "k8s"
+        why = (f"--accel {spec.accelerator} runs on a cluster" if spec.accelerator != "cpu" and kind == "k8s"
+               else "a Kubernetes configuration was found" if kind == "k8s"
                else "no Kubernetes configuration was found")
         print(f"leo-launch: backend {kind} ({why}; choose with --backend)", file=sys.stderr)
     backend = get_backend(kind, context=args.context, namespace=args.namespace)

@@ -246,6 +246,9 @@ def test_kubeconfig_discovery_and_backend_choice(tmp_path):
     assert not kconfig.kube_configured(env)
     assert backends.choose_backend("auto", None, env) == "local"
     assert backends.choose_backend("auto", "leo-x", env) == "local"  # cancel: nothing to do
+    # a new accelerator job can only run on a cluster: auto never picks local for it
+    assert backends.choose_backend("auto", None, env, accel="ascend") == "k8s"
+    assert backends.choose_backend("auto", None, env, accel="cpu") == "local"
     with pytest.raises(jobs.JobNotFoundError, match="no Kubernetes cluster is configured"):
         backends.get_backend("auto", "leo-x", environ=env).status("leo-x")
     config.write_text("apiVersion: v1\n")
