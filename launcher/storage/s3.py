@@ -91,6 +91,11 @@ def make_client(scheme: str, options: StorageOptions):
     return client
 
 
+# Bounds of one listing (1,000 keys a page): far above any job's tree, far below a hang.
+MAX_LIST_PAGES = 20_000
+MAX_LIST_KEYS = 2_000_000
+
+
 class StorageTimeout(StorageError):
     """A storage request got no answer within the deadline (exit code 1)."""
 
@@ -204,10 +209,15 @@ class ObjectStore:
         full = self._key(prefix)
         root = f"{self.prefix}/" if self.prefix else ""
         found: dict[str, ObjectInfo] = {}
+        # A server answering IsTruncated with a fresh token forever must not hang us: the
+        # listing ends within the storage deadline of its last new key and MAX_LIST_PAGES.
+        deadline = self.options.resolved_timeout()
+        progress_at = time.monotonic()
         try:
             pages = self.client.get_paginator("list_objects_v2").paginate(
                 Bucket=self.bucket, Prefix=f"{full}/" if full else "")
-            for page in pages:
+            for number, page in enumerate(pages, 1):
+                before = len(found)
                 for obj in page.get("Contents", ()):
                     key = obj["Key"]
                     if key.endswith("/") or not key.startswith(root):
@@ -215,6 +225,15 @@ class ObjectStore:
                     rel = key[len(root):]
                     found[rel] = ObjectInfo(rel, int(obj["Size"]), etag=_etag(obj.get("ETag")),
                                             mtime=_timestamp(obj.get("LastModified")))
+                now = time.monotonic()
+                progress_at = now if len(found) > before else progress_at
+                if now - progress_at > deadline or number >= MAX_LIST_PAGES \
+                        or len(found) > MAX_LIST_KEYS:
+                    raise StorageError(
+                        f"listing {self.url.child(prefix) if prefix else self.url} did not end "
+                        f"({number} pages, {len(found)} keys; limits: {MAX_LIST_PAGES} pages, "
+                        f"{MAX_LIST_KEYS} keys, {deadline:.0f} s without a new key): the server "
+                        "keeps answering IsTruncated")
         except Exception as err:  # noqa: BLE001 - translated
             raise self._error(err, prefix) from err
         return found
