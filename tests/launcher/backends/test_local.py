@@ -83,6 +83,28 @@ def test_what_the_local_backend_refuses(tmp_path):
         lb.create_job_dir(spec(), env)
 
 
+def test_submit_refuses_urls_inside_the_state_folder(tmp_path):
+    env = {"XDG_STATE_HOME": str(tmp_path)}
+    inside = str(localjob.jobs_root(env) / "leo-a" / "work")
+    for values in ({"train_url": inside}, {"data_url": f"file://{inside}"}):
+        with pytest.raises(UsageError, match="inside the launcher's state folder"):
+            lb.submit(spec(**values), environ=env)
+    assert not localjob.jobs_root(env).exists()  # nothing half-created
+
+
+def test_cancel_keeps_another_jobs_outputs_inside_its_folder(tmp_path):
+    # Job B's --train-url inside job A's state folder (submitted before submit refused it).
+    env = {"XDG_STATE_HOME": str(tmp_path)}
+    a, _ = lb.create_job_dir(spec(name="leo-a"), env)
+    lb.create_job_dir(spec(name="leo-b", train_url=str(a / "work" / "out")), env)
+    published = a / "work" / "out" / "leo-b"
+    (published / "checkpoints").mkdir(parents=True)
+    (published / "result.json").write_text("{}")
+    message = lb.cancel("leo-a", environ=env, grace=0.1)
+    assert "kept" in message and str(published) in message
+    assert (published / "result.json").is_file()
+
+
 # ------------------------------------------------------------------ end to end
 
 
