@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from leo_core import bounded
+
 CONFIG_DIR = Path(__file__).parent / "configs"
 # glyphs: the real-image benchmark `python -m leo_core.glyphs` builds offline.
 DATASETS = ("miniImageNet", "tieredImageNet", "glyphs")
@@ -180,9 +182,9 @@ def experiment_names() -> list[str]:
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as err:
-        raise ConfigError(f"cannot read config {path}: {err.strerror}") from None
+        data = bounded.yaml_load(bounded.read_text(path, what="config"), f"config {path}")
+    except bounded.BoundedFileError as err:
+        raise ConfigError(str(err)) from None
     except yaml.YAMLError as err:
         raise ConfigError(f"config {path} is not valid YAML: {str(err).splitlines()[0]}") from None
     if not isinstance(data, dict):

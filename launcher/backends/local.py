@@ -57,6 +57,7 @@ from launcher.spec.contract import ENV_LOCAL_JOB
 from launcher.util.files import atomic_write, write_json
 from launcher.util.procs import kill_processes
 from launcher.util.times import age
+from launcher.util.userfile import load_yaml
 
 # ------------------------------------------------------------------ submit
 
@@ -466,13 +467,11 @@ class LocalBackend:
         """From the job's job.yaml, read leniently (a job of another version has one too)."""
         job_yaml = job_dir(name, self.environ) / contract.JOB_FILE
         try:
-            import yaml
-
-            data = yaml.safe_load(job_yaml.read_text())
+            data = load_yaml(job_yaml.read_text(), str(job_yaml))
         except FileNotFoundError as err:
             raise JobNotFoundError(f"unknown job {name!r}: {job_yaml} does not exist; pass the "
                                    f"job's URL instead (<train_url>/{name})") from err
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, UsageError) as err:
             raise LaunchError(f"cannot read {job_yaml}: {str(err).splitlines()[0]}") from err
         train_url = data.get("train_url") if isinstance(data, dict) else None
         if not train_url and isinstance(data, dict) and isinstance(data.get("spec"), dict):

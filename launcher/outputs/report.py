@@ -51,6 +51,7 @@ from launcher.storage import (
     parse_url,
 )
 from launcher.util.files import atomic_write
+from launcher.util.userfile import load_yaml
 
 
 @dataclass(frozen=True)
@@ -182,7 +183,9 @@ def parse_job(data: bytes, where: str = JOB_FILE) -> dict[str, Any]:
     import yaml
 
     try:
-        job = yaml.load(data, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506
+        job = load_yaml(data.decode("utf-8", "replace"), where)
+    except UsageError as err:
+        raise LaunchError(str(err)) from None
     except yaml.YAMLError as err:
         raise LaunchError(f"{where} is not valid YAML: {str(err).splitlines()[0]}") from err
     if not isinstance(job, dict):
