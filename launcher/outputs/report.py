@@ -50,7 +50,7 @@ from launcher.storage import (
     open_store,
     parse_url,
 )
-from launcher.util.files import atomic_write
+from launcher.util.files import atomic_write, refuse_non_regular
 from launcher.util.userfile import load_yaml
 
 
@@ -235,6 +235,10 @@ def check_png_target(path: str | os.PathLike) -> Path:
         raise UsageError(f"--png {path}: is a directory; give a file name such as {target / 'curves.png'}")
     if not target.parent.is_dir():
         raise UsageError(f"--png {path}: directory {target.parent} does not exist")
+    try:
+        refuse_non_regular(target)
+    except OSError as err:
+        raise UsageError(f"--png {path}: {err.strerror}") from None
     return target
 
 
