@@ -132,13 +132,18 @@ def percent(fraction: float, ci95: float | None = None) -> str:
 
 # ----------------------------------------------------------------------------- reading
 
+# What report reads into memory: a run of 10^6 logged steps writes ~200 MB of metrics.jsonl;
+# result.json and job.yaml are a few kB. Larger objects are refused (exit 1), not loaded.
+MAX_METRICS_BYTES = 1024 * 2**20
+MAX_SMALL_BYTES = 16 * 2**20
+
 def load_report(job_url: str, *, options: StorageOptions | None = None) -> RunReport:
     """Read metrics.jsonl (required), result.json and job.yaml under `job_url`."""
     base = parse_url(job_url)
     options = dataclasses.replace(options or StorageOptions(), progress=False)
     with open_store(base, options) as store:
         try:
-            metrics = store.get_bytes(METRICS_FILE)
+            metrics = store.get_bytes(METRICS_FILE, MAX_METRICS_BYTES)
         except NotFoundError as err:
             raise LaunchError(f"no metrics: {store.url.child(METRICS_FILE)} does not exist (the job "
                               "has not logged a step yet, or the URL is not a job's "
@@ -173,7 +178,7 @@ def load_report(job_url: str, *, options: StorageOptions | None = None) -> RunRe
 
 def _optional(store: Store, key: str) -> bytes | None:
     try:
-        return store.get_bytes(key)
+        return store.get_bytes(key, MAX_SMALL_BYTES)
     except NotFoundError:
         return None
 

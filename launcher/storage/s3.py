@@ -40,6 +40,7 @@ from launcher.storage.base import (
     StorageOptions,
     StorageURL,
     redact_endpoint,
+    too_large,
 )
 from launcher.storage.files import (
     CHUNK,
@@ -248,8 +249,8 @@ class ObjectStore:
             raise self._error(err, key, probe=True) from err
         return _head_info(key, head)
 
-    def get_bytes(self, key: str) -> bytes:
-        data, _ = self._get(key)
+    def get_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
+        data, _ = self._get(key, max_bytes)
         return data
 
     def _get_object(self, key: str, what) -> dict:
@@ -262,12 +263,19 @@ class ObjectStore:
                 raise NotFoundError(f"{what} does not exist") from err
             raise self._error(err, key, probe=True) from err
 
-    def _get(self, key: str) -> tuple[bytes, str]:
-        """GET a whole object with retries of interrupted bodies; verified; (data, sha256)."""
+    def _get(self, key: str, max_bytes: int | None = None) -> tuple[bytes, str]:
+        """GET a whole object with retries of interrupted bodies; verified; (data, sha256).
+        With `max_bytes`, a larger object is refused before (or while, if the server's
+        Content-Length lies) reading it."""
         for attempt in range(1, self._attempts + 1):
             response = self._get_object(key, self.url.child(key))
+            size = int(response.get("ContentLength") or 0)
             try:
-                data = response["Body"].read()
+                if max_bytes is not None and size > max_bytes:
+                    raise too_large(self.url.child(key), size, max_bytes)
+                data = response["Body"].read(max_bytes + 1 if max_bytes is not None else None)
+                if max_bytes is not None and len(data) > max_bytes:
+                    raise too_large(self.url.child(key), len(data), max_bytes)
                 break
             except _BODY_ERRORS as err:
                 if attempt == self._attempts:
