@@ -216,7 +216,10 @@ def _fetch_checkpoint(store: Store, name: str, dest_root: Path,
         raise local_error(err, dest) from err
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:  # a file (or link) that stood where the checkpoint goes: rmtree leaves it
+            old.unlink(missing_ok=True)
     return dest, manifest
 
 

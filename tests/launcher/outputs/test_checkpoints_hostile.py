@@ -59,3 +59,19 @@ def test_duplicate_manifest_entries_are_refused():
 def test_pointer_json_round_trip_is_unchanged():
     assert _parse_pointer(json.dumps({"step": 3, "path": "step-3"}).encode(), "p") == \
         {"step": 3, "path": "step-3"}
+
+
+def test_fetching_over_a_file_of_the_same_name_leaves_no_temporary(tmp_path):
+    from launcher.outputs.checkpoints import _fetch_checkpoint
+    from launcher.storage import StorageOptions, open_store
+
+    out, remote = tmp_path / "out", tmp_path / "remote" / "job"
+    with Publisher(out, str(remote), options=StorageOptions(progress=False)) as publisher:
+        write_checkpoint(out, 100, accuracy=0.5)
+        publisher.final()
+    dest_root = tmp_path / "pulled"
+    dest_root.mkdir()
+    (dest_root / "step-100").write_text("a file where the checkpoint goes")
+    with open_store(str(remote), StorageOptions(progress=False)) as store:
+        dest, _ = _fetch_checkpoint(store, "step-100", dest_root)
+    assert dest.is_dir() and sorted(p.name for p in dest_root.iterdir()) == ["step-100"]

@@ -194,3 +194,24 @@ def test_the_default_deadline_is_about_a_minute_and_help_says_how_to_raise_it(ca
         with pytest.raises(SystemExit):
             cli.main([command, "--help"])
         assert "--storage-timeout SECONDS" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ issue 22, low list
+
+
+def test_push_says_it_skipped_a_fifo(tmp_path, capsys):
+    src = tree(tmp_path / "src", {"a.txt": b"a"})
+    os.mkfifo(src / "pipe")
+    code = cli.main(["push", str(src), str(tmp_path / "dst")])
+    captured = capsys.readouterr()
+    assert code == 0 and keys(tmp_path / "dst") == {"a.txt"}
+    assert "skipped pipe: not a regular file" in captured.err
+
+
+def test_a_local_error_without_a_path_names_something():
+    import errno
+
+    from launcher.storage.files import local_error
+
+    message = str(local_error(OSError(errno.ENOSPC, "No space left on device")))
+    assert not message.startswith(":") and "No space left on device" in message
