@@ -215,3 +215,10 @@ def test_a_local_error_without_a_path_names_something():
 
     message = str(local_error(OSError(errno.ENOSPC, "No space left on device")))
     assert not message.startswith(":") and "No space left on device" in message
+
+
+def test_terminal_escapes_in_a_key_are_not_printed_raw(tmp_path, capsys):
+    remote = tree(tmp_path / "remote", {"job/a.txt": b"a"})
+    code = cli.main(["pull", str(remote / "job" / "x\x1b[2Jy.txt"), "--to", str(tmp_path / "d")])
+    err = capsys.readouterr().err
+    assert code != 0 and "\x1b" not in err and "\\x1b[2J" in err, err
