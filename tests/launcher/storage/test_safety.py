@@ -218,7 +218,12 @@ def test_a_local_error_without_a_path_names_something():
 
 
 def test_terminal_escapes_in_a_key_are_not_printed_raw(tmp_path, capsys):
-    remote = tree(tmp_path / "remote", {"job/a.txt": b"a"})
-    code = cli.main(["pull", str(remote / "job" / "x\x1b[2Jy.txt"), "--to", str(tmp_path / "d")])
+    evil = "sub\x1b[2J"
+    remote = tree(tmp_path / "remote", {f"{evil}/a.txt": b"a"})
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / evil).symlink_to(tmp_path, target_is_directory=True)  # makes pull name the key
+    code = cli.main(["pull", str(remote), "--tree", "--to", str(dest)])
     err = capsys.readouterr().err
-    assert code != 0 and "\x1b" not in err and "\\x1b[2J" in err, err
+    assert code != 0 and "symbolic link" in err, err
+    assert "\x1b" not in err and "\\x1b[2J" in err, err
