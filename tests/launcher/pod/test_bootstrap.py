@@ -237,11 +237,11 @@ def test_the_last_publication_after_a_failure_is_bounded():
 
 @pytest.mark.integration
 def test_an_empty_data_prefix_is_bad_data(s3_env, tmp_path):
+    import secrets
+
     from launcher.pod.stage import BadData
     from launcher.pod.stage import stage as stage_data
     from launcher.storage import StorageOptions
-
-    import secrets
 
     bucket = s3_env.create_bucket("leo-empty-" + secrets.token_hex(4))
     options = StorageOptions(endpoint=s3_env.endpoint, path_style=True, progress=False)
