@@ -31,7 +31,7 @@ from leo_core.checkpoint_paths import (  # noqa: F401 - part of this module's in
     checkpoints_dir,
     resolve,
 )
-from leo_core.ckpt_format import CKPT_NAME, save_ckpt
+from leo_core.ckpt_format import CKPT_NAME, check_finite, read_npz, save_ckpt
 
 
 @dataclass
@@ -93,20 +93,25 @@ def prune(out: str | Path) -> None:
 
 
 def load(path: str | Path, which: str = "latest") -> Checkpoint:
+    """A complete, well-formed checkpoint, or CheckpointError (one line naming the file)."""
     step_dir = resolve(path, which)
     if not (step_dir / "weights.npz").exists():
         raise CheckpointError(f"checkpoint {step_dir} has no weights.npz (resuming needs the .npz files)")
+    params = read_npz(step_dir / "weights.npz")
+    check_finite(params, step_dir / "weights.npz")
+    optimizer = {}
+    if (step_dir / "optimizer.npz").exists():
+        optimizer = read_npz(step_dir / "optimizer.npz")
+        check_finite(optimizer, step_dir / "optimizer.npz")
+    state_file = step_dir / "state.json"
     try:
-        with np.load(step_dir / "weights.npz") as weights:
-            params = {k: weights[k] for k in weights.files}
-        optimizer = {}
-        if (step_dir / "optimizer.npz").exists():
-            with np.load(step_dir / "optimizer.npz") as opt:
-                optimizer = {k: opt[k] for k in opt.files}
-        state = json.loads((step_dir / "state.json").read_text())
+        state = json.loads(state_file.read_text())
     except (OSError, ValueError) as err:
-        raise CheckpointError(f"checkpoint {step_dir} is unreadable: {err}") from None
-    return Checkpoint(int(state["step"]), params, optimizer, state, step_dir)
+        raise CheckpointError(f"{state_file} is unreadable: {err}") from None
+    step = state.get("step") if isinstance(state, dict) else None
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise CheckpointError(f"{state_file} has no valid step (got {step!r})")
+    return Checkpoint(step, params, optimizer, state, step_dir)
 
 
 if __name__ == "__main__":

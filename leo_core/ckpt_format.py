@@ -92,6 +92,51 @@ class Weights:
 # ---------------------------------------------------------------- reading
 
 
+# A checkpoint of the largest configuration (num_latents 4096) holds well under this; the
+# .npy headers are checked against it before any array is inflated (a 4.8 MB zip can
+# declare a 4 GiB array).
+MAX_NPZ_BYTES = 2 * 2**30
+
+
+def read_npz(path: str | Path, max_bytes: int | None = None) -> dict[str, np.ndarray]:
+    """The numeric arrays of an .npz file, refusing (WeightsFileError) before inflating
+    anything when its headers declare more than `max_bytes` or a non-numeric dtype."""
+    import zipfile
+
+    path, max_bytes = Path(path), max_bytes or MAX_NPZ_BYTES
+    try:
+        with zipfile.ZipFile(path) as archive:
+            total = 0
+            for info in archive.infolist():
+                with archive.open(info) as member:
+                    version = np.lib.format.read_magic(member)
+                    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                                   else np.lib.format.read_array_header_2_0)
+                    shape, _, dtype = read_header(member)
+                if dtype.hasobject or dtype.kind not in "biuf":
+                    raise WeightsFileError(f"{path}: {info.filename} has dtype {dtype}, not a "
+                                           "numeric array")
+                total += int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+                if total > max_bytes:
+                    raise WeightsFileError(
+                        f"{path}: {info.filename} declares shape {_shape(shape)}: the file would "
+                        f"inflate to more than {max_bytes // 2**30} GiB (not a checkpoint)")
+        with np.load(path, allow_pickle=False) as data:
+            return {name: np.asarray(data[name]) for name in data.files}
+    except WeightsFileError:
+        raise
+    except Exception as err:  # noqa: BLE001 - zip, zlib and npy errors differ by version
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise WeightsFileError(f"{path}: not a readable .npz file: {reason}") from None
+
+
+def check_finite(arrays: dict[str, np.ndarray], path: str | Path) -> None:
+    """WeightsFileError naming the first array holding NaN or infinite values."""
+    for name, value in arrays.items():
+        if np.issubdtype(np.asarray(value).dtype, np.floating) and not np.isfinite(value).all():
+            raise WeightsFileError(f"{path}: {name} holds NaN or infinite values")
+
+
 def read_arrays(path: str | Path) -> dict[str, np.ndarray]:
     """The named arrays of a `.ckpt` or `.npz` file, as stored."""
     path = Path(path)
@@ -100,8 +145,7 @@ def read_arrays(path: str | Path) -> dict[str, np.ndarray]:
     suffix = path.suffix.lower()
     try:
         if suffix == ".npz":
-            with np.load(path, allow_pickle=False) as data:
-                return {name: np.asarray(data[name]) for name in data.files}
+            return read_npz(path)
         if suffix == ".ckpt":
             import mindspore as ms
 
@@ -224,6 +268,7 @@ def load_weights(path: str | Path, num_latents: int | None = None, which: str = 
     """
     file = weights_file(path, which)
     params, naming = map_names(read_arrays(file), file, dim, num_latents)
+    check_finite(params, file)
     state = _state_next_to(file)
     step = state.get("step")
     return Weights(params, naming, file, step if isinstance(step, int) else None, state)

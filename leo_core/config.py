@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from leo_core import bounded
+
 CONFIG_DIR = Path(__file__).parent / "configs"
 # glyphs: the real-image benchmark `python -m leo_core.glyphs` builds offline.
 DATASETS = ("miniImageNet", "tieredImageNet", "glyphs")
@@ -79,6 +81,35 @@ class ExperimentConfig:
         return dataclasses.replace(self, **values)
 
 
+# Bounds (lowest, highest) of every numeric field, checked whenever a config is built: so
+# `leo_core.train` and the launcher's render/submit refuse the same values (exit 2), instead
+# of pods crashing on a 10^20 batch or allocating 298 GiB for num_latents=100000.
+FIELD_BOUNDS: dict[str, tuple[float, float]] = {
+    "num_classes": (2, 1000),
+    "num_tr_examples_per_class": (1, 1000),
+    "num_val_examples_per_class": (1, 1000),
+    "total_examples_per_class": (1, 100_000),
+    "num_latents": (1, 4096),
+    "inner_unroll_length": (0, 1000),
+    "finetuning_unroll_length": (0, 1000),
+    "inner_lr_init": (0, 1e6),
+    "finetuning_lr_init": (0, 1e6),
+    "kl_weight": (0, 1e6),
+    "encoder_penalty_weight": (0, 1e6),
+    "l2_penalty_weight": (0, 1e6),
+    "orthogonality_penalty_weight": (0, 1e6),
+    "metatrain_batch_size": (1, 10_000),
+    "metavalid_batch_size": (1, 10_000),
+    "metatest_batch_size": (1, 10_000),
+    "num_steps_limit": (1, 10**9),
+    "outer_lr": (0, 10),
+    "gradient_threshold": (0, 1e6),
+    "gradient_norm_threshold": (0, 1e6),
+    "checkpoint_steps": (1, 10**9),
+    "num_validation_batches": (1, 100_000),
+}
+_POSITIVE = {"outer_lr"} | {key for key, (low, _) in FIELD_BOUNDS.items() if low >= 1}
+
 FIELD_TYPES: dict[str, type] = {f.name: f.type for f in fields(ExperimentConfig)}  # type: ignore[misc]
 _TYPES = {"str": str, "int": int, "float": float, "bool": bool}
 
@@ -95,22 +126,13 @@ def _check_values(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"embedding_crop must be one of {', '.join(CROPS)}, not {cfg.embedding_crop!r}")
     if cfg.dataset_name == "tieredImageNet" and cfg.embedding_crop != "center":
         raise ConfigError("tieredImageNet embeddings exist only for embedding_crop=center")
-    positive = (
-        "num_classes", "num_tr_examples_per_class", "num_val_examples_per_class", "num_latents",
-        "metatrain_batch_size", "metavalid_batch_size", "metatest_batch_size",
-        "num_steps_limit", "checkpoint_steps", "num_validation_batches", "outer_lr",
-    )
-    for key in positive:
-        if getattr(cfg, key) <= 0:
-            raise ConfigError(f"{key} must be positive, got {getattr(cfg, key)}")
-    non_negative = (
-        "inner_unroll_length", "finetuning_unroll_length", "kl_weight", "encoder_penalty_weight",
-        "l2_penalty_weight", "orthogonality_penalty_weight", "gradient_threshold",
-        "gradient_norm_threshold",
-    )
-    for key in non_negative:
-        if getattr(cfg, key) < 0:
-            raise ConfigError(f"{key} must not be negative, got {getattr(cfg, key)}")
+    for key, (low, high) in FIELD_BOUNDS.items():
+        value = getattr(cfg, key)
+        if value < low or (low == 0 and key in _POSITIVE and value == 0):
+            raise ConfigError(f"{key} must be {'positive' if key in _POSITIVE else 'non-negative'}"
+                              f", got {value}")
+        if value > high:
+            raise ConfigError(f"{key} must be at most {high:g}, got {value:g}")
     if not 0.0 <= cfg.dropout_rate < 1.0:
         raise ConfigError(f"dropout_rate must be in [0, 1), got {cfg.dropout_rate}")
     if cfg.num_classes < 2:
@@ -125,7 +147,9 @@ def _check_values(cfg: ExperimentConfig) -> None:
 def coerce_value(key: str, value: Any) -> Any:
     """Convert a string or YAML value to the declared type of `key`, or raise ConfigError."""
     if key not in FIELD_TYPES or key == "name":
-        close = difflib.get_close_matches(key, FIELD_TYPES, n=1)
+        if key == "name":
+            raise ConfigError("unknown config key 'name' (choose the experiment with --experiment)")
+        close = difflib.get_close_matches(key, [k for k in FIELD_TYPES if k != "name"], n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
         raise ConfigError(f"unknown config key {key!r}{hint}")
     kind = _field_type(key)
@@ -180,9 +204,9 @@ def experiment_names() -> list[str]:
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as err:
-        raise ConfigError(f"cannot read config {path}: {err.strerror}") from None
+        data = bounded.yaml_load(bounded.read_text(path, what="config"), f"config {path}")
+    except bounded.BoundedFileError as err:
+        raise ConfigError(str(err)) from None
     except yaml.YAMLError as err:
         raise ConfigError(f"config {path} is not valid YAML: {str(err).splitlines()[0]}") from None
     if not isinstance(data, dict):

@@ -19,13 +19,13 @@ the first K are the support ("tr") set, the other Q the query ("val") set.
 
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from leo_core import safe_pickle
 from leo_core.config import CROPS, DATASETS, ExperimentConfig
 
 EMBEDDING_DIM = 640
@@ -102,7 +102,10 @@ def _read_pickle(path: Path) -> tuple[list[str], np.ndarray]:
     """The validated keys (as str) and unit-L2-normalised float32 embeddings of one pickle."""
     try:
         with open(path, "rb") as f:
-            raw = pickle.load(f, encoding="latin1")
+            raw = safe_pickle.load(f)
+    except safe_pickle.UnsafePickleError as err:
+        raise DataError(f"{path}: not loaded: {err} (only dicts, lists, strings, numbers and "
+                        "numeric or string NumPy arrays are admitted)") from None
     except FileNotFoundError:
         raise DataError(
             f"{path}: no such file (expected <root>/<dataset>/<crop>/<split>_embeddings.pkl; "

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -108,6 +109,17 @@ def _percent(result: dict) -> str:
     return f"{100 * result['accuracy']:.2f}% ± {100 * result['ci95']:.2f}%"
 
 
+def _check_arguments(args: argparse.Namespace) -> None:
+    if args.queries is not None and args.queries < 1:
+        raise ValueError(f"--queries must be at least 1, got {args.queries}")
+    if args.json is not None:
+        folder = args.json.parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise ValueError(f"--json {args.json}: {folder} is not a writable directory")
+        if args.json.exists() and not args.json.is_file():
+            raise ValueError(f"--json {args.json} exists and is not a regular file")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m leo_core.evaluate", description=__doc__.split("\n\n")[0])
     cli_common.add_config_arguments(parser)
@@ -129,13 +141,14 @@ def main(argv: list[str] | None = None) -> int:
         cfg = cli_common.resolve_config(args)
         if args.tasks <= 0:
             raise ValueError("--tasks must be positive")
+        _check_arguments(args)  # before the evaluation, not after it
         from leo_core import data
         from leo_core.ckpt_format import load_weights
         from leo_core.distributed import setup
 
         weights = load_weights(args.checkpoint, cfg.num_latents, args.which)
         split = data.load_split(args.data_root, cfg.dataset_name, cfg.embedding_crop, args.split)
-        queries = args.queries or cfg.eval_queries_per_class
+        queries = cfg.eval_queries_per_class if args.queries is None else args.queries
 
         def make_sampler():
             return data.EpisodeSampler(split, cfg.num_classes, cfg.num_tr_examples_per_class,

@@ -63,6 +63,8 @@ def parse_args(argv):
     args = parser.parse_args(argv)
     with cli_common.exit_on_user_error():  # before any data is read or process group joined
         profiling.check_steps(args.profile_steps)
+        if args.log_every < 1:  # 0 divided by zero after the data load; < 0 was ignored
+            raise ValueError(f"--log-every must be at least 1, got {args.log_every}")
     return args
 
 
@@ -98,20 +100,46 @@ class Trainer:
 
     # -- state
     def restore(self) -> bool:
-        try:
-            ckpt = checkpoint.load(self.out, "latest")
-        except checkpoint.CheckpointError:
+        """Resume from the latest checkpoint; a damaged one falls back to `best` (said so),
+        else CheckpointError naming the file. False when there is no checkpoint."""
+        if not (checkpoint.checkpoints_dir(self.out) / "latest.json").exists():
             return False
-        self.model.load_numpy(ckpt.params)
-        self.adam.load_state(ckpt.optimizer)
-        self.step = ckpt.step
-        self.sampler.rng.bit_generator.state = ckpt.state["train_rng"]
-        self.best = ckpt.state.get("best", self.best)
+        try:
+            ckpt = self._restore_from("latest")
+        except checkpoint.CheckpointError as damaged:
+            try:
+                ckpt = self._restore_from("best")
+            except checkpoint.CheckpointError:
+                raise damaged from None
+            if self.comm.is_main:
+                print(f"warning: the latest checkpoint is damaged ({damaged}); resuming from the "
+                      f"best one, {ckpt.path}", flush=True)
         if self.comm.is_main:
             self._truncate_metrics(self.step)
             print(f"resumed from {ckpt.path} at step {self.step} "
                   f"(written by {ckpt.state.get('world_size', '?')} rank(s), now {self.comm.world})", flush=True)
         return True
+
+    def _restore_from(self, which: str) -> checkpoint.Checkpoint:
+        ckpt = checkpoint.load(self.out, which)
+        try:
+            self.model.load_numpy(ckpt.params)
+            self.adam.load_state(ckpt.optimizer)
+            rng = self.sampler.rng.bit_generator
+            before = rng.state
+            try:
+                rng.state = ckpt.state["train_rng"]
+            except Exception:
+                rng.state = before
+                raise
+            best = ckpt.state.get("best", self.best)
+            if not isinstance(best, dict) or "accuracy" not in best:
+                raise ValueError(f"best is {best!r}")
+        except (ValueError, KeyError, TypeError) as err:
+            raise checkpoint.CheckpointError(f"checkpoint {ckpt.path} is damaged: "
+                                             f"{type(err).__name__}: {err}") from None
+        self.step, self.best = ckpt.step, best
+        return ckpt
 
     def initialise_from(self, path: str) -> None:
         """Start from the weights in `path` (see leo_core.ckpt_format.load_weights)."""

@@ -57,6 +57,7 @@ from launcher.spec.contract import ENV_LOCAL_JOB
 from launcher.util.files import atomic_write, write_json
 from launcher.util.procs import kill_processes
 from launcher.util.times import age
+from launcher.util.userfile import load_yaml
 
 # ------------------------------------------------------------------ submit
 
@@ -116,6 +117,7 @@ def plan(spec: js.JobSpec, *, environ: Mapping[str, str] | None = None) -> Local
     # job's work folder (where cancel would delete it).
     spec = dataclasses.replace(spec, data_url=absolute_url(spec.data_url),
                                train_url=absolute_url(spec.train_url))
+    _refuse_urls_in_state_folder(spec, env)
     token = uuid.uuid4().hex[:16]
     state_dir = jobs_root(env) / spec.name
     added = {ENV_LOCAL_JOB: f"{spec.name}:{token}", ENV_LOCAL_ROOT: str(jobs_root(env)),
@@ -154,6 +156,28 @@ def absolute_url(url: str | None) -> str | None:
     if url is None or "://" in url or os.path.isabs(os.path.expanduser(url)):
         return url
     return os.path.abspath(url)
+
+
+def _local_dir(url: str | None) -> str | None:
+    """The local folder of a plain path or file:// URL, None for remote URLs."""
+    if not url or ("://" in url and not url.startswith("file://")):
+        return None
+    return url[len("file://"):] if url.startswith("file://") else url
+
+
+def _inside(path: str, folder: str | Path) -> bool:
+    real, base = os.path.realpath(path), os.path.realpath(folder)
+    return os.path.commonpath([real, base]) == base
+
+
+def _refuse_urls_in_state_folder(spec: js.JobSpec, env: Mapping[str, str]) -> None:
+    # `cancel` removes a job's state folder: outputs or data inside it would go with it.
+    root = jobs_root(env)
+    for flag, url in (("--train-url", spec.train_url), ("--data-url", spec.data_url)):
+        local = _local_dir(url)
+        if local and _inside(local, root):
+            raise UsageError(f"{flag} {url} lies inside the launcher's state folder {root} "
+                             "(cancel removes job folders there): choose a folder outside it")
 
 
 def create_job_dir(spec: js.JobSpec, environ: Mapping[str, str] | None = None, *,
@@ -395,7 +419,7 @@ def cancel(name: str, *, environ: Mapping[str, str] | None = None,
         return f"no local job {name!r}: nothing to cancel"
     train_url = _train_url(job) if path.is_dir() else None
     outputs = job_url_of(train_url, name)
-    inside = _local_path_inside(train_url, name, path)
+    inside = _outputs_inside(name, path) if path.is_dir() and not path.is_symlink() else None
     if inside:
         return (f"job {name}: stopped {count} process(es); kept {path}: its outputs are inside "
                 f"it ({inside}); copy them out, then remove the folder")
@@ -437,12 +461,27 @@ def _stop(name: str, grace: float, root: Path) -> int:
 def _local_path_inside(train_url: str | None, name: str, folder: Path) -> str | None:
     """The job's local outputs folder when it lies inside `folder` (jobs of older versions
     resolved a relative --train-url against their work folder), else None."""
-    if not train_url or ("://" in train_url and not train_url.startswith("file://")):
+    local = _local_dir(train_url)
+    if not local:
         return None
-    local = train_url[len("file://"):] if train_url.startswith("file://") else train_url
     local = os.path.join(folder / WORK_DIR, local, name)  # as the bootstrap resolved it
-    real, base = os.path.realpath(local), os.path.realpath(folder)
-    return local if os.path.commonpath([real, base]) == base and os.path.exists(real) else None
+    return local if _inside(local, folder) and os.path.exists(local) else None
+
+
+def _outputs_inside(name: str, folder: Path) -> str | None:
+    """A job's published outputs inside `folder`: this job's (see _local_path_inside) or
+    another job's whose --train-url points into it (submit refuses that now; older jobs)."""
+    inside = _local_path_inside(_train_url(LocalJob(name, folder)), name, folder)
+    if inside:
+        return inside
+    for other in sorted(folder.parent.iterdir()):
+        if other.name == name or other.name.startswith(".") or not other.is_dir():
+            continue
+        local = _local_dir(_train_url(LocalJob(other.name, other)))
+        outputs = os.path.join(local, other.name) if local and os.path.isabs(local) else None
+        if outputs and os.path.exists(outputs) and _inside(outputs, folder):
+            return outputs
+    return None
 
 
 def _train_url(job: LocalJob) -> str | None:
@@ -487,13 +526,11 @@ class LocalBackend:
         """From the job's job.yaml, read leniently (a job of another version has one too)."""
         job_yaml = job_dir(name, self.environ) / contract.JOB_FILE
         try:
-            import yaml
-
-            data = yaml.safe_load(job_yaml.read_text())
+            data = load_yaml(job_yaml.read_text(), str(job_yaml))
         except FileNotFoundError as err:
             raise JobNotFoundError(f"unknown job {name!r}: {job_yaml} does not exist; pass the "
                                    f"job's URL instead (<train_url>/{name})") from err
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, UsageError) as err:
             raise LaunchError(f"cannot read {job_yaml}: {str(err).splitlines()[0]}") from err
         train_url = data.get("train_url") if isinstance(data, dict) else None
         if not train_url and isinstance(data, dict) and isinstance(data.get("spec"), dict):

@@ -9,6 +9,8 @@ session of its own, so the job survives the CLI (and its terminal) exiting.
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import signal
 import subprocess
@@ -65,6 +67,10 @@ class Supervisor:
         previous = {sig: signal.signal(sig, self.on_signal) for sig in signals}
         try:
             return self._run()
+        except OSError as err:
+            if err.errno != errno.ENOSPC:
+                raise
+            return self._fail_no_space(err)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -127,6 +133,29 @@ class Supervisor:
                              "the latest checkpoint")
         self.save(phase="Failed", reason="cancelled", exit_code=code, finished=time.time())
         return code
+
+
+    def _fail_no_space(self, err: OSError) -> int:
+        """The state folder's disk is full: stop the job and record Failed with the reason,
+        rewriting state.json in place (its own block; a new file cannot be created)."""
+        self.on_signal(signal.SIGTERM, None)
+        mark = os.environ.get(ENV_LOCAL_JOB) or self.job.mark(self.state)
+        kill_marked(ENV_LOCAL_JOB, mark, exclude={os.getpid()}, grace=5.0)
+        where = os.path.dirname(err.filename) if err.filename else str(self.job.path)
+        reason = f"no space left on {where or self.job.path}: free space and submit again"
+        self.state.update(phase="Failed", reason=reason, exit_code=1, finished=time.time())
+        try:
+            with open(self.job.path / STATE_FILE, "r+b") as handle:
+                handle.truncate(0)
+                handle.write(json.dumps(self.state, indent=1, sort_keys=True).encode() + b"\n")
+        except OSError as again:
+            print(f"cannot record the failure in {self.job.path / STATE_FILE}: "
+                  f"{again.strerror or again}", file=sys.stderr)
+        try:
+            self.log(f"failed: {reason}")
+        except OSError:
+            pass
+        return 1
 
 
 def supervise(path: str | Path) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from launcher.storage import (
@@ -29,7 +30,11 @@ def run(args: argparse.Namespace) -> int:
     report = push(args.local_path, args.url if args.url.endswith("/") else url,
                   options=StorageOptions.from_args(args), delete=args.delete)
     for link in report.links:
-        print(f"leo-launch: warning: skipped the symbolic link {link} (links are never "
-              "followed; what it points to is not pushed)", file=sys.stderr)
+        if os.path.islink(os.path.join(args.local_path, link)):
+            print(f"leo-launch: warning: skipped the symbolic link {link} (links are never "
+                  "followed; what it points to is not pushed)", file=sys.stderr)
+        else:
+            print(f"leo-launch: warning: skipped {link}: not a regular file (a FIFO, socket or "
+                  "device is never read)", file=sys.stderr)
     print(f"{report.summary('pushed')} → {url}")
     return 0

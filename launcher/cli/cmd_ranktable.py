@@ -6,8 +6,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from launcher.errors import UsageError
 from launcher.spec import ranktable
 from launcher.spec.ranktable import RankTableError
+from launcher.util.userfile import read_user_file
 
 HELP = "print the HCCL rank table (JSON) of device-plugin annotations or a node inventory"
 
@@ -34,7 +36,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _read(path: str) -> str:
     try:
-        with open(path, encoding="utf-8") as handle:
-            return handle.read()
-    except (OSError, UnicodeDecodeError) as err:
-        raise RankTableError(f"cannot read {path}: {getattr(err, 'strerror', None) or err}") from err
+        return read_user_file(path)
+    except UsageError as err:
+        raise RankTableError(str(err)) from None

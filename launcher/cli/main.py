@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 import traceback
 
@@ -76,8 +77,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             print(redact_urls(traceback.format_exc()), end="", file=sys.stderr)
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"leo-launch: error: {redact_urls(message)}", file=sys.stderr)
+        print(f"leo-launch: error: {printable(redact_urls(message))}", file=sys.stderr)
         return code
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """`text` with control characters (terminal escapes in object keys, file names) shown
+    as \\xNN instead of acting on the terminal."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def _exit_code(err: Exception) -> int:

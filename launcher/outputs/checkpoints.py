@@ -42,6 +42,8 @@ from launcher.outputs.layout import (
     METRICS_FILE,
     POINTERS,
     pointer_file,
+    rank_log,
+    rank_of_log,
 )
 from launcher.storage import (
     IntegrityError,
@@ -70,7 +72,7 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("ckpt", "npz")  # pull --format: the MindSpore .ckpt, or the .npz files (resume needs these)
 MANIFEST_FORMAT = 1
-_STEP_RE = re.compile(r"^step-(\d+)$")
+_STEP_RE = re.compile(r"step-(\d+)")  # fullmatch only: "$" would accept a trailing newline
 
 
 # ------------------------------------------------------------- manifests
@@ -85,7 +87,7 @@ def build_manifest(step_dir: Path, step: int | None = None) -> dict[str, Any]:
         sha, _ = hash_file(path)
         files.append({"name": name, "size": path.stat().st_size, "sha256": sha})
     if step is None:
-        match = _STEP_RE.match(step_dir.name)
+        match = _STEP_RE.fullmatch(step_dir.name)
         step = int(match.group(1)) if match else None
     return {"format": MANIFEST_FORMAT, "step": step, "files": files,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -99,7 +101,8 @@ def _manifest_files(manifest: Any, what: str) -> list[dict[str, Any]]:
         for entry in files:
             name, size, sha = entry["name"], int(entry["size"]), str(entry["sha256"]).lower()
             safe_parts(name, f"{what}: file name {name!r}")
-            if not re.fullmatch(r"[0-9a-f]{64}", sha) or name == MANIFEST or size < 0:
+            if not re.fullmatch(r"[0-9a-f]{64}", sha) or name == MANIFEST or size < 0 \
+                    or any(c["name"] == name for c in checked):  # duplicates counted twice
                 raise ValueError(name)
             checked.append({"name": name, "size": size, "sha256": sha})
     except (KeyError, TypeError, ValueError) as err:
@@ -110,9 +113,13 @@ def _manifest_files(manifest: Any, what: str) -> list[dict[str, Any]]:
 def _parse_pointer(data: bytes, what: str) -> dict[str, Any]:
     try:
         pointer = json.loads(data)
-        if not isinstance(pointer, dict) or not _STEP_RE.match(str(pointer.get("path"))):
+        match = _STEP_RE.fullmatch(str(pointer.get("path"))) if isinstance(pointer, dict) else None
+        if match is None:
             raise ValueError
-        pointer["step"] = int(pointer.get("step", _STEP_RE.match(pointer["path"]).group(1)))
+        step = pointer.get("step", int(match.group(1)))
+        if isinstance(step, bool) or not isinstance(step, int) or step != int(match.group(1)):
+            raise ValueError  # a step that disagrees with its path would resume the wrong one
+        pointer["step"] = step
     except (ValueError, TypeError, UnicodeDecodeError) as err:
         raise StorageError(f"{what} is not a checkpoint pointer like "
                            '{"step": 100, "path": "step-100"}') from err
@@ -209,7 +216,10 @@ def _fetch_checkpoint(store: Store, name: str, dest_root: Path,
         raise local_error(err, dest) from err
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:  # a file (or link) that stood where the checkpoint goes: rmtree leaves it
+            old.unlink(missing_ok=True)
     return dest, manifest
 
 
@@ -292,7 +302,12 @@ def resume_from_remote(job_url: str, local_out: str | Path, *, logs_dir: str | P
                 pass
         if logs_dir is not None:
             for key, info in store.list(LOGS_DIR).items():
-                dest = Path(logs_dir) / key.split("/", 1)[1]
+                # only logs/rank-<r>.log, checked where it becomes a local path
+                rank = rank_of_log(key)
+                if rank is None or key != f"{LOGS_DIR}/{rank_log(rank)}":
+                    raise StorageError(f"unexpected object {str(store.url.child(key))!r} "
+                                       f"under {LOGS_DIR}/: only {rank_log('<r>')} files belong there")
+                dest = Path(logs_dir) / rank_log(rank)
                 if not dest.exists():
                     store.get_file(key, dest, info)
         return latest["step"]

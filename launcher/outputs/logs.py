@@ -17,6 +17,8 @@ from launcher.storage import (
     open_store,
 )
 
+# A published rank log read whole by `logs URL` (larger ones: `leo-launch pull` them).
+MAX_LOG_BYTES = 512 * 2**20
 _RANK_TAG = re.compile(r"^\[rank (\d+)\] ")
 _NODE_TAG = re.compile(r"^\[node (\d+)\] ")
 
@@ -91,7 +93,8 @@ def print_published_logs(job_url: str, *, rank: int | None = None, tail: int | N
             return False
         lines = []
         for number in chosen:  # --tail: the last lines of each rank
-            text = store.get_bytes(files[number]).decode("utf-8", errors="replace")
+            data = store.get_bytes(files[number], MAX_LOG_BYTES)
+            text = data.decode("utf-8", errors="replace")
             lines.extend(f"[rank {number}] {line}" for line in last_lines(text.splitlines(), tail))
     for line in lines:
         out.write(line + "\n")

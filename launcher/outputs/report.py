@@ -50,7 +50,8 @@ from launcher.storage import (
     open_store,
     parse_url,
 )
-from launcher.util.files import atomic_write
+from launcher.util.files import atomic_write, refuse_non_regular
+from launcher.util.userfile import load_yaml
 
 
 @dataclass(frozen=True)
@@ -131,13 +132,18 @@ def percent(fraction: float, ci95: float | None = None) -> str:
 
 # ----------------------------------------------------------------------------- reading
 
+# What report reads into memory: a run of 10^6 logged steps writes ~200 MB of metrics.jsonl;
+# result.json and job.yaml are a few kB. Larger objects are refused (exit 1), not loaded.
+MAX_METRICS_BYTES = 1024 * 2**20
+MAX_SMALL_BYTES = 16 * 2**20
+
 def load_report(job_url: str, *, options: StorageOptions | None = None) -> RunReport:
     """Read metrics.jsonl (required), result.json and job.yaml under `job_url`."""
     base = parse_url(job_url)
     options = dataclasses.replace(options or StorageOptions(), progress=False)
     with open_store(base, options) as store:
         try:
-            metrics = store.get_bytes(METRICS_FILE)
+            metrics = store.get_bytes(METRICS_FILE, MAX_METRICS_BYTES)
         except NotFoundError as err:
             raise LaunchError(f"no metrics: {store.url.child(METRICS_FILE)} does not exist (the job "
                               "has not logged a step yet, or the URL is not a job's "
@@ -172,7 +178,7 @@ def load_report(job_url: str, *, options: StorageOptions | None = None) -> RunRe
 
 def _optional(store: Store, key: str) -> bytes | None:
     try:
-        return store.get_bytes(key)
+        return store.get_bytes(key, MAX_SMALL_BYTES)
     except NotFoundError:
         return None
 
@@ -182,7 +188,9 @@ def parse_job(data: bytes, where: str = JOB_FILE) -> dict[str, Any]:
     import yaml
 
     try:
-        job = yaml.load(data, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506
+        job = load_yaml(data.decode("utf-8", "replace"), where)
+    except UsageError as err:
+        raise LaunchError(str(err)) from None
     except yaml.YAMLError as err:
         raise LaunchError(f"{where} is not valid YAML: {str(err).splitlines()[0]}") from err
     if not isinstance(job, dict):
@@ -232,6 +240,10 @@ def check_png_target(path: str | os.PathLike) -> Path:
         raise UsageError(f"--png {path}: is a directory; give a file name such as {target / 'curves.png'}")
     if not target.parent.is_dir():
         raise UsageError(f"--png {path}: directory {target.parent} does not exist")
+    try:
+        refuse_non_regular(target)
+    except OSError as err:
+        raise UsageError(f"--png {path}: {err.strerror}") from None
     return target
 
 

@@ -83,6 +83,7 @@ from launcher.pod.node import (
 )
 from launcher.pod.rendezvous import FragmentRendezvous
 from launcher.pod.stage import (
+    BadData,
     find_data_root,
     stage,
 )
@@ -288,7 +289,7 @@ class Bootstrap:
         started = time.monotonic()
         try:
             root = stage(spec.data_url, self.paths.cache, options=self.storage_options(spec))
-        except NotFoundError as err:
+        except (NotFoundError, BadData) as err:  # retrying cannot help
             raise BadConfig(f"data_url: {err}") from err
         check_data_root(root, config)
         self.out.node(f"data ready in {root} ({time.monotonic() - started:.1f} s)")

@@ -47,6 +47,11 @@ LOCK = ".leo-stage.lock"
 DEFAULT_CACHE = "/cache"
 
 
+class BadData(StorageError):
+    """What data_url holds cannot be used as it is (no files, an unsafe or broken zip):
+    bad configuration, not retried."""
+
+
 class StageTimeout(StorageError):
     """Waiting for another process's staging took too long."""
 
@@ -112,7 +117,7 @@ def stage(data_url: str, cache_dir: str | Path = DEFAULT_CACHE, *, lock: str | P
             else:
                 report = sync_down(store, target, delete=True, label="stage")
                 if report.files == 0:
-                    raise StorageError(f"data_url {url} holds no files")
+                    raise BadData(f"data_url {url} holds no files")
         root = find_data_root(target)
         atomic_write(cache / MARKER, json.dumps({
             "data_url": str(url), "fingerprint": fingerprint,
@@ -169,12 +174,15 @@ def _unzip(archive: Path, dest: Path, what: str) -> None:
                 name = member.filename.replace("\\", "/")
                 if name.startswith("/") or name.endswith("/"):
                     if name.startswith("/"):
-                        raise StorageError(f"{what}: unsafe path {name!r} in the archive")
+                        raise BadData(f"{what}: unsafe path {name!r} in the archive")
                     continue
-                parts = safe_parts(name, f"{what}: archive member {name!r}")
+                try:
+                    parts = safe_parts(name, f"{what}: archive member {name!r}")
+                except StorageError as err:
+                    raise BadData(str(err)) from None
                 out = dest.joinpath(*parts)
                 out.parent.mkdir(parents=True, exist_ok=True)
                 with zf.open(member) as src, open(out, "wb") as dst:
                     shutil.copyfileobj(src, dst, 1024 * 1024)
     except zipfile.BadZipFile as err:
-        raise StorageError(f"{what} is not a valid zip archive: {err}") from err
+        raise BadData(f"{what} is not a valid zip archive: {err}") from err

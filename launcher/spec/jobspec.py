@@ -57,6 +57,7 @@ from launcher.spec.values import (
     storage_url_problem,
 )
 from launcher.storage.base import redact_endpoint
+from launcher.util.userfile import load_yaml
 from leo_core import profiling
 
 # ------------------------------------------------------------------ accelerators, images
@@ -549,7 +550,7 @@ class JobSpec:
         import yaml
 
         try:
-            data = yaml.safe_load(text)
+            data = load_yaml(text, "job spec")  # depth-bounded: a crafted job.yaml cannot crash us
         except yaml.YAMLError as err:
             raise UsageError(f"job spec is not valid YAML: {str(err).splitlines()[0]}") from err
         return cls.from_dict(data)

@@ -122,7 +122,7 @@ def parse_quantity(value: str) -> Decimal:
     match = re.fullmatch(r"([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))(.*)", value)
     assert match is not None
     number, suffix = Decimal(match.group(1)), match.group(2)
-    if len(suffix) > 1 and suffix[0] in "eE":
+    if suffix not in _SUFFIX and suffix[0] in "eE":  # decimal exponent: "1e3"; "Ei" is a suffix
         return number * (Decimal(10) ** Decimal(suffix[1:]))
     return number * _SUFFIX[suffix]
 

@@ -43,6 +43,7 @@ from typing import Any
 
 from launcher.errors import UsageError
 from launcher.spec.names import dns1123_subdomain_problem
+from launcher.util.userfile import check_json_depth, load_yaml, read_user_file
 
 RANK_TABLE_VERSION = "1.0"
 STATUS_COMPLETED = "completed"
@@ -106,22 +107,17 @@ def load_inventory(path: str | Path) -> tuple[InventoryNode, ...]:
     import yaml
 
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read(MAX_INVENTORY_BYTES + 1)
-        text = raw.decode("utf-8")
-    except OSError as err:
-        raise RankTableError(f"cannot read inventory {path}: {err.strerror or err}") from err
-    except UnicodeDecodeError as err:
-        raise RankTableError(f"cannot read inventory {path}: it is not UTF-8 text ({err.reason} "
-                             f"at byte {err.start})") from err
-    if len(raw) > MAX_INVENTORY_BYTES:
-        raise RankTableError(f"inventory {path} is larger than {MAX_INVENTORY_BYTES // 2**20} MiB")
+        text = read_user_file(path, MAX_INVENTORY_BYTES, "inventory")
+    except UsageError as err:
+        raise RankTableError(str(err)) from None
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
         # aliases could expand a few bytes into gigabytes (a "billion laughs"): none needed here
         if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=loader)):
             raise RankTableError(f"inventory {path} uses YAML aliases (*name): write every node out")
-        data = yaml.load(text, Loader=loader)  # noqa: S506
+        data = load_yaml(text, f"inventory {path}")
+    except UsageError as err:
+        raise RankTableError(str(err)) from None
     except yaml.YAMLError as err:
         raise RankTableError(f"inventory {path} is not valid YAML: {str(err).splitlines()[0]}") from err
     if not isinstance(data, dict) or not isinstance(data.get("nodes"), list) or not data["nodes"]:
@@ -153,7 +149,10 @@ def fragment_from_annotation(value: str | dict[str, Any], where: str = "annotati
     for _ in range(2):  # tolerate a JSON string holding the JSON object (kubectl jsonpath)
         if isinstance(data, str):
             try:
+                check_json_depth(data, where)
                 data = json.loads(data)
+            except UsageError as err:
+                raise RankTableError(str(err)) from None
             except json.JSONDecodeError as err:
                 raise RankTableError(f"{where} is not valid JSON: {err.msg} at line {err.lineno}") from err
     if not isinstance(data, dict):

@@ -94,6 +94,9 @@ def parse_node_selectors(items: Iterable[str]) -> tuple[tuple[str, str], ...]:
         key, eq, value = item.partition("=")
         if not eq or not key:
             raise UsageError(f"--node-selector {item!r} is not of the form key=value")
+        if pairs.get(key, value) != value:  # a node cannot match both: say so, keep neither
+            raise UsageError(f"--node-selector {key}={pairs[key]} and {key}={value} conflict: "
+                             "give one value per key")
         pairs[key] = value
     out = tuple(pairs.items())
     _check_node_selector(out)

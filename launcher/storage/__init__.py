@@ -28,6 +28,7 @@ from launcher.storage.base import (  # noqa: F401 - the package's public names
     StorageURL,
     Store,
     SyncReport,
+    TooLarge,
     URLLike,
     add_storage_arguments,
     parse_url,

@@ -64,6 +64,15 @@ class NotFoundError(StorageError):
     """The object or file does not exist."""
 
 
+class TooLarge(StorageError):
+    """An object larger than the caller reads into memory."""
+
+
+def too_large(url: object, size: int, max_bytes: int) -> TooLarge:
+    return TooLarge(f"{url} holds more than {max_bytes // 2**20} MiB ({size} bytes): too large "
+                    "to read here; fetch it with leo-launch pull")
+
+
 class IntegrityError(StorageError):
     """Downloaded content does not match its recorded size or hash."""
 
@@ -423,8 +432,9 @@ class Store(Protocol):
         """Size and sha256 of one object, None when it does not exist."""
         ...
 
-    def get_bytes(self, key: str) -> bytes:
-        """The content of a small object, verified. NotFoundError when missing."""
+    def get_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
+        """The content of a small object, verified. NotFoundError when missing; TooLarge
+        (before reading it) when it holds more than `max_bytes`."""
         ...
 
     def put_bytes(self, key: str, data: bytes) -> None:

@@ -46,8 +46,8 @@ def md5_bytes(data: bytes) -> str:
 
 def local_error(err: OSError, path: Path | str | None = None) -> StorageError:
     """A one-line StorageError for a local file-system failure."""
-    where = path if path is not None else (err.filename or "")
-    return StorageError(f"{where}: {err.strerror or err}")
+    where = path if path is not None else err.filename
+    return StorageError(f"{where or 'a local file'}: {err.strerror or err}")
 
 
 def key_of(relative: Path) -> str:
@@ -57,7 +57,8 @@ def key_of(relative: Path) -> str:
 def walk_files(root: Path, links: list[str] | None = None) -> dict[str, Path]:
     """Every regular file under `root` by '/'-separated key, temporaries excluded;
     a file `root` gives {name: root}. Symbolic links inside the tree (to files or
-    folders) are never followed: their keys are appended to `links`."""
+    folders) are never followed and FIFOs, sockets and devices never read: their keys
+    are appended to `links`."""
     if root.is_file():
         return {root.name: root}
     files: dict[str, Path] = {}
@@ -86,6 +87,8 @@ def walk_files(root: Path, links: list[str] | None = None) -> dict[str, Path]:
                     links.append(key_of(path.relative_to(root)))
             elif path.is_file():
                 files[key_of(path.relative_to(root))] = path
+            elif links is not None:  # a FIFO, socket or device: skipped, but said so
+                links.append(key_of(path.relative_to(root)))
     return files
 
 

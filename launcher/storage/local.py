@@ -15,6 +15,7 @@ from launcher.storage.base import (
     StorageOptions,
     StorageURL,
     split_key,
+    too_large,
 )
 from launcher.storage.files import (
     CHUNK,
@@ -61,10 +62,16 @@ class LocalStore:
         st = path.stat()
         return ObjectInfo(key, st.st_size, sha256=sha, mtime=st.st_mtime)
 
-    def get_bytes(self, key: str) -> bytes:
+    def get_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
         path = self._path(key)
         try:
-            return path.read_bytes()
+            if max_bytes is None:
+                return path.read_bytes()
+            with open(path, "rb") as handle:
+                data = handle.read(max_bytes + 1)
+            if len(data) > max_bytes:
+                raise too_large(self.url.child(key), path.stat().st_size, max_bytes)
+            return data
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as err:
             raise NotFoundError(f"{self.url.child(key)} does not exist") from err
         except OSError as err:

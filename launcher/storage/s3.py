@@ -40,6 +40,7 @@ from launcher.storage.base import (
     StorageOptions,
     StorageURL,
     redact_endpoint,
+    too_large,
 )
 from launcher.storage.files import (
     CHUNK,
@@ -89,6 +90,11 @@ def make_client(scheme: str, options: StorageOptions):
     client.meta.events.register("request-created.s3", _deadline_hook(
         deadline, min(options.read_timeout, deadline), where))
     return client
+
+
+# Bounds of one listing (1,000 keys a page): far above any job's tree, far below a hang.
+MAX_LIST_PAGES = 20_000
+MAX_LIST_KEYS = 2_000_000
 
 
 class StorageTimeout(StorageError):
@@ -204,10 +210,15 @@ class ObjectStore:
         full = self._key(prefix)
         root = f"{self.prefix}/" if self.prefix else ""
         found: dict[str, ObjectInfo] = {}
+        # A server answering IsTruncated with a fresh token forever must not hang us: the
+        # listing ends within the storage deadline of its last new key and MAX_LIST_PAGES.
+        deadline = self.options.resolved_timeout()
+        progress_at = time.monotonic()
         try:
             pages = self.client.get_paginator("list_objects_v2").paginate(
                 Bucket=self.bucket, Prefix=f"{full}/" if full else "")
-            for page in pages:
+            for number, page in enumerate(pages, 1):
+                before = len(found)
                 for obj in page.get("Contents", ()):
                     key = obj["Key"]
                     if key.endswith("/") or not key.startswith(root):
@@ -215,6 +226,15 @@ class ObjectStore:
                     rel = key[len(root):]
                     found[rel] = ObjectInfo(rel, int(obj["Size"]), etag=_etag(obj.get("ETag")),
                                             mtime=_timestamp(obj.get("LastModified")))
+                now = time.monotonic()
+                progress_at = now if len(found) > before else progress_at
+                if now - progress_at > deadline or number >= MAX_LIST_PAGES \
+                        or len(found) > MAX_LIST_KEYS:
+                    raise StorageError(
+                        f"listing {self.url.child(prefix) if prefix else self.url} did not end "
+                        f"({number} pages, {len(found)} keys; limits: {MAX_LIST_PAGES} pages, "
+                        f"{MAX_LIST_KEYS} keys, {deadline:.0f} s without a new key): the server "
+                        "keeps answering IsTruncated")
         except Exception as err:  # noqa: BLE001 - translated
             raise self._error(err, prefix) from err
         return found
@@ -229,8 +249,8 @@ class ObjectStore:
             raise self._error(err, key, probe=True) from err
         return _head_info(key, head)
 
-    def get_bytes(self, key: str) -> bytes:
-        data, _ = self._get(key)
+    def get_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
+        data, _ = self._get(key, max_bytes)
         return data
 
     def _get_object(self, key: str, what) -> dict:
@@ -243,12 +263,19 @@ class ObjectStore:
                 raise NotFoundError(f"{what} does not exist") from err
             raise self._error(err, key, probe=True) from err
 
-    def _get(self, key: str) -> tuple[bytes, str]:
-        """GET a whole object with retries of interrupted bodies; verified; (data, sha256)."""
+    def _get(self, key: str, max_bytes: int | None = None) -> tuple[bytes, str]:
+        """GET a whole object with retries of interrupted bodies; verified; (data, sha256).
+        With `max_bytes`, a larger object is refused before (or while, if the server's
+        Content-Length lies) reading it."""
         for attempt in range(1, self._attempts + 1):
             response = self._get_object(key, self.url.child(key))
+            size = int(response.get("ContentLength") or 0)
             try:
-                data = response["Body"].read()
+                if max_bytes is not None and size > max_bytes:
+                    raise too_large(self.url.child(key), size, max_bytes)
+                data = response["Body"].read(max_bytes + 1 if max_bytes is not None else None)
+                if max_bytes is not None and len(data) > max_bytes:
+                    raise too_large(self.url.child(key), len(data), max_bytes)
                 break
             except _BODY_ERRORS as err:
                 if attempt == self._attempts:

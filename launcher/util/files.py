@@ -3,8 +3,10 @@ reader sees the old content or the new one, never half of it."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ def atomic_write(path: str | os.PathLike, data: bytes | str, *, durable: bool = 
     """Write `data` to `path` through `tmp` (default `.NAME.PID.tmp` beside it) and a
     rename; fsync first when `durable` (pointers and markers). Raises OSError."""
     path = Path(path)
+    refuse_non_regular(path)
     tmp = Path(tmp) if tmp is not None else path.with_name(f".{path.name}.{os.getpid()}.tmp")
     payload = data.encode() if isinstance(data, str) else data
     try:
@@ -25,6 +28,18 @@ def atomic_write(path: str | os.PathLike, data: bytes | str, *, durable: bool = 
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def refuse_non_regular(path: str | os.PathLike) -> None:
+    """OSError unless `path` is absent or a regular file: a rename over a device, FIFO or
+    symlink would replace it (as root, /dev/full) instead of writing into it."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(mode):
+        kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a regular file"
+        raise OSError(errno.EEXIST, f"it exists and is {kind}; not replaced", str(path))
 
 
 def write_json(path: str | os.PathLike, obj: Any, *, durable: bool = False) -> None:

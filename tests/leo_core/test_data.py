@@ -491,3 +491,112 @@ def test_sampler_for_hints_at_the_config_key(root: Path) -> None:
     assert "val_embeddings.pkl" in str(info.value)
     with pytest.raises(DataError, match="lower num_classes"):
         sampler_for(cfg.with_overrides({"num_classes": 7}), root, "train", make_rng(0), num_val=2)
+
+
+# --- hostile pickles (issue 22 item 1) ------------------------------------------------------
+
+
+class _RunsCode:
+    """A pickle payload that would create `marker` if the loader called the global it names."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.mkdir, (str(self.marker),))
+
+
+def _python2_pickle(keys: list[str], embeddings: np.ndarray) -> bytes:
+    """The opcodes Python 2's `cPickle.dump(d, f, 2)` writes for {keys: [str], embeddings}:
+    py2 `str` is SHORT_BINSTRING (read back as latin-1 text), the array data too."""
+
+    def binstring(text: bytes) -> bytes:
+        return (b"U" + bytes([len(text)]) + text) if len(text) < 256 else (
+            b"T" + len(text).to_bytes(4, "little") + text
+        )
+
+    rows, cols = embeddings.shape
+    out = b"\x80\x02}(" + binstring(b"keys") + b"](" + b"".join(binstring(k.encode()) for k in keys)
+    out += b"e" + binstring(b"embeddings")
+    out += b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85" + binstring(b"b")
+    out += b"\x87R(K\x01" + b"M" + rows.to_bytes(2, "little") + b"M" + cols.to_bytes(2, "little")
+    out += b"\x86cnumpy\ndtype\n" + binstring(b"f4") + b"K\x00K\x01\x87R"
+    out += b"(K\x03" + binstring(b"<") + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb"
+    out += b"\x89" + binstring(embeddings.astype("<f4").tobytes()) + b"tbu."
+    return out
+
+
+def test_python2_protocol2_pickle_still_loads(tmp_path: Path) -> None:
+    data = good_dict()
+    keys = [str(k) for k in data["keys"]]
+    content = _python2_pickle(keys, data["embeddings"])
+    assert pickle.loads(content, encoding="latin1")["keys"] == keys  # the opcodes are valid
+    embeddings_path(tmp_path, MINI, "center", "test").parent.mkdir(parents=True)
+    embeddings_path(tmp_path, MINI, "center", "test").write_bytes(content)
+    split = load_split(tmp_path, MINI, "center", "test")
+    np.testing.assert_allclose(np.concatenate(split.embeddings),
+                               normalized(data["embeddings"]), rtol=1e-5)
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 4, 5])
+@pytest.mark.parametrize("as_bytes", [False, True])
+def test_every_protocol_with_str_or_bytes_keys_loads(
+    tmp_path: Path, protocol: int, as_bytes: bool
+) -> None:
+    data = good_dict()
+    keys = [str(k) for k in data["keys"]]
+    data["keys"] = [k.encode() for k in keys] if as_bytes else keys
+    data["labels"] = np.int64(0)  # a NumPy scalar is admitted too
+    path = embeddings_path(tmp_path, MINI, "center", "test")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(pickle.dumps(data, protocol=protocol))
+    split = load_split(tmp_path, MINI, "center", "test")
+    np.testing.assert_allclose(np.concatenate(split.embeddings),
+                               normalized(data["embeddings"]), rtol=1e-5)
+
+
+def test_pickle_naming_a_global_is_refused_without_running_it(tmp_path: Path) -> None:
+    marker = tmp_path / "payload-ran"
+    data = good_dict()
+    data["labels"] = _RunsCode(marker)
+    path = write(embeddings_path(tmp_path, MINI, "center", "test"), data)
+    err = expect_error(tmp_path, "refused global posix.mkdir")
+    assert str(path) in str(err)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "value",
+    [np.array([1, "x"], dtype=object), np.zeros(2, dtype=[("a", "f4")])],
+    ids=["object", "record"],
+)
+def test_object_and_record_arrays_are_refused(tmp_path: Path, value: np.ndarray) -> None:
+    data = good_dict()
+    data["labels"] = value
+    write(embeddings_path(tmp_path, MINI, "center", "test"), data)
+    expect_error(tmp_path, "is not admitted")
+
+
+def test_evaluate_exits_2_on_a_code_carrying_pickle(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    marker = tmp_path / "payload-ran"
+    data = good_dict()
+    data["keys"] = [_RunsCode(marker)]
+    write(embeddings_path(tmp_path, MINI, "center", "test"), data)
+    from leo_core.ckpt_format import save_npz
+    from leo_core.model import init_parameters
+
+    weights = tmp_path / "weights.npz"
+    save_npz(weights, init_parameters(load_experiment("mini_1shot", []), 0))
+    proc = subprocess.run(
+        [sys.executable, "-m", "leo_core.evaluate", "--experiment", "mini_1shot",
+         "--data-root", str(tmp_path), "--split", "test", "--checkpoint", str(weights)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "refused global posix.mkdir" in proc.stderr
+    assert not marker.exists()

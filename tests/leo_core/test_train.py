@@ -150,3 +150,73 @@ def test_missing_data_names_the_file(tmp_path):
                "--out", tmp_path / "out", "--steps", 1, check=False)
     assert proc.returncode == 2
     assert "train_embeddings.pkl" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# --- damaged checkpoints and arguments checked before the work (issue 22 items 12, 15) -----
+
+
+def _copy_run(trained, tmp_path):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(trained[0], out)
+    return out
+
+
+def _one_error_line(proc, *fragments):
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], proc.stderr
+
+
+def test_resume_with_a_bad_rng_state_is_one_line_naming_the_checkpoint(tiny_root, trained,
+                                                                     tmp_path):
+    out = _copy_run(trained, tmp_path)
+    for pointer in ("latest", "best"):  # both name step-6: nothing to fall back to
+        (out / f"checkpoints/{pointer}.json").write_text('{"step": 6, "path": "step-6"}')
+    state_file = out / "checkpoints/step-6/state.json"
+    state = json.loads(state_file.read_text())
+    state["train_rng"] = {"bit_generator": "PCG64", "state": "garbage"}
+    state_file.write_text(json.dumps(state))
+    proc = run(
+        "leo_core.train", "--experiment", "mini_5shot", "--data-root", tiny_root, "--out", out,
+        "--steps", 7, *TINY, "--resume", check=False)
+    _one_error_line(proc, str(out / "checkpoints/step-6"), "damaged")
+
+
+def test_resume_falls_back_to_the_best_checkpoint_when_latest_is_truncated(tiny_root, trained,
+                                                                         tmp_path):
+    import shutil
+
+    out = _copy_run(trained, tmp_path)
+    checkpoints = out / "checkpoints"
+    shutil.copytree(checkpoints / "step-6", checkpoints / "step-5")
+    state = json.loads((checkpoints / "step-5/state.json").read_text())
+    (checkpoints / "step-5/state.json").write_text(json.dumps({**state, "step": 5}))
+    (checkpoints / "best.json").write_text('{"step": 5, "path": "step-5", "accuracy": 0.2}')
+    weights_file = checkpoints / "step-6/weights.npz"
+    weights_file.write_bytes(weights_file.read_bytes()[:1000])
+    proc = train(tiny_root, out, 7, "--resume")
+    assert "latest checkpoint is damaged" in proc.stdout and str(weights_file) in proc.stdout
+    assert "at step 5" in proc.stdout
+    assert json.loads((checkpoints / "latest.json").read_text())["step"] == 7
+
+
+def test_log_every_below_1_is_refused_before_the_data_load(tmp_path):
+    for value in ("0", "-1"):
+        proc = run("leo_core.train", "--experiment", "mini_5shot", "--data-root",
+                   tmp_path / "nothing", "--out", tmp_path / "out", "--log-every", value,
+                   check=False)
+        _one_error_line(proc, "--log-every must be at least 1")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--queries", "0"], "--queries must be at least 1"),
+    (["--json", "/nonexistent/dir/x.json"], "not a writable directory"),
+])
+def test_evaluate_checks_arguments_before_the_work(trained, tmp_path, args, message):
+    proc = run("leo_core.evaluate", "--experiment", "mini_5shot", "--data-root",
+               tmp_path / "nothing", "--checkpoint", trained[0], *args, check=False)
+    _one_error_line(proc, message)

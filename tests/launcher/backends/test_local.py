@@ -83,6 +83,51 @@ def test_what_the_local_backend_refuses(tmp_path):
         lb.create_job_dir(spec(), env)
 
 
+def test_a_full_state_disk_ends_the_job_failed_with_the_reason(tmp_path, monkeypatch):
+    # issue 22 item 8: ENOSPC while the bootstrap runs (writing state.json)
+    import errno as errno_
+
+    env = {"XDG_STATE_HOME": str(tmp_path / "state")}
+    path, _ = lb.create_job_dir(spec(), env)
+    real = supervisor.write_json
+
+    def full_disk(target, obj, **kwargs):
+        if obj.get("bootstrap_pid"):
+            raise OSError(errno_.ENOSPC, "No space left on device", str(path / ".state.json.tmp"))
+        real(target, obj, **kwargs)
+
+    monkeypatch.setattr(supervisor, "write_json", full_disk)
+    sup = supervisor.Supervisor(path, command=[sys.executable, "-c", "import time; time.sleep(60)"])
+    started = time.monotonic()
+    assert sup.run() == 1 and time.monotonic() - started < 30
+    assert sup.current.poll() is not None  # the bootstrap was stopped
+    status = lb.status(path.name, environ=env, progress=False)
+    assert status["phase"] == "Failed"
+    assert status["reason"].startswith(f"no space left on {path}")
+
+
+def test_submit_refuses_urls_inside_the_state_folder(tmp_path):
+    env = {"XDG_STATE_HOME": str(tmp_path)}
+    inside = str(localjob.jobs_root(env) / "leo-a" / "work")
+    for values in ({"train_url": inside}, {"data_url": f"file://{inside}"}):
+        with pytest.raises(UsageError, match="inside the launcher's state folder"):
+            lb.submit(spec(**values), environ=env)
+    assert not localjob.jobs_root(env).exists()  # nothing half-created
+
+
+def test_cancel_keeps_another_jobs_outputs_inside_its_folder(tmp_path):
+    # Job B's --train-url inside job A's state folder (submitted before submit refused it).
+    env = {"XDG_STATE_HOME": str(tmp_path)}
+    a, _ = lb.create_job_dir(spec(name="leo-a"), env)
+    lb.create_job_dir(spec(name="leo-b", train_url=str(a / "work" / "out")), env)
+    published = a / "work" / "out" / "leo-b"
+    (published / "checkpoints").mkdir(parents=True)
+    (published / "result.json").write_text("{}")
+    message = lb.cancel("leo-a", environ=env, grace=0.1)
+    assert "kept" in message and str(published) in message
+    assert (published / "result.json").is_file()
+
+
 # ------------------------------------------------------------------ end to end
 
 

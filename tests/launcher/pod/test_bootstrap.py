@@ -64,6 +64,25 @@ def test_data_without_the_experiments_embeddings_is_exit_2_before_training(tmp_p
     assert proc.returncode == contract.EXIT_BAD_CONFIG and "no such file or directory" in proc.stdout
 
 
+@pytest.mark.parametrize("content", ["escaping", "not a zip"])
+def test_unusable_data_is_bad_configuration_not_retried(tmp_path, content):
+    # issue 22 item 16: these were retried 4 times (exit 1) though no retry can help
+    import zipfile
+
+    archive = tmp_path / "data.zip"
+    if content == "escaping":
+        with zipfile.ZipFile(archive, "w") as zf:
+            zf.writestr("../evil.txt", "x")
+    else:
+        archive.write_bytes(b"PK this is not a zip")
+    data_url = f"file://{archive}"
+    write_config(tmp_path / "cfg", data_url=data_url)
+    proc = run_bootstrap(tmp_path, LEO_CONFIG_DIR=str(tmp_path / "cfg"), LEO_NODE_RANK="0")
+    assert proc.returncode == contract.EXIT_BAD_CONFIG, proc.stdout + proc.stderr
+    assert "not retrying" in proc.stdout and "data_url" in proc.stdout
+    assert not (tmp_path / "evil.txt").exists() and not (tmp_path / "cache" / "evil.txt").exists()
+
+
 def test_load_job_checks_the_experiment_against_the_spec(tmp_path):
     write_config(tmp_path)
     (tmp_path / contract.EXPERIMENT_FILE).write_text("name: mini_1shot\n")
@@ -214,3 +233,17 @@ def test_the_last_publication_after_a_failure_is_bounded():
     assert stream.getvalue() == ("[node 1] warning: last publication gave up after 0.3 s "
                                  "(is s3://unreachable/job reachable?)\n")
     assert boot.publisher is None and not stuck.closed
+
+
+@pytest.mark.integration
+def test_an_empty_data_prefix_is_bad_data(s3_env, tmp_path):
+    import secrets
+
+    from launcher.pod.stage import BadData
+    from launcher.pod.stage import stage as stage_data
+    from launcher.storage import StorageOptions
+
+    bucket = s3_env.create_bucket("leo-empty-" + secrets.token_hex(4))
+    options = StorageOptions(endpoint=s3_env.endpoint, path_style=True, progress=False)
+    with pytest.raises(BadData, match="holds no files"):
+        stage_data(f"s3://{bucket}/nothing-here", tmp_path / "cache", options=options)

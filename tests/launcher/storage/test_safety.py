@@ -194,3 +194,36 @@ def test_the_default_deadline_is_about_a_minute_and_help_says_how_to_raise_it(ca
         with pytest.raises(SystemExit):
             cli.main([command, "--help"])
         assert "--storage-timeout SECONDS" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ issue 22, low list
+
+
+def test_push_says_it_skipped_a_fifo(tmp_path, capsys):
+    src = tree(tmp_path / "src", {"a.txt": b"a"})
+    os.mkfifo(src / "pipe")
+    code = cli.main(["push", str(src), str(tmp_path / "dst")])
+    captured = capsys.readouterr()
+    assert code == 0 and keys(tmp_path / "dst") == {"a.txt"}
+    assert "skipped pipe: not a regular file" in captured.err
+
+
+def test_a_local_error_without_a_path_names_something():
+    import errno
+
+    from launcher.storage.files import local_error
+
+    message = str(local_error(OSError(errno.ENOSPC, "No space left on device")))
+    assert not message.startswith(":") and "No space left on device" in message
+
+
+def test_terminal_escapes_in_a_key_are_not_printed_raw(tmp_path, capsys):
+    evil = "sub\x1b[2J"
+    remote = tree(tmp_path / "remote", {f"{evil}/a.txt": b"a"})
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / evil).symlink_to(tmp_path, target_is_directory=True)  # makes pull name the key
+    code = cli.main(["pull", str(remote), "--tree", "--to", str(dest)])
+    err = capsys.readouterr().err
+    assert code != 0 and "symbolic link" in err, err
+    assert "\x1b" not in err and "\\x1b[2J" in err, err
