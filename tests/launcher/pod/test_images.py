@@ -1,6 +1,6 @@
-"""The training images agree with what the pods expect, without a Docker engine.
+"""The training images agree with what the pods expect, read as text.
 
-No Docker runs here, so the Dockerfiles are read as text: each lints clean with
+The Dockerfiles are read as text here (test_images_podman.py builds the CPU one for real): each lints clean with
 hadolint, its entrypoint is the bootstrap command the templates render, the paths it
 creates and the environment it sets match launcher.jobspec and a rendered pod, it runs
 as a non-root user, bakes in nothing secret, and pins its versions as build arguments.
@@ -245,7 +245,14 @@ def test_environment_matches_the_pod(accel):
     assert final.env["PATH"].split(":")[0] == f"{venv}/bin"
     commands = run_commands(final)
     assert re.search(rf"-m venv (--system-site-packages )?\"?{re.escape(venv)}\"?", commands)
-    assert "command -v msrun" in commands
+    # the build ends with the self-check the test suite also runs (test_selfcheck.py):
+    # templates installed, entrypoint imports, msrun and python from the venv
+    assert any(["python", "-m", "launcher.pod.selfcheck"] in shell_commands(final.expand(rest))
+               for rest in final.all("RUN"))
+    # each image says which accelerator it is for (the ModelArts-style entry reads it)
+    assert final.env[contract.ENV_ACCELERATOR] == accel
+    # msrun runs `ip -j addr` at every start
+    assert "iproute2" in commands
 
 
 @pytest.mark.parametrize("accel", ACCELERATORS)
@@ -307,7 +314,8 @@ def test_no_secrets_in_env_or_args(accel):
         names |= set(stage.args) | set(stage.env)
     assert not [n for n in names if SECRET_NAME.search(n)]
     # storage endpoint and credentials reach pods from the JobSpec and a Secret only
-    image_settings = (contract.ENV_CONFIG_DIR, contract.ENV_CACHE_DIR, "LEO_UID", "LEO_GID")
+    image_settings = (contract.ENV_CONFIG_DIR, contract.ENV_CACHE_DIR, contract.ENV_ACCELERATOR,
+                      "LEO_UID", "LEO_GID")
     assert not [n for n in names if n in contract.SECRET_KEYS
                 or (n.startswith(("AWS_", "LEO_")) and n not in image_settings)]
 
