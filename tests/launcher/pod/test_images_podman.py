@@ -106,20 +106,26 @@ class Pod:
     """One container running node `rank` of a rendered job; removed by stop()."""
 
     def __init__(self, image: str, rendered: dict, s3, tmp_path: Path, rank: int = 0,
-                 attempt: int = 0) -> None:
+                 attempt: int = 0, addresses: list[str] | None = None,
+                 network: list[str] | None = None) -> None:
         job = rendered["name"]
         self.name = f"{job}-{rank}-a{attempt}-{uuid.uuid4().hex[:6]}"
-        service = f"{job}-{rank}.{job}.default.svc"
+        addresses = addresses or ["127.0.0.1"]
+        # the headless Service's names of every pod of the job, as its DNS answers them
+        hosts = {}
+        for i, address in enumerate(addresses):
+            hosts |= {f"{job}-{i}.{job}.default.svc": address, f"{job}-{i}.{job}": address}
         run = PodRun(rendered["pod"], image=image, workdir=tmp_path / self.name,
-                     facts=PodFacts(name=f"{job}-{rank}-x{attempt}",
+                     facts=PodFacts(name=f"{job}-{rank}-x{attempt}", node_name=f"node-{rank}",
+                                    pod_ip=addresses[rank], host_ip=addresses[rank],
                                     annotations={"batch.kubernetes.io/job-completion-index": str(rank)}),
                      configmaps=rendered["configmaps"],
                      secrets={SECRET: {"AWS_ACCESS_KEY_ID": s3.access_key,
                                        "AWS_SECRET_ACCESS_KEY": s3.secret_key}},
-                     hosts={service: "127.0.0.1", f"{job}-{rank}.{job}": "127.0.0.1"})
+                     hosts=hosts)
         # test knobs the bootstrap reads (as in test_multinode.py): publish every second,
         # a meta-test of 8 tasks
-        argv = run.argv(name=self.name, network=["--network", "host"],
+        argv = run.argv(name=self.name, network=network or ["--network", "host"],
                         extra_env={"LEO_PUBLISH_INTERVAL": "1", "LEO_EVAL_TASKS": "8"})
         self.log = (tmp_path / f"{self.name}.log").open("w+")
         self.proc = subprocess.Popen(["podman", *argv], env=podman_images.podman_env(),
@@ -191,19 +197,26 @@ def test_one_node_two_ranks_train_publish_and_the_cli_reads_it(cpu_image, s3, ti
     report = cli(s3, "report", url, "-o", "json", *storage, cwd=tmp_path)
     assert report.returncode == 0, report.stdout + report.stderr
     summary = json.loads(report.stdout)
-    assert STEPS in json.dumps(summary) or str(STEPS) in report.stdout, report.stdout
+    assert (summary["name"], summary["accelerator"], summary["cards"]) == (rendered["name"], "cpu", 2)
+    assert summary["step"] == STEPS and summary["records"]["train"] == STEPS, summary
+    assert summary["meta_test"] is not None, summary
 
 
 def test_a_bad_data_url_exits_2(cpu_image, s3, tmp_path):
+    # a data_url with another dataset than the experiment's (the bootstrap treats an empty
+    # prefix, or one without any dataset folder, as retriable: exit 1)
+    s3.client().put_object(Bucket=DATA_BUCKET, Key="tiered-only/tieredImageNet/center/README.txt",
+                           Body=b"not the miniImageNet embeddings")
     rendered = render(tmp_path, s3, "leo-img-bad", "--cards", "2", "--steps", str(STEPS),
-                      data_url=f"s3://{DATA_BUCKET}/no-such-prefix")
+                      data_url=f"s3://{DATA_BUCKET}/tiered-only")
     pod = Pod(cpu_image, rendered, s3, tmp_path)
     try:
         code, out = pod.wait(), pod.output()
     finally:
         pod.stop()
     assert code == 2, out[-4000:]
-    assert "no-such-prefix" in out and "Traceback" not in out, out[-4000:]
+    assert "the staged data has no miniImageNet/center/train_embeddings.pkl" in out, out[-4000:]
+    assert "bad configuration: not retrying" in out and "Traceback" not in out, out[-4000:]
 
 
 def test_a_killed_containers_successor_resumes_from_the_bucket(cpu_image, s3, tiny, tmp_path):
@@ -213,7 +226,9 @@ def test_a_killed_containers_successor_resumes_from_the_bucket(cpu_image, s3, ti
     first = Pod(cpu_image, rendered, s3, tmp_path, attempt=0)
     try:
         deadline = time.monotonic() + POD_TIMEOUT_S
-        while "checkpoints/latest.json" not in remote_keys(s3, prefix):
+        # the first checkpoint after step 0 (a fresh job publishes its initial weights too)
+        while ("checkpoints/latest.json" not in remote_keys(s3, prefix)
+               or remote_json(s3, prefix + "checkpoints/latest.json")["step"] == 0):
             assert first.proc.poll() is None, first.output()[-4000:]
             assert time.monotonic() < deadline, first.output()[-4000:]
             time.sleep(0.5)
@@ -230,3 +245,73 @@ def test_a_killed_containers_successor_resumes_from_the_bucket(cpu_image, s3, ti
     assert code == 0, out[-6000:]
     assert "resuming from the checkpoint of step" in out, out[-4000:]
     assert remote_json(s3, prefix + "checkpoints/latest.json")["step"] == steps
+
+
+def test_the_modelarts_style_entry_runs_a_cpu_job_in_the_cpu_image(cpu_image, s3, tiny, tmp_path):
+    # No --device_target: the image's LEO_ACCELERATOR says cpu (the fallback is ascend).
+    name = f"leo-ma-{uuid.uuid4().hex[:6]}"
+    tiny_sets = [f"--set={value}" for value in TINY[1::2]]
+    argv = ["run", "--rm", "--name", name, "--network", "host", "--cap-drop", "ALL",
+            "--security-opt", "no-new-privileges",
+            "--env", f"AWS_ACCESS_KEY_ID={s3.access_key}", "--env", f"AWS_SECRET_ACCESS_KEY={s3.secret_key}",
+            "--env", "AWS_EC2_METADATA_DISABLED=true", "--env", "LEO_EVAL_TASKS=8",
+            cpu_image, f"--data_url={tiny}", f"--train_url=s3://{RUNS_BUCKET}/modelarts",
+            f"--storage-endpoint={s3.endpoint}", "--steps=2", "--enable_modelarts=True", *tiny_sets]
+    try:
+        result = podman_images.podman(*argv, check=False, timeout=POD_TIMEOUT_S)
+    finally:
+        podman_images.podman("rm", "-f", "-t", "0", name, check=False, timeout=60)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-6000:]
+    assert "ip: not found" not in out
+    keys = remote_keys(s3, "modelarts/leo-mini-1shot-cpu1/")
+    assert {"result.json", "checkpoints/latest.json"} <= keys, sorted(keys)
+
+
+def test_two_containers_as_two_nodes_train_one_job(cpu_image, tmp_path_factory, tmp_path):
+    """Each container joins its own network namespace (tests/netns.py: a veth on a bridge,
+    a test address); SeaweedFS listens on the bridge; the Service names resolve to the
+    nodes' addresses."""
+    from tests import netns
+    from tests.s3server import start_s3_server
+
+    why = netns.unavailable()
+    if why:
+        pytest.fail(f"the two-node image test needs network namespaces: {why}")
+    job = "leo-img-mn"
+    with netns.Network(2) as net:
+        server = start_s3_server(tmp_path_factory.mktemp("s3-mn"), host=net.gateway)
+        pods = []
+        try:
+            for bucket in (DATA_BUCKET, RUNS_BUCKET):
+                server.create_bucket(bucket)
+            from leo_core.synthetic import write_dataset
+
+            root = tmp_path / "tiny"
+            write_dataset(root, "miniImageNet", scale=0.1, images_per_class=20, seed=5, quiet=True)
+            for path in sorted(p for p in root.rglob("*") if p.is_file()):
+                server.client().upload_file(str(path), DATA_BUCKET, f"tiny/{path.relative_to(root)}")
+            rendered = render(tmp_path, server, job, "--nodes", "2", "--cards", "2", "--steps", str(STEPS),
+                              "--cluster-timeout", "120", data_url=f"s3://{DATA_BUCKET}/tiny")
+            addresses = [net.address(0), net.address(1)]
+            for rank in (1, 0):  # node 1 first: it waits for node 0
+                pods.append(Pod(cpu_image, rendered, server, tmp_path, rank=rank, addresses=addresses,
+                                network=["--network", f"ns:/run/netns/{net.namespaces[rank]}"]))
+            codes = {rank: pod.wait() for rank, pod in zip((1, 0), pods, strict=True)}
+            outputs = {rank: pod.output() for rank, pod in zip((1, 0), pods, strict=True)}
+            report = "\n".join(f"===== node {r} =====\n{o[-3000:]}" for r, o in outputs.items())
+            assert codes == {0: 0, 1: 0}, report
+            master = f"(master {addresses[0]}:"
+            assert master in outputs[0] and master in outputs[1], report
+            assert "[node 1] done" in outputs[1] and "[node 0] done" in outputs[0], report
+            prefix = f"train/{job}/"
+            pages = server.client().get_paginator("list_objects_v2").paginate(Bucket=RUNS_BUCKET, Prefix=prefix)
+            keys = {o["Key"][len(prefix):] for page in pages for o in page.get("Contents", [])}
+            assert {"result.json", "logs/rank-0.log", "logs/rank-1.log", "checkpoints/latest.json"} <= keys
+            state = json.loads(server.client().get_object(
+                Bucket=RUNS_BUCKET, Key=prefix + f"checkpoints/step-{STEPS}/state.json")["Body"].read())
+            assert state["world_size"] == 2
+        finally:
+            for pod in pods:
+                pod.stop()
+            server.stop()
