@@ -88,10 +88,10 @@ print(time.perf_counter() - start)
 
 
 def _warm(flags: list[str], repeat: int) -> dict[str, float]:
-    from launcher.render import render
-    from launcher.render.check import check_manifests
     from launcher.cli.cmd_render import spec_from_args
     from launcher.cli.main import build_parser
+    from launcher.render import render
+    from launcher.render.check import check_manifests
 
     args = build_parser().parse_args(["render", *flags])
     render.render_validated(spec_from_args(args))  # imports, schemas and validators loaded once

@@ -391,3 +391,21 @@ def test_readme_documents_every_build_argument():
         for name in dockerfile(accel).arg_defaults():
             assert f"`{name}`" in readme, name
     assert "hccn_tool" in readme and "HwHiAiUser" in readme
+
+
+def test_the_three_images_install_the_project_the_same_way():
+    # Docker has no include: the steps every image shares are kept identical here instead
+    # (the project's COPY lines and its install ending in the self-check, the training user's
+    # directories, WORKDIR and ENTRYPOINT).
+    def shared(accel: str) -> dict[str, list[str]]:
+        final = dockerfile(accel).final
+        install = [rest for rest in final.all("RUN") if "launcher.pod.selfcheck" in rest]
+        return {"copy": final.all("COPY")[-4:], "install": install,
+                "dirs": [re.search(r"mkdir -p [^&]+", rest).group(0) for rest in final.all("RUN")
+                         if "mkdir -p" in rest],
+                "end": [final.last("WORKDIR"), final.last("ENTRYPOINT")]}
+
+    cpu = shared("cpu")
+    assert len(cpu["install"]) == 1 and len(cpu["copy"]) == 4
+    for accel in ("ascend", "nvidia"):
+        assert shared(accel) == cpu, accel
