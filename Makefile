@@ -17,8 +17,22 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[test,report,glyphs]"
 	touch $(STAMP)
 
-test: install
+test: install test-tools
 	$(BIN)/python -m pytest
+
+# The image tests (tests/launcher/pod/test_images_podman.py) build the CPU image with
+# Debian's podman and run the rendered pods in it: install the engine when it is missing
+# (as root, with apt-get, as .ci/run does), or stop with what to install.
+IMAGE_TEST_PACKAGES := podman buildah runc debootstrap uidmap fuse-overlayfs slirp4netns
+.PHONY: test-tools
+test-tools:
+	@if ! command -v podman >/dev/null || ! command -v runc >/dev/null || ! command -v debootstrap >/dev/null; then \
+	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(IMAGE_TEST_PACKAGES) >/dev/null; \
+	    else \
+	        echo "make test: the image tests need podman, runc and debootstrap: apt-get install $(IMAGE_TEST_PACKAGES)" >&2; exit 1; \
+	    fi; \
+	fi
 
 demo: install
 	$(BIN)/python -m launcher.cli.demo
@@ -66,8 +80,10 @@ DOCKER            ?= docker
 IMAGE_REPO        ?= leo-launch
 MINDSPORE_VERSION ?= 2.10.0
 IMAGE_BUILD_ARGS  ?=
+# podman's default OCI format drops the Dockerfiles' SHELL line (only a warning): Docker's format.
+PODMAN_FORMAT     := $(if $(findstring podman,$(DOCKER)),--format docker)
 
 image-cpu image-ascend image-nvidia: image-%:
 	@command -v $(DOCKER) >/dev/null 2>&1 || { echo "make $@: '$(DOCKER)' is not installed: building images needs a Docker engine (or set DOCKER=podman)" >&2; exit 1; }
 	@$(DOCKER) info >/dev/null 2>&1 || { echo "make $@: no Docker engine answers ('$(DOCKER) info' failed): start one, or build elsewhere with: $(DOCKER) build -f images/$*/Dockerfile -t $(IMAGE_REPO):$* ." >&2; exit 1; }
-	$(DOCKER) build -f images/$*/Dockerfile -t $(IMAGE_REPO):$* --build-arg MINDSPORE_VERSION=$(MINDSPORE_VERSION) $(IMAGE_BUILD_ARGS) .
+	$(DOCKER) build -f images/$*/Dockerfile -t $(IMAGE_REPO):$* --build-arg MINDSPORE_VERSION=$(MINDSPORE_VERSION) $(PODMAN_FORMAT) $(IMAGE_BUILD_ARGS) .

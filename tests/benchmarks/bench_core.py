@@ -442,8 +442,14 @@ def main() -> None:
     parser.add_argument("--experiments", nargs="+", default=list(EXPERIMENTS))
     parser.add_argument("--torch-threads", nargs="+", type=int, default=[1, 2],
                         help="PyTorch intra-op thread settings, each its own block (1 2)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="1 block, 1 step, 1 config, 8 meta-test tasks: runs every part, no "
+                             "timing claims (tests/benchmarks/test_smoke.py)")
     parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.smoke:
+        args.blocks, args.steps, args.warmup, args.eval_chunks = 1, 1, 1, 1
+        args.metatest_tasks, args.experiments, args.torch_threads = 8, args.experiments[:1], [1]
     if args.worker:
         worker(*args.worker, steps=args.steps, warmup=args.warmup)
         return

@@ -133,6 +133,9 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (3)")
     parser.add_argument("--reduces", type=int, default=50, help="timed back-to-back all-reduces (50)")
     parser.add_argument("--keep", type=Path, help="work in this directory and keep it (logs)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="mini_1shot, 1 and 2 ranks unpinned, 1 step: runs every part, no timing "
+                             "claims (tests/benchmarks/test_smoke.py)")
     # Worker mode (what msrun starts).
     parser.add_argument("--as-rank", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--experiment", help=argparse.SUPPRESS)
@@ -143,6 +146,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.as_rank:
         return worker(args)
+    experiments, configs = EXPERIMENTS, CONFIGS
+    if args.smoke:
+        args.steps, args.warmup, args.reduces = 1, 1, 2
+        experiments, configs = EXPERIMENTS[:1], tuple(c for c in CONFIGS if not c[1])
 
     import platform
 
@@ -154,8 +161,8 @@ def main(argv=None) -> int:
         data_root = base / "data"
         write_dataset(data_root, "miniImageNet", scale=1.0, images_per_class=60, seed=0, quiet=True)
         rows = {}
-        for experiment in EXPERIMENTS:
-            for world, pin in CONFIGS:
+        for experiment in experiments:
+            for world, pin in configs:
                 started = time.monotonic()
                 rows[experiment, world, pin] = run_config(experiment, world, pin, data_root, base, args)
                 print(f"  ran {experiment} on {world} rank(s){' pinned' if pin else ''} in "
@@ -171,8 +178,8 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|---|---|---|---|")
     params = None
     step_1rank = {}
-    for experiment in EXPERIMENTS:
-        for world, pin in CONFIGS:
+    for experiment in experiments:
+        for world, pin in configs:
             results = rows[experiment, world, pin]
             params = results[0]["parameters"]
             seconds = max(r["seconds"] for r in results)  # the job is as fast as its slowest rank
@@ -204,7 +211,7 @@ def main(argv=None) -> int:
     for label, bandwidth in (("Ascend HCCS / NVLink, ~25 GB/s", 25e9), ("100 Gb/s RoCE, ~12 GB/s", 12e9),
                              ("25 Gb/s Ethernet, ~3 GB/s", 3e9), ("10 Gb/s Ethernet, ~1.2 GB/s", 1.2e9)):
         seconds = ring / bandwidth + 14 * 20e-6
-        shares = " / ".join(f"{100 * seconds / step_1rank[e]:.2f}%" for e in reversed(EXPERIMENTS))
+        shares = " / ".join(f"{100 * seconds / step_1rank[e]:.2f}%" for e in reversed(experiments))
         print(f"| {label} | {1000 * ring / bandwidth:.2f} ms | {1000 * seconds:.2f} ms | {shares} |")
     print("\nThe right column compares with this CPU's step for all 12 tasks in one process. On 8 "
           "accelerator cards each rank runs 1-2 tasks and a step is far shorter than a CPU step, so "

@@ -88,9 +88,10 @@ print(time.perf_counter() - start)
 
 
 def _warm(flags: list[str], repeat: int) -> dict[str, float]:
-    from launcher import manifest_check, render
     from launcher.cli.cmd_render import spec_from_args
     from launcher.cli.main import build_parser
+    from launcher.render import render
+    from launcher.render.check import check_manifests
 
     args = build_parser().parse_args(["render", *flags])
     render.render_validated(spec_from_args(args))  # imports, schemas and validators loaded once
@@ -101,7 +102,7 @@ def _warm(flags: list[str], repeat: int) -> dict[str, float]:
         t1 = time.perf_counter()
         objects = render.render(spec)
         t2 = time.perf_counter()
-        manifest_check.check_manifests(objects)
+        check_manifests(objects)
         t3 = time.perf_counter()
         render.dump(objects)
         t4 = time.perf_counter()
@@ -110,10 +111,14 @@ def _warm(flags: list[str], repeat: int) -> dict[str, float]:
     return {key: statistics.median(values) for key, values in samples.items()}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5, help="runs per process measurement (median)")
-    options = parser.parse_args()
+    parser.add_argument("--smoke", action="store_true",
+                        help="one run of everything, no timing claims (tests/benchmarks/test_smoke.py)")
+    options = parser.parse_args(argv)
+    if options.smoke:
+        options.repeat = 1
     rows: list[tuple[str, str]] = []
 
     help_wall = _wall(["-m", "launcher", "--help"], options.repeat)
@@ -143,7 +148,7 @@ def main() -> int:
         rows.append((f"{NODES}-node render+validate, fresh process incl. imports (median)",
                      f"{statistics.median(cold) * 1000:.0f} ms"))
         for label, flags in cases:
-            warm = _warm(flags, max(10, options.repeat * 4))
+            warm = _warm(flags, 1 if options.smoke else max(10, options.repeat * 4))
             rows.append((f"{NODES}-node render+validate, warm: {label}", f"{warm['total'] * 1000:.1f} ms  "
                          f"(spec {warm['spec'] * 1000:.1f}, render {warm['render'] * 1000:.1f}, validate "
                          f"{warm['validate'] * 1000:.1f}, YAML out {warm['dump'] * 1000:.1f})"))

@@ -37,11 +37,11 @@ from launcher.util.s3server import start_s3_server  # noqa: E402
 TOOLS = ("leo", "aws", "s5cmd")
 
 
-def make_embeddings(dest: Path, crop: str) -> None:
+def make_embeddings(dest: Path, crop: str, size: list[str] = ()) -> None:
     """Full-size synthetic miniImageNet pickles (leo_core.synthetic when present)."""
     try:
         subprocess.run([sys.executable, "-m", "leo_core.synthetic", "--out", str(dest),
-                        "--dataset", "miniImageNet", "--crop", crop], cwd=ROOT, check=True,
+                        "--dataset", "miniImageNet", "--crop", crop, *size], cwd=ROOT, check=True,
                        stdout=subprocess.DEVNULL)
         return
     except subprocess.CalledProcessError:
@@ -78,12 +78,13 @@ def tree_size(root: Path) -> tuple[int, int]:
 
 
 class Runner:
-    def __init__(self, server, bucket: str, tools_dir: Path) -> None:
+    def __init__(self, server, bucket: str, tools_dir: Path | None) -> None:
         self.server = server
         self.bucket = bucket
         self.endpoint = server.endpoint
-        self.aws = str(tools_dir / "aws")
-        self.s5cmd = str(tools_dir / "s5cmd") if (tools_dir / "s5cmd").exists() else shutil.which("s5cmd")
+        if tools_dir is not None:  # the smoke mode may run leo-launch alone
+            self.aws = str(tools_dir / "aws")
+            self.s5cmd = str(tools_dir / "s5cmd") if (tools_dir / "s5cmd").exists() else shutil.which("s5cmd")
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("AWS_", "S3_", "OBS_", "LEO_STORAGE_"))}
         env.update(server.env())
@@ -126,20 +127,30 @@ def same_tree(a: Path, b: Path) -> bool:
     return files_a == files_b and all((a / f).read_bytes() == (b / f).read_bytes() for f in files_a)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tools", type=Path, required=True, help="bin/ of the venv with awscli and s5cmd")
+    parser.add_argument("--tools", type=Path, help="bin/ of the venv with awscli and s5cmd (required "
+                        "unless --smoke)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="leo-launch only (awscli and s5cmd if --tools is given), tiny data, one run: "
+                             "every step runs, no timing claims (tests/benchmarks/test_smoke.py)")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--small-files", type=int, default=1000)
     parser.add_argument("--crop", choices=("center", "multiview", "both"), default="both")
     parser.add_argument("--workdir", type=Path, help="default: a temporary directory, removed at the end")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.tools is None and not args.smoke:
+        parser.error("--tools is required (or --smoke)")
+    tools = TOOLS if args.tools else TOOLS[:1]
+    size: list[str] = []
+    if args.smoke:
+        args.repeat, args.small_files, args.crop, size = 1, 20, "center", ["--scale", "0.05"]
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="leo-bench-storage-"))
     work.mkdir(parents=True, exist_ok=True)
     sets = {"embeddings": work / "src-embeddings", "small files": work / "src-small"}
     print("generating data ...", file=sys.stderr)
-    make_embeddings(sets["embeddings"], args.crop)
+    make_embeddings(sets["embeddings"], args.crop, size)
     make_small_files(sets["small files"], args.small_files)
     sizes = {name: tree_size(path) for name, path in sets.items()}
     load_before = os.getloadavg()
@@ -150,7 +161,7 @@ def main() -> int:
         runner = Runner(server, bucket, args.tools)
         for rep in range(args.repeat):
             for name, src in sets.items():
-                order = TOOLS[rep % 3:] + TOOLS[:rep % 3]  # interleave: no tool always first
+                order = tools[rep % len(tools):] + tools[:rep % len(tools)]  # no tool always first
                 for tool in order:
                     url = f"s3://{bucket}/{tool}/{name.replace(' ', '-')}/run-{rep}"
                     dest = work / "pulled" / f"{tool}-{name.replace(' ', '-')}-{rep}"
@@ -170,6 +181,10 @@ def main() -> int:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
 
+    if args.smoke:  # the whole run happened; its numbers mean nothing at this size
+        print("smoke run: " + ", ".join(f"{' '.join(key)} {values[0]:.2f} s" for key, values in results.items()
+                                         if not key[2].endswith(" cpu")))
+        return 0
     report(results, sizes, repeat=args.repeat, load=(load_before, load_after))
     return 0
 

@@ -1,6 +1,6 @@
-"""The training images agree with what the pods expect, without a Docker engine.
+"""The training images agree with what the pods expect, read as text.
 
-No Docker runs here, so the Dockerfiles are read as text: each lints clean with
+The Dockerfiles are read as text here (test_images_podman.py builds the CPU one for real): each lints clean with
 hadolint, its entrypoint is the bootstrap command the templates render, the paths it
 creates and the environment it sets match launcher.jobspec and a rendered pod, it runs
 as a non-root user, bakes in nothing secret, and pins its versions as build arguments.
@@ -245,7 +245,14 @@ def test_environment_matches_the_pod(accel):
     assert final.env["PATH"].split(":")[0] == f"{venv}/bin"
     commands = run_commands(final)
     assert re.search(rf"-m venv (--system-site-packages )?\"?{re.escape(venv)}\"?", commands)
-    assert "command -v msrun" in commands
+    # the build ends with the self-check the test suite also runs (test_selfcheck.py):
+    # templates installed, entrypoint imports, msrun and python from the venv
+    assert any(["python", "-m", "launcher.pod.selfcheck"] in shell_commands(final.expand(rest))
+               for rest in final.all("RUN"))
+    # each image says which accelerator it is for (the ModelArts-style entry reads it)
+    assert final.env[contract.ENV_ACCELERATOR] == accel
+    # msrun runs `ip -j addr` at every start
+    assert "iproute2" in commands
 
 
 @pytest.mark.parametrize("accel", ACCELERATORS)
@@ -307,7 +314,8 @@ def test_no_secrets_in_env_or_args(accel):
         names |= set(stage.args) | set(stage.env)
     assert not [n for n in names if SECRET_NAME.search(n)]
     # storage endpoint and credentials reach pods from the JobSpec and a Secret only
-    image_settings = (contract.ENV_CONFIG_DIR, contract.ENV_CACHE_DIR, "LEO_UID", "LEO_GID")
+    image_settings = (contract.ENV_CONFIG_DIR, contract.ENV_CACHE_DIR, contract.ENV_ACCELERATOR,
+                      "LEO_UID", "LEO_GID")
     assert not [n for n in names if n in contract.SECRET_KEYS
                 or (n.startswith(("AWS_", "LEO_")) and n not in image_settings)]
 
@@ -383,3 +391,21 @@ def test_readme_documents_every_build_argument():
         for name in dockerfile(accel).arg_defaults():
             assert f"`{name}`" in readme, name
     assert "hccn_tool" in readme and "HwHiAiUser" in readme
+
+
+def test_the_three_images_install_the_project_the_same_way():
+    # Docker has no include: the steps every image shares are kept identical here instead
+    # (the project's COPY lines and its install ending in the self-check, the training user's
+    # directories, WORKDIR and ENTRYPOINT).
+    def shared(accel: str) -> dict[str, list[str]]:
+        final = dockerfile(accel).final
+        install = [rest for rest in final.all("RUN") if "launcher.pod.selfcheck" in rest]
+        return {"copy": final.all("COPY")[-4:], "install": install,
+                "dirs": [re.search(r"mkdir -p [^&]+", rest).group(0) for rest in final.all("RUN")
+                         if "mkdir -p" in rest],
+                "end": [final.last("WORKDIR"), final.last("ENTRYPOINT")]}
+
+    cpu = shared("cpu")
+    assert len(cpu["install"]) == 1 and len(cpu["copy"]) == 4
+    for accel in ("ascend", "nvidia"):
+        assert shared(accel) == cpu, accel

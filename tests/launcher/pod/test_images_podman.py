@@ -1,0 +1,317 @@
+"""The CPU image, built for real with podman, runs the rendered pod against SeaweedFS.
+
+The image is built from images/cpu/Dockerfile as `make image-cpu DOCKER=podman` builds it,
+on a stand-in base for python:3.11-slim-bookworm and a host wheelhouse (tests/podman_images.py:
+no registry is reachable here). Each pod is the Job's pod template from `leo-launch render`,
+turned into `podman run` by tests/podrun.py (command, env with the downward API filled in,
+the ConfigMap mounted read-only with the kubelet's `..data` layout, emptyDirs, /dev/shm,
+--user/--group-add/--cap-drop ALL/no-new-privileges, --cpus/--memory). The containers share
+the host's network namespace, so they reach SeaweedFS on 127.0.0.1 and nothing else is
+addressed; the headless Service's names resolve to 127.0.0.1 (--add-host).
+
+Needs podman, runc and debootstrap (`.ci/run` and `make test-deps` install them): without
+them these tests fail, they do not skip. A developer may set LEO_SKIP_IMAGE_TESTS=1 to skip
+them locally; CI (`CI` set) refuses that.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests import msrun_util, podman_images
+from tests.podrun import PodFacts, PodRun
+
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
+
+ROOT = Path(__file__).resolve().parents[3]
+DATA_BUCKET, RUNS_BUCKET = "leo-img-data", "leo-img-runs"
+STEPS = 6
+TINY = ["--set", "total_examples_per_class=20", "--set", "num_validation_batches=1",
+        "--set", "metavalid_batch_size=4", "--set", "metatest_batch_size=4",
+        "--set", "checkpoint_steps=2"]
+POD_TIMEOUT_S = 300
+SECRET = "leo-s3"
+
+
+@pytest.fixture(scope="module")
+def cpu_image():
+    if os.environ.get("LEO_SKIP_IMAGE_TESTS") == "1":
+        if os.environ.get("CI"):
+            pytest.fail("LEO_SKIP_IMAGE_TESTS=1 is refused in CI: the image tests must run")
+        pytest.skip("LEO_SKIP_IMAGE_TESTS=1 (a developer's opt-out; CI refuses it)")
+    missing = podman_images.missing_tools()
+    if missing:
+        pytest.fail(f"the image tests need {', '.join(missing)}: apt-get install podman buildah runc "
+                    "debootstrap uidmap (make test-deps, or .ci/run)")
+    tag, seconds = podman_images.build_cpu_image()
+    size = int(podman_images.podman("image", "inspect", "--format", "{{.Size}}", tag).stdout.strip())
+    print(f"\nCPU image {tag}: built in {seconds:.0f} s, {size / 1e9:.2f} GB")
+    return tag
+
+
+@pytest.fixture(scope="module")
+def s3(s3_server):
+    for bucket in (DATA_BUCKET, RUNS_BUCKET):
+        try:
+            s3_server.create_bucket(bucket)
+        except Exception:  # noqa: BLE001 - the session's server may have it already
+            pass
+    return s3_server
+
+
+@pytest.fixture(scope="module")
+def tiny(s3, tmp_path_factory):
+    from leo_core.synthetic import write_dataset
+
+    root = tmp_path_factory.mktemp("tiny")
+    write_dataset(root, "miniImageNet", scale=0.1, images_per_class=20, seed=5, quiet=True)
+    client = s3.client()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        client.upload_file(str(path), DATA_BUCKET, f"tiny/{path.relative_to(root)}")
+    return f"s3://{DATA_BUCKET}/tiny"
+
+
+def cli_env(s3) -> dict[str, str]:
+    return {**os.environ, **s3.env(), "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+def render(tmp_path: Path, s3, name: str, *args: str, data_url: str) -> dict:
+    """`leo-launch render -o DIR`: the ConfigMap's files and the Job's pod template."""
+    out = tmp_path / f"manifests-{name}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "launcher", "render", "--name", name, "--exp", "mini_5shot",
+         "--accel", "cpu", "--data-url", data_url, "--train-url", f"s3://{RUNS_BUCKET}/train",
+         "--storage-secret", SECRET, "--storage-endpoint", s3.endpoint,
+         "--master-port", str(msrun_util.free_port() % 40000 + 20000), *TINY, *args, "-o", str(out)],
+        env=cli_env(s3), capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    objects = [yaml.safe_load(p.read_text()) for p in sorted(out.glob("*.yaml"))]
+    config = next(o for o in objects if o["kind"] == "ConfigMap")
+    job = next(o for o in objects if o["kind"] == "Job")
+    service = next(o for o in objects if o["kind"] == "Service")
+    return {"name": job["metadata"]["name"], "pod": job["spec"]["template"], "service": service,
+            "configmaps": {config["metadata"]["name"]: config["data"]}}
+
+
+class Pod:
+    """One container running node `rank` of a rendered job; removed by stop()."""
+
+    def __init__(self, image: str, rendered: dict, s3, tmp_path: Path, rank: int = 0,
+                 attempt: int = 0, addresses: list[str] | None = None,
+                 network: list[str] | None = None) -> None:
+        job = rendered["name"]
+        self.name = f"{job}-{rank}-a{attempt}-{uuid.uuid4().hex[:6]}"
+        addresses = addresses or ["127.0.0.1"]
+        # the headless Service's names of every pod of the job, as its DNS answers them
+        hosts = {}
+        for i, address in enumerate(addresses):
+            hosts |= {f"{job}-{i}.{job}.default.svc": address, f"{job}-{i}.{job}": address}
+        run = PodRun(rendered["pod"], image=image, workdir=tmp_path / self.name,
+                     facts=PodFacts(name=f"{job}-{rank}-x{attempt}", node_name=f"node-{rank}",
+                                    pod_ip=addresses[rank], host_ip=addresses[rank],
+                                    annotations={"batch.kubernetes.io/job-completion-index": str(rank)}),
+                     configmaps=rendered["configmaps"],
+                     secrets={SECRET: {"AWS_ACCESS_KEY_ID": s3.access_key,
+                                       "AWS_SECRET_ACCESS_KEY": s3.secret_key}},
+                     hosts=hosts)
+        # test knobs the bootstrap reads (as in test_multinode.py): publish every second,
+        # a meta-test of 8 tasks
+        argv = run.argv(name=self.name, network=network or ["--network", "host"],
+                        extra_env={"LEO_PUBLISH_INTERVAL": "1", "LEO_EVAL_TASKS": "8"})
+        self.log = (tmp_path / f"{self.name}.log").open("w+")
+        self.proc = subprocess.Popen(["podman", *argv], env=podman_images.podman_env(),
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+
+    def wait(self, timeout: float = POD_TIMEOUT_S) -> int:
+        return self.proc.wait(timeout)
+
+    def output(self) -> str:
+        self.log.flush()
+        return Path(self.log.name).read_text(errors="replace")
+
+    def kill(self) -> None:
+        podman_images.podman("kill", "--signal", "KILL", self.name, check=False, timeout=60)
+        self.proc.wait(60)
+
+    def stop(self) -> None:
+        podman_images.podman("rm", "-f", "-t", "0", self.name, check=False, timeout=60)
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+        self.log.close()
+
+
+def remote_json(s3, key: str):
+    return json.loads(s3.client().get_object(Bucket=RUNS_BUCKET, Key=key)["Body"].read())
+
+
+def remote_keys(s3, prefix: str) -> set[str]:
+    pages = s3.client().get_paginator("list_objects_v2").paginate(Bucket=RUNS_BUCKET, Prefix=prefix)
+    return {obj["Key"][len(prefix):] for page in pages for obj in page.get("Contents", [])}
+
+
+def cli(s3, *argv: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "launcher", *argv], env=cli_env(s3), cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+# ------------------------------------------------------------------ scenarios
+
+
+def test_one_node_two_ranks_train_publish_and_the_cli_reads_it(cpu_image, s3, tiny, tmp_path):
+    rendered = render(tmp_path, s3, "leo-img-1", "--cards", "2", "--steps", str(STEPS), data_url=tiny)
+    pod = Pod(cpu_image, rendered, s3, tmp_path)
+    try:
+        started = time.monotonic()
+        code = pod.wait()
+        seconds = time.monotonic() - started
+        out = pod.output()
+    finally:
+        pod.stop()
+    assert code == 0, out[-6000:]
+    assert "ip: not found" not in out  # msrun's `ip -j addr` finds iproute2
+    assert "[node 0] done" in out, out[-4000:]
+    prefix = f"train/{rendered['name']}/"
+    keys = remote_keys(s3, prefix)
+    for key in ("result.json", "metrics.jsonl", "checkpoints/latest.json",
+                f"checkpoints/step-{STEPS}/weights.npz", "logs/rank-0.log", "logs/rank-1.log"):
+        assert key in keys, sorted(keys)
+    assert remote_json(s3, prefix + "checkpoints/latest.json")["step"] == STEPS
+    assert remote_json(s3, prefix + f"checkpoints/step-{STEPS}/state.json")["world_size"] == 2
+    print(f"\n1 node x 2 ranks in the image: {seconds:.1f} s")
+
+    url = f"s3://{RUNS_BUCKET}/train/{rendered['name']}"
+    storage = ["--storage-endpoint", s3.endpoint, "--path-style"]
+    pulled = cli(s3, "pull", url, "--to", str(tmp_path / "pulled"), *storage, cwd=tmp_path)
+    assert pulled.returncode == 0, pulled.stdout + pulled.stderr
+    assert any((tmp_path / "pulled").rglob("*.ckpt")), list((tmp_path / "pulled").rglob("*"))
+    report = cli(s3, "report", url, "-o", "json", *storage, cwd=tmp_path)
+    assert report.returncode == 0, report.stdout + report.stderr
+    summary = json.loads(report.stdout)
+    assert (summary["name"], summary["accelerator"], summary["cards"]) == (rendered["name"], "cpu", 2)
+    assert summary["step"] == STEPS and summary["records"]["train"] == STEPS, summary
+    assert summary["meta_test"] is not None, summary
+
+
+def test_a_bad_data_url_exits_2(cpu_image, s3, tmp_path):
+    # a data_url with another dataset than the experiment's (the bootstrap treats an empty
+    # prefix, or one without any dataset folder, as retriable: exit 1)
+    s3.client().put_object(Bucket=DATA_BUCKET, Key="tiered-only/tieredImageNet/center/README.txt",
+                           Body=b"not the miniImageNet embeddings")
+    rendered = render(tmp_path, s3, "leo-img-bad", "--cards", "2", "--steps", str(STEPS),
+                      data_url=f"s3://{DATA_BUCKET}/tiered-only")
+    pod = Pod(cpu_image, rendered, s3, tmp_path)
+    try:
+        code, out = pod.wait(), pod.output()
+    finally:
+        pod.stop()
+    assert code == 2, out[-4000:]
+    assert "the staged data has no miniImageNet/center/train_embeddings.pkl" in out, out[-4000:]
+    assert "bad configuration: not retrying" in out and "Traceback" not in out, out[-4000:]
+
+
+def test_a_killed_containers_successor_resumes_from_the_bucket(cpu_image, s3, tiny, tmp_path):
+    steps = 40
+    rendered = render(tmp_path, s3, "leo-img-kill", "--cards", "2", "--steps", str(steps), data_url=tiny)
+    prefix = f"train/{rendered['name']}/"
+    first = Pod(cpu_image, rendered, s3, tmp_path, attempt=0)
+    try:
+        deadline = time.monotonic() + POD_TIMEOUT_S
+        # the first checkpoint after step 0 (a fresh job publishes its initial weights too)
+        while ("checkpoints/latest.json" not in remote_keys(s3, prefix)
+               or remote_json(s3, prefix + "checkpoints/latest.json")["step"] == 0):
+            assert first.proc.poll() is None, first.output()[-4000:]
+            assert time.monotonic() < deadline, first.output()[-4000:]
+            time.sleep(0.5)
+        first.kill()
+    finally:
+        first.stop()
+    published = remote_json(s3, prefix + "checkpoints/latest.json")["step"]
+    assert 0 < published < steps
+    second = Pod(cpu_image, rendered, s3, tmp_path, attempt=1)  # a new pod: empty /cache
+    try:
+        code, out = second.wait(), second.output()
+    finally:
+        second.stop()
+    assert code == 0, out[-6000:]
+    assert "resuming from the checkpoint of step" in out, out[-4000:]
+    assert remote_json(s3, prefix + "checkpoints/latest.json")["step"] == steps
+
+
+def test_the_modelarts_style_entry_runs_a_cpu_job_in_the_cpu_image(cpu_image, s3, tiny, tmp_path):
+    # No --device_target: the image's LEO_ACCELERATOR says cpu (the fallback is ascend).
+    name = f"leo-ma-{uuid.uuid4().hex[:6]}"
+    tiny_sets = [f"--set={value}" for value in TINY[1::2]]
+    argv = ["run", "--rm", "--name", name, "--network", "host", "--cap-drop", "ALL",
+            "--security-opt", "no-new-privileges",
+            "--env", f"AWS_ACCESS_KEY_ID={s3.access_key}", "--env", f"AWS_SECRET_ACCESS_KEY={s3.secret_key}",
+            "--env", "AWS_EC2_METADATA_DISABLED=true", "--env", "LEO_EVAL_TASKS=8",
+            cpu_image, f"--data_url={tiny}", f"--train_url=s3://{RUNS_BUCKET}/modelarts",
+            f"--storage-endpoint={s3.endpoint}", "--steps=2", "--enable_modelarts=True", *tiny_sets]
+    try:
+        result = podman_images.podman(*argv, check=False, timeout=POD_TIMEOUT_S)
+    finally:
+        podman_images.podman("rm", "-f", "-t", "0", name, check=False, timeout=60)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-6000:]
+    assert "ip: not found" not in out
+    keys = remote_keys(s3, "modelarts/leo-mini-1shot-cpu1/")
+    assert {"result.json", "checkpoints/latest.json"} <= keys, sorted(keys)
+
+
+def test_two_containers_as_two_nodes_train_one_job(cpu_image, tmp_path_factory, tmp_path):
+    """Each container joins its own network namespace (tests/netns.py: a veth on a bridge,
+    a test address); SeaweedFS listens on the bridge; the Service names resolve to the
+    nodes' addresses."""
+    from tests import netns
+    from tests.s3server import start_s3_server
+
+    why = netns.unavailable()
+    if why:
+        pytest.fail(f"the two-node image test needs network namespaces: {why}")
+    job = "leo-img-mn"
+    with netns.Network(2) as net:
+        server = start_s3_server(tmp_path_factory.mktemp("s3-mn"), host=net.gateway)
+        pods = []
+        try:
+            for bucket in (DATA_BUCKET, RUNS_BUCKET):
+                server.create_bucket(bucket)
+            from leo_core.synthetic import write_dataset
+
+            root = tmp_path / "tiny"
+            write_dataset(root, "miniImageNet", scale=0.1, images_per_class=20, seed=5, quiet=True)
+            for path in sorted(p for p in root.rglob("*") if p.is_file()):
+                server.client().upload_file(str(path), DATA_BUCKET, f"tiny/{path.relative_to(root)}")
+            rendered = render(tmp_path, server, job, "--nodes", "2", "--cards", "2", "--steps", str(STEPS),
+                              "--cluster-timeout", "120", data_url=f"s3://{DATA_BUCKET}/tiny")
+            addresses = [net.address(0), net.address(1)]
+            for rank in (1, 0):  # node 1 first: it waits for node 0
+                pods.append(Pod(cpu_image, rendered, server, tmp_path, rank=rank, addresses=addresses,
+                                network=["--network", f"ns:/run/netns/{net.namespaces[rank]}"]))
+            codes = {rank: pod.wait() for rank, pod in zip((1, 0), pods, strict=True)}
+            outputs = {rank: pod.output() for rank, pod in zip((1, 0), pods, strict=True)}
+            report = "\n".join(f"===== node {r} =====\n{o[-3000:]}" for r, o in outputs.items())
+            assert codes == {0: 0, 1: 0}, report
+            master = f"(master {addresses[0]}:"
+            assert master in outputs[0] and master in outputs[1], report
+            assert "[node 1] done" in outputs[1] and "[node 0] done" in outputs[0], report
+            prefix = f"train/{job}/"
+            pages = server.client().get_paginator("list_objects_v2").paginate(Bucket=RUNS_BUCKET, Prefix=prefix)
+            keys = {o["Key"][len(prefix):] for page in pages for o in page.get("Contents", [])}
+            assert {"result.json", "logs/rank-0.log", "logs/rank-1.log", "checkpoints/latest.json"} <= keys
+            state = json.loads(server.client().get_object(
+                Bucket=RUNS_BUCKET, Key=prefix + f"checkpoints/step-{STEPS}/state.json")["Body"].read())
+            assert state["world_size"] == 2
+        finally:
+            for pod in pods:
+                pod.stop()
+            server.stop()
