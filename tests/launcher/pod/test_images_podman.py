@@ -273,7 +273,7 @@ def test_two_containers_as_two_nodes_train_one_job(cpu_image, tmp_path_factory, 
     a test address); SeaweedFS listens on the bridge; the Service names resolve to the
     nodes' addresses."""
     from tests import netns
-    from tests.s3server import start_s3_server
+    from launcher.util.s3server import start_s3_server
 
     why = netns.unavailable()
     if why:
