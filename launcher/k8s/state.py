@@ -101,6 +101,14 @@ def exit_description(code: Any, reason: str | None = None) -> str:
     return text
 
 
+def terminated_text(terminated: Mapping[str, Any]) -> str:
+    """A finished container: its exit code and the last line of its termination message
+    (the bootstrap's one-line reason, else the kubelet's tail of the log)."""
+    text = exit_description(terminated.get("exitCode"), terminated.get("reason"))
+    lines = [line.strip() for line in str(terminated.get("message") or "").splitlines() if line.strip()]
+    return f"{text}: {lines[-1][:300]}" if lines else text
+
+
 def pod_problem(pod: Mapping[str, Any], events: Iterable[Mapping[str, Any]] = ()) -> str | None:
     """Why a pod does not run: a container waiting on an image or config, the scheduler's
     verdict in its conditions, or its latest warning event that still holds (a scheduling
@@ -297,8 +305,7 @@ def summarize(info: JobInfo, pods: Iterable[Mapping[str, Any]], *,
                 if problem:
                     entry["reason"] = problem
             elif pod_phase == "Failed":
-                entry["reason"] = (exit_description(terminated.get("exitCode"), terminated.get("reason"))
-                                   if terminated else _reason_text((pod.get("status") or {}).get("reason"),
+                entry["reason"] = (terminated_text(terminated) if terminated else _reason_text((pod.get("status") or {}).get("reason"),
                                                                    (pod.get("status") or {}).get("message")))
         for offset in range(per_node):
             ranks.append({"rank": node_rank * per_node + offset, **entry})
@@ -366,7 +373,7 @@ def _job_failing_failure(rules: list[dict[str, Any]], by_rank: dict[int, list[di
                 if match.get("containerName") not in (None, contract.CONTAINER_NAME):
                     continue
                 if isinstance(code, int) and (code in values) == (match.get("operator", "In") == "In"):
-                    return f"node rank {rank} ({meta(pod).get('name')}) {exit_description(code, terminated.get('reason'))}"
+                    return f"node rank {rank} ({meta(pod).get('name')}) {terminated_text(terminated)}"
     return None
 
 
@@ -378,8 +385,7 @@ def _last_failure(by_rank: dict[int, list[dict[str, Any]]]) -> str | None:
                 continue
             terminated = (container_status(pod).get("state") or {}).get("terminated") or {}
             when = parse_time(terminated.get("finishedAt")) or created_at(pod) or 0.0
-            what = exit_description(terminated.get("exitCode"), terminated.get("reason")) \
-                if terminated else ((pod.get("status") or {}).get("reason") or "failed")
+            what = terminated_text(terminated) if terminated else ((pod.get("status") or {}).get("reason") or "failed")
             failures.append((when, f"node rank {rank} ({meta(pod).get('name')}) {what}"))
     return max(failures)[1] if failures else None
 

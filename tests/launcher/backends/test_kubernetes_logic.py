@@ -478,6 +478,27 @@ def test_exit_code_2_fails_the_job_before_the_job_controller_marks_it(monkeypatc
     assert cluster.status(fake_cluster(api), "leo-u", progress=False)["phase"] == "Restarting"
 
 
+def test_status_shows_the_termination_message_of_a_failed_pod():
+    """Issue 22 item 17: 'exit code 1' alone; the pod's termination message says why."""
+    s, api = submitted(max_restarts=0)
+    pod_template = next(o for o in render(s) if o["kind"] == "Job")["spec"]["template"]["spec"]
+    assert pod_template["containers"][0]["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    put_pod(api, pod("leo-u", 0, "Failed", node="n1", state={"terminated": {
+        "exitCode": 1, "reason": "Error",
+        "message": "error: data_url s3://bkt/leo: no objects under this prefix (retriable)\n"}}))
+    set_job_status(api, "leo-u", failed=1, conditions=[
+        {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}])
+    result = cluster.status(fake_cluster(api), "leo-u", progress=False)
+    assert result["reason"] == ("BackoffLimitExceeded; last failure: node rank 0 (leo-u-0-abcde) exit code 1: "
+                                "error: data_url s3://bkt/leo: no objects under this prefix (retriable)")
+    assert result["ranks"][0]["reason"].endswith("no objects under this prefix (retriable)")
+    # FallbackToLogsOnError: the kubelet's tail of the log; its last line is kept
+    api.objects[("v1", "Pod", "default", "leo-u-0-abcde")]["status"]["containerStatuses"][0]["state"] = {
+        "terminated": {"exitCode": 137, "reason": "OOMKilled", "message": "[rank 0] step 3\n[rank 1] step 3\n"}}
+    assert cluster.status(fake_cluster(api), "leo-u", progress=False)["ranks"][0]["reason"] == \
+        "exit code 137 (OOMKilled): [rank 1] step 3"
+
+
 def test_restarts_count_a_failed_pod_before_its_replacement_exists():
     """Bug 5: RESTARTS lagged by one until the Job controller made the new pod."""
     _, api = submitted(cards=4, nodes=2)
