@@ -555,8 +555,17 @@ class LEO:
         query logits come from `sampler.query_logits` (one matrix product per class) and
         cross-entropy and accuracy from NumPy. Same numbers as `evaluate_batch` up to
         float32 rounding; several times faster with 600 - K queries per class."""
-        tr_x, tr_y = sampler.support(rows)
-        logits = sampler.query_logits(rows, self.adapted_weights(tr_x, tr_y))  # [B, N, Q, N]
+        support = sampler.support(rows)
+        logits = sampler.query_logits(rows, self.episode_weights(*support))  # [B, N, Q, N]
+        return self.episode_results(logits, support, sampler, rows)
+
+    # The two halves of evaluate_episodes, so an evaluation of several models on the same
+    # episodes (leo_core.evaluate) computes all their query logits in one pass.
+    episode_weights = adapted_weights
+
+    @staticmethod
+    def episode_results(logits, support, sampler, rows) -> tuple[np.ndarray, np.ndarray]:
+        """Per-task query cross-entropy and accuracy from query logits [B, N, Q, N]."""
         n = logits.shape[1]
         labels = np.arange(n)[None, :, None]
         top = logits.max(axis=-1)
