@@ -130,3 +130,19 @@ def test_baselines_read_each_chunk_once(test_split):
     results = evaluate_with_baselines(models, lambda: sampler, 250, Comm())
     assert calls == {"gather": 0, "query_logits": 3}  # chunks of 100, 100 and 50 tasks
     assert all(r["tasks"] == 250 for r in results.values())
+
+
+def test_episode_results_follow_argmax_on_ties_and_nan():
+    """LEO.episode_results (class-major comparisons) gives NumPy argmax's labels, first
+    index on ties, and falls back to argmax itself when a logit is NaN."""
+    from leo_core.model import _nan_safe_results
+
+    rng = np.random.default_rng(5)
+    logits = rng.standard_normal((6, 5, 40, 5)).astype(np.float32)
+    logits[..., 3] = np.where(rng.random(logits.shape[:3]) < 0.5, logits[..., 1], logits[..., 3])
+    logits[..., 0] = np.where(rng.random(logits.shape[:3]) < 0.3, logits[..., 4], logits[..., 0])
+    for case in (logits, np.where(rng.random(logits.shape) < 0.01, np.nan, logits).astype(np.float32)):
+        ce, acc = LEO.episode_results(case, None, None, None)
+        ce_ref, acc_ref = _nan_safe_results(case)
+        np.testing.assert_array_equal(acc, acc_ref)
+        np.testing.assert_allclose(ce, ce_ref, rtol=1e-6)
