@@ -110,6 +110,9 @@ FAILED_PUBLISH_TIMEOUT = 20.0  # seconds for the last publication after a failed
 # set when a last publication was given up: its upload threads must not delay the exit
 ABANDONED_PUBLICATION = threading.Event()
 DEVICES = {"cpu": "CPU", "nvidia": "GPU", "ascend": "Ascend"}
+# The bootstrap's start (Unix seconds): leo_core.train logs its first step's time from it.
+ENV_START_TIME = "LEO_START_TIME"
+
 # msrun variables that must not leak into a launch from the caller's environment
 # (the ascend-operator's too: msrun gets them as arguments and sets its own)
 _INHERITED = ("MS_ROLE", "MS_SCHED_HOST", "MS_SCHED_PORT", "MS_WORKER_NUM", "MS_NODE_ID",
@@ -123,6 +126,7 @@ class Bootstrap:
     """One run of the bootstrap (see the module docstring)."""
 
     def __init__(self, environ: Mapping[str, str] | None = None, stream: TextIO | None = None) -> None:
+        self.started = time.time()  # start-up is timed from here (leo_core.train logs it)
         self.env = dict(os.environ if environ is None else environ)
         self.out = Output(stream)
         self.paths = paths_from_env(self.env)
@@ -174,6 +178,7 @@ class Bootstrap:
         env["PYTHONUNBUFFERED"] = "1"
         env.setdefault("GLOG_v", "2")
         env[ENV_PROCESS_MARK] = self.mark
+        env[ENV_START_TIME] = f"{self.started:.3f}"
         return env
 
     # -------------------------------------------------------------- steps

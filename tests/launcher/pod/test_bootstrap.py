@@ -214,3 +214,12 @@ def test_the_last_publication_after_a_failure_is_bounded():
     assert stream.getvalue() == ("[node 1] warning: last publication gave up after 0.3 s "
                                  "(is s3://unreachable/job reachable?)\n")
     assert boot.publisher is None and not stuck.closed
+
+
+def test_training_processes_get_the_bootstrap_start_time(tmp_path):
+    """leo_core.train times start-up from LEO_START_TIME: the bootstrap's own start, not
+    msrun's or the worker's (their start-up is part of what is measured)."""
+    before = time.time()
+    boot = bs.Bootstrap(environ={"LEO_START_TIME": "1", "HOME": str(tmp_path)}, stream=io.StringIO())
+    started = float(boot.child_env()[bs.ENV_START_TIME])
+    assert bs.ENV_START_TIME == "LEO_START_TIME" and before - 0.01 <= started <= time.time()
