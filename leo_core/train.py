@@ -43,7 +43,7 @@ if __package__ in (None, ""):  # run as a script (msrun takes a script path)
 
 import numpy as np
 
-from leo_core import checkpoint, cli_common, hostmem, profiling
+from leo_core import checkpoint, cli_common, distributed, hostmem, profiling
 from leo_core.config import ConfigError, ExperimentConfig
 from leo_core.distributed import Comm, shard
 
@@ -316,6 +316,8 @@ def _exit_failed_rank(comm: Comm) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if distributed.idle_scheduler():
+        return 0  # msrun's scheduler of a one-worker launch: the worker trains
     hostmem.keep_freed_memory()
     with cli_common.exit_on_user_error():
         cfg = cli_common.resolve_config(args)

@@ -168,3 +168,13 @@ def test_missing_data_names_the_file(tmp_path):
                "--out", tmp_path / "out", "--steps", 1, check=False)
     assert proc.returncode == 2
     assert "train_embeddings.pkl" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_msrun_scheduler_of_one_worker_does_not_train(tiny_root, tmp_path, monkeypatch):
+    """msrun runs the script in its scheduler process too; with one worker nothing forms a
+    cluster there, and that process used to train a duplicate run into the same output."""
+    monkeypatch.setenv("MS_ROLE", "MS_SCHED")
+    monkeypatch.setenv("MS_WORKER_NUM", "1")
+    out = tmp_path / "out"
+    proc = train(tiny_root, out, 1)
+    assert not out.exists() and "training" not in proc.stdout
