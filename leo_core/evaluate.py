@@ -9,8 +9,9 @@ port's parameter names (see leo_core.ckpt_format).
 The interval is 1.96 * std(per-task accuracy) / sqrt(tasks): the original prints
 none. Tasks are split across data-parallel ranks and the sums combined.
 
-Every evaluation shows its baselines on the SAME tasks (the sampler is re-seeded for
-each): the untrained model (the initial weights of the run, rebuilt from the seed in the
+Every evaluation shows its baselines on the SAME tasks, scored in the same pass over
+each chunk (`evaluate_models`; together they cost about one more model pass): the
+untrained model (the initial weights of the run, rebuilt from the seed in the
 checkpoint: what training started from) and nearest-class-mean (NCM: prototype = mean of
 the K supports, nearest in Euclidean distance). `--no-baselines` skips them. The JSON
 keeps the trained model's numbers at the top level and adds
