@@ -125,11 +125,20 @@ def list_jobs(cluster: Cluster, namespace: str | None = None, *, all_namespaces:
     ns = None if all_namespaces else (namespace or cluster.namespace)
     selector = f"{contract.LABEL_MANAGED_BY}={contract.MANAGER}"
     infos = []
+    refused: list[KubeError] = []
     for flavour in flavours.FLAVOURS.values():
-        # an operator's kind may be absent (none listed) or forbidden: then none of ours
-        objs = (_optional(api, flavour.api, ns, label_selector=selector) if flavour.operator
-                else api.list(*flavour.api, ns, label_selector=selector))
+        # an operator's kind may be absent (none listed); a kind RBAC forbids holds none of
+        # this user's jobs, unless every kind is forbidden
+        try:
+            objs = api.list(*flavour.api, ns, label_selector=selector)
+        except KubeError as err:
+            if not err.forbidden:
+                raise
+            refused.append(err)
+            continue
         infos += [job_info(j, flavour.name) for j in objs if is_ours(j)]
+    if len(refused) == len(flavours.FLAVOURS):
+        raise refused[0]
     pods: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for pod in our_pods(api, ns):
         key = (meta(pod).get("namespace", ""), labels_of(pod).get(contract.LABEL_JOB, ""))
