@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
-from launcher.errors import LaunchError
 from launcher import flavours as registry
+from launcher.errors import LaunchError
 from launcher.flavours import Flavour
 
 
@@ -80,13 +80,14 @@ def cluster_reads(flavours: Iterable[Flavour]) -> list[Rule]:
 
 
 def policy_rules(wanted: Iterable[Rule]) -> list[dict[str, Any]]:
-    """RBAC PolicyRules: one per (group, resource), its verbs in VERBS order."""
+    """RBAC PolicyRules: one per (group, resource), the core group's first, its verbs in
+    VERBS order."""
     verbs: dict[tuple[str, str], set[str]] = {}
     for rule in wanted:
         verbs.setdefault((rule.group, rule.resource), set()).add(rule.verb)
     return [{"apiGroups": [group], "resources": [resource],
              "verbs": sorted(found, key=lambda v: VERBS.index(v) if v in VERBS else len(VERBS))}
-            for (group, resource), found in verbs.items()]
+            for (group, resource), found in sorted(verbs.items(), key=lambda item: (bool(item[0][0]), item[0]))]
 
 
 def subject(user: str | None = None, group: str | None = None,
