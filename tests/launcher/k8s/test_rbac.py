@@ -214,3 +214,22 @@ def test_manifests_bind_the_role_to_the_subject():
     assert objs[1]["subjects"] == [{"kind": "ServiceAccount", "name": "runner", "namespace": "ci"}]
     assert objs[1]["roleRef"]["name"] == objs[0]["metadata"]["name"] == "leo-launch"
     assert {"apiGroups": ["scheduling.volcano.sh"], "resources": ["queues"], "verbs": ["get"]} in objs[2]["rules"]
+
+
+def test_the_readme_shows_each_flavours_role_as_leo_launch_rbac_prints_it():
+    """launcher/README.md's Permissions section: each `<!-- leo-launch rbac ARGS -->` line is
+    followed by a yaml block equal to that command's output; every flavour has one."""
+    import contextlib
+    import re
+    from pathlib import Path
+
+    from launcher.cli.main import main
+
+    readme = (Path(__file__).resolve().parents[3] / "launcher" / "README.md").read_text()
+    shown = re.findall(r"^<!-- (leo-launch rbac [^>]*?) -->\n```yaml\n(.*?)```$", readme, re.S | re.M)
+    assert sorted(re.search(r"--scheduler (\S+)", cmd).group(1) for cmd, _ in shown) == sorted(flavours.NAMES)
+    for command, block in shown:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert main(command.split()[1:]) == 0
+        assert block == out.getvalue(), f"launcher/README.md: update the block of `{command}` to:\n{out.getvalue()}"
