@@ -165,4 +165,3 @@ def require(api: Any, flavour: Flavour, command: str, namespace: str, *, doing: 
         if usable:
             text += f" (--scheduler {' or '.join(usable)} is allowed)"
     raise AccessDenied(f"{text}; {doing}; a cluster admin can grant the Role `{ask}` prints", lacking)
-
