@@ -233,3 +233,20 @@ def test_the_readme_shows_each_flavours_role_as_leo_launch_rbac_prints_it():
         with contextlib.redirect_stdout(out):
             assert main(command.split()[1:]) == 0
         assert block == out.getvalue(), f"launcher/README.md: update the block of `{command}` to:\n{out.getvalue()}"
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["-n", "Team_A"], "leo-launch: error: --namespace 'Team_A' "),
+    (["--scheduler", "slurm"], "invalid choice: 'slurm'"),
+    (["--user", "alice", "--group", "devs"], "not allowed with argument"),
+])
+def test_bad_rbac_arguments_are_one_line_and_exit_2(argv, message, capsys):
+    from launcher.cli.main import main
+
+    try:
+        code = main(["rbac", *argv])
+    except SystemExit as exit_:  # argparse's errors
+        code = exit_.code
+    assert code == 2
+    err = capsys.readouterr()
+    assert err.out == "" and message in err.err and len(err.err.strip().splitlines()) == 1
