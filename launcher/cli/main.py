@@ -30,6 +30,7 @@ COMMANDS = (
     "push",
     "ranktable",
     "report",
+    "sweep",
 )
 
 
