@@ -133,6 +133,12 @@ def start(args: argparse.Namespace) -> int:
     print(f"sweep {name}: {len(trials)} trial(s), at most {args.parallel} at once"
           + (f"; record published to {published}/{sweeps.SWEEP_FILE}" if published else ""))
     print_warnings(plans[0].spec, pods=backend.runs_pods)
+    try:
+        sweeps.drive(sweep, backend, out=sys.stdout, err=sys.stderr, wait=False)
+    except Exception:
+        if not sweeps.load(name).submitted:  # e.g. pre-flight refused the first trial: no sweep
+            sweeps.record_path(name).unlink()
+        raise
     return carry_on(sweep, backend, detach=args.detach)
 
 

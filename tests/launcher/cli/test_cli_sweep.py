@@ -184,3 +184,13 @@ def test_the_sweep_renders_and_submits_on_kubernetes_within_its_parallel_bound(s
     assert code == 0 and jobs() == {}
     code, _, err = run_cli(capsys, ["sweep", "resume", "k"])
     assert code == 2 and "cancelled" in err
+
+
+def test_a_first_trial_refused_by_pre_flight_leaves_no_sweep(state, capsys, monkeypatch):
+    api = FakeAPI()
+    backend = KubernetesBackend(fake_cluster(api))
+    monkeypatch.setattr("launcher.cli.cmd_submit.get_backend", lambda *a, **k: backend)
+    code, _, err = run_cli(capsys, [*BASE, "--exp", "mini_1shot", "--name", "k", "--backend", "k8s",
+                                    "--data-url", "s3://data/tiny", "--storage-secret", "missing"])
+    assert code == 1 and "no Secret missing" in err
+    assert not sweeps.record_path("k").exists() and not [k for k in api.objects if k[1] == "Job"]
