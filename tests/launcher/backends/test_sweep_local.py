@@ -45,6 +45,13 @@ def test_a_sweep_survives_the_cli_killed_between_trials_and_prints_the_summary(e
         resumed = leo(env, "sweep", "resume", NAME, timeout=600)
         assert resumed.returncode == 0, resumed.stdout + resumed.stderr
         assert record(env)["submitted"] == [f"{NAME}-{i}" for i in range(4)]
+        # --parallel 2: when a trial was submitted, at most one other had not ended
+        states = [json.loads((localjob.job_dir(f"{NAME}-{i}", env) / localjob.STATE_FILE).read_text())
+                  for i in range(4)]
+        assert all(s["phase"] == "Succeeded" for s in states)
+        for state in states:
+            running = [o for o in states if o is not state and o["created"] <= state["created"] < o["updated"]]
+            assert len(running) <= 1, states
         summary = resumed.stdout.splitlines()[-3:]
         assert summary[0].split()[:2] == ["EXPERIMENT", "SEEDS"]
         assert summary[1].startswith("mini_1shot  2/2") and "61.76 ± 0.08" in summary[1]
