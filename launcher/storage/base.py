@@ -30,7 +30,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -435,6 +435,12 @@ class Store(Protocol):
     def get_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
         """The content of a small object, verified. NotFoundError when missing; TooLarge
         (before reading it) when it holds more than `max_bytes`."""
+        ...
+
+    def iter_chunks(self, key: str) -> Iterator[bytes]:
+        """The content of an object of any size as a stream of chunks (bounded memory),
+        verified against its recorded hash once the last chunk is read. NotFoundError
+        when missing (raised by the first next())."""
         ...
 
     def put_bytes(self, key: str, data: bytes) -> None:
