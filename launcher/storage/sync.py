@@ -10,6 +10,10 @@ when their upload completes), so running it again continues where it stopped.
 
 from __future__ import annotations
 
+import json
+import os
+import secrets
+import socket
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
@@ -118,25 +122,76 @@ def sync_files_up(files: dict[str, Path], store: Store, *,
     return report
 
 
+# `push --delete` announces itself with a marker object at the prefix's root while it runs,
+# checked when it starts and again (with a fresh listing) just before it deletes: two such
+# pushes to one prefix at once never both succeed and leave a mix of both trees.
+PUSH_MARKER = ".leo-push-"
+# Tests set it to a folder: the push creates `paused` there after its uploads and waits
+# for `resume` (a deterministic race between two real pushes, no sleeps).
+PAUSE_VARIABLE = "LEO_TEST_PUSH_PAUSE"
+
+
+class ConcurrentPush(StorageError):
+    """Another `push --delete` to the same prefix is running (exit code 1)."""
+
+
+def is_push_marker(key: str) -> bool:
+    return key.startswith(PUSH_MARKER) and "/" not in key
+
+
 def sync_up(local: Path, store: Store, *, delete: bool = False, label: str = "push") -> SyncReport:
     """Upload the tree `local` into `store`; with `delete`, remove objects that have no
-    local file."""
+    local file (refused, ConcurrentPush, while another push --delete runs there)."""
     if not local.is_dir():
         raise StorageError(f"{local}: not a directory")
     started = time.monotonic()
     links: list[str] = []
     files = walk_files(local, links)
-    remote = store.list()
-    report = sync_files_up(files, store, remote=remote, label=label)
-    report.links = links
-    if delete:
+    if not delete:
+        report = sync_files_up(files, store, remote=store.list(), label=label)
+        report.links = links
+        report.seconds = time.monotonic() - started
+        return report
+    marker = f"{PUSH_MARKER}{secrets.token_hex(8)}"
+    store.put_bytes(marker, json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                                        "started": time.time()}).encode())
+    try:
+        report = sync_files_up(files, store, remote=_alone(store, marker), label=label)
+        _pause_for_tests()
+        remote = _alone(store, marker)  # a fresh listing: what to delete, and who else writes
         # a skipped link is not a deleted file: what is under its path stays
         extra = sorted(key for key in remote if key not in files
                        and not any(key == link or key.startswith(link + "/") for link in links))
         store.delete(extra)
         report.deleted = len(extra)
+    finally:
+        store.delete([marker])
+    report.links = links
     report.seconds = time.monotonic() - started
     return report
+
+
+def _alone(store: Store, mine: str) -> dict[str, ObjectInfo]:
+    """The listing of `store` without push markers; ConcurrentPush when one other than
+    `mine` is there."""
+    remote = store.list()
+    others = sorted(key for key in remote if is_push_marker(key) and key != mine)
+    if others:
+        raise ConcurrentPush(
+            f"another push --delete to {store.url} is running (its marker "
+            f"{store.url.child(others[0])} exists): nothing was deleted; push again when it has "
+            "ended (a push that was killed leaves its marker: delete it)")
+    return {key: info for key, info in remote.items() if not is_push_marker(key)}
+
+
+def _pause_for_tests() -> None:
+    folder = os.environ.get(PAUSE_VARIABLE)
+    if not folder:
+        return
+    Path(folder, "paused").touch()
+    deadline = time.monotonic() + 300
+    while not Path(folder, "resume").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def download_files(store: Store, items: list[tuple[str, Path, ObjectInfo | None]], *,
@@ -168,7 +223,7 @@ def sync_down(store: Store, local: Path, *, delete: bool = False, label: str = "
     if local.exists() and not local.is_dir():
         raise StorageError(f"{local}: exists and is not a directory")
     remove_stale_tmp(local)
-    remote = store.list()
+    remote = {key: info for key, info in store.list().items() if not is_push_marker(key)}
     for key in remote:
         safe_parts(key, f"object key {key!r} in {store.url}")  # no '..' escapes from `local`
         link = link_inside(local, key)
