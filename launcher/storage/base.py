@@ -395,7 +395,7 @@ def _check_endpoint(endpoint: str) -> None:
 # ------------------------------------------------------------------------ stores
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a listing of 10^6 objects stays compact
 class ObjectInfo:
     """What a listing or stat knows of one object. `etag` is without quotes; `sha256`
     is known from object metadata (stat of an object store) or by hashing (local)."""
@@ -480,7 +480,7 @@ class SyncReport:
     deleted: int = 0
     bytes: int = 0  # bytes transferred
     seconds: float = 0.0
-    sha256: dict[str, str] = field(default_factory=dict)  # of transferred files, by key
+    sha256: dict[str, str] = field(default_factory=dict)  # of uploaded files (and download_files), by key
     links: list[str] = field(default_factory=list)  # symbolic links skipped (never followed)
 
     def summary(self, verb: str) -> str:
