@@ -61,7 +61,7 @@ def test_render_to_a_directory(tmp_path, capsys):
     inventory = write_inventory(tmp_path / "nodes.yaml", 2)
     argv = ["render", "--exp", "tiered_5shot", "--accel", "ascend", "--cards", "16", "--set",
             "metatrain_batch_size=16", "--rank-table", str(inventory), "--name", "leo-t", "--train-url", "/out",
-            "-o", str(tmp_path / "out")]
+            "--out-dir", str(tmp_path / "out")]
     code, out, err = run_cli(capsys, argv)
     assert code == 0 and err == ""
     files = sorted((tmp_path / "out").iterdir())
@@ -75,7 +75,7 @@ def test_submit_dry_run_prints_exactly_what_render_prints(tmp_path, capsys):
     rendered = run_cli(capsys, ["render", *argv])
     submitted = run_cli(capsys, ["submit", "--dry-run", "--backend", "k8s", *argv])
     assert rendered == submitted and rendered[0] == 0
-    code, out, err = run_cli(capsys, ["submit", "--dry-run", "--backend", "k8s", *argv, "-o", str(tmp_path / "out")])
+    code, out, err = run_cli(capsys, ["submit", "--dry-run", "--backend", "k8s", *argv, "--out-dir", str(tmp_path / "out")])
     assert code == 0 and len(list((tmp_path / "out").iterdir())) == 3
 
 
@@ -139,7 +139,7 @@ BAD_INPUTS = [
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch, command, extra, message):
     monkeypatch.chdir(tmp_path)
     out_dir = tmp_path / "out"
-    code, out, err = run_cli(capsys, [*command.split(), *BASE, *extra, "-o", str(out_dir)])
+    code, out, err = run_cli(capsys, [*command.split(), *BASE, *extra, "--out-dir", str(out_dir)])
     assert code == 2, err
     assert out == ""
     assert len(err.splitlines()) == 1 and err.startswith("leo-launch") and message in err, err
@@ -155,9 +155,9 @@ def test_missing_required_flags_exit_2_with_one_line(capsys):
 
 def test_a_directory_of_another_render_is_left_alone(tmp_path, capsys):
     out_dir = tmp_path / "out"
-    assert run_cli(capsys, ["render", *BASE, "--name", "first", "--train-url", "/o", "-o", str(out_dir)])[0] == 0
+    assert run_cli(capsys, ["render", *BASE, "--name", "first", "--train-url", "/o", "--out-dir", str(out_dir)])[0] == 0
     before = {p.name: p.read_text() for p in out_dir.iterdir()}
-    code, out, err = run_cli(capsys, ["render", *BASE, "--name", "second", "-o", str(out_dir)])
+    code, out, err = run_cli(capsys, ["render", *BASE, "--name", "second", "--out-dir", str(out_dir)])
     assert code == 2 and len(err.splitlines()) == 1 and "another render" in err
     assert {p.name: p.read_text() for p in out_dir.iterdir()} == before
 

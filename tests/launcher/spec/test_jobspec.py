@@ -114,7 +114,7 @@ def test_steps_override_num_steps_limit_after_set():
         ({"experiment": "imagenet"}, "unknown experiment 'imagenet'"),
         ({"accelerator": "gpu"}, "did you mean nvidia"),
         ({"accelerator": "tpu_v5"}, "unknown accelerator"),
-        ({"cards": 0}, "--cards must be at least 1"),
+        ({"cards": 0}, "cards must be at least 1"),
         ({"cards": 12, "nodes": 5, "set_overrides": ["metatrain_batch_size=12"]}, "do not split evenly"),
         ({"cards": 12, "nodes": 2}, "Ascend nodes take 1, 2, 4 or 8 cards each, not 6"),
         ({"cards": 12}, "try --nodes 3"),
@@ -130,7 +130,7 @@ def test_steps_override_num_steps_limit_after_set():
         ({"set_overrides": ["no_such_key=1"]}, "unknown config key"),
         ({"set_overrides": ["metatrain_batch_size=big"]}, "expects an integer"),
         ({"set_overrides": ["name=other"]}, "unknown config key 'name'"),
-        ({"steps": 0}, "--steps must be at least 1"),
+        ({"steps": 0}, "steps must be at least 1"),
         ({"node_selectors": ["novalue"]}, "key=value"),
         ({"node_selectors": ["bad key=x"]}, "key name"),
         ({"node_selectors": ["zone=" + "v" * 64]}, "at most 63"),
@@ -159,21 +159,21 @@ def test_steps_override_num_steps_limit_after_set():
         ({"cpu": "lots"}, "--cpu 'lots' is not a positive"),
         ({"memory": "0"}, "--memory '0' is not a positive"),
         ({"shm_size": "-1Gi"}, "--shm-size"),
-        ({"master_port": 80}, "--master-port must be at least 1024"),
-        ({"cluster_timeout": 0}, "--cluster-timeout"),
+        ({"master_port": 80}, "master_port must be at least 1024"),
+        ({"cluster_timeout": 0}, "cluster_timeout"),
         ({"hccl_connect_timeout": 9000}, "at most 7200"),
         ({"nccl_ib_hca": "mlx5_0"}, "--nccl-ib-hca applies to --accel nvidia only"),
         ({"accelerator": "nvidia", "nccl_debug": "LOUD"}, "--nccl-debug must be one of"),
         ({"accelerator": "nvidia", "nccl_socket_ifname": "eth0;rm -rf /"}, "interface names"),
-        ({"run_as_user": 0}, "--run-as-user 0: the pods run as non-root"),
-        ({"run_as_group": 0}, "--run-as-group 0: the pods run as non-root"),
-        ({"run_as_user": 2**31}, "--run-as-user must be at most 2147483647"),
-        ({"run_as_group": "staff"}, "--run-as-group expects a whole number"),
+        ({"run_as_user": 0}, "run_as_user 0: the pods run as non-root"),
+        ({"run_as_group": 0}, "run_as_group 0: the pods run as non-root"),
+        ({"run_as_user": 2**31}, "run_as_user must be at most 2147483647"),
+        ({"run_as_group": "staff"}, "run_as_group expects a whole number"),
         ({"ascend_driver_mount": "host"}, "choose hostpath .* or runtime"),
         ({"accelerator": "nvidia", "ascend_driver_mount": "runtime"}, "--ascend-driver-mount applies to --accel ascend only"),
-        ({"profile": True, "profile_steps": 0}, "--profile-steps must be at least 1"),
-        ({"profile": True, "profile_steps": 101}, "--profile-steps must be at most 100"),
-        ({"profile": True, "profile_steps": "some"}, "--profile-steps expects a whole number"),
+        ({"profile": True, "profile_steps": 0}, "profile_steps must be at least 1"),
+        ({"profile": True, "profile_steps": 101}, "profile_steps must be at most 100"),
+        ({"profile": True, "profile_steps": "some"}, "profile_steps expects a whole number"),
         ({"profile_steps": 3}, "--profile-steps applies with --profile only"),
     ],
 )
@@ -258,5 +258,5 @@ def test_profile_steps_default_to_five_and_travel_in_job_yaml():
     assert JobSpec.from_yaml(spec(profile=True, profile_steps=2).to_yaml()).profile_steps == 2
     assert spec().profile_steps is None
     assert "profile_steps" not in spec().to_dict()  # job.yaml stays readable by bootstraps without it
-    with pytest.raises(UsageError, match="--profile-steps expects a whole number"):
+    with pytest.raises(UsageError, match="profile_steps expects a whole number"):
         JobSpec.from_dict({**s.to_dict(), "profile_steps": True})
