@@ -13,6 +13,7 @@ from launcher.backends import BACKENDS
 from launcher.errors import FieldError, UsageError
 from launcher.spec import fields
 from launcher.spec import jobspec as js
+from launcher.spec.values import registry_host
 
 
 def add_cluster_arguments(parser: argparse.ArgumentParser, *, backend: bool = True) -> None:
@@ -124,6 +125,11 @@ def warnings(spec: js.JobSpec, *, pods: bool = True) -> list[str]:
     remote = [u for u in (spec.data_url, spec.train_url, spec.init_url) if u and u.startswith(("s3://", "obs://"))]
     if pods and remote and spec.storage_secret is None:
         out.append("object-storage URLs without --storage-secret: pods get no credentials")
+    if pods and registry_host(spec.image) is None:
+        accel = spec.accelerator
+        out.append(f"image {spec.image} names no registry host: nodes can only run it from their "
+                   f"local image cache; build and push it (make image-{accel} IMAGE_REPO=REGISTRY/leo-launch; "
+                   f"docker push REGISTRY/leo-launch:{accel}) and pass --image REGISTRY/leo-launch:{accel}")
     if spec.profile_steps is not None:
         steps = spec.experiment_config().num_steps_limit
         if steps < js.PROFILE_SKIP + spec.profile_steps:
