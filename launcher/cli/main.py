@@ -81,8 +81,8 @@ class _Version(argparse.Action):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="leo-launch",
-        description="Train LEO (Latent Embedding Optimization) with MindSpore on CPU, "
-        "Ascend or NVIDIA nodes, locally or on Kubernetes.",
+        description="Train LEO (Latent Embedding Optimization) with MindSpore on CPU, Ascend\n"
+        "or NVIDIA nodes, locally or on Kubernetes.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action=_Version, help="print the versions of leo-launch, MindSpore "
