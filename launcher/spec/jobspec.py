@@ -220,47 +220,48 @@ class JobSpec:
         for problem in flavours.flavour_of(self.scheduler).spec_problems(self):
             raise UsageError(problem)
         if not isinstance(self.name, str):
-            raise UsageError("--name must be a string")
+            raise FieldError("name", "must be a string")
         longest = max((self.pod_hostname(self.nodes - 1), self.scheduler_hostname or ""), key=len)
         suffix = len(longest) - len(self.name)
         problem = syn.dns1035_label_problem(self.name, 63 - suffix)
         if problem:
             why = f" (pod host names {longest.replace(self.name, '<name>', 1)} must fit 63)" \
                 if "characters" in problem else ""
-            raise UsageError(f"--name {self.name!r} {problem}{why}")
+            raise FieldError("name", f"{self.name!r} {problem}{why}")
         if not isinstance(self.namespace, str):
-            raise UsageError("--namespace must be a string")
+            raise FieldError("namespace", "must be a string")
         problem = syn.dns1123_label_problem(self.namespace)
         if problem:
-            raise UsageError(f"--namespace {self.namespace!r} {problem}")
+            raise FieldError("namespace", f"{self.namespace!r} {problem}")
         image = DEFAULT_IMAGES[self.accelerator] if self.image is None else self.image
         problem = image_problem(image) if isinstance(image, str) else "must be a string"
         if problem:
-            raise UsageError(f"--image {image!r} {problem}")
+            raise FieldError("image", f"{image!r} {problem}")
         self._set("image", image)
 
     def _check_storage(self) -> None:
-        for flag, value in (("--data-url", self.data_url), ("--train-url", self.train_url)):
+        for attr in ("data_url", "train_url"):
+            value = getattr(self, attr)
             if value is not None:
                 problem = storage_url_problem(value) if isinstance(value, str) else "must be a string"
                 if problem:
-                    raise UsageError(f"{flag} {value!r}: {problem}")
+                    raise FieldError(attr, f"{value!r}: {problem}")
         if self.storage_secret is not None:
             problem = _name_problem(self.storage_secret, syn.dns1123_subdomain_problem)
             if problem:
-                raise UsageError(f"--storage-secret {self.storage_secret!r} {problem} (a Secret name)")
+                raise FieldError("storage_secret", f"{self.storage_secret!r} {problem} (a Secret name)")
         if self.init_url is not None:
             value = self.init_url
             problem = storage_url_problem(value) if isinstance(value, str) else "must be a string"
             if not problem and not value.lower().endswith(INIT_SUFFIXES):
                 problem = "must name a .ckpt or .npz file (this project's or the ModelZoo port's names)"
             if problem:
-                raise UsageError(f"--init {value!r}: {problem}")
+                raise FieldError("init_url", f"{value!r}: {problem}")
         if self.storage_endpoint is not None:
             value = self.storage_endpoint
             problem = endpoint_problem(value) if isinstance(value, str) else "must be a string"
             if problem:
-                raise UsageError(f"--storage-endpoint {redact_endpoint(value)!r} {problem}")
+                raise FieldError("storage_endpoint", f"{redact_endpoint(value)!r} {problem}")
 
     def _check_scheduling(self) -> None:
         self._set("node_selector", _pairs(self.node_selector, "node_selector"))
@@ -273,11 +274,11 @@ class JobSpec:
         if self.priority_class is not None:
             problem = _name_problem(self.priority_class, syn.dns1123_subdomain_problem)
             if problem:
-                raise UsageError(f"--priority-class {self.priority_class!r} {problem}")
+                raise FieldError("priority_class", f"{self.priority_class!r} {problem}")
         if self.queue is not None:
             problem = _name_problem(self.queue, syn.dns1123_label_problem)
             if problem:
-                raise UsageError(f"--queue {self.queue!r} {problem}")
+                raise FieldError("queue", f"{self.queue!r} {problem}")
         self._set("max_restarts", _int(self.max_restarts, "max_restarts"))
         self._check_rank_table()
 
@@ -327,12 +328,11 @@ class JobSpec:
             defaults = (str(per_node), f"{4 * per_node}Gi", "1Gi")
         else:
             defaults = (str(4 * per_node), f"{16 * per_node}Gi", "16Gi")
-        for attr, flag, default in zip(("cpu", "memory", "shm_size"), ("--cpu", "--memory", "--shm-size"),
-                                       defaults, strict=True):
+        for attr, default in zip(("cpu", "memory", "shm_size"), defaults, strict=True):
             value = getattr(self, attr)
             value = default if value is None else value
             if not syn.is_quantity(value) or syn.parse_quantity(value) <= 0:
-                raise UsageError(f"{flag} {value!r} is not a positive Kubernetes quantity (e.g. 8, 500m, 16Gi)")
+                raise FieldError(attr, f"{value!r} is not a positive Kubernetes quantity (e.g. 8, 500m, 16Gi)")
             self._set(attr, value)
 
     def _check_cluster(self) -> None:
@@ -354,7 +354,7 @@ class JobSpec:
             if value is not None and (not isinstance(value, str) or not _NCCL_VALUE.fullmatch(value)):
                 raise UsageError(f"{flag} {value!r} must be interface names such as eth0, ^lo,docker or mlx5_0:1")
         if self.nccl_debug is not None and self.nccl_debug not in NCCL_DEBUG_LEVELS:
-            raise UsageError(f"--nccl-debug must be one of {', '.join(NCCL_DEBUG_LEVELS)}")
+            raise FieldError("nccl_debug", f"must be one of {', '.join(NCCL_DEBUG_LEVELS)}")
 
     def _check_security(self) -> None:
         # 0 is root: runAsNonRoot refuses uid 0, and gid 0 would open root-group files
@@ -372,7 +372,7 @@ class JobSpec:
             return
         mount = DEFAULT_ASCEND_DRIVER_MOUNT if mount is None else mount
         if mount not in ASCEND_DRIVER_MOUNTS:
-            raise UsageError(f"--ascend-driver-mount {mount!r}: choose hostpath (the host's driver "
+            raise FieldError("ascend_driver_mount", f"{mount!r}: choose hostpath (the host's driver "
                              "and hccn.conf) or runtime (nodes with Ascend Docker Runtime)")
         self._set("ascend_driver_mount", mount)
 

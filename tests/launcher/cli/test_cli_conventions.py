@@ -75,6 +75,8 @@ def test_every_jobspec_field_is_declared_once_in_the_table():
 def test_field_errors_name_the_flag_on_the_command_line(capsys):
     code, out, err = run_cli(capsys, ["render", *JOB, "--master-port", "80"])
     assert (code, out) == (2, "") and err == "leo-launch: error: --master-port must be at least 1024, got 80\n"
+    code, out, err = run_cli(capsys, ["render", *JOB, "--init", "obs://bkt/w.pt"])
+    assert code == 2 and err.startswith("leo-launch: error: --init 'obs://bkt/w.pt': must name a .ckpt")
     code, out, err = run_cli(capsys, ["render", "--accel", "cpu"])
     assert code == 2 and err == "leo-launch: error: --exp, --cards are required (or a job file that sets them)\n"
 
