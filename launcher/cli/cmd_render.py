@@ -11,6 +11,7 @@ from launcher.backends.kubernetes import check_cluster as preflight
 from launcher.cli.options import (
     add_job_arguments,
     add_output_arguments,
+    given_namespace,
     groups,
     print_warnings,
     spec_from_args,
@@ -57,8 +58,9 @@ def check_cluster(args: argparse.Namespace, spec: Any, objects: list[dict[str, A
 
     from launcher.render.render import render_validated
 
-    cluster = connect(args.context, args.namespace)
-    if args.namespace is None and spec.namespace != cluster.namespace:
+    namespace = given_namespace(args, spec)
+    cluster = connect(args.context, namespace)
+    if namespace is None and spec.namespace != cluster.namespace:
         spec = dataclasses.replace(spec, namespace=cluster.namespace)
         objects = render_validated(spec)
     preflight(cluster, spec, objects, err=sys.stderr)

@@ -19,6 +19,7 @@ from launcher.cli.options import (
     BACKENDS,
     add_job_arguments,
     add_output_arguments,
+    given_namespace,
     groups,
     print_warnings,
     spec_from_args,
@@ -66,9 +67,7 @@ def run(args: argparse.Namespace) -> int:
                else "a Kubernetes configuration was found" if kind == "k8s"
                else "no Kubernetes configuration was found")
         print(f"leo-launch: backend {kind} ({why}; choose with --backend)", file=sys.stderr)
-    # a job file's namespace counts as given (-n overrides it), else the context's applies
-    namespace = args.namespace or (spec.namespace if args.job_file or args.file else None)
-    backend = get_backend(kind, context=args.context, namespace=namespace)
+    backend = get_backend(kind, context=args.context, namespace=given_namespace(args, spec))
     plan = backend.plan(spec)
     if args.dry_run:
         code = emit(plan, args.output, args.out_dir)

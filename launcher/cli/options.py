@@ -116,6 +116,13 @@ def spec_from_args(args: argparse.Namespace) -> js.JobSpec:
         raise UsageError(f"{', '.join(map(fields.flag_of, err.fields))} {err.problem}") from None
 
 
+def given_namespace(args: argparse.Namespace, spec: js.JobSpec) -> str | None:
+    """The namespace the user chose (-n, else a job file's), None for the context's."""
+    if args.namespace:
+        return args.namespace
+    return spec.namespace if args.job_file or args.file else None
+
+
 def warnings(spec: js.JobSpec, *, pods: bool = True) -> list[str]:
     """What the job will not do that its user may expect. `pods`: also what concerns
     Kubernetes pods (a local job has a default train_url and this machine's credentials)."""
