@@ -56,12 +56,16 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
                      help="write one YAML file per object into DIR and list the files")
 
 
-def add_job_arguments(parser: argparse.ArgumentParser) -> None:
+def add_job_arguments(parser: argparse.ArgumentParser, *, positional_file: bool = True) -> None:
     """The job options of render and submit, from launcher.spec.fields (validated by the
-    JobSpec, not by argparse; default None: unset, so that a job file's value stays)."""
+    JobSpec, not by argparse; default None: unset, so that a job file's value stays).
+    `positional_file=False`: JOB_FILE only as --file (a command with subcommands)."""
     grouped = groups(parser)
-    grouped["job"].add_argument("job_file", nargs="?", metavar="JOB_FILE",
-                                help="a job file: YAML with the fields of job.yaml; flags override it")
+    if positional_file:
+        grouped["job"].add_argument("job_file", nargs="?", metavar="JOB_FILE",
+                                    help="a job file: YAML with the fields of job.yaml; flags override it")
+    else:
+        parser.set_defaults(job_file=None)
     grouped["job"].add_argument("--file", metavar="JOB_FILE", help="the same as JOB_FILE")
     for option in fields.FIELDS:
         if option.flag is None:

@@ -35,6 +35,7 @@ MAX_NODES = 8192
 MAX_STEPS = 10**9
 MAX_CLUSTER_TIMEOUT = 7 * 86400
 MAX_ID = 2**31 - 1  # Kubernetes' limit for runAsUser, runAsGroup and fsGroup
+MAX_SEED = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ class Option:
     repeat: bool = False  # repeatable flag
     flag_only: bool = False  # CLI input, not a JobSpec field
     short: str | None = None  # e.g. -n
-    omit_none: bool = False  # job.yaml leaves it out when unset (older bootstraps read it)
+    omit_if: tuple[Any, ...] = ()  # job.yaml leaves out these values (older bootstraps read it)
     used_by: str = "all"  # which accelerators/backends/flavours use it (help and docs)
 
 
@@ -137,13 +138,16 @@ FIELDS: tuple[Option, ...] = (
       used_by="ascend"),
     Opt("init_url", "--init", "storage", "initial weights: a .ckpt or .npz file (obs://, s3://, file:// or "
       "a path; this project's or the ModelZoo port's parameter names), staged like --data-url",
-      metavar="URL", omit_none=True),
+      metavar="URL", omit_if=(None,)),
     Opt("profile", "--profile", "job", "run MindSpore's profiler on every rank over a few steps after the "
       "two that compile; each node publishes its ranks' op_summary.txt and trace_view.json to "
       "<train_url>/<job>/profile/rank-<r>/ (leo-launch pull NAME --profile)", type=bool, flag_only=True),
     Opt("profile_steps", "--profile-steps", "job", f"steps to profile with --profile (default: "
       f"{profiling.DEFAULT_STEPS}, at most {profiling.MAX_STEPS})", type=int, metavar="N",
-      bounds=(1, profiling.MAX_STEPS), omit_none=True),
+      bounds=(1, profiling.MAX_STEPS), omit_if=(None,)),
+    Opt("seed", "--seed", "job", "random seed of the model's initialisation and of the episodes "
+      "(default: 0)", type=int, metavar="S", bounds=(0, MAX_SEED), omit_if=(0,)),
+    Opt("sweep", None, "job", "the sweep this job is a trial of (set by leo-launch sweep)", omit_if=(None,)),
 )
 del Opt
 BY_FIELD: Mapping[str, Option] = {o.field: o for o in FIELDS}

@@ -34,6 +34,7 @@ from launcher.spec.contract import (
     LABEL_EXPERIMENT,
     LABEL_JOB,
     LABEL_MANAGED_BY,
+    LABEL_SWEEP,
     MANAGER,
     NODE_RANK_ENV_VARS,
 )
@@ -70,6 +71,7 @@ MAX_CARDS_PER_NODE = {"ascend": 8, "nvidia": 16, "cpu": 64}
 DEFAULT_CARDS_PER_NODE = 8  # --nodes defaults to ceil(cards / 8)
 MAX_CARDS, MAX_NODES, MAX_STEPS = fld.MAX_CARDS, fld.MAX_NODES, fld.MAX_STEPS
 MAX_CLUSTER_TIMEOUT = fld.MAX_CLUSTER_TIMEOUT
+MAX_SEED = fld.MAX_SEED
 SCHEDULERS = flavours.NAMES
 # none: no rank table, MindSpore's dynamic cluster only (the ascend-operator's env mode)
 RANK_TABLE_MODES = ("dynamic", "controller", "file", "none")
@@ -137,6 +139,8 @@ class JobSpec:
     run_as_group: int | None = None  # default: the image's group (also the pods' fsGroup)
     ascend_driver_mount: str | None = None  # ascend: hostpath (default) or runtime
     profile_steps: int | None = None  # --profile: steps every rank profiles; None: no profiler
+    seed: int = 0  # train.py --seed: the model's initialisation and the episodes drawn
+    sweep: str | None = None  # the sweep this job is a trial of (leo-launch sweep)
     _config: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -150,6 +154,7 @@ class JobSpec:
         self._check_cluster()
         self._check_security()
         self._check_profile()
+        self._check_sweep()
 
     # -------------------------------------------------------------- validation
     def _set(self, name: str, value: Any) -> None:
@@ -380,6 +385,13 @@ class JobSpec:
         if self.profile_steps is not None:
             self._set("profile_steps", _int(self.profile_steps, "profile_steps"))
 
+    def _check_sweep(self) -> None:
+        self._set("seed", _int(self.seed, "seed"))
+        if self.sweep is not None:
+            problem = _name_problem(self.sweep, syn.dns1035_label_problem)
+            if problem:
+                raise UsageError(f"sweep name {self.sweep!r} {problem}")
+
     # -------------------------------------------------------------- derived values
     @property
     def cards_per_node(self) -> int:
@@ -445,8 +457,11 @@ class JobSpec:
         return self._config
 
     def labels(self) -> dict[str, str]:
-        return {LABEL_APP: APP_NAME, LABEL_MANAGED_BY: MANAGER, LABEL_JOB: self.name,
-                LABEL_EXPERIMENT: self.experiment, LABEL_ACCEL: self.accelerator}
+        labels = {LABEL_APP: APP_NAME, LABEL_MANAGED_BY: MANAGER, LABEL_JOB: self.name,
+                  LABEL_EXPERIMENT: self.experiment, LABEL_ACCEL: self.accelerator}
+        if self.sweep:
+            labels[LABEL_SWEEP] = self.sweep
+        return labels
 
     def annotations(self) -> dict[str, str]:
         out = {ANNOTATION_CARDS: str(self.cards), ANNOTATION_NODES: str(self.nodes),
@@ -474,7 +489,7 @@ class JobSpec:
         out: dict[str, Any] = {"version": JOBSPEC_VERSION}
         for option in fld.SPEC_FIELDS:
             value = getattr(self, option.field)
-            if value is None and option.omit_none:
+            if value in option.omit_if:
                 continue  # a job.yaml without it stays readable by older bootstraps (images)
             if option.field in ("overrides", "node_selector"):
                 value = dict(value)

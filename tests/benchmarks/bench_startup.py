@@ -99,7 +99,12 @@ def main() -> None:
     parser.add_argument("--experiment", default="mini_1shot")
     parser.add_argument("--variants", nargs="+", default=["msrun", "python"], choices=["msrun", "python"])
     parser.add_argument("--resume", action="store_true", help="time a restart from a step-1 checkpoint")
+    parser.add_argument("--smoke", action="store_true",
+                        help="one run of each variant: runs every part, no timing claims "
+                             "(tests/test_bench_smoke.py)")
     args = parser.parse_args()
+    if args.smoke:
+        args.runs = 1
 
     from leo_core.synthetic import write_dataset
 

@@ -314,7 +314,8 @@ def test_status_without_permission_to_read_events_still_says_why_it_waits():
         {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/1 nodes"}])
     api.forbidden = {"Event"}
     result = cluster.status(fake_cluster(api), "leo-u", progress=False)
-    assert (result["phase"], result["reason"]) == ("Pending", "Unschedulable: 0/1 nodes")
+    # the missing right is named: a reason from events (e.g. a quota) would need it
+    assert (result["phase"], result["reason"]) == ("Pending", "Unschedulable: 0/1 nodes (not allowed to list events)")
     api.forbidden = {"Pod"}
     with pytest.raises(kapi.KubeError, match="Forbidden"):
         cluster.status(fake_cluster(api), "leo-u", progress=False)
