@@ -60,19 +60,21 @@ def print_status(status: Mapping[str, Any], out: TextIO | None = None) -> None:
     ranks = status.get("ranks") or []
     if not ranks:
         return
-    # one row per pod (k8s) or per process (local)
+    # one row per pod (k8s) or per process (local); ranks without either share a row per state
     groups: dict[Any, dict[str, Any]] = {}
     for entry in ranks:
-        key = entry.get("pod") or entry.get("pid") or f"rank-{entry.get('rank')}"
-        group = groups.setdefault(key, {**entry, "ranks": []})
+        key = entry.get("pod") or entry.get("pid") or ("none", entry.get("phase"), entry.get("reason"))
+        group = groups.setdefault(key, {**entry, "ranks": [], "node_ranks": []})
         group["ranks"].append(entry.get("rank"))
+        if entry.get("node_rank") is not None and entry["node_rank"] not in group["node_ranks"]:
+            group["node_ranks"].append(entry["node_rank"])
     what = "POD" if status.get("backend") == "k8s" or any(e.get("pod") for e in ranks) else "PID"
     table = [("RANK", "NODE RANK", what, "PHASE", "NODE", "RESTARTS", "AGE")]
     for group in groups.values():
         phase = group.get("phase", "-")
         if group.get("reason") and phase not in ("Running", "Succeeded"):
             phase += f" ({group['reason']})"
-        table.append((ranks_text(group["ranks"]), str(group.get("node_rank", "-")),
+        table.append((ranks_text(group["ranks"]), ranks_text(group["node_ranks"]),
                       str(group.get("pod") or group.get("pid") or "-"), phase,
                       str(group.get("node") or "-"), str(group.get("restarts", 0)),
                       group.get("age", "-")))
