@@ -8,7 +8,8 @@ from collections.abc import Mapping
 from typing import Any, TextIO
 
 
-def _percent(value: Any) -> str:
+def percent(value: Any) -> str:
+    """0.6894 → 68.94% (accuracies are printed as percentages everywhere)."""
     return f"{100 * value:.2f}%" if isinstance(value, int | float) else "-"
 
 
@@ -39,14 +40,14 @@ def print_status(status: Mapping[str, Any], out: TextIO | None = None) -> None:
         where = "" if best_at is None else (f" at step {best_at}"
                                             + (" (the untrained model)" if best_at == 0 else ""))
         rows.append(("PROGRESS", f"step {status.get('step', '-')}, best meta-validation accuracy "
-                                 f"{_percent(status.get('best_accuracy'))}{where}"))
+                                 f"{percent(status.get('best_accuracy'))}{where}"))
     if status.get("startup_seconds") is not None:
         rows.append(("START-UP", f"{status['startup_seconds']:.1f} s from the last start to its "
                                  "first training step"))
     result = status.get("result")
     if isinstance(result, dict) and "accuracy" in result:
-        rows.append(("RESULT", f"meta-test accuracy {_percent(result.get('accuracy'))} "
-                               f"± {_percent(result.get('ci95'))} over {result.get('tasks', '?')} tasks "
+        rows.append(("RESULT", f"meta-test accuracy {percent(result.get('accuracy'))} "
+                               f"± {percent(result.get('ci95'))} over {result.get('tasks', '?')} tasks "
                                f"(checkpoint step {result.get('step', '?')})"
                                + baselines_text(result)))
     if status.get("storage_error"):
@@ -101,7 +102,7 @@ def print_list(items: list[Mapping[str, Any]], out: TextIO | None = None) -> Non
         rows.append((str(item.get("name")), backend, str(item.get("experiment") or "-"),
                      str(item.get("accelerator") or "-"), str(item.get("cards") or "-"),
                      str(item.get("phase")), str(item.get("age", "-")),
-                     str(item.get("step", "-")), _percent(item.get("best_accuracy"))))
+                     str(item.get("step", "-")), percent(item.get("best_accuracy"))))
     write_table(rows, out)
 
 
@@ -112,7 +113,7 @@ def print_json(obj: Any, out: TextIO | None = None) -> None:
 def baselines_text(result: Mapping[str, Any]) -> str:
     """`; untrained 62.93% ± 0.41%, NCM 78.10% ± 0.44%` from a result.json's baselines."""
     baselines = result.get("baselines") if isinstance(result.get("baselines"), dict) else {}
-    parts = [f"{label} {_percent(b.get('accuracy'))} ± {_percent(b.get('ci95'))}"
+    parts = [f"{label} {percent(b.get('accuracy'))} ± {percent(b.get('ci95'))}"
              for key, label in (("untrained", "untrained"), ("nearest_class_mean", "NCM"))
              if isinstance(b := baselines.get(key), dict)]
     return f"; same tasks: {', '.join(parts)}" if parts else ""
