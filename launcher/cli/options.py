@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from launcher import flavours
 from launcher.backends import BACKENDS
 from launcher.errors import UsageError
+from launcher.spec import disk
 from launcher.spec import jobspec as js
+from launcher.spec.values import parse_duration
+from launcher.util.userfile import load_yaml, read_user_file
 
 
 def add_cluster_arguments(parser: argparse.ArgumentParser, *, backend: bool = True) -> None:
@@ -104,6 +108,23 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     res.add_argument("--nccl-socket-ifname", metavar="IFS", help=f"NVIDIA NCCL_SOCKET_IFNAME (default: {js.DEFAULT_NCCL_SOCKET_IFNAME})")
     res.add_argument("--nccl-ib-hca", metavar="HCAS", help="NVIDIA NCCL_IB_HCA (unset by default)")
     res.add_argument("--nccl-debug", metavar="LEVEL", help="NVIDIA NCCL_DEBUG (unset by default)")
+    admin = parser.add_argument_group("cluster admin (README: What a cluster admin sees)")
+    admin.add_argument("--cache-size", metavar="QTY",
+                       help="/cache size limit per pod, also its ephemeral-storage (default: measured from "
+                            f"--data-url and --init at submit, else {disk.DEFAULT_CACHE_SIZE} with remote data, "
+                            f"{disk.MIN_CACHE_SIZE} without)")
+    admin.add_argument("--ttl-after-finished", metavar="DURATION", default="24h",
+                       help="delete the finished job and its pods after this long (default: 24h; none keeps them)")
+    admin.add_argument("--max-runtime", metavar="DURATION",
+                       help="stop the job after this long, e.g. 12h (activeDeadlineSeconds; default: none)")
+    admin.add_argument("--image-pull-secret", dest="image_pull_secrets", action="append", default=[],
+                       metavar="SECRET", help="Secret to pull the image with, repeatable (private registries, SWR)")
+    admin.add_argument("--service-account", metavar="NAME", help="ServiceAccount of the pods (default: the namespace's)")
+    admin.add_argument("--automount-service-account-token", dest="automount_token", action="store_true",
+                       help="mount the ServiceAccount's API token into the pods (default: not mounted)")
+    admin.add_argument("--pod-overrides", metavar="FILE",
+                       help="YAML fragment of a pod spec deep-merged into every pod (containers, volumes, env "
+                            "merged by name); fields leo-launch sets are refused")
     sec = parser.add_argument_group("pod security (README: Security)")
     sec.add_argument("--run-as-user", type=int, metavar="UID",
                      help=f"user id the pods run as (default: the image's, {js.IMAGE_USER['cpu']})")
@@ -130,8 +151,25 @@ def spec_from_args(args: argparse.Namespace) -> js.JobSpec:
         hccl_connect_timeout=args.hccl_connect_timeout, nccl_socket_ifname=args.nccl_socket_ifname,
         nccl_ib_hca=args.nccl_ib_hca, nccl_debug=args.nccl_debug, run_as_user=args.run_as_user,
         run_as_group=args.run_as_group, ascend_driver_mount=args.ascend_driver_mount,
-        profile=args.profile, profile_steps=args.profile_steps,
+        profile=args.profile, profile_steps=args.profile_steps, cache_size=args.cache_size,
+        ttl_after_finished=parse_duration(args.ttl_after_finished, "--ttl-after-finished", none=True),
+        max_runtime=parse_duration(args.max_runtime, "--max-runtime"),
+        image_pull_secrets=tuple(args.image_pull_secrets), service_account=args.service_account,
+        automount_token=args.automount_token, pod_overrides=_pod_overrides(args.pod_overrides),
     )
+
+
+def _pod_overrides(path: str | None) -> Any:
+    """--pod-overrides FILE through the bounded reader (one line, exit 2, on a bad file)."""
+    if path is None:
+        return None
+    import yaml
+
+    text = read_user_file(path, what="--pod-overrides")
+    try:
+        return load_yaml(text, f"--pod-overrides {path}")
+    except yaml.YAMLError as err:
+        raise UsageError(f"--pod-overrides {path}: not valid YAML: {str(err).splitlines()[0]}") from None
 
 
 def warnings(spec: js.JobSpec, *, pods: bool = True) -> list[str]:

@@ -91,6 +91,11 @@ MAX_ID = 2**31 - 1  # Kubernetes' limit for runAsUser, runAsGroup and fsGroup
 # or nothing, on nodes whose Ascend Docker Runtime injects the driver itself.
 ASCEND_DRIVER_MOUNTS = ("hostpath", "runtime")
 DEFAULT_ASCEND_DRIVER_MOUNT = "hostpath"
+# Pod lifetime (issue 23): finished jobs go after a day (long enough for `logs`; logs are
+# published anyway); no deadline unless --max-runtime.
+DEFAULT_TTL_AFTER_FINISHED = 86400
+MAX_DURATION = 366 * 86400
+MAX_IMAGE_PULL_SECRETS = 16
 
 JOBSPEC_VERSION = 1
 INIT_SUFFIXES = (".ckpt", ".npz")  # --init: what leo_core.train --init reads
@@ -140,6 +145,13 @@ class JobSpec:
     run_as_group: int | None = None  # default: the image's group (also the pods' fsGroup)
     ascend_driver_mount: str | None = None  # ascend: hostpath (default) or runtime
     profile_steps: int | None = None  # --profile: steps every rank profiles; None: no profiler
+    cache_size: str | None = None  # /cache sizeLimit; None: launcher.spec.disk's default
+    ttl_after_finished: int | None = DEFAULT_TTL_AFTER_FINISHED  # seconds; None: kept forever
+    max_runtime: int | None = None  # activeDeadlineSeconds; None: no deadline
+    image_pull_secrets: tuple[str, ...] = ()
+    service_account: str | None = None
+    automount_token: bool = False  # automountServiceAccountToken
+    pod_overrides: Mapping[str, Any] | None = field(default=None, hash=False)  # merged into every pod
     _config: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -153,6 +165,7 @@ class JobSpec:
         self._check_cluster()
         self._check_security()
         self._check_profile()
+        self._check_admin()
 
     # -------------------------------------------------------------- validation
     def _set(self, name: str, value: Any) -> None:
@@ -386,6 +399,35 @@ class JobSpec:
             self._set("profile_steps", _int(self.profile_steps, "--profile-steps", minimum=1,
                                             maximum=MAX_PROFILE_STEPS))
 
+    def _check_admin(self) -> None:
+        """Disk, lifetime, registry access, service account, pod overrides (issue 23)."""
+        from launcher.spec import disk, overrides
+
+        if self.cache_size is not None:
+            problem = disk.size_problem(self.cache_size)
+            if problem:
+                raise UsageError(f"--cache-size {self.cache_size!r} {problem}")
+        for attr, flag, minimum in (("ttl_after_finished", "--ttl-after-finished", 0),
+                                    ("max_runtime", "--max-runtime", 1)):
+            if getattr(self, attr) is not None:
+                self._set(attr, _int(getattr(self, attr), flag, minimum=minimum, maximum=MAX_DURATION))
+        secrets = tuple(self.image_pull_secrets or ())
+        if len(secrets) > MAX_IMAGE_PULL_SECRETS:
+            raise UsageError(f"--image-pull-secret: at most {MAX_IMAGE_PULL_SECRETS}")
+        for name in secrets:
+            problem = _name_problem(name, syn.dns1123_subdomain_problem)
+            if problem:
+                raise UsageError(f"--image-pull-secret {name!r} {problem} (a Secret name)")
+        self._set("image_pull_secrets", tuple(dict.fromkeys(secrets)))
+        if self.service_account is not None:
+            problem = _name_problem(self.service_account, syn.dns1123_subdomain_problem)
+            if problem:
+                raise UsageError(f"--service-account {self.service_account!r} {problem}")
+        if not isinstance(self.automount_token, bool):
+            raise UsageError("automount_token must be true or false")
+        if self.pod_overrides is not None:
+            overrides.check(self.pod_overrides)
+
     # -------------------------------------------------------------- derived values
     @property
     def cards_per_node(self) -> int:
@@ -513,7 +555,14 @@ class JobSpec:
             # only when set: a job.yaml without it stays readable by older bootstraps (images)
             **({"init_url": self.init_url} if self.init_url is not None else {}),
             **({"profile_steps": self.profile_steps} if self.profile_steps is not None else {}),
+            **{key: value for key, value in self._admin_values().items() if value != ADMIN_DEFAULTS[key]},
         }
+
+    def _admin_values(self) -> dict[str, Any]:
+        return {"cache_size": self.cache_size, "ttl_after_finished": self.ttl_after_finished,
+                "max_runtime": self.max_runtime, "image_pull_secrets": list(self.image_pull_secrets),
+                "service_account": self.service_account, "automount_token": self.automount_token,
+                "pod_overrides": self.pod_overrides}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> JobSpec:
@@ -534,6 +583,8 @@ class JobSpec:
                 values[key] = _pairs(values[key], key)
         if "tolerations" in values:
             values["tolerations"] = tuple(Toleration.from_dict(t) for t in values["tolerations"] or ())
+        if "image_pull_secrets" in values:
+            values["image_pull_secrets"] = tuple(values["image_pull_secrets"] or ())
         if "inventory" in values:
             values["inventory"] = tuple(InventoryNode.from_dict(n, "inventory node")
                                         for n in values["inventory"] or ())
@@ -554,6 +605,12 @@ class JobSpec:
         except yaml.YAMLError as err:
             raise UsageError(f"job spec is not valid YAML: {str(err).splitlines()[0]}") from err
         return cls.from_dict(data)
+
+
+# written to job.yaml only when they differ (an older bootstrap can read the file)
+ADMIN_DEFAULTS = {"cache_size": None, "ttl_after_finished": DEFAULT_TTL_AFTER_FINISHED, "max_runtime": None,
+                  "image_pull_secrets": [], "service_account": None, "automount_token": False,
+                  "pod_overrides": None}
 
 
 def build_job_spec(*, experiment: str, accelerator: str, cards: int, nodes: int | None = None,
