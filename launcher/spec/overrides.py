@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from launcher.errors import UsageError
+from launcher.spec.contract import CONTAINER_NAME
 
 FLAG = "--pod-overrides"
 # pod fields the flavour wires (DNS names, restarts, the scheduler of the gang)
@@ -54,7 +55,12 @@ def _check_names(value: Any, where: str) -> None:
 
 def apply(pod_spec: dict[str, Any], fragment: Mapping[str, Any], container: str, where: str) -> None:
     """Merge `fragment` into `pod_spec` in place; UsageError naming the first field the
-    launcher owns (`container`: the training container's name, `where`: the template)."""
+    launcher owns (`container`: the training container's name, `where`: the template).
+    The fragment may call the training container `leo` on every flavour (AscendJob's is
+    `ascend`)."""
+    if container != CONTAINER_NAME and fragment.get("containers"):
+        fragment = {**fragment, "containers": [{**c, "name": container} if c["name"] == CONTAINER_NAME else c
+                                               for c in fragment["containers"]]}
     owned = _owned(pod_spec, fragment, container)
     if owned:
         raise UsageError(f"{FLAG}: {where}.spec.{owned} is set by leo-launch (use its flag, or leave it out)")
