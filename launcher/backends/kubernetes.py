@@ -43,6 +43,7 @@ from launcher.k8s.api import (
     KubeError,
 )
 from launcher.k8s.config import Cluster, connect, kube_configured
+from launcher.k8s.dryrun import dry_run
 from launcher.k8s.state import (
     is_ours,
     meta,
@@ -55,8 +56,9 @@ from launcher.spec import jobspec as js
 
 def check_cluster(cluster: Cluster, spec: js.JobSpec, objects: list[dict[str, Any]], *,
                   err: TextIO | None = None) -> None:
-    """Pre-flight (launcher.k8s.preflight): its notes on `err`; a LaunchError naming every
-    problem when the job would not run."""
+    """Pre-flight (launcher.k8s.preflight), then a server-side dry-run of every object
+    (launcher.k8s.dryrun): notes, warnings and one line per refused object on `err`; a
+    LaunchError when the job would not run."""
     err = err or sys.stderr
     report = preflight.run(cluster.api, spec, objects)
     for note in report.notes:
@@ -65,6 +67,17 @@ def check_cluster(cluster: Cluster, spec: js.JobSpec, objects: list[dict[str, An
     if report.problems:
         raise LaunchError(f"pre-flight ({cluster.describe()}): {'; '.join(report.problems)}; "
                           "nothing was created")
+    answer = dry_run(cluster.api, objects)
+    if answer.ignored:
+        err.write(f"leo-launch: note: dry-run: {answer.ignored}\n")
+    for line in answer.warnings:
+        err.write(f"leo-launch: warning: dry-run: {line}\n")
+    for line in answer.refusals:
+        err.write(f"leo-launch: dry-run: refused {line}\n")
+    err.flush()
+    if answer.refusals:
+        raise LaunchError(f"server-side dry-run ({cluster.describe()}): the API server refused "
+                          f"{len(answer.refusals)} of {len(objects)} object(s) (above); nothing was created")
 
 
 def submit(cluster: Cluster, spec: js.JobSpec, objects: list[dict[str, Any]], *,
