@@ -57,7 +57,8 @@ def _matches(obj, selector, fields):
 
 
 class FakeAPI:
-    """`ClusterAPI` over a dict; `fail_create`/`fail_delete` name objects that fail."""
+    """`ClusterAPI` over a dict; `fail_create`/`fail_delete` name objects that fail (a create
+    only when real: the dry-run before it passed)."""
 
     def __init__(self, fail_create=(), fail_delete=(), namespaces=("default",)):
         self.objects = {}
@@ -100,7 +101,7 @@ class FakeAPI:
         self.warnings = []
         if not self._check(obj["apiVersion"], obj["kind"], "create"):
             raise kapi.KubeError(404, "NotFound", "the server could not find the requested resource")
-        if m["name"] in self.fail_create:
+        if m["name"] in self.fail_create and not dry_run:  # what a dry-run cannot foresee (a race)
             raise kapi.KubeError(422, "Invalid", f'{obj["kind"]} "{m["name"]}" is invalid')
         if key in self.objects:
             raise kapi.KubeError(409, "AlreadyExists", f'"{m["name"]}" already exists')
