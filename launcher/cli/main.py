@@ -26,6 +26,7 @@ COMMANDS = (
     "logs",
     "list",
     "cancel",
+    "rbac",
     "pull",
     "push",
     "ranktable",

@@ -115,7 +115,7 @@ def test_registry_secrets_and_the_service_account_must_exist():
     assert preflight.run(api, s, render(s)).ok
     api.forbidden = {"ServiceAccount"}
     report = preflight.run(api, s, render(s))
-    assert report.ok and report.notes[0].startswith("pre-flight: the ServiceAccount not checked: not allowed")
+    assert report.ok and report.notes[0].startswith("pre-flight: not checked, not allowed to read: the ServiceAccount")
 
 
 def test_the_device_check_counts_only_nodes_of_the_node_selector_and_the_accelerators_resource():
@@ -130,23 +130,19 @@ def test_the_device_check_counts_only_nodes_of_the_node_selector_and_the_acceler
     assert run(api, spec(accelerator="cpu", cards=2, nodes=1, scheduler="job", storage_secret=None)).ok
 
 
-@pytest.mark.parametrize(("forbidden", "note"), [
-    ("Namespace", "pre-flight: the namespace not checked: not allowed (Forbidden: namespaces.core is forbidden"),
-    ("Secret", "pre-flight: the storage Secret not checked: not allowed (Forbidden: secrets.core is forbidden"),
-    ("PriorityClass", "pre-flight: the PriorityClass not checked: not allowed (Forbidden: "
-                      "priorityclasses.scheduling.k8s.io is forbidden"),
-    ("CustomResourceDefinition", "pre-flight: Volcano not checked: not allowed (Forbidden: "
-                                 "customresourcedefinitions.apiextensions.k8s.io is forbidden"),
-    ("Node", "pre-flight: the nodes' devices not checked: not allowed (Forbidden: nodes.core is forbidden"),
+@pytest.mark.parametrize(("forbidden", "titles"), [
+    ("Namespace", "the namespace, Pod Security"),  # the Pod Security check reads the same Namespace
+    ("Secret", "the storage Secret"),
+    ("PriorityClass", "the PriorityClass"),
+    ("CustomResourceDefinition", "Volcano"),
+    ("Node", "the nodes' devices"),
 ])
-def test_a_check_that_rbac_forbids_is_skipped_with_a_note(forbidden, note):
+def test_a_check_that_rbac_forbids_is_skipped_with_a_note(forbidden, titles):
     api = FakeAPI(namespaces=())  # everything missing: only the forbidden read can be silent
     api.forbidden = {forbidden}
     report = run(api)
-    assert report.notes[0].startswith(note)
-    # the Pod Security check reads the same Namespace: it says so too
-    also = ["pre-flight: Pod Security not checked"] if forbidden == "Namespace" else []
-    assert [n[:len(a)] for n, a in zip(report.notes[1:], also, strict=True)] == also
+    assert report.notes == [f"pre-flight: not checked, not allowed to read: {titles} (the optional "
+                            "ClusterRole of `leo-launch rbac --cluster-role` allows them)"]
     checked = {"Namespace": "namespace", "Secret": "--storage-secret", "PriorityClass": "--priority-class",
                "CustomResourceDefinition": "--scheduler volcano", "Node": "no node"}
     assert not [p for p in report.problems if p.startswith(checked[forbidden])]
@@ -189,7 +185,8 @@ def test_submit_runs_the_checks_before_creating_anything():
         cluster.submit(fake_cluster(api), s, render(s), out=io.StringIO(), err=err)
     assert str(raised.value) == ("pre-flight (context test): only 1 node(s) have 8 huawei.com/Ascend910 "
                                  "allocatable (npu-0); the job needs 2, one pod per node; nothing was created")
-    assert err.getvalue().startswith("leo-launch: note: pre-flight: the PriorityClass not checked: not allowed")
+    assert err.getvalue().startswith("leo-launch: note: pre-flight: not checked, not allowed to read: "
+                                     "the PriorityClass (")
     assert not [c for c in api.calls if c[0] == "create"]
     api.put(node("npu-1"))
     cluster.submit(fake_cluster(api), s, render(s), out=io.StringIO(), err=io.StringIO())
@@ -252,8 +249,18 @@ def test_a_forbidden_namespace_read_skips_the_pod_security_check_with_a_note():
     s = spec()
     report = preflight.run(api, s, render(s))
     assert report.problems == []
-    assert [n.split(":")[1].strip() for n in report.notes] == [
-        "the namespace not checked", "Pod Security not checked"]
+    assert [n.split(" (")[0] for n in report.notes] == [
+        "pre-flight: not checked, not allowed to read: the namespace, Pod Security"]
+
+
+def test_every_check_rbac_forbids_is_named_in_one_note():
+    api = healthy()
+    api.forbidden |= {"Namespace", "Secret", "Node"}
+    s = spec()
+    notes = preflight.run(api, s, render(s)).notes
+    assert [n.split(" (")[0] for n in notes] == [
+        "pre-flight: not checked, not allowed to read: the namespace, the storage Secret, the nodes' devices, "
+        "Pod Security"]
 
 
 def test_an_ascendjob_needs_the_ascend_operators_crd():
