@@ -31,6 +31,7 @@ COMMANDS = (
     "push",
     "ranktable",
     "report",
+    "sweep",
 )
 
 

@@ -443,7 +443,7 @@ class Bootstrap:
                "--tail_worker_log", str(spec.world_size),
                script, "--config", str(self.paths.experiment_file), "--data-root", str(root),
                "--out", str(self.paths.out), "--resume", "--device", DEVICES[spec.accelerator],
-               "--log-every", str(log_every(config))]
+               "--log-every", str(log_every(config)), "--seed", str(spec.seed)]
         if init is not None:  # train.py uses it only when there is no checkpoint to resume
             cmd += ["--init", str(init)]
         if spec.profile_steps:  # every rank writes <profile>/rank-<r>/

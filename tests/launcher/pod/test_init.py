@@ -84,3 +84,12 @@ def test_an_init_object_larger_than_the_cache_is_bad_configuration(s3_env, tmp_p
     with pytest.raises(BadConfig, match=r"init_url: s3://.*/init/big.npz needs 0.0 MiB .*--cache-size"):
         boot_.stage_init(js.JobSpec.from_yaml((tmp_path / "cfg" / "job.yaml").read_text()))
     assert not (tmp_path / "cache" / "init" / "big.npz").exists()
+
+
+def test_the_jobs_seed_goes_to_train_py(tmp_path, fake_popen, monkeypatch):  # noqa: F811
+    """A sweep's seeds must change the run: the job's seed is train.py's --seed."""
+    boot_ = boot(tmp_path, nodes=2, seed=3)
+    monkeypatch.setattr(boot_, "stage_data", lambda spec, config: tmp_path / "data")
+    assert boot_.run() == 0
+    cmd = fake_popen[0][0]
+    assert cmd[cmd.index("--seed") + 1] == "3"
