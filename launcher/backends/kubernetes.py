@@ -43,6 +43,7 @@ from launcher.k8s.api import (
     KubeError,
 )
 from launcher.k8s.config import Cluster, connect, kube_configured
+from launcher.k8s.dryrun import dry_run
 from launcher.k8s.state import (
     is_ours,
     meta,
@@ -67,8 +68,9 @@ def check_access(cluster: Cluster, flavour: flavours.Flavour, command: str, name
 
 def check_cluster(cluster: Cluster, spec: js.JobSpec, objects: list[dict[str, Any]], *,
                   err: TextIO | None = None, access: bool = True) -> None:
-    """The access check of submit (`access`), then pre-flight (launcher.k8s.preflight):
-    its notes on `err`; a LaunchError naming every problem when the job would not run."""
+    """The access check of submit (`access`), then pre-flight (launcher.k8s.preflight),
+    then a server-side dry-run of every object (launcher.k8s.dryrun): notes, warnings and
+    one line per refused object on `err`; a LaunchError when the job would not run."""
     err = err or sys.stderr
     if access:
         check_access(cluster, spec.flavour, "submit", spec.namespace, doing="submit would fail", err=err)
@@ -79,6 +81,17 @@ def check_cluster(cluster: Cluster, spec: js.JobSpec, objects: list[dict[str, An
     if report.problems:
         raise LaunchError(f"pre-flight ({cluster.describe()}): {'; '.join(report.problems)}; "
                           "nothing was created")
+    answer = dry_run(cluster.api, objects)
+    if answer.ignored:
+        err.write(f"leo-launch: note: dry-run: {answer.ignored}\n")
+    for line in answer.warnings:
+        err.write(f"leo-launch: warning: dry-run: {line}\n")
+    for line in answer.refusals:
+        err.write(f"leo-launch: dry-run: refused {line}\n")
+    err.flush()
+    if answer.refusals:
+        raise LaunchError(f"server-side dry-run ({cluster.describe()}): the API server refused "
+                          f"{len(answer.refusals)} of {len(objects)} object(s) (above); nothing was created")
 
 
 def submit(cluster: Cluster, spec: js.JobSpec, objects: list[dict[str, Any]], *,
@@ -199,12 +212,37 @@ def cancel(cluster: Cluster, name: str, namespace: str | None = None) -> str:
     return f"job {name} cancelled in namespace {ns}: deleted {', '.join(deleted)}{more}"
 
 
+def measured_cache_size(spec: js.JobSpec) -> tuple[str | None, str]:
+    """/cache's size for what the pods will stage, read from storage with this machine's
+    credentials and --storage-endpoint: (size, how it was found) or (None, why not)."""
+    from launcher.spec import disk
+    from launcher.storage import StorageOptions
+    from launcher.storage.sizes import staged_bytes
+
+    urls = [u for u in (spec.data_url, spec.init_url) if u and u.startswith(("s3://", "obs://"))]
+    if spec.cache_size is not None or not urls:
+        return None, ""
+    # short: a submit does not wait long for a number it can default
+    options = StorageOptions(endpoint=spec.storage_endpoint, progress=False, timeout=30, max_attempts=1,
+                             connect_timeout=5, read_timeout=20)
+    try:
+        data = staged_bytes(spec.data_url, options) if spec.data_url in urls else 0
+        init = staged_bytes(spec.init_url, options) if spec.init_url in urls else 0
+    except (LaunchError, OSError) as error:
+        return None, (f"/cache size not measured ({str(error).splitlines()[0]}): "
+                      f"{disk.default_cache_size(spec)} (set it with --cache-size)")
+    zipped = bool(spec.data_url and spec.data_url.lower().endswith(".zip"))
+    size = disk.cache_size(data, init, zipped=zipped)
+    return size, f"/cache size {size}: {round((data + init) / disk.GI, 1)} GiB to stage, plus room to unpack and work"
+
+
 @dataclasses.dataclass(frozen=True)
 class KubernetesPlan:
     """The validated manifests of a job, in creation order (`Plan`, launcher.backends.base)."""
 
     spec: js.JobSpec
     objects: list[dict[str, Any]]
+    notes: tuple[str, ...] = ()  # said on stderr when submitted
 
     def text(self) -> str:
         from launcher.render.render import dump
@@ -258,10 +296,15 @@ class KubernetesBackend:
         if self._namespace is None and (self._cluster is not None or kube_configured()):
             if spec.namespace != self.cluster.namespace:
                 spec = dataclasses.replace(spec, namespace=self.cluster.namespace)
-        return KubernetesPlan(spec, render_validated(spec))
+        size, note = measured_cache_size(spec)
+        if size is not None:
+            spec = dataclasses.replace(spec, cache_size=size)
+        return KubernetesPlan(spec, render_validated(spec), (note,) if note else ())
 
     def submit(self, plan: KubernetesPlan, *, out: TextIO, err: TextIO) -> None:
         submit(self.cluster, plan.spec, plan.objects, out=out, err=err)
+        for note in plan.notes:  # after success: a failing submit says its one error line only
+            err.write(f"leo-launch: note: {note}\n")
 
     def status(self, name: str, *, progress: bool = True) -> JobStatus:
         return JobStatus(**status(self.cluster, name, self.namespace, progress=progress))

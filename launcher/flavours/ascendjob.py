@@ -18,7 +18,8 @@ from launcher.spec import names as syn
 REPLICA_INDEX = ("replica-index", "training.kubeflow.org/replica-index")
 # an AscendJob's state is its last true condition (kubectl's State column)
 # the Scheduler pod runs only MindSpore's scheduler role (no NPUs, no data)
-SCHEDULER_REQUESTS = {"cpu": "1", "memory": "4Gi"}
+SCHEDULER_REQUESTS = {"cpu": "1", "memory": "4Gi", "ephemeral-storage": "2Gi"}
+SCHEDULER_CACHE = "1Gi"  # the Scheduler stages nothing: its /cache holds msrun's logs only
 PHASES = {"Created": "Pending", "Running": "Running", "Restarting": "Restarting",
           "Succeeded": "Succeeded", "Failed": "Failed"}
 
@@ -99,7 +100,8 @@ class AscendJob(Flavour):
                 "npu": worker, "restart_policy": None, "subdomain": None, "scheduler_name": None,
                 "env": env if worker else [var for var in env if var["kind"] != "secret"],
                 "requests": ctx["requests"] if worker else dict(SCHEDULER_REQUESTS),
-                "limits": ctx["limits"] if worker else {"memory": SCHEDULER_REQUESTS["memory"]},
+                "limits": ctx["limits"] if worker else {k: SCHEDULER_REQUESTS[k] for k in ("memory", "ephemeral-storage")},
+                "cache_size": ctx["pod"]["cache_size"] if worker else SCHEDULER_CACHE,
                 "anti_affinity": {contract.LABEL_JOB: spec.name, contract.LABEL_ROLE: role} if worker else None,
                 "node_selector": dict(spec.node_selector) if worker else {},
                 "tolerations": ctx["tolerations"] if worker else [],

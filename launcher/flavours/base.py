@@ -26,8 +26,13 @@ def number(value: Any) -> int | None:
     return int(value) if str(value).isdigit() else None
 
 
+DEADLINE_EXCEEDED = "DeadlineExceeded"  # a Job's or a pod's activeDeadlineSeconds passed
+
+
 def reason_text(reason: Any, message: Any) -> str:
     reason, message = str(reason or "").strip(), " ".join(str(message or "").split())
+    if reason == DEADLINE_EXCEEDED:  # said plainly: the job ran out of --max-runtime
+        return f"deadline exceeded (--max-runtime){': ' + message if message else ''}"
     if reason and message:
         return f"{reason}: {message}"
     return reason or message
@@ -63,6 +68,7 @@ class Flavour:
     controller_rank_table: bool = False  # --rank-table controller works (rings-config filled)
     rank_annotation: str | None = None  # the pod annotation our env reads the node rank from
     kueue_queue: bool = False  # --queue is a Kueue LocalQueue (a label), not the controller's
+    deadline_in_pods: bool = False  # --max-runtime as each pod's activeDeadlineSeconds (no job field)
 
     # ---------------------------------------------------------------- the job (spec)
 

@@ -4,7 +4,8 @@ upstream API for multi-node jobs that Kueue and the Kubeflow Trainer build on.
 One replicated job of N Jobs with one pod each: node rank = the Job's index, host names
 `<jobset>-<rjob>-<index>-0.<subdomain>` (the JobSet's headless Service). A pod exiting with
 a non-retriable code fails its Job by the pod failure policy (reason PodFailurePolicy),
-which fails the whole set; any other failure restarts the set, up to --max-restarts."""
+which fails the whole set, as does a Job past --max-runtime (its activeDeadlineSeconds); any
+other failure restarts the set, up to --max-restarts."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ REPLICATED_JOB = "worker"
 JOB_INDEX = "jobset.sigs.k8s.io/job-index"  # label and annotation of its Jobs and pods
 BAD_CONFIG_RULE = "badConfiguration"
 JOB_FAILED_BY_POLICY = "PodFailurePolicy"  # batch/v1's reason when a FailJob rule matched
+JOB_DEADLINE_EXCEEDED = "DeadlineExceeded"  # --max-runtime: a restart would not finish either
 
 
 class JobSet(Flavour):
@@ -42,7 +44,7 @@ class JobSet(Flavour):
 
     def template_context(self, spec: Any, ctx: dict[str, Any]) -> dict[str, Any]:  # noqa: ARG002
         return {"replicated_job": REPLICATED_JOB, "bad_config_rule": BAD_CONFIG_RULE,
-                "job_failed_by_policy": JOB_FAILED_BY_POLICY}
+                "job_failure_reasons": [JOB_FAILED_BY_POLICY, JOB_DEADLINE_EXCEEDED]}
 
     def pod_templates(self, obj: Mapping[str, Any]) -> list[tuple[str, Any]]:
         return [(f"spec.replicatedJobs[{i}].template.spec.template",

@@ -44,6 +44,8 @@ class Volcano(Flavour):
     def template_context(self, spec: Any, ctx: dict[str, Any]) -> dict[str, Any]:  # noqa: ARG002
         return {"task_name": contract.VOLCANO_TASK, "volcano_queue": spec.queue or "default"}
 
+    deadline_in_pods = True  # a Volcano Job has no activeDeadlineSeconds
+
     def pod_templates(self, obj: Mapping[str, Any]) -> list[tuple[str, Any]]:
         return [(f"spec.tasks[{i}].template", task.get("template") or {})
                 for i, task in enumerate((obj.get("spec") or {}).get("tasks") or []) if isinstance(task, Mapping)]

@@ -17,6 +17,7 @@ EVENT = ("v1", "Event")
 CONFIGMAP = ("v1", "ConfigMap")
 SERVICE = ("v1", "Service")
 SECRET = ("v1", "Secret")
+SERVICE_ACCOUNT = ("v1", "ServiceAccount")
 # cluster-scoped kinds: pass namespace None
 NAMESPACE = ("v1", "Namespace")
 NODE = ("v1", "Node")
@@ -24,7 +25,8 @@ PRIORITY_CLASS = ("scheduling.k8s.io/v1", "PriorityClass")
 CRD = ("apiextensions.k8s.io/v1", "CustomResourceDefinition")
 PLURALS = {"ConfigMap": "configmaps", "Service": "services", "Pod": "pods", "Event": "events",
            "Job": "jobs", "PodGroup": "podgroups", "Secret": "secrets", "Namespace": "namespaces",
-           "Node": "nodes", "PriorityClass": "priorityclasses",
+           "Node": "nodes", "PriorityClass": "priorityclasses", "ServiceAccount": "serviceaccounts",
+           "ResourceQuota": "resourcequotas",
            "CustomResourceDefinition": "customresourcedefinitions", "Queue": "queues",
            **{f.api[1]: f.plural for f in flavours.FLAVOURS.values()}}
 
@@ -49,8 +51,9 @@ class KubeError(LaunchError):
 class ClusterAPI(Protocol):
     """What the backend needs from a Kubernetes API server; objects are plain dicts."""
 
-    def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
-        """Create `obj` in its namespace; KubeError (e.g. 409 AlreadyExists) on failure."""
+    def create(self, obj: Mapping[str, Any], *, dry_run: bool = False) -> dict[str, Any]:
+        """Create `obj` in its namespace; KubeError (e.g. 409 AlreadyExists) on failure.
+        `dry_run`: the server validates and admits it (dryRun=All) but stores nothing."""
 
     def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         """The object (namespace None: a cluster-scoped kind), or None when it (or its
@@ -90,6 +93,7 @@ class KubernetesAPI:
 
     def __init__(self, api_client: Any, host: str = "") -> None:
         self.client = api_client
+        self.warnings: list[str] = []  # the API's Warning headers of the last call (admission's)
         self.host = host or getattr(getattr(api_client, "configuration", None), "host", "")
 
     def _call(self, method: str, path: str, *, query: list[tuple[str, str]] | None = None,
@@ -111,6 +115,7 @@ class KubernetesAPI:
             reason = getattr(err, "reason", None) or err
             raise KubeError(0, "Unreachable", f"cannot reach the Kubernetes API at {self.host}: "
                             f"{str(reason).splitlines()[0]}") from err
+        self.warnings = response_warnings(response)
         if stream:
             return response
         data = response.data
@@ -120,10 +125,10 @@ class KubernetesAPI:
             raise KubeError(response.status, "BadResponse",
                             f"{method} {path} did not answer JSON") from err
 
-    def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+    def create(self, obj: Mapping[str, Any], *, dry_run: bool = False) -> dict[str, Any]:
         meta = obj.get("metadata", {})
         path = resource_path(obj["apiVersion"], obj["kind"], meta.get("namespace"))
-        return self._call("POST", path, body=dict(obj))
+        return self._call("POST", path, body=dict(obj), query=[("dryRun", "All")] if dry_run else None)
 
     def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         try:
@@ -186,7 +191,6 @@ class KubernetesAPI:
         finally:
             response.release_conn()
 
-
     def allowed(self, verb: str, group: str, resource: str, namespace: str | None) -> bool:
         from kubernetes import client
         from kubernetes.client.exceptions import ApiException
@@ -205,6 +209,18 @@ class KubernetesAPI:
             raise KubeError(0, "Unreachable", f"cannot reach the Kubernetes API at {self.host}: "
                             f"{str(getattr(err, 'reason', None) or err).splitlines()[0]}") from err
         return bool(answer.status and answer.status.allowed)
+
+
+def response_warnings(response: Any) -> list[str]:
+    """The texts of a response's `Warning: 299 - "text"` headers (RFC 7234)."""
+    headers = getattr(response, "headers", None)
+    values = headers.getlist("Warning") if hasattr(headers, "getlist") else []
+    out = []
+    for value in values:
+        code, _, rest = str(value).partition(" ")
+        agent, _, text = rest.partition(" ")
+        out.append(text.strip().strip('"') if code.isdigit() and agent else str(value))
+    return out
 
 
 def api_error(err: Any) -> KubeError:

@@ -27,6 +27,7 @@ from launcher.k8s.api import (
     NODE,
     PRIORITY_CLASS,
     SECRET,
+    SERVICE_ACCOUNT,
     ClusterAPI,
     KubeError,
 )
@@ -34,6 +35,7 @@ from launcher.spec import jobspec as js
 from launcher.spec.podsecurity import job_admission_problem
 
 STORAGE_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+REGISTRY_SECRET_TYPES = ("kubernetes.io/dockerconfigjson", "kubernetes.io/dockercfg")
 DEVICE_PLUGINS = {"huawei.com/Ascend910": "the Ascend device plugin",
                   "nvidia.com/gpu": "the NVIDIA device plugin"}
 
@@ -142,6 +144,26 @@ def storage_secret(ctx: Context) -> Iterable[str]:
     if missing:  # only key names are read, never values
         yield (f"--storage-secret {name}: Secret {name} has no {' or '.join(missing)} "
                f"(it holds: {', '.join(sorted(keys)) or 'nothing'})")
+
+
+@check("the image pull Secrets")
+def image_pull_secrets(ctx: Context) -> Iterable[str]:
+    for name in ctx.spec.image_pull_secrets:
+        secret = ctx.get(SECRET, ctx.namespace, name)
+        if secret is None:
+            yield (f"--image-pull-secret {name}: no Secret {name} in namespace {ctx.namespace} "
+                   "(the pods would fail with ErrImagePull)")
+        elif secret.get("type") not in REGISTRY_SECRET_TYPES:
+            yield (f"--image-pull-secret {name}: Secret {name} is of type {secret.get('type') or 'Opaque'}, "
+                   f"not {REGISTRY_SECRET_TYPES[0]} (kubectl create secret docker-registry)")
+
+
+@check("the ServiceAccount")
+def service_account(ctx: Context) -> Iterable[str]:
+    name = ctx.spec.service_account
+    if name and ctx.get(SERVICE_ACCOUNT, ctx.namespace, name) is None:
+        yield (f"--service-account {name}: no ServiceAccount {name} in namespace {ctx.namespace} "
+               "(the Job's pods would never be created)")
 
 
 @check("the PriorityClass")

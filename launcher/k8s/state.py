@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from launcher import flavours
+from launcher.flavours.base import DEADLINE_EXCEEDED
 from launcher.flavours.base import reason_text as _reason_text
 from launcher.outputs.layout import job_url_of
 from launcher.spec import contract
@@ -305,8 +306,11 @@ def summarize(info: JobInfo, pods: Iterable[Mapping[str, Any]], *,
                 if problem:
                     entry["reason"] = problem
             elif pod_phase == "Failed":
-                entry["reason"] = (terminated_text(terminated) if terminated else _reason_text((pod.get("status") or {}).get("reason"),
-                                                                   (pod.get("status") or {}).get("message")))
+                pstatus = pod.get("status") or {}
+                # a pod past its activeDeadlineSeconds (--max-runtime): its kill code says less
+                entry["reason"] = (terminated_text(terminated)
+                                   if terminated and pstatus.get("reason") != DEADLINE_EXCEEDED
+                                   else _reason_text(pstatus.get("reason"), pstatus.get("message")))
         for offset in range(per_node):
             ranks.append({"rank": node_rank * per_node + offset, **entry})
     created = created_at(info.obj)

@@ -85,6 +85,7 @@ from launcher.pod.node import (
 from launcher.pod.rendezvous import FragmentRendezvous
 from launcher.pod.stage import (
     BadData,
+    check_space,
     find_data_root,
     stage,
 )
@@ -102,6 +103,7 @@ from launcher.storage import (
     StorageError,
     StorageOptions,
     download,
+    open_store,
     parse_url,
 )
 from launcher.util.files import atomic_write
@@ -317,12 +319,21 @@ class Bootstrap:
         self.out.node(f"staging {spec.data_url} into {self.paths.cache}")
         started = time.monotonic()
         try:
-            root = stage(spec.data_url, self.paths.cache, options=self.storage_options(spec))
+            root = stage(spec.data_url, self.paths.cache, options=self.storage_options(spec),
+                         limit=self.cache_limit(spec))
         except (NotFoundError, BadData) as err:  # retrying cannot help
             raise BadConfig(f"data_url: {err}") from err
         check_data_root(root, config)
         self.out.node(f"data ready in {root} ({time.monotonic() - started:.1f} s)")
         return root
+
+    def cache_limit(self, spec: js.JobSpec) -> int | None:
+        """The pod's /cache sizeLimit in bytes (None for a local job: no emptyDir)."""
+        if self.env.get(contract.ENV_LOCAL_JOB):
+            return None
+        from launcher.spec import disk, names
+
+        return int(names.parse_quantity(disk.pod_disk(spec)[0]))
 
     def stage_init(self, spec: js.JobSpec) -> Path | None:
         """The job's initial weights (`--init URL`) as a local file: a local path is used in
@@ -338,8 +349,13 @@ class Bootstrap:
         dest = self.paths.cache / "init" / url.name
         self.out.node(f"fetching the initial weights {spec.init_url}")
         try:
+            with open_store(url.parent(), self.storage_options(spec)) as store:
+                info = store.stat(url.name)
+            if info is not None:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                check_space(info.size, self.paths.cache, self.cache_limit(spec), str(url))
             download(url, dest, options=self.storage_options(spec))
-        except NotFoundError as err:
+        except (NotFoundError, BadData) as err:
             raise BadConfig(f"init_url: {err}") from err
         return dest
 

@@ -52,6 +52,35 @@ class BadData(StorageError):
     bad configuration, not retried."""
 
 
+class NoSpace(BadData):
+    """What is to be staged does not fit the cache (its disk, or the pod's sizeLimit)."""
+
+
+def used_bytes(path: Path) -> int:
+    """Bytes of the regular files under `path` (what counts toward an emptyDir's sizeLimit)."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                pass  # removed meanwhile
+    return total
+
+
+def check_space(needed: int, cache: Path, limit: int | None, what: str) -> None:
+    """NoSpace (one line) when `needed` more bytes do not fit in `cache`: the free space of
+    its file system and, in a pod, what its sizeLimit `limit` leaves (the kubelet evicts a
+    pod that exceeds it)."""
+    free = shutil.disk_usage(cache).free
+    room = free if limit is None else min(free, limit - used_bytes(cache))
+    if needed <= room:
+        return
+    why = (f"the pod's /cache sizeLimit is {_human(limit)}: submit with a larger --cache-size"
+           if limit is not None and room < free else "the node's disk is too full")
+    raise NoSpace(f"{what} needs {_human(needed)} in {cache} but only {_human(max(room, 0))} is free ({why})")
+
+
 class StageTimeout(StorageError):
     """Waiting for another process's staging took too long."""
 
@@ -93,9 +122,11 @@ def find_data_root(tree: Path) -> Path:
 
 
 def stage(data_url: str, cache_dir: str | Path = DEFAULT_CACHE, *, lock: str | Path | None = None,
-          options: StorageOptions | None = None, timeout: float | None = 6 * 3600) -> Path:
+          options: StorageOptions | None = None, timeout: float | None = 6 * 3600,
+          limit: int | None = None) -> Path:
     """Make the embeddings of `data_url` available on this node and return the local data
-    root (the directory that contains miniImageNet/ and/or tieredImageNet/)."""
+    root (the directory that contains miniImageNet/ and/or tieredImageNet/). Before copying,
+    NoSpace when it cannot fit (`limit`: the pod's /cache sizeLimit in bytes)."""
     url = parse_url(data_url)
     if url.is_local and Path(url.path).is_dir():
         return find_data_root(Path(url.path))
@@ -112,6 +143,7 @@ def stage(data_url: str, cache_dir: str | Path = DEFAULT_CACHE, *, lock: str | P
                     and (cache / marker.get("root", "\0")).is_dir()):
                 return cache / marker["root"]
             (cache / MARKER).unlink(missing_ok=True)
+            check_space(_to_copy(store, url.name if is_zip else None, target), cache, limit, str(url))
             if is_zip:
                 _stage_zip(store, url, cache, target)
             else:
@@ -136,6 +168,19 @@ def _fingerprint(store: Store, zip_name: str | None) -> str:
     else:
         items = sorted((k, i.size, i.etag or "", i.mtime or 0) for k, i in store.list().items())
     return hashlib.sha256(json.dumps(items).encode()).hexdigest()
+
+
+def _to_copy(store: Store, zip_name: str | None, target: Path) -> int:
+    """Bytes staging will add: a zip and its unpacked tree (about as large) side by side, or
+    the objects minus what an earlier, interrupted sync left in `target`."""
+    if zip_name is not None:
+        info = store.stat(zip_name)
+        return 2 * info.size if info is not None else 0
+    return max(sum(i.size for i in store.list().values()) - used_bytes(target), 0)
+
+
+def _human(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
 
 
 def _read_marker(path: Path) -> dict:

@@ -19,7 +19,7 @@ from typing import Any
 
 from launcher import flavours
 from launcher.errors import LaunchError, UsageError
-from launcher.spec import contract, podsecurity, ranktable
+from launcher.spec import contract, disk, overrides, podsecurity, ranktable
 from launcher.spec.jobspec import JobSpec
 from launcher.spec.ranktable import HCCN_CONF
 from launcher.util.files import atomic_write
@@ -184,10 +184,11 @@ def pod_environment(spec: JobSpec) -> list[dict[str, Any]]:
 
 
 def _resources(spec: JobSpec) -> tuple[dict[str, str], dict[str, str]]:
-    requests = {"cpu": spec.cpu, "memory": spec.memory}
+    _, ephemeral = disk.pod_disk(spec)
+    requests = {"cpu": spec.cpu, "memory": spec.memory, "ephemeral-storage": ephemeral}
     if spec.accelerator == "cpu":
         return requests, dict(requests)
-    limits = {"memory": spec.memory}
+    limits = {"memory": spec.memory, "ephemeral-storage": ephemeral}
     requests[spec.resource_name] = limits[spec.resource_name] = str(spec.cards_per_node)
     return requests, limits
 
@@ -270,7 +271,8 @@ def context(spec: JobSpec) -> dict[str, Any]:
                   "npu": True, "restart_policy": "Never", "subdomain": ctx["subdomain"],
                   "scheduler_name": ctx["scheduler_name"], "anti_affinity": selector,
                   "node_selector": ctx["node_selector"], "tolerations": ctx["tolerations"],
-                  "pinned_nodes": ctx["pinned_nodes"]}
+                  "pinned_nodes": ctx["pinned_nodes"], "cache_size": disk.pod_disk(spec)[0],
+                  "deadline": spec.max_runtime if flavour.deadline_in_pods else None}
     ctx.update(flavour.template_context(spec, ctx))
     return ctx
 
@@ -288,7 +290,11 @@ def render(spec: JobSpec) -> list[dict[str, Any]]:
     objects = [render_template("configmap.yaml.j2", ctx, configmap=cm) for cm in configmaps]
     if spec.flavour.own_service:  # else its controller makes one
         objects.append(render_template("service.yaml.j2", ctx))
-    objects.append(render_template(spec.flavour.template, ctx))
+    job = render_template(spec.flavour.template, ctx)
+    if spec.pod_overrides:
+        for where, template in spec.flavour.pod_templates(job):
+            overrides.apply(template.setdefault("spec", {}), spec.pod_overrides, ctx["container"]["name"], where)
+    objects.append(job)
     return objects
 
 

@@ -3,8 +3,9 @@ group, type, bounds and help. argparse (launcher.cli.options), the job.yaml roun
 (JobSpec.to_dict), a job file's merge with flags, and the numeric bounds JobSpec checks
 all follow from FIELDS. Adding an option: one Option here, one JobSpec field, and its use.
 
-`flag_only` options (--set, --steps, --profile, --rank-table's inventory) are CLI input
-that `cli_values` turns into fields; `flag=None` marks a field no flag sets directly.
+`flag_only` options (--set, --steps, --profile) are CLI input that `merge` turns into
+fields, as it turns --rank-table FILE into the inventory and --pod-overrides FILE into the
+fragment it holds; `flag=None` marks a field no flag sets directly.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from launcher.errors import FieldError, UsageError
 from leo_core import profiling
 
 # Help groups, in the order `submit --help` shows them.
-GROUPS = ("job", "resources", "storage", "cluster", "scheduling", "security", "output")
+GROUPS = ("job", "resources", "storage", "cluster", "scheduling", "security", "admin", "output")
 
 ACCELERATORS = ("ascend", "nvidia", "cpu")
 ASCEND_DRIVER_MOUNTS = ("hostpath", "runtime")
@@ -36,6 +37,11 @@ MAX_STEPS = 10**9
 MAX_CLUSTER_TIMEOUT = 7 * 86400
 MAX_ID = 2**31 - 1  # Kubernetes' limit for runAsUser, runAsGroup and fsGroup
 MAX_SEED = 2**31 - 1
+# Pod lifetime (issue 23): finished jobs go after a day (long enough for `logs`; logs are
+# published anyway); no deadline unless --max-runtime.
+DEFAULT_TTL_AFTER_FINISHED = 86400
+MAX_DURATION = 366 * 86400
+MAX_IMAGE_PULL_SECRETS = 16
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,26 @@ class Option:
     short: str | None = None  # e.g. -n
     omit_if: tuple[Any, ...] = ()  # job.yaml leaves out these values (older bootstraps read it)
     used_by: str = "all"  # which accelerators/backends/flavours use it (help and docs)
+
+
+def duration(text: str) -> int | str:
+    """The type of the duration flags: seconds of 3600, 90s, 30m, 24h or 1d12h
+    (launcher.spec.values.parse_duration). `none` and text that is no duration stay text:
+    the JobSpec judges them (as a job file's), naming the field the CLI turns into the flag."""
+    from launcher.spec.values import parse_duration
+
+    try:
+        value = parse_duration(text, "duration", none=True)
+    except FieldError:
+        return text
+    return text if value is None else value
+
+
+def _cache_size_help() -> str:
+    from launcher.spec import disk
+
+    return ("/cache size limit per pod, also its ephemeral-storage (default: measured from --data-url and "
+            f"--init at submit, else {disk.DEFAULT_CACHE_SIZE} with remote data, {disk.MIN_CACHE_SIZE} without)")
 
 
 def _experiments_help() -> str:
@@ -145,6 +171,22 @@ FIELDS: tuple[Option, ...] = (
     Opt("profile_steps", "--profile-steps", "job", f"steps to profile with --profile (default: "
       f"{profiling.DEFAULT_STEPS}, at most {profiling.MAX_STEPS})", type=int, metavar="N",
       bounds=(1, profiling.MAX_STEPS), omit_if=(None,)),
+    Opt("cache_size", "--cache-size", "admin", "", metavar="QTY", omit_if=(None,), used_by="k8s"),
+    Opt("ttl_after_finished", "--ttl-after-finished", "admin", "delete the finished job and its pods "
+      "after this long (default: 24h; none keeps them)", type=duration, metavar="DURATION",
+      bounds=(0, MAX_DURATION), omit_if=(DEFAULT_TTL_AFTER_FINISHED,), used_by="k8s"),
+    Opt("max_runtime", "--max-runtime", "admin", "stop the job after this long, e.g. 12h "
+      "(activeDeadlineSeconds; default: none)", type=duration, metavar="DURATION", bounds=(1, MAX_DURATION),
+      omit_if=(None,), used_by="k8s"),
+    Opt("image_pull_secrets", "--image-pull-secret", "admin", "Secret to pull the image with, repeatable "
+      "(private registries, SWR)", metavar="SECRET", repeat=True, omit_if=((),), used_by="k8s"),
+    Opt("service_account", "--service-account", "admin", "ServiceAccount of the pods (default: the "
+      "namespace's)", metavar="NAME", omit_if=(None,), used_by="k8s"),
+    Opt("automount_token", "--automount-service-account-token", "admin", "mount the ServiceAccount's API "
+      "token into the pods (default: not mounted)", type=bool, omit_if=(False,), used_by="k8s"),
+    Opt("pod_overrides", "--pod-overrides", "admin", "YAML fragment of a pod spec deep-merged into every "
+      "pod (containers, volumes, env merged by name); fields leo-launch sets are refused (a job file "
+      "holds the fragment itself)", metavar="FILE", omit_if=(None,), used_by="k8s"),
     Opt("seed", "--seed", "job", "random seed of the model's initialisation and of the episodes "
       "(default: 0)", type=int, metavar="S", bounds=(0, MAX_SEED), omit_if=(0,)),
     Opt("sweep", None, "job", "the sweep this job is a trial of (set by leo-launch sweep)", omit_if=(None,)),
@@ -154,7 +196,8 @@ BY_FIELD: Mapping[str, Option] = {o.field: o for o in FIELDS}
 SPEC_FIELDS = tuple(o for o in FIELDS if not o.flag_only)
 # Help texts computed when asked (the registry lists experiments and flavours).
 DYNAMIC_HELP: Mapping[str, Callable[[], str]] = {
-    "experiment": _experiments_help, "scheduler": _schedulers_help, "queue": _queue_help}
+    "experiment": _experiments_help, "scheduler": _schedulers_help, "queue": _queue_help,
+    "cache_size": _cache_size_help}
 
 
 def help_of(option: Option) -> str:
@@ -210,6 +253,8 @@ def merge(base: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
             out[field] = dict(parse_node_selectors(value))
         elif field == "tolerations":
             out[field] = [Toleration.parse(t).to_dict() for t in value]
+        elif field == "pod_overrides" and isinstance(value, str):
+            out[field] = _pod_overrides(value)
         else:
             out[field] = value
     if overrides:
@@ -220,3 +265,16 @@ def merge(base: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
     if steps is not None or (profile and out.get("profile_steps") is None):
         out["profile_steps"] = profiling.DEFAULT_STEPS if steps is None else steps
     return out
+
+
+def _pod_overrides(path: str) -> Any:
+    """--pod-overrides FILE through the bounded reader (one line, exit 2, on a bad file)."""
+    import yaml
+
+    from launcher.util.userfile import load_yaml, read_user_file
+
+    text = read_user_file(path, what="--pod-overrides")
+    try:
+        return load_yaml(text, f"--pod-overrides {path}")
+    except yaml.YAMLError as err:
+        raise UsageError(f"--pod-overrides {path}: not valid YAML: {str(err).splitlines()[0]}") from None

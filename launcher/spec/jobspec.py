@@ -53,6 +53,7 @@ from launcher.spec.values import (
     _text_problem,
     endpoint_problem,
     image_problem,
+    parse_duration,
     storage_url_problem,
 )
 from launcher.storage.base import redact_endpoint
@@ -90,6 +91,9 @@ MAX_ID = fld.MAX_ID
 # or nothing, on nodes whose Ascend Docker Runtime injects the driver itself.
 ASCEND_DRIVER_MOUNTS = fld.ASCEND_DRIVER_MOUNTS
 DEFAULT_ASCEND_DRIVER_MOUNT = "hostpath"
+DEFAULT_TTL_AFTER_FINISHED = fld.DEFAULT_TTL_AFTER_FINISHED
+MAX_DURATION = fld.MAX_DURATION
+MAX_IMAGE_PULL_SECRETS = fld.MAX_IMAGE_PULL_SECRETS
 
 JOBSPEC_VERSION = 1
 INIT_SUFFIXES = (".ckpt", ".npz")  # --init: what leo_core.train --init reads
@@ -139,6 +143,13 @@ class JobSpec:
     run_as_group: int | None = None  # default: the image's group (also the pods' fsGroup)
     ascend_driver_mount: str | None = None  # ascend: hostpath (default) or runtime
     profile_steps: int | None = None  # --profile: steps every rank profiles; None: no profiler
+    cache_size: str | None = None  # /cache sizeLimit; None: launcher.spec.disk's default
+    ttl_after_finished: int | None = DEFAULT_TTL_AFTER_FINISHED  # seconds; None: kept forever
+    max_runtime: int | None = None  # activeDeadlineSeconds; None: no deadline
+    image_pull_secrets: tuple[str, ...] = ()
+    service_account: str | None = None
+    automount_token: bool = False  # automountServiceAccountToken
+    pod_overrides: Mapping[str, Any] | None = field(default=None, hash=False)  # merged into every pod
     seed: int = 0  # train.py --seed: the model's initialisation and the episodes drawn
     sweep: str | None = None  # the sweep this job is a trial of (leo-launch sweep)
     _config: Any = field(default=None, init=False, repr=False, compare=False)
@@ -154,6 +165,7 @@ class JobSpec:
         self._check_cluster()
         self._check_security()
         self._check_profile()
+        self._check_admin()
         self._check_sweep()
 
     # -------------------------------------------------------------- validation
@@ -385,6 +397,39 @@ class JobSpec:
         if self.profile_steps is not None:
             self._set("profile_steps", _int(self.profile_steps, "profile_steps"))
 
+    def _check_admin(self) -> None:
+        """Disk, lifetime, registry access, service account, pod overrides (issue 23)."""
+        from launcher.spec import disk, overrides
+
+        if self.cache_size is not None:
+            problem = disk.size_problem(self.cache_size)
+            if problem:
+                raise FieldError("cache_size", f"{self.cache_size!r} {problem}")
+        for attr, none in (("ttl_after_finished", True), ("max_runtime", False)):
+            value = getattr(self, attr)
+            if isinstance(value, str):  # a job file's or a flag's duration text (24h, none)
+                value = parse_duration(value, attr, none=none)
+            self._set(attr, None if value is None else _int(value, attr))
+        secrets = self.image_pull_secrets or ()
+        if isinstance(secrets, str):
+            secrets = (secrets,)
+        secrets = tuple(secrets)
+        if len(secrets) > MAX_IMAGE_PULL_SECRETS:
+            raise FieldError("image_pull_secrets", f"takes at most {MAX_IMAGE_PULL_SECRETS} Secrets")
+        for name in secrets:
+            problem = _name_problem(name, syn.dns1123_subdomain_problem)
+            if problem:
+                raise FieldError("image_pull_secrets", f"{name!r} {problem} (a Secret name)")
+        self._set("image_pull_secrets", tuple(dict.fromkeys(secrets)))
+        if self.service_account is not None:
+            problem = _name_problem(self.service_account, syn.dns1123_subdomain_problem)
+            if problem:
+                raise FieldError("service_account", f"{self.service_account!r} {problem}")
+        if not isinstance(self.automount_token, bool):
+            raise FieldError("automount_token", "must be true or false")
+        if self.pod_overrides is not None:
+            overrides.check(self.pod_overrides)
+
     def _check_sweep(self) -> None:
         self._set("seed", _int(self.seed, "seed"))
         if self.sweep is not None:
@@ -495,6 +540,8 @@ class JobSpec:
                 value = dict(value)
             elif option.field in ("inventory", "tolerations"):
                 value = [item.to_dict() for item in value]
+            elif option.field == "image_pull_secrets":
+                value = list(value)
             out[option.field] = value
         return out
 
@@ -517,6 +564,8 @@ class JobSpec:
                 values[key] = _pairs(values[key], key)
         if "tolerations" in values:
             values["tolerations"] = tuple(Toleration.from_dict(t) for t in values["tolerations"] or ())
+        if "image_pull_secrets" in values:
+            values["image_pull_secrets"] = tuple(values["image_pull_secrets"] or ())
         if "inventory" in values:
             values["inventory"] = tuple(n if isinstance(n, InventoryNode) else
                                         InventoryNode.from_dict(n, "inventory node")
@@ -545,6 +594,8 @@ def build_job_spec(*, set_overrides: Iterable[str] = (), node_selectors: Iterabl
     """A JobSpec from command-line style values (`--set k=v`, `--toleration k=v:Effect`,
     `--profile [--profile-steps N]`, `--steps N`, `--rank-table FILE`, ...)."""
     given = {k: v for k, v in values.items() if v is not None and v is not False}
+    if "ttl_after_finished" in values and values["ttl_after_finished"] is None:
+        given["ttl_after_finished"] = None  # a choice here, not unset: keep the finished job
     for key, items in (("overrides", set_overrides), ("node_selector", node_selectors),
                          ("tolerations", tolerations)):
         if items:

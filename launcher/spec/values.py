@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from launcher.errors import UsageError
+from launcher.errors import FieldError, UsageError
 from launcher.spec import names as syn
 from launcher.spec.ranktable import InventoryNode, load_inventory
 from launcher.storage.base import endpoint_problem as storage_endpoint_problem
@@ -193,3 +193,22 @@ def _text_problem(text: str) -> str | None:
     return None
 
 
+
+
+_DURATION = re.compile(r"(?:([0-9]+)d)?(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s?)?")
+
+
+def parse_duration(text: str | None, field: str, *, none: bool = False) -> int | None:
+    """Seconds of `3600`, `90s`, `30m`, `24h`, `1d12h`; `none` (when allowed) is None.
+    FieldError about `field` otherwise (the CLI names its flag)."""
+    if text is None:
+        return None
+    value = str(text).strip().lower()
+    if none and value == "none":
+        return None
+    match = _DURATION.fullmatch(value)
+    if not value or not match or not any(match.groups()):
+        more = " or none" if none else ""
+        raise FieldError(field, f"{text!r}: expected a duration such as 3600, 90s, 30m, 24h or 1d12h{more}")
+    days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
+    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds

@@ -11,6 +11,14 @@ behaviour of a real API server that the kmock emulator lacks (see TESTING.md):
 - `logs` maps a pod name to its log lines, or to a KubeError raised when read (a kubelet
   that cannot be reached);
 - the namespaces in `namespaces` (default: "default") exist as Namespace objects;
+- `create(obj, dry_run=True)` (dryRun=All) runs every check and admission below but stores
+  nothing (recorded in `calls` as "dry-run", not "create");
+- admission: a ResourceQuota object (`put` it) with `spec.hard` object counts
+  (`count/jobs.batch`, `count/configmaps`, ...) refuses the object that would exceed it with
+  the API server's 403 "exceeded quota" message; `webhooks` holds callables
+  `obj -> message | None` refusing like a validating webhook (Kyverno, Gatekeeper), and
+  `warn` a callable `obj -> [texts]` giving the Warning headers (Pod Security's warn mode),
+  readable afterwards in `warnings` as on the real client wrapper.
 - RBAC: with `grant(role_rules, namespace, cluster_rules)` every call is checked against
   those PolicyRules (a Role's in its namespace, a ClusterRole's for cluster-scoped kinds),
   403 otherwise, and `allowed` (the SelfSubjectAccessReview) answers from the same table;
@@ -53,7 +61,8 @@ def _matches(obj, selector, fields):
 
 
 class FakeAPI:
-    """`ClusterAPI` over a dict; `fail_create`/`fail_delete` name objects that fail."""
+    """`ClusterAPI` over a dict; `fail_create`/`fail_delete` name objects that fail (a create
+    only when real: the dry-run before it passed)."""
 
     def __init__(self, fail_create=(), fail_delete=(), namespaces=("default",)):
         self.objects = {}
@@ -63,6 +72,9 @@ class FakeAPI:
         self.not_installed = set()
         self.terminating = False
         self.logs = {}
+        self.webhooks = []
+        self.warn = None
+        self.warnings = []
         self.rbac = None  # None: no RBAC; else {(namespace or None, group, resource, verb)}
         self.denied = []
         for name in namespaces:
@@ -110,18 +122,45 @@ class FakeAPI:
                                  f'User "dev" cannot {verb} resource "{plural}"')
         return _group(api_version) not in self.not_installed
 
-    def create(self, obj):
+    def create(self, obj, *, dry_run=False):
         m = obj["metadata"]
         key = self.key(obj["apiVersion"], obj["kind"], m.get("namespace"), m["name"])
-        self.calls.append(("create", key))
+        self.calls.append(("dry-run" if dry_run else "create", key))
+        self.warnings = []
         if not self._check(obj["apiVersion"], obj["kind"], "create", m.get("namespace")):
             raise kapi.KubeError(404, "NotFound", "the server could not find the requested resource")
-        if m["name"] in self.fail_create:
+        if m["name"] in self.fail_create and not dry_run:  # what a dry-run cannot foresee (a race)
             raise kapi.KubeError(422, "Invalid", f'{obj["kind"]} "{m["name"]}" is invalid')
         if key in self.objects:
             raise kapi.KubeError(409, "AlreadyExists", f'"{m["name"]}" already exists')
-        self.objects[key] = json.loads(json.dumps(obj))
-        return obj
+        self._admit(obj, key)
+        self.warnings = list(self.warn(obj)) if self.warn else []
+        if not dry_run:
+            self.objects[key] = json.loads(json.dumps(obj))
+        return json.loads(json.dumps(obj))
+
+    def _admit(self, obj, key):
+        """Admission after validation: object-count quotas of the namespace, then webhooks."""
+        plural = kapi.PLURALS.get(obj["kind"], f"{obj['kind'].lower()}s")
+        group = _group(obj["apiVersion"])
+        resource = plural if group == "core" else f"{plural}.{group}"
+        counted = f"count/{resource}"
+        namespace = key[2]
+        for (_, kind, ns, name), quota in list(self.objects.items()):
+            hard = (quota.get("spec") or {}).get("hard") or {}
+            if kind != "ResourceQuota" or ns != namespace or counted not in hard:
+                continue
+            used = sum(1 for (v, k, n, _) in self.objects
+                       if (v, k, n) == (obj["apiVersion"], obj["kind"], namespace))
+            if used + 1 > int(hard[counted]):
+                raise kapi.KubeError(403, "Forbidden", f'{resource} "{key[3]}" is forbidden: exceeded quota: '
+                                     f"{name}, requested: {counted}=1, used: {counted}={used}, "
+                                     f"limited: {counted}={hard[counted]}")
+        for webhook in self.webhooks:
+            message = webhook(obj)
+            if message:
+                raise kapi.KubeError(403, "Forbidden", f'admission webhook "validate.policy.example" denied '
+                                     f"the request: {message}")
 
     def get(self, api_version, kind, namespace, name):
         self.calls.append(("get", (api_version, kind, namespace, name)))

@@ -201,9 +201,12 @@ async def status(name, *extra):
 async def test_submit_creates_the_objects_in_order_and_refuses_a_duplicate(k8s):
     out = await submit("leo-a")
     assert "job leo-a submitted to namespace default" in out
-    assert [r.url.path for r in k8s.posts] == [
-        "/api/v1/namespaces/default/configmaps", "/api/v1/namespaces/default/services",
-        "/apis/batch/v1/namespaces/default/jobs"]
+    # the client wrapper sends the server-side dry-run first; kmock does not honour dryRun
+    # (it stores the object), so the dry-run deletes it again and asks no further
+    assert [(r.url.path, r.url.query.get("dryRun")) for r in k8s.posts] == [
+        ("/api/v1/namespaces/default/configmaps", "All"), ("/api/v1/namespaces/default/configmaps", None),
+        ("/api/v1/namespaces/default/services", None), ("/apis/batch/v1/namespaces/default/jobs", None)]
+    assert [r.url.path for r in k8s.deletes] == ["/api/v1/namespaces/default/configmaps/leo-a-config"]
     config = k8s.get("v1/configmaps", "leo-a-config")
     assert js.JobSpec.from_yaml(config["data"]["job.yaml"]).name == "leo-a"
     assert k8s.job("leo-a")["metadata"]["labels"][contract.LABEL_MANAGED_BY] == "leo-launch"
@@ -212,7 +215,7 @@ async def test_submit_creates_the_objects_in_order_and_refuses_a_duplicate(k8s):
     assert code == 1
     assert "job leo-a exists already in namespace default (Pending)" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
-    assert len(k8s.posts) == 3  # nothing more was created
+    assert len(k8s.posts) == 4  # nothing more was created
 
 
 async def test_a_failing_create_rolls_back_and_reports_the_apis_reason(k8s):
@@ -236,7 +239,8 @@ async def test_a_forbidden_job_rolls_back_configmap_and_service(k8s):
     assert code == 1
     assert 'creating Job leo-c in namespace default failed: Forbidden: jobs.batch is forbidden: User "dev"' in err
     assert "rolled back Service leo-c, ConfigMap leo-c-config" in err
-    assert [r.url.path.rsplit("/", 2)[-2:] for r in k8s.deletes] == [["services", "leo-c"],
+    # the first delete undoes kmock's stored dry-run ConfigMap (kmock ignores dryRun)
+    assert [r.url.path.rsplit("/", 2)[-2:] for r in k8s.deletes[1:]] == [["services", "leo-c"],
                                                                    ["configmaps", "leo-c-config"]]
     assert not {("configmaps", "default", "leo-c-config"), ("services", "default", "leo-c")} & k8s.alive()
 
@@ -688,8 +692,9 @@ async def test_submit_asks_the_api_server_before_creating_anything(k8s):
     assert len(k8s.reviews) == len(set(k8s.reviews)) == 7  # each right of submit once
     k8s.denied = set()
     await submit("leo-p")
+    deletes = len(k8s.deletes)  # the dry-run's undo of kmock's stored ConfigMap
     k8s.denied = {"delete pods"}
     code, out, err = await cli("cancel", "leo-p")
     assert code == 1
     assert "not allowed in namespace default: delete pods; job leo-p was not cancelled" in err
-    assert k8s.deletes == []
+    assert len(k8s.deletes) == deletes

@@ -625,3 +625,23 @@ def test_a_jobs_storage_endpoint_counts_as_configured_storage(bare_storage_env):
 def test_no_test_can_ask_for_instance_metadata(request):
     assert "no_instance_metadata" in request.fixturenames  # tests/conftest.py, autouse
     assert __import__("os").environ.get("AWS_EC2_METADATA_DISABLED") == "true"
+
+
+def test_a_job_past_its_max_runtime_says_deadline_exceeded():
+    """Issue 23: activeDeadlineSeconds of the Job (batch/v1's condition) or of a pod
+    (Volcano's --max-runtime) is said plainly, not as the API's reason word."""
+    _, api = submitted(max_runtime=3600)
+    set_job_status(api, "leo-u", failed=2, conditions=[
+        {"type": "Failed", "status": "True", "reason": "DeadlineExceeded",
+         "message": "Job was active longer than specified deadline"}])
+    result = cluster.status(fake_cluster(api), "leo-u", progress=False)
+    assert (result["phase"], result["reason"]) == (
+        "Failed", "deadline exceeded (--max-runtime): Job was active longer than specified deadline")
+    set_job_status(api, "leo-u", active=1)  # Volcano's way: each pod's own deadline
+    killed = pod("leo-u", 0, "Failed", state={"terminated": {"exitCode": 137, "reason": "Error"}})
+    killed["status"].update(reason="DeadlineExceeded",
+                            message="Pod was active on the node longer than the specified deadline")
+    put_pod(api, killed)
+    ranks = cluster.status(fake_cluster(api), "leo-u", progress=False)["ranks"]
+    assert ranks[0]["reason"] == \
+        "deadline exceeded (--max-runtime): Pod was active on the node longer than the specified deadline"

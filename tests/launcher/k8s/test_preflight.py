@@ -95,6 +95,29 @@ def test_each_check_says_what_would_go_wrong(change, problem):
     assert report.problems == [problem] and report.notes == []
 
 
+def test_registry_secrets_and_the_service_account_must_exist():
+    api = healthy()
+    s = spec(image_pull_secrets=("swr", "mirror"), service_account="trainer")
+    assert preflight.run(api, s, render(s)).problems == [
+        "--image-pull-secret swr: no Secret swr in namespace default (the pods would fail with ErrImagePull)",
+        "--image-pull-secret mirror: no Secret mirror in namespace default (the pods would fail with ErrImagePull)",
+        "--service-account trainer: no ServiceAccount trainer in namespace default (the Job's pods would never "
+        "be created)"]
+    api.put({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "swr", "namespace": "default"},
+             "type": "kubernetes.io/dockerconfigjson", "data": {".dockerconfigjson": "e30="}})
+    api.put({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "mirror", "namespace": "default"},
+             "type": "Opaque", "data": {}})
+    api.put({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "trainer", "namespace": "default"}})
+    assert preflight.run(api, s, render(s)).problems == [
+        "--image-pull-secret mirror: Secret mirror is of type Opaque, not kubernetes.io/dockerconfigjson "
+        "(kubectl create secret docker-registry)"]
+    api.objects[("v1", "Secret", "default", "mirror")]["type"] = "kubernetes.io/dockercfg"
+    assert preflight.run(api, s, render(s)).ok
+    api.forbidden = {"ServiceAccount"}
+    report = preflight.run(api, s, render(s))
+    assert report.ok and report.notes[0].startswith("pre-flight: not checked, not allowed to read: the ServiceAccount")
+
+
 def test_the_device_check_counts_only_nodes_of_the_node_selector_and_the_accelerators_resource():
     api = healthy()
     report = run(api, spec(node_selectors=["pool=train"]))
@@ -208,7 +231,8 @@ def test_a_new_check_is_one_function():
     assert seen == ["default", "default"]
     ctx = preflight.Context(api, s)  # a title may depend on the job: its flavour's operator
     assert [what(ctx) if callable(what) else what for what, _ in preflight.CHECKS] == [
-        "the namespace", "the storage Secret", "the PriorityClass", "Volcano",
+        "the namespace", "the storage Secret", "the image pull Secrets", "the ServiceAccount",
+        "the PriorityClass", "Volcano",
         "the nodes' devices", "Pod Security"]
 
 

@@ -268,6 +268,33 @@ def test_an_empty_data_prefix_is_bad_data(s3_env, tmp_path):
         stage_data(f"s3://{bucket}/nothing-here", tmp_path / "cache", options=options)
 
 
+@pytest.mark.integration
+def test_data_that_cannot_fit_the_cache_is_exit_2_in_one_line_before_staging(s3_env, tmp_path):
+    """Issue 23: the bootstrap compares what it will stage with the pod's /cache sizeLimit
+    (and the disk's free space) first, instead of being evicted half-way."""
+    import secrets
+
+    bucket = s3_env.create_bucket("leo-big-" + secrets.token_hex(4))
+    client = s3_env.client()
+    for name in ("train", "val"):
+        client.put_object(Bucket=bucket, Key=f"data/miniImageNet/center/{name}_embeddings.pkl",
+                          Body=b"x" * (3 * 2**20))
+    write_config(tmp_path / "cfg", data_url=f"s3://{bucket}/data", storage_endpoint=s3_env.endpoint,
+                 cache_size="4Mi")
+    proc = run_bootstrap(tmp_path, LEO_CONFIG_DIR=str(tmp_path / "cfg"), LEO_NODE_RANK="0")
+    assert proc.returncode == contract.EXIT_BAD_CONFIG, proc.stdout + proc.stderr
+    (line,) = [line for line in proc.stdout.splitlines() if "error:" in line]
+    assert line.startswith(f"[node 0] error: data_url: s3://{bucket}/data needs 6.0 MiB in ")
+    assert "the pod's /cache sizeLimit is 4.0 MiB: submit with a larger --cache-size" in line
+    assert not list((tmp_path / "cache").rglob("*.pkl"))  # nothing was copied
+    # a local job has no emptyDir: only the disk's free space counts
+    from launcher.pod.stage import check_space
+
+    check_space(6 * 2**20, tmp_path, None, "data")
+    with pytest.raises(bs.BadData, match=r"data needs .* \(the node's disk is too full\)"):
+        check_space(2**62, tmp_path, None, "data")
+
+
 def test_training_processes_get_the_bootstrap_start_time(tmp_path):
     """leo_core.train times start-up from LEO_START_TIME: the bootstrap's own start, not
     msrun's or the worker's (their start-up is part of what is measured)."""

@@ -75,6 +75,17 @@ def test_an_init_object_is_downloaded_verified_into_the_cache(s3_env, tmp_path):
         missing.stage_init(js.JobSpec.from_yaml((tmp_path / "m" / "cfg" / "job.yaml").read_text()))
 
 
+@pytest.mark.integration
+def test_an_init_object_larger_than_the_cache_is_bad_configuration(s3_env, tmp_path):
+    bucket = s3_env.create_bucket("leo-" + secrets.token_hex(4))
+    s3_env.client().put_object(Bucket=bucket, Key="init/big.npz", Body=os.urandom(8192))
+    boot_ = boot(tmp_path, init_url=f"s3://{bucket}/init/big.npz", storage_endpoint=s3_env.endpoint,
+                 cache_size="4Ki")
+    with pytest.raises(BadConfig, match=r"init_url: s3://.*/init/big.npz needs 0.0 MiB .*--cache-size"):
+        boot_.stage_init(js.JobSpec.from_yaml((tmp_path / "cfg" / "job.yaml").read_text()))
+    assert not (tmp_path / "cache" / "init" / "big.npz").exists()
+
+
 def test_the_jobs_seed_goes_to_train_py(tmp_path, fake_popen, monkeypatch):  # noqa: F811
     """A sweep's seeds must change the run: the job's seed is train.py's --seed."""
     boot_ = boot(tmp_path, nodes=2, seed=3)

@@ -147,7 +147,7 @@ def test_batch_job_wiring():
         assert env[var] == {"fieldRef": {"fieldPath": path}}
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "16Gi"}
-    assert volumes["cache"]["emptyDir"] == {}
+    assert volumes["cache"]["emptyDir"] == {"sizeLimit": "4Gi"}  # nothing remote to stage: the work folder
     assert volumes["leo-config"]["configMap"]["name"] == "leo-a-config"
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     assert mounts == {"leo-config": "/etc/leo-launch", "podinfo": "/etc/podinfo", "dshm": "/dev/shm",
@@ -172,7 +172,8 @@ def test_nvidia_gpus_and_nccl():
 
 def test_cpu_requests_equal_limits_and_no_accelerator_settings():
     objects = render.render_validated(_spec("cpu", 4, cpu="6", memory="20Gi"))
-    assert _resources(objects) == {"requests": {"cpu": "6", "memory": "20Gi"}, "limits": {"cpu": "6", "memory": "20Gi"}}
+    both = {"cpu": "6", "memory": "20Gi", "ephemeral-storage": "6Gi"}
+    assert _resources(objects) == {"requests": both, "limits": both}
     env = env_of(pod_template(objects)["spec"]["containers"][0])
     assert not [k for k in env if k.startswith(("NCCL_", "HCCL_"))]
     assert "tolerations" not in pod_template(objects)["spec"]
