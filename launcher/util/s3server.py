@@ -22,7 +22,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -141,11 +141,17 @@ class S3Server:
             return ""
 
 
-def start_s3_server(data_dir: Path, *, timeout: float = 60.0, host: str = "127.0.0.1") -> S3Server:
+def start_s3_server(data_dir: Path, *, timeout: float = 60.0, host: str = "127.0.0.1",
+                    domain: str = "localhost", tls: tuple[Path, Path] | None = None,
+                    https_port: int = 443, prefix: Sequence[str] = ()) -> S3Server:
     """Start `weed mini` with authentication on; returns when S3 answers.
 
     `host` is the one address it binds and advertises: loopback, or a test address of
-    this machine (tests/netns.py's bridge, which the network namespaces reach)."""
+    this machine (tests/netns.py's bridge, which the network namespaces reach).
+    `domain` is the suffix of virtual-hosted bucket names. `tls` (certificate, key files)
+    adds HTTPS on `https_port` beside plain HTTP on `port` (which the readiness check
+    uses); `prefix` runs weed under e.g. `ip netns exec NS` (a port below 1024 then
+    needs root)."""
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     s3, master, volume, filer, admin = free_ports(5)
@@ -163,9 +169,12 @@ def start_s3_server(data_dir: Path, *, timeout: float = 60.0, host: str = "127.0
         # the buckets of one test session ran out of volumes ("no free volumes left")
         "-volume.max=100",
         "-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
-        "-master.telemetry=false", "-s3.domainName=localhost",
+        "-master.telemetry=false", f"-s3.domainName={domain}",
         f"-s3.localSocket={data_dir / 's3.sock'}", f"-filer.localSocket={data_dir / 'filer.sock'}",
     ]
+    if tls:
+        command += [f"-s3.port.https={https_port}", f"-s3.cert.file={tls[0]}", f"-s3.key.file={tls[1]}"]
+    command = [*prefix, *command]
     (data_dir / "data").mkdir(exist_ok=True)
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
