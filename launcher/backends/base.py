@@ -19,12 +19,21 @@ import dataclasses
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, Protocol, TextIO
+from typing import Any, NamedTuple, Protocol, TextIO
 
 from launcher.errors import LaunchError
+from launcher.storage.base import StorageSettings
 
 PHASES = ("Pending", "Running", "Restarting", "Succeeded", "Failed")
 FINAL_PHASES = ("Succeeded", "Failed")
+
+
+class JobOutputs(NamedTuple):
+    """Where a job publishes (`<train_url>/<name>`) and how to reach it (the job's own
+    endpoint, region and addressing: `storage.options(args)` lets flags override them)."""
+
+    url: str
+    storage: StorageSettings = StorageSettings()
 
 
 class JobNotFoundError(LaunchError):
@@ -135,9 +144,9 @@ class Backend(Protocol):
         """Stop the job and delete what it is made of; idempotent. A sentence saying what
         happened."""
 
-    def outputs_url(self, name: str) -> str:
-        """`<train_url>/<name>` of an existing job: JobNotFoundError when there is no such
-        job, LaunchError when it publishes nothing (no train_url)."""
+    def outputs(self, name: str) -> JobOutputs:
+        """`<train_url>/<name>` of an existing job and its storage settings: JobNotFoundError
+        when there is no such job, LaunchError when it publishes nothing (no train_url)."""
 
 
 def wait_for(backend: Backend, name: str, until: Callable[[JobStatus], bool], *,

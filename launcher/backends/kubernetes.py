@@ -21,6 +21,7 @@ from launcher import flavours
 from launcher.backends.base import (
     JobExistsError,
     JobNotFoundError,
+    JobOutputs,
     JobStatus,
 )
 from launcher.backends.k8s_logs import logs
@@ -29,9 +30,9 @@ from launcher.backends.k8s_read import (
     find_job,
     list_jobs,
     our_pods,
+    outputs_of,
     read_spec,
     status,
-    train_url_of,
 )
 from launcher.errors import LaunchError
 from launcher.k8s import preflight
@@ -254,10 +255,10 @@ class KubernetesBackend:
     def cancel(self, name: str) -> str:
         return cancel(self.cluster, name, self.namespace)
 
-    def outputs_url(self, name: str) -> str:
-        url = train_url_of(name, namespace=self.namespace, cluster=self.cluster)
-        if url is None:
+    def outputs(self, name: str) -> JobOutputs:
+        found = outputs_of(name, namespace=self.namespace, cluster=self.cluster)
+        if found is None:
             raise JobNotFoundError(f"unknown job {name!r}: the cluster has no job of that name in "
                                    f"namespace {self.namespace}; pass the job's URL instead "
                                    f"(<train_url>/{name})")
-        return url
+        return found

@@ -75,6 +75,11 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
                          help="Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (referenced, never copied)")
     storage.add_argument("--storage-endpoint", metavar="URL",
                          help="S3/OBS endpoint, e.g. https://obs.cn-north-4.myhuaweicloud.com")
+    storage.add_argument("--storage-region", metavar="REGION",
+                         help="storage region given to the pods (OBS_REGION, AWS_REGION); obs:// needs "
+                              "it or --storage-endpoint: https://obs.<region>.myhuaweicloud.com")
+    storage.add_argument("--path-style", action="store_true", default=None,
+                         help="path-style addressing (endpoint/bucket/key) in the pods")
     sched = parser.add_argument_group("scheduling")
     sched.add_argument("--scheduler", choices=flavours.NAMES, default=flavours.DEFAULT,
                        help="; ".join(f.help for f in flavours.FLAVOURS.values()))
@@ -123,6 +128,7 @@ def spec_from_args(args: argparse.Namespace) -> js.JobSpec:
         name=args.name, namespace=args.namespace or "default", image=args.image, steps=args.steps,
         set_overrides=args.set_overrides, data_url=args.data_url, train_url=args.train_url,
         storage_secret=args.storage_secret, storage_endpoint=args.storage_endpoint,
+        storage_region=args.storage_region, storage_path_style=args.path_style,
         init_url=args.init_url, scheduler=args.scheduler, rank_table=args.rank_table, node_selectors=args.node_selectors,
         tolerations=args.tolerations, priority_class=args.priority_class, queue=args.queue,
         max_restarts=args.max_restarts, cpu=args.cpu, memory=args.memory, shm_size=args.shm_size,

@@ -99,7 +99,6 @@ from launcher.spec.contract import (
 from launcher.storage import (
     NotFoundError,
     StorageError,
-    StorageOptions,
     download,
     parse_url,
 )
@@ -146,7 +145,7 @@ class Bootstrap:
             pass  # the stage is for `status` only: never fail the job over it
 
     def storage_options(self, spec: js.JobSpec) -> Any:
-        return StorageOptions(endpoint=spec.storage_endpoint, progress=False)
+        return spec.storage.options(progress=False)
 
     def on_signal(self, signum: int, frame: Any) -> None:  # noqa: ARG002
         if self.terminating.is_set():
@@ -193,6 +192,10 @@ class Bootstrap:
                 raise BadConfig(f"{contract.ENV_MASTER_PORT}={port!r} is not a port") from err
         if spec.data_url is None:
             raise BadConfig("the job has no data_url: submit it with --data-url")
+        try:  # before any work: the check render/submit made, with this pod's environment
+            spec.check_reachable(self.env)
+        except UsageError as err:
+            raise BadConfig(str(err)) from err
         local_ranks = list(range(node_rank * spec.cards_per_node, (node_rank + 1) * spec.cards_per_node))
         self.out.node(f"job {spec.name}: {spec.experiment}, node {node_rank} of {spec.nodes}, "
                       f"ranks {local_ranks[0]}-{local_ranks[-1]} of {spec.world_size} on {spec.accelerator}")

@@ -56,7 +56,7 @@ from launcher.spec.values import (
     parse_rank_table,
     storage_url_problem,
 )
-from launcher.storage.base import redact_endpoint
+from launcher.storage.base import REGION_RE, StorageSettings, redact_endpoint, storage_problem
 from launcher.util.userfile import load_yaml
 from leo_core import profiling
 
@@ -118,6 +118,8 @@ class JobSpec:
     train_url: str | None = None
     storage_secret: str | None = None
     storage_endpoint: str | None = None
+    storage_region: str | None = None  # OBS_REGION/AWS_REGION of the pods
+    storage_path_style: bool | None = None  # LEO_STORAGE_PATH_STYLE of the pods
     init_url: str | None = None  # initial weights (.ckpt or .npz), staged like data_url
     scheduler: str = flavours.DEFAULT
     rank_table: str | None = None  # ascend: dynamic (default; ascendjob: none), controller, file or none
@@ -264,6 +266,12 @@ class JobSpec:
             problem = endpoint_problem(value) if isinstance(value, str) else "must be a string"
             if problem:
                 raise UsageError(f"--storage-endpoint {redact_endpoint(value)!r} {problem}")
+        if self.storage_region is not None and not (isinstance(self.storage_region, str)
+                                                    and REGION_RE.match(self.storage_region)):
+            raise UsageError(f"--storage-region {self.storage_region!r}: a region is 2-40 lowercase "
+                             "letters, digits and '-' (e.g. cn-north-4)")
+        if self.storage_path_style not in (None, True, False):
+            raise UsageError("storage_path_style must be true or false")
 
     def _check_scheduling(self) -> None:
         self._set("node_selector", _pairs(self.node_selector, "node_selector"))
@@ -474,6 +482,19 @@ class JobSpec:
             args += ["--rank_table_file", rank_table_file]
         return args
 
+    # -------------------------------------------------------------- storage
+    @property
+    def storage(self) -> StorageSettings:
+        return StorageSettings(self.storage_endpoint, self.storage_region, self.storage_path_style)
+
+    def check_reachable(self, environ: Mapping[str, str]) -> None:
+        """Refuse (UsageError) storage URLs a process with `environ` and this job's settings
+        could not resolve: render/submit (with the pods' environment, i.e. none), the local
+        backend and the bootstrap share this check."""
+        problem = storage_problem([self.data_url, self.train_url, self.init_url], self.storage, environ)
+        if problem:
+            raise UsageError(problem)
+
     # -------------------------------------------------------------- plain data
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -512,6 +533,8 @@ class JobSpec:
             "ascend_driver_mount": self.ascend_driver_mount,
             # only when set: a job.yaml without it stays readable by older bootstraps (images)
             **({"init_url": self.init_url} if self.init_url is not None else {}),
+            **({"storage_region": self.storage_region} if self.storage_region is not None else {}),
+            **({"storage_path_style": self.storage_path_style} if self.storage_path_style is not None else {}),
             **({"profile_steps": self.profile_steps} if self.profile_steps is not None else {}),
         }
 

@@ -35,9 +35,11 @@ def backend(request, tmp_path, monkeypatch):
     else:
         made = KubernetesBackend(fake_cluster(FakeAPI()))
     (tmp_path / "data").mkdir()
+    # pods cannot use this machine's paths: the k8s job names object storage
+    data, out = ((str(tmp_path / "data"), str(tmp_path / "out")) if request.param == "local"
+                 else ("s3://leo-data/data", "s3://leo-out/out"))
     made.test_spec = build_job_spec(experiment="mini_5shot", accelerator="cpu", cards=1,
-                                    name="leo-contract", data_url=str(tmp_path / "data"),
-                                    train_url=str(tmp_path / "out"))
+                                    name="leo-contract", data_url=data, train_url=out)
     yield made
     made.cancel("leo-contract")
 
@@ -83,7 +85,7 @@ def test_submit_status_list_logs_cancel(backend):
         assert key in data
     assert data["experiment"] == "mini_5shot" and data["cards"] == 1
     assert [s.name for s in backend.list()] == ["leo-contract"]
-    assert backend.outputs_url("leo-contract").endswith("/out/leo-contract")
+    assert backend.outputs("leo-contract").url.endswith("/out/leo-contract")
     if backend.name == "local":  # the real bootstrap: no embeddings → bad configuration
         deadline = time.monotonic() + 120
         while not backend.status("leo-contract").ended and time.monotonic() < deadline:
@@ -105,7 +107,7 @@ def test_an_unknown_job(backend):
     with pytest.raises(JobNotFoundError):
         backend.status("no-such-job")
     with pytest.raises(JobNotFoundError):
-        backend.outputs_url("no-such-job")
+        backend.outputs("no-such-job")
     with pytest.raises(JobNotFoundError):
         backend.logs("no-such-job", out=io.StringIO(), err=io.StringIO())
     assert "nothing to cancel" in backend.cancel("no-such-job")

@@ -272,8 +272,8 @@ def test_two_containers_as_two_nodes_train_one_job(cpu_image, tmp_path_factory, 
     """Each container joins its own network namespace (tests/netns.py: a veth on a bridge,
     a test address); SeaweedFS listens on the bridge; the Service names resolve to the
     nodes' addresses."""
-    from tests import netns
     from launcher.util.s3server import start_s3_server
+    from tests import netns
 
     why = netns.unavailable()
     if why:
