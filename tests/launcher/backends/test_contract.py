@@ -9,6 +9,7 @@ MindSpore training."""
 from __future__ import annotations
 
 import io
+import secrets
 import sys
 import time
 
@@ -35,11 +36,14 @@ def backend(request, tmp_path, monkeypatch):
     else:
         made = KubernetesBackend(fake_cluster(FakeAPI()))
     (tmp_path / "data").mkdir()
-    # pods cannot use this machine's paths: the k8s job names object storage
-    data, out = ((str(tmp_path / "data"), str(tmp_path / "out")) if request.param == "local"
-                 else ("s3://leo-data/data", "s3://leo-out/out"))
+    urls = {"data_url": str(tmp_path / "data"), "train_url": str(tmp_path / "out")}
+    if request.param == "k8s":  # pods cannot use this machine's paths: the test S3 server
+        server = request.getfixturevalue("s3_env")
+        bucket = server.create_bucket(f"leo-contract-{secrets.token_hex(4)}")
+        urls = {"data_url": f"s3://{bucket}/data", "train_url": f"s3://{bucket}/out",
+                "storage_endpoint": server.endpoint}
     made.test_spec = build_job_spec(experiment="mini_5shot", accelerator="cpu", cards=1,
-                                    name="leo-contract", data_url=data, train_url=out)
+                                    name="leo-contract", **urls)
     yield made
     made.cancel("leo-contract")
 
