@@ -121,8 +121,9 @@ class Backend(Protocol):
     poll: float  # seconds between status reads while waiting for a job
     runs_pods: bool  # its jobs run in pods (credentials and outputs leave with them)
 
-    def plan(self, spec: Any) -> Plan:
-        """What submitting `spec` would do; UsageError when this backend cannot run it."""
+    def plan(self, spec: Any, *, preflight: bool = True) -> Plan:
+        """What submitting `spec` would do; UsageError when this backend cannot run it.
+        `preflight` False: submit skips the cluster's pre-flight checks (--skip-preflight)."""
 
     def submit(self, plan: Any, *, out: TextIO, err: TextIO) -> None:
         """Carry out `plan` (JobExistsError when the name is taken; nothing half-created)."""

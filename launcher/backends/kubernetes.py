@@ -81,6 +81,8 @@ def submit(cluster: Cluster, spec: js.JobSpec, objects: list[dict[str, Any]], *,
                              f"another --name, or remove it with: leo-launch cancel {spec.name}")
     if check:
         check_cluster(cluster, spec, objects, err=err)
+    else:
+        err.write("leo-launch: note: pre-flight skipped (--skip-preflight)\n")
     created: list[dict[str, Any]] = []
     for obj in objects:
         try:
@@ -188,6 +190,7 @@ class KubernetesPlan:
 
     spec: js.JobSpec
     objects: list[dict[str, Any]]
+    preflight: bool = True  # False: --skip-preflight
 
     def text(self) -> str:
         from launcher.render.render import dump
@@ -227,7 +230,7 @@ class KubernetesBackend:
     def namespace(self) -> str:
         return self._namespace or self.cluster.namespace
 
-    def plan(self, spec: js.JobSpec) -> KubernetesPlan:
+    def plan(self, spec: js.JobSpec, *, preflight: bool = True) -> KubernetesPlan:
         """The manifests, in the context's namespace when no --namespace was given (with no
         Kubernetes configuration at all: the spec's own)."""
         from launcher.render.render import render_validated
@@ -235,10 +238,10 @@ class KubernetesBackend:
         if self._namespace is None and (self._cluster is not None or kube_configured()):
             if spec.namespace != self.cluster.namespace:
                 spec = dataclasses.replace(spec, namespace=self.cluster.namespace)
-        return KubernetesPlan(spec, render_validated(spec))
+        return KubernetesPlan(spec, render_validated(spec), preflight)
 
     def submit(self, plan: KubernetesPlan, *, out: TextIO, err: TextIO) -> None:
-        submit(self.cluster, plan.spec, plan.objects, out=out, err=err)
+        submit(self.cluster, plan.spec, plan.objects, out=out, err=err, check=plan.preflight)
 
     def status(self, name: str, *, progress: bool = True) -> JobStatus:
         return JobStatus(**status(self.cluster, name, self.namespace, progress=progress))

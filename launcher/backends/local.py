@@ -511,7 +511,7 @@ class LocalBackend:
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         self.environ = environ
 
-    def plan(self, spec: js.JobSpec) -> LocalPlan:
+    def plan(self, spec: js.JobSpec, *, preflight: bool = True) -> LocalPlan:  # noqa: ARG002 - no cluster
         return plan(spec, environ=self.environ)
 
     def submit(self, plan: LocalPlan, *, out: TextIO, err: TextIO) -> None:

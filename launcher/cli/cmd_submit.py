@@ -43,6 +43,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub.add_argument("-f", "--follow", action="store_true",
                      help="stream the logs of every rank until the job ends; exit code 0 when "
                           "it succeeded, else 1")
+    sub.add_argument("--skip-preflight", action="store_true",
+                     help="submit without the cluster checks (namespace, Secret, CRDs, nodes' devices) "
+                          "for a cluster they misjudge; missing capacity is only a warning already "
+                          "where an autoscaler is found or cannot be ruled out")
     add_output_argument(parser)
 
 
@@ -57,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
                else "no Kubernetes configuration was found")
         print(f"leo-launch: backend {kind} ({why}; choose with --backend)", file=sys.stderr)
     backend = get_backend(kind, context=args.context, namespace=args.namespace)
-    plan = backend.plan(spec)
+    plan = backend.plan(spec, preflight=not args.skip_preflight)
     if args.dry_run:
         code = emit(plan, args.output_dir)
         print_warnings(plan.spec, pods=backend.runs_pods)
