@@ -71,6 +71,9 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     storage.add_argument("--init", dest="init_url", metavar="URL",
                          help="initial weights: a .ckpt or .npz file (obs://, s3://, file:// or a path; this "
                               "project's or the ModelZoo port's parameter names), staged like --data-url")
+    storage.add_argument("--keep-checkpoints", type=int, metavar="N",
+                         help="published checkpoints kept under <train_url>/<job>/checkpoints: the N "
+                              "newest complete ones and those latest/best point at (default: all)")
     storage.add_argument("--storage-secret", metavar="SECRET",
                          help="Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (referenced, never copied)")
     storage.add_argument("--storage-endpoint", metavar="URL",
@@ -129,6 +132,7 @@ def spec_from_args(args: argparse.Namespace) -> js.JobSpec:
         set_overrides=args.set_overrides, data_url=args.data_url, train_url=args.train_url,
         storage_secret=args.storage_secret, storage_endpoint=args.storage_endpoint,
         storage_region=args.storage_region, storage_path_style=args.path_style,
+        keep_checkpoints=args.keep_checkpoints,
         init_url=args.init_url, scheduler=args.scheduler, rank_table=args.rank_table, node_selectors=args.node_selectors,
         tolerations=args.tolerations, priority_class=args.priority_class, queue=args.queue,
         max_restarts=args.max_restarts, cpu=args.cpu, memory=args.memory, shm_size=args.shm_size,

@@ -344,7 +344,7 @@ class Bootstrap:
         out_dir.mkdir(parents=True, exist_ok=True)
         self.publisher = Publisher(out_dir, job_url, logs_dir=self.paths.logs,
                                    profile_dir=self.paths.profile if spec.profile_steps else None,
-                                   options=self.storage_options(spec))
+                                   options=self.storage_options(spec), keep=spec.keep_checkpoints)
         if node_rank == 0:
             self.publisher.put_file(self.paths.job_file, "job.yaml")
             self.publisher.put_file(self.paths.experiment_file, "experiment.yaml")

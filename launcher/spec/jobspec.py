@@ -142,6 +142,7 @@ class JobSpec:
     run_as_group: int | None = None  # default: the image's group (also the pods' fsGroup)
     ascend_driver_mount: str | None = None  # ascend: hostpath (default) or runtime
     profile_steps: int | None = None  # --profile: steps every rank profiles; None: no profiler
+    keep_checkpoints: int | None = None  # published steps kept; None: all
     _config: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -270,6 +271,9 @@ class JobSpec:
                                                     and REGION_RE.match(self.storage_region)):
             raise UsageError(f"--storage-region {self.storage_region!r}: a region is 2-40 lowercase "
                              "letters, digits and '-' (e.g. cn-north-4)")
+        if self.keep_checkpoints is not None:
+            self._set("keep_checkpoints", _int(self.keep_checkpoints, "--keep-checkpoints", minimum=1,
+                                               maximum=MAX_STEPS))
         if self.storage_path_style not in (None, True, False):
             raise UsageError("storage_path_style must be true or false")
 
@@ -533,6 +537,7 @@ class JobSpec:
             "ascend_driver_mount": self.ascend_driver_mount,
             # only when set: a job.yaml without it stays readable by older bootstraps (images)
             **({"init_url": self.init_url} if self.init_url is not None else {}),
+            **({"keep_checkpoints": self.keep_checkpoints} if self.keep_checkpoints is not None else {}),
             **({"storage_region": self.storage_region} if self.storage_region is not None else {}),
             **({"storage_path_style": self.storage_path_style} if self.storage_path_style is not None else {}),
             **({"profile_steps": self.profile_steps} if self.profile_steps is not None else {}),
