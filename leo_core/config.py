@@ -240,5 +240,15 @@ def load_config_file(
     return load_experiment(str(base), values).with_overrides(overrides or [])
 
 
+def published_accuracy(name: str) -> dict[str, tuple[float, float]]:
+    """The published meta-test accuracy of experiment `name` as {"paper": (mean %, ci95 %),
+    "modelzoo": (...)}; empty for experiments nobody published (configs/published.json)."""
+    import json
+
+    data = json.loads((CONFIG_DIR / "published.json").read_text())
+    return {source: (float(values[name][0]), float(values[name][1]))
+            for source, values in data.items() if isinstance(values, dict) and name in values}
+
+
 def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -19,6 +19,7 @@ the first K are the support ("tr") set, the other Q the query ("val") set.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -412,34 +413,46 @@ class EpisodeSampler:
         return self._data[rows[:, :, :k]], np.ascontiguousarray(np.broadcast_to(labels, (b, n, k)))
 
     def query_logits(self, rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        """Logits `x @ w.T` [B, N, Q, N] of the query examples of `rows` (from
-        `sample_indices`) under per-task classifier weights `weights` [B, N, D].
+        """Logits `x @ w.T` [B, N, Q, M] of the query examples of `rows` (from
+        `sample_indices`) under per-task classifier weights `weights` [B, M, D] (M = N for
+        one classifier; several classifiers' weights concatenated share one pass).
 
         The same numbers as gathering the queries (`gather`) and multiplying, without the
         gather (599 queries per class are 7.7 MB per task): each class's contiguous
         block of embeddings is multiplied once by the weights of every task in `rows`
         that uses the class (one matrix product per class), then each task's query rows
-        are picked from the [images x N] products.
+        are picked from the [images x M] products.
         """
         rows = np.asarray(rows)
         b, n, size = rows.shape
         k, q = self.num_tr, size - self.num_tr
         weights = np.asarray(weights, np.float32)
+        m = weights.shape[1]
         flat_rows = rows.reshape(b * n, size)
         classes = np.searchsorted(self._offsets, flat_rows[:, 0], side="right") - 1  # [B*N]
-        out = np.empty((b * n, q, n), np.float32)
+        out = np.empty((b * n, q, m), np.float32)
         order = np.argsort(classes, kind="stable")
         unique, starts = np.unique(classes[order], return_index=True)
         ends = np.append(starts[1:], len(order))
         for c, lo, hi in zip(unique, starts, ends, strict=True):
             slots = order[lo:hi]  # (task, position) pairs, flattened, that use class c
-            w = weights[slots // n].reshape(-1, weights.shape[-1])  # [slots * N, D]
+            w = weights[slots // n].reshape(-1, weights.shape[-1])  # [slots * M, D]
             first = self._offsets[c]
             block = self._data[first:first + self._counts[c]]
-            products = (block @ w.T).reshape(len(block), len(slots), n)
+            products = (block @ w.T).reshape(len(block), len(slots), m)
             local = flat_rows[slots, k:] - first  # [slots, Q]
             out[slots] = products[local, np.arange(len(slots))[:, None]]
-        return out.reshape(b, n, q, n)
+        return out.reshape(b, n, q, m)
+
+    def query_vectors(self, rows: np.ndarray, tasks: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """Query embeddings [C, D] of flat query `positions` (class * Q + j) of `tasks` in `rows`."""
+        q = self.num_val
+        return self._data[np.asarray(rows)[tasks, positions // q, self.num_tr + positions % q]]
+
+    @functools.cached_property
+    def max_norm(self) -> float:
+        """The largest Euclidean norm of any embedding (1 for unit-normalised data)."""
+        return float(np.sqrt(_squared_norms(self._data).max()))
 
 
 def sampler_for(
@@ -473,6 +486,52 @@ def sampler_for(
         raise
 
 
+def class_means(tr_x: np.ndarray) -> np.ndarray:
+    """Nearest-class-mean prototypes [B, N, D] float64: the mean of each class's K supports."""
+    return tr_x.astype(np.float64).mean(axis=2)
+
+
+def _float32_dot_error(d: int) -> float:
+    """Bound on |fl32(x.m') - x.m| / (|x| |m|) for float32 x, m' = float32(m), D terms, any
+    summation order (Higham's gamma_D for the sum, plus one rounding of m)."""
+    u = 2.0**-24
+    return (d * u / (1 - d * u) + u) * (1 + u)
+
+
+def nearest_class_mean_predictions(products: np.ndarray, means: np.ndarray, query_norm: float,
+                                   queries) -> np.ndarray:
+    """Nearest-class-mean labels [B, P] from float32 products `x . float32(m)` [B, P, N].
+
+    The nearest mean in Euclidean distance maximises x.m - |m|^2/2 (|x|^2 is the same for
+    every class). Products in float32 avoid a float64 copy of every query; where the top
+    two scores are closer than the float32 rounding bound (|x| <= `query_norm`), the
+    query is scored again in float64, as `-2 x.m + |m|^2` over `queries(tasks, positions)`
+    [C, D]: the same labels as computing everything in float64.
+    """
+    half = 0.5 * np.einsum("bnd,bnd->bn", means, means)  # [B, N]
+    # Class by class over [B, P] rows (faster than N-element reductions): the best score,
+    # its class (the first on ties, as argmax) and the runner-up.
+    best = products[..., 0] - half[:, :1]
+    predicted = np.zeros(best.shape, np.int64)
+    second = np.full(best.shape, -np.inf)
+    for c in range(1, products.shape[-1]):
+        score = products[..., c] - half[:, c:c + 1]
+        better = score > best
+        predicted[better] = c
+        second = np.where(better, best, np.maximum(second, score))
+        best = np.maximum(best, score)
+    norms = np.sqrt(2 * half).max(axis=-1)[:, None]  # the largest |m| of each task
+    # Two scores' errors add up; 1% headroom covers the norms' own rounding.
+    tolerance = 2.02 * _float32_dot_error(means.shape[-1]) * query_norm * norms
+    tasks, positions = np.nonzero(~(best - second > tolerance))  # NaN scores: re-checked too
+    if tasks.size:
+        x = queries(tasks, positions).astype(np.float64)  # [C, D]
+        m = means[tasks]  # [C, N, D]
+        distances = -2.0 * np.einsum("cd,cnd->cn", x, m) + (m**2).sum(-1)
+        predicted[tasks, positions] = distances.argmin(axis=-1)
+    return predicted
+
+
 def nearest_class_mean_accuracy(batch: EpisodeBatch) -> np.ndarray:
     """Per-task query accuracy [B] of the nearest-class-mean baseline.
 
@@ -480,10 +539,10 @@ def nearest_class_mean_accuracy(batch: EpisodeBatch) -> np.ndarray:
     takes the label of the nearest prototype in Euclidean distance.
     """
     b, n, q, d = batch.val_x.shape
-    means = batch.tr_x.astype(np.float64).mean(axis=2)  # [B, N, D]
-    queries = batch.val_x.reshape(b, n * q, d).astype(np.float64)
-    distances = (
-        -2.0 * queries @ means.transpose(0, 2, 1) + (means**2).sum(-1)[:, None, :]
-    )  # |x|^2 is the same for every class and drops out of the argmin
-    predicted = distances.argmin(axis=-1)
+    means = class_means(batch.tr_x)  # [B, N, D]
+    queries = batch.val_x.reshape(b, n * q, d)
+    products = queries @ means.astype(np.float32).transpose(0, 2, 1)  # [B, N*Q, N]
+    query_norm = float(np.sqrt(np.einsum("bpd,bpd->bp", queries, queries).max()))
+    predicted = nearest_class_mean_predictions(
+        products, means, query_norm, lambda tasks, positions: queries[tasks, positions])
     return (predicted == batch.val_y.reshape(b, n * q)).mean(axis=1)

@@ -119,6 +119,13 @@ class Comm:
         return result
 
 
+def idle_scheduler(env=os.environ) -> bool:
+    """msrun's scheduler process of a ONE-worker launch: nothing joins a cluster (see
+    `launched_distributed`), so the script must do nothing there; it used to run a
+    second, duplicate training beside the worker (same output directory, half the CPU)."""
+    return env.get("MS_ROLE") == "MS_SCHED" and not launched_distributed(env)
+
+
 def setup(device: str | None = None) -> Comm:
     """Select the device and, under a distributed launch, join the collective group."""
     import mindspore as ms

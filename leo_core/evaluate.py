@@ -9,8 +9,9 @@ port's parameter names (see leo_core.ckpt_format).
 The interval is 1.96 * std(per-task accuracy) / sqrt(tasks): the original prints
 none. Tasks are split across data-parallel ranks and the sums combined.
 
-Every evaluation shows its baselines on the SAME tasks (the sampler is re-seeded for
-each): the untrained model (the initial weights of the run, rebuilt from the seed in the
+Every evaluation shows its baselines on the SAME tasks, scored in the same pass over
+each chunk (`evaluate_models`; together they cost about one more model pass): the
+untrained model (the initial weights of the run, rebuilt from the seed in the
 checkpoint: what training started from) and nearest-class-mean (NCM: prototype = mean of
 the K supports, nearest in Euclidean distance). `--no-baselines` skips them. The JSON
 keeps the trained model's numbers at the top level and adds
@@ -38,20 +39,29 @@ from leo_core.distributed import Comm, shard
 # Tasks per rank evaluated at once: 16 five-way tasks with 599 queries per class
 # are ~120 MB of float32 queries.
 CHUNK_PER_RANK = 16
-# Models with `evaluate_episodes` never gather the queries: larger chunks amortise the
+# Models with `episode_weights` never gather the queries: larger chunks amortise the
 # per-call cost of the adaptation graph and feed one matrix product per class.
 EPISODE_CHUNK_PER_RANK = 100
 
 
 def evaluate_tasks(model, sampler, num_tasks: int, comm: Comm, progress=None) -> dict:
-    """Evaluate `num_tasks` tasks drawn from `sampler`, split across ranks.
+    """`evaluate_models` of one model."""
+    return evaluate_models({"model": model}, sampler, num_tasks, comm, progress)["model"]
+
+
+def evaluate_models(models: dict, sampler, num_tasks: int, comm: Comm, progress=None) -> dict[str, dict]:
+    """Evaluate each named model on the same `num_tasks` tasks drawn from `sampler`, split
+    across ranks.
 
     Every rank draws the indices of every chunk (so their streams stay equal) and
-    evaluates only its share; sums of accuracy, accuracy² and loss are combined.
+    evaluates only its share; sums of accuracy, accuracy² and loss are combined. A chunk's
+    episodes are read once for all models: when every model has `episode_weights`, one
+    matrix product per class gives all their query logits; otherwise the episodes are
+    gathered once and passed to each model's `evaluate_batch`.
     """
-    totals = np.zeros(4, np.float64)  # tasks, sum acc, sum acc², sum loss
+    totals = np.zeros((len(models), 4), np.float64)  # tasks, sum acc, sum acc², sum loss
     queries = 0
-    episodes = hasattr(model, "evaluate_episodes")
+    episodes = all(hasattr(model, "episode_weights") for model in models.values())
     chunk = (EPISODE_CHUNK_PER_RANK if episodes else CHUNK_PER_RANK) * comm.world
     done = 0
     while done < num_tasks:
@@ -59,18 +69,36 @@ def evaluate_tasks(model, sampler, num_tasks: int, comm: Comm, progress=None) ->
         mine = shard(size, comm.rank, comm.world)
         rows = sampler.sample_indices(size)[mine.start:mine.stop]
         queries = sampler.num_val
-        if len(mine) and episodes:  # queries never gathered (LEO.evaluate_episodes)
-            loss, acc = model.evaluate_episodes(sampler, rows)
-        elif len(mine):
-            batch = sampler.gather(rows)
-            loss, acc = model.evaluate_batch(batch.tr_x, batch.tr_y, batch.val_x, batch.val_y)
         if len(mine):
-            acc = acc.astype(np.float64)
-            totals += (len(mine), acc.sum(), np.square(acc).sum(), loss.astype(np.float64).sum())
+            results = (_shared_logits if episodes else _shared_gather)(models, sampler, rows)
+            for i, (loss, acc) in enumerate(results):
+                acc = acc.astype(np.float64)
+                totals[i] += (len(mine), acc.sum(), np.square(acc).sum(), loss.astype(np.float64).sum())
         done += size
         if progress:
             progress(done, num_tasks)
-    totals = comm.allreduce_sum(totals.astype(np.float32)).astype(np.float64) if comm.world > 1 else totals
+    if comm.world > 1:
+        totals = comm.allreduce_sum(totals.astype(np.float32).ravel()).astype(np.float64).reshape(totals.shape)
+    return {name: _summary(row, queries) for name, row in zip(models, totals, strict=True)}
+
+
+def _shared_logits(models: dict, sampler, rows) -> list:
+    """(loss, accuracy) of each model from one query-logits pass over all their weights."""
+    support = sampler.support(rows)
+    weights = [model.episode_weights(*support) for model in models.values()]
+    logits = sampler.query_logits(rows, np.concatenate(weights, axis=1))  # [B, N, Q, models·N]
+    n = sampler.num_classes
+    return [model.episode_results(logits[..., i * n:(i + 1) * n], support, sampler, rows)
+            for i, model in enumerate(models.values())]
+
+
+def _shared_gather(models: dict, sampler, rows) -> list:
+    batch = sampler.gather(rows)
+    return [model.evaluate_batch(batch.tr_x, batch.tr_y, batch.val_x, batch.val_y)
+            for model in models.values()]
+
+
+def _summary(totals: np.ndarray, queries: int) -> dict:
     count = totals[0]
     mean = totals[1] / count
     var = max(totals[2] / count - mean * mean, 0.0)
@@ -84,12 +112,28 @@ def evaluate_tasks(model, sampler, num_tasks: int, comm: Comm, progress=None) ->
 
 
 class NearestClassMean:
-    """The nearest-class-mean baseline behind LEO's `evaluate_batch` interface (loss 0)."""
+    """The nearest-class-mean baseline behind LEO's evaluation interfaces (loss 0)."""
 
     def evaluate_batch(self, tr_x, tr_y, val_x, val_y) -> tuple[np.ndarray, np.ndarray]:
         from leo_core.data import EpisodeBatch, nearest_class_mean_accuracy
 
         acc = nearest_class_mean_accuracy(EpisodeBatch(tr_x, tr_y, val_x, val_y))
+        return np.zeros_like(acc), acc
+
+    def episode_weights(self, tr_x, tr_y) -> np.ndarray:
+        """The class means as float32 "classifier weights": their query products."""
+        from leo_core.data import class_means
+
+        return class_means(tr_x).astype(np.float32)
+
+    def episode_results(self, logits, support, sampler, rows) -> tuple[np.ndarray, np.ndarray]:
+        from leo_core.data import class_means, nearest_class_mean_predictions
+
+        b, n, q, _ = logits.shape
+        predicted = nearest_class_mean_predictions(
+            logits.reshape(b, n * q, n), class_means(support[0]), sampler.max_norm,
+            lambda tasks, positions: sampler.query_vectors(rows, tasks, positions))
+        acc = (predicted == np.repeat(np.arange(n), q)[None]).mean(axis=1)
         return np.zeros_like(acc), acc
 
 
@@ -98,11 +142,8 @@ BASELINES = ("untrained", "nearest_class_mean")
 
 def evaluate_with_baselines(models: dict, make_sampler, num_tasks: int, comm: Comm,
                             progress=None) -> dict[str, dict]:
-    """`evaluate_tasks` for each named model on the same tasks (`make_sampler()` must
-    return a freshly seeded sampler; every model gets its own, so all see one stream)."""
-    return {name: evaluate_tasks(model, make_sampler(), num_tasks, comm,
-                                 progress if name == next(iter(models)) else None)
-            for name, model in models.items()}
+    """`evaluate_models` on the tasks of a freshly seeded sampler (`make_sampler()`)."""
+    return evaluate_models(models, make_sampler(), num_tasks, comm, progress)
 
 
 def _percent(result: dict) -> str:

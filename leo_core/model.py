@@ -555,13 +555,44 @@ class LEO:
         query logits come from `sampler.query_logits` (one matrix product per class) and
         cross-entropy and accuracy from NumPy. Same numbers as `evaluate_batch` up to
         float32 rounding; several times faster with 600 - K queries per class."""
-        tr_x, tr_y = sampler.support(rows)
-        logits = sampler.query_logits(rows, self.adapted_weights(tr_x, tr_y))  # [B, N, Q, N]
+        support = sampler.support(rows)
+        logits = sampler.query_logits(rows, self.episode_weights(*support))  # [B, N, Q, N]
+        return self.episode_results(logits, support, sampler, rows)
+
+    # The two halves of evaluate_episodes, so an evaluation of several models on the same
+    # episodes (leo_core.evaluate) computes all their query logits in one pass.
+    episode_weights = adapted_weights
+
+    @staticmethod
+    def episode_results(logits, support, sampler, rows) -> tuple[np.ndarray, np.ndarray]:
+        """Per-task query cross-entropy and accuracy from query logits [B, N, Q, N]."""
         n = logits.shape[1]
-        labels = np.arange(n)[None, :, None]
-        top = logits.max(axis=-1)
-        log_sum = np.log(np.exp(logits - top[..., None]).sum(axis=-1)) + top
-        own = np.take_along_axis(logits, np.broadcast_to(labels, logits.shape[:3])[..., None], -1)[..., 0]
+        # Class-major [N, B, N, Q]: reductions over the N classes run along long contiguous
+        # rows instead of N-element ones (several times faster).
+        by_class = np.moveaxis(logits, -1, 0).copy()
+        top = by_class.max(axis=0)  # [B, N, Q]
+        if np.isnan(top).any():
+            return _nan_safe_results(logits)
+        own = np.stack([by_class[c, :, c] for c in range(n)], axis=1)  # the true class's logit
+        # argmax == label under argmax's first-index rule: above every earlier class and
+        # not below any later one.
+        correct = np.empty(own.shape, bool)
+        for c in range(n):
+            block = by_class[:, :, c]
+            correct[:, c] = np.all(block[:c] < own[:, c], axis=0) & np.all(block[c + 1:] <= own[:, c], axis=0)
+        shifted = np.subtract(by_class, top, out=by_class)
+        log_sum = np.log(np.exp(shifted, out=shifted).sum(axis=0)) + top
         ce = (log_sum - own).mean(axis=(1, 2))
-        acc = (logits.argmax(axis=-1) == labels).mean(axis=(1, 2))
-        return ce.astype(np.float32), acc.astype(np.float32)
+        return ce.astype(np.float32), correct.mean(axis=(1, 2)).astype(np.float32)
+
+
+def _nan_safe_results(logits) -> tuple[np.ndarray, np.ndarray]:
+    """`LEO.episode_results` by NumPy's argmax, which counts a NaN as the largest logit."""
+    n = logits.shape[1]
+    labels = np.arange(n)[None, :, None]
+    top = logits.max(axis=-1)
+    log_sum = np.log(np.exp(logits - top[..., None]).sum(axis=-1)) + top
+    own = np.take_along_axis(logits, np.broadcast_to(labels, logits.shape[:3])[..., None], -1)[..., 0]
+    ce = (log_sum - own).mean(axis=(1, 2))
+    acc = (logits.argmax(axis=-1) == labels).mean(axis=(1, 2))
+    return ce.astype(np.float32), acc.astype(np.float32)

@@ -72,23 +72,33 @@ class StepProfiler:
             (self.out_dir / "op_summary.txt").write_text(summary)
 
 
-def summarize(directory: Path, steps: int | None = None, top: int = 25) -> str:
-    """Operator time per step by type from the profiler's cpu_op_detail_info CSV."""
+def operator_table(directory: Path, steps: int | None = None) -> tuple[Path, int, dict[str, list[float]]] | None:
+    """(CSV file, steps, {operator type: [ms per step, launches per step]}) from the
+    profiler's cpu_op_detail_info CSV under `directory`, or None when there is none."""
     files = sorted(Path(directory).glob("**/cpu_op_detail_info_*.csv"))
     if not files:
-        return ""
+        return None
     rows = list(csv.DictReader(files[-1].open()))
     if not rows:
-        return ""
+        return None
     if steps is None:  # the most frequent occurrence count is the number of steps
         steps = collections.Counter(int(r["op_occurrences"]) for r in rows).most_common(1)[0][0]
     by_type: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0.0])
     for row in rows:
         by_type[row["op_type"]][0] += float(row["op_total_time(ms)"]) / steps
         by_type[row["op_type"]][1] += int(row["op_occurrences"]) / steps
+    return files[-1], steps, dict(by_type)
+
+
+def summarize(directory: Path, steps: int | None = None, top: int = 25) -> str:
+    """Operator time per step by type from the profiler's cpu_op_detail_info CSV."""
+    table = operator_table(directory, steps)
+    if table is None:
+        return ""
+    path, steps, by_type = table
     total = sum(t for t, _ in by_type.values())
     launches = sum(c for _, c in by_type.values())
-    lines = [f"{files[-1]}", f"{steps} steps; per step: {total:.1f} ms of operator time in "
+    lines = [f"{path}", f"{steps} steps; per step: {total:.1f} ms of operator time in "
              f"{launches:.0f} operator launches", f"{'operator':20s} {'ms/step':>8s} "
              f"{'launches':>8s} {'share':>6s}"]
     for name, (t, c) in sorted(by_type.items(), key=lambda kv: -kv[1][0])[:top]:

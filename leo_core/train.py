@@ -21,6 +21,11 @@ plus `step`) at the end of `Trainer.run`, so data-parallel ranks can be compared
 the weights the step started from (`w/<name>`), the all-reduced gradients before the NaN
 guard and clipping (`g/<name>`) and the all-reduced loss, so a test can recompute each
 data-parallel step in one process at the very same weights.
+
+Start-up: when the first training step of this process is done, rank 0 prints and logs
+(`{"kind": "startup", "seconds", "since", "step"}` in metrics.jsonl) the time since
+`LEO_START_TIME` (Unix seconds; the pod's bootstrap sets it at its own start), else since
+this module was imported.
 """
 
 from __future__ import annotations
@@ -38,9 +43,11 @@ if __package__ in (None, ""):  # run as a script (msrun takes a script path)
 
 import numpy as np
 
-from leo_core import checkpoint, cli_common, hostmem, profiling
+from leo_core import checkpoint, cli_common, distributed, hostmem, profiling
 from leo_core.config import ConfigError, ExperimentConfig
 from leo_core.distributed import Comm, shard
+
+IMPORTED = time.time()  # the start-up clock's origin without LEO_START_TIME
 
 
 def parse_args(argv):
@@ -177,6 +184,19 @@ class Trainer:
             with open(self.out / "metrics.jsonl", "a") as handle:
                 handle.write(json.dumps({**record, "time": round(time.time(), 3)}) + "\n")
 
+    def _log_startup(self) -> None:
+        """The time from the start (the bootstrap's, else this process's) to the end of the
+        first training step: what a restart costs before training goes on."""
+        try:
+            origin, since = float(os.environ["LEO_START_TIME"]), "bootstrap"
+        except (KeyError, ValueError):
+            origin, since = IMPORTED, "process"
+        seconds = round(time.time() - origin, 2)
+        self.log({"step": self.step, "kind": "startup", "seconds": seconds, "since": since})
+        if self.comm.is_main:
+            print(f"start-up: first training step done {seconds:.1f} s after the {since} started",
+                  flush=True)
+
     # -- one meta-training step
     def train_step(self) -> tuple[float, float]:
         from leo_core.model import PARAM_NAMES, WEIGHT_NAMES
@@ -236,8 +256,12 @@ class Trainer:
             self._validate_and_log()
             self.save()
         window_start, window_steps, losses, accs = time.monotonic(), 0, [], []
+        first = True
         while self.step < total_steps:
             loss, acc = self.train_step()
+            if first:
+                self._log_startup()
+                first = False
             if self.profiler is not None:
                 self.profiler.step_done()
             losses.append(loss)
@@ -320,6 +344,8 @@ def _exit_failed_rank(comm: Comm) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if distributed.idle_scheduler():
+        return 0  # msrun's scheduler of a one-worker launch: the worker trains
     hostmem.keep_freed_memory()
     with cli_common.exit_on_user_error():
         cfg = cli_common.resolve_config(args)

@@ -19,6 +19,7 @@ EXPECTED = {
     "bench_dp.py": "## Data-parallel meta-training on CPU",
     "bench_launcher.py": "leo-launch --help: MindSpore/boto3/Kubernetes imported",
     "bench_storage.py": "smoke run: embeddings push leo",
+    "bench_startup.py": "## Start-up: job start to the first training step",
 }
 
 

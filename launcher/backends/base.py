@@ -8,7 +8,7 @@ JSON of `status -o json` (`list -o json` prints a list of them)::
     {"name", "backend": "k8s"|"local", "phase": Pending|Running|Restarting|Succeeded|Failed,
      "reason" (why pending or failed, when known), "experiment", "accelerator", "cards",
      "nodes", "restarts", "max_restarts", "age", "age_seconds", "outputs_url" (<train_url>/<name>),
-     "step", "best_accuracy", "best_step", "result" (when known),
+     "step", "best_accuracy", "best_step", "startup_seconds", "result" (when known),
      "ranks": [{"rank", "node_rank", "phase", "node", "restarts", "age", "age_seconds",
                 "pod" (k8s) | "pid" (local), "reason"}, ...]}
 """
@@ -75,6 +75,7 @@ class JobStatus:
     step: int | None = None
     best_accuracy: float | None = None
     best_step: int | None = None
+    startup_seconds: float | None = None  # the latest start to its first training step
     result: Any = None
     storage_error: str | None = None
 

@@ -15,11 +15,13 @@ from launcher.errors import LaunchError
 from launcher.k8s.api import (
     CONFIGMAP,
     EVENT,
+    PLURALS,
     POD,
     ClusterAPI,
     KubeError,
 )
 from launcher.k8s.config import Cluster, connect
+from launcher.k8s.rbac import Rule
 from launcher.k8s.state import (
     JobInfo,
     is_ours,
@@ -87,14 +89,24 @@ def our_pods(api: ClusterAPI, namespace: str | None, job: str | None = None) -> 
     return [p for p in api.list(*POD, namespace, label_selector=selector) if is_ours(p, job)]
 
 
-def _optional(api: ClusterAPI, kind: tuple[str, str], namespace: str, **selectors: Any) -> list[dict[str, Any]]:
-    """Objects that only refine a status (events, PodGroups): none when we may not read them."""
+def _optional(api: ClusterAPI, kind: tuple[str, str], namespace: str, refused: list[str] | None = None,
+              **selectors: Any) -> list[dict[str, Any]]:
+    """Objects that only refine a status (events, PodGroups): none when we may not read
+    them (then `refused` gets the missing right, e.g. "list events")."""
     try:
         return api.list(*kind, namespace, **selectors)
     except KubeError as err:
         if err.status in (401, 403):
+            if refused is not None:
+                refused.append(_right("list", kind))
             return []
         raise
+
+
+def _right(verb: str, kind: tuple[str, str]) -> str:
+    """`verb resource.group` of a kind, as the access check names a missing right."""
+    group = kind[0].rpartition("/")[0]
+    return str(Rule(group, PLURALS.get(kind[1], kind[1].lower() + "s"), verb))
 
 
 def status(cluster: Cluster, name: str, namespace: str | None = None, *,
@@ -108,13 +120,17 @@ def status(cluster: Cluster, name: str, namespace: str | None = None, *,
         raise JobNotFoundError(f"no job {name!r} in namespace {ns} ({cluster.describe()}){hint}")
     pods = our_pods(api, ns, name)
     podgroup = flavours.flavour_of(info.scheduler).podgroup
-    groups = podgroups_of(_optional(api, podgroup, ns), name) if podgroup else []
+    refused: list[str] = []
+    groups = podgroups_of(_optional(api, podgroup, ns, refused), name) if podgroup else []
     result = summarize(info, pods, podgroups=groups)
     if result["phase"] in ("Pending", "Restarting"):
         # warnings, and the scheduler's later word that a pod was bound after all
-        events = (_optional(api, EVENT, ns, field_selector="type=Warning")
-                  + _optional(api, EVENT, ns, field_selector="reason=Scheduled"))
+        events = (_optional(api, EVENT, ns, refused, field_selector="type=Warning")
+                  + _optional(api, EVENT, ns, refused, field_selector="reason=Scheduled"))
         result = summarize(info, pods, events=events, podgroups=groups)
+        if refused:  # the reason may be missing: say which right would tell it
+            missing = f"not allowed to {', '.join(dict.fromkeys(refused))}"
+            result["reason"] = f"{result['reason']} ({missing})" if result.get("reason") else missing
     if progress:
         result.update(read_progress(info.job_url, storage=info.storage))
     return result
@@ -126,11 +142,23 @@ def list_jobs(cluster: Cluster, namespace: str | None = None, *, all_namespaces:
     ns = None if all_namespaces else (namespace or cluster.namespace)
     selector = f"{contract.LABEL_MANAGED_BY}={contract.MANAGER}"
     infos = []
+    refused: list[KubeError] = []
     for flavour in flavours.FLAVOURS.values():
-        # an operator's kind may be absent (none listed) or forbidden: then none of ours
-        objs = (_optional(api, flavour.api, ns, label_selector=selector) if flavour.operator
-                else api.list(*flavour.api, ns, label_selector=selector))
+        # an operator's kind may be absent (none listed); a kind RBAC forbids holds none of
+        # this user's jobs, unless every kind is forbidden
+        try:
+            objs = api.list(*flavour.api, ns, label_selector=selector)
+        except KubeError as err:
+            if not err.forbidden:
+                raise
+            refused.append(err)
+            continue
         infos += [job_info(j, flavour.name) for j in objs if is_ours(j)]
+    if len(refused) == len(flavours.FLAVOURS):
+        rights = ", ".join(_right("list", f.api) for f in flavours.FLAVOURS.values())
+        where = f"namespace {ns}" if ns else "any namespace"
+        raise LaunchError(f"not allowed to list jobs of any kind in {where} (one of: {rights}); "
+                          "a cluster admin can grant the Role that `leo-launch rbac` prints")
     pods: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for pod in our_pods(api, ns):
         key = (meta(pod).get("namespace", ""), labels_of(pod).get(contract.LABEL_JOB, ""))

@@ -35,7 +35,7 @@ from launcher.backends.k8s_read import (
     status,
 )
 from launcher.errors import LaunchError
-from launcher.k8s import preflight
+from launcher.k8s import preflight, rbac
 from launcher.k8s.api import (
     CONFIGMAP,
     POD,
@@ -54,11 +54,25 @@ from launcher.spec import jobspec as js
 # ------------------------------------------------------------------ submit, cancel
 
 
+def check_access(cluster: Cluster, flavour: flavours.Flavour, command: str, namespace: str, *,
+                 doing: str, err: TextIO | None = None) -> None:
+    """The access check (launcher.k8s.rbac.require): AccessDenied naming what is missing.
+    A cluster that cannot answer the review is not checked (a note)."""
+    try:
+        rbac.require(cluster.api, flavour, command, namespace, doing=doing)
+    except KubeError as error:
+        if error.status == 0:  # unreachable: nothing else would work either
+            raise
+        (err or sys.stderr).write(f"leo-launch: note: permissions not checked ({error})\n")
+
+
 def check_cluster(cluster: Cluster, spec: js.JobSpec, objects: list[dict[str, Any]], *,
-                  err: TextIO | None = None) -> None:
-    """Pre-flight (launcher.k8s.preflight): its notes on `err`; a LaunchError naming every
-    problem when the job would not run."""
+                  err: TextIO | None = None, access: bool = True) -> None:
+    """The access check of submit (`access`), then pre-flight (launcher.k8s.preflight):
+    its notes on `err`; a LaunchError naming every problem when the job would not run."""
     err = err or sys.stderr
+    if access:
+        check_access(cluster, spec.flavour, "submit", spec.namespace, doing="submit would fail", err=err)
     report = preflight.run(cluster.api, spec, objects)
     for note in report.notes:
         err.write(f"leo-launch: note: {note}\n")
@@ -74,13 +88,14 @@ def submit(cluster: Cluster, spec: js.JobSpec, objects: list[dict[str, Any]], *,
     delete what was created and raise with the API's reason."""
     out, err = out or sys.stdout, err or sys.stderr
     api, ns = cluster.api, spec.namespace
+    check_access(cluster, spec.flavour, "submit", ns, doing="nothing was created", err=err)
     existing = find_job(api, spec.name, ns, spec)
     if existing is not None:
         phase = summarize(existing, our_pods(api, ns, spec.name))["phase"]
         raise JobExistsError(f"job {spec.name} exists already in namespace {ns} ({phase}); choose "
                              f"another --name, or remove it with: leo-launch cancel {spec.name}")
     if check:
-        check_cluster(cluster, spec, objects, err=err)
+        check_cluster(cluster, spec, objects, err=err, access=False)
     else:
         err.write("leo-launch: note: pre-flight skipped (--skip-preflight)\n")
     created: list[dict[str, Any]] = []
@@ -127,13 +142,16 @@ def cancel(cluster: Cluster, name: str, namespace: str | None = None) -> str:
     """Delete the job's Job (with its pods), Service, ConfigMaps and any pod left;
     idempotent (a job that does not exist is nothing to cancel). A failure to read or
     delete one object does not stop the others: what could not be deleted is named in the
-    LaunchError raised at the end. An operator's kind, when forbidden, is skipped (said
-    only when it could hold the job)."""
+    LaunchError raised at the end. Another flavour's kind, when forbidden, is skipped (said
+    only when it could hold the job). First the access check of the job's flavour (the
+    default one when its ConfigMap is gone): AccessDenied says what it could not delete."""
     api, ns = cluster.api, namespace or cluster.namespace
     try:
         spec = read_spec(api, name, ns)
     except KubeError:
         spec = None  # the ConfigMap's own deletion below says why
+    flavour = spec.flavour if spec is not None else flavours.flavour_of(flavours.DEFAULT)
+    check_access(cluster, flavour, "cancel", ns, doing=f"job {name} was not cancelled, nothing was deleted")
     deleted: list[str] = []
     failed: list[str] = []
     unchecked = None
@@ -151,10 +169,10 @@ def cancel(cluster: Cluster, name: str, namespace: str | None = None) -> str:
             if api.delete(api_version, kind, ns, obj_name, propagation="Background"):
                 deleted.append(what)
         except KubeError as error:
-            flavour = flavours.by_kind(api_version, kind)
-            if flavour is not None and flavour.operator and error.forbidden:
-                if not found_job and (spec is None or spec.scheduler == flavour.name):
-                    unchecked = f"{flavour.title} {name} could not be looked for ({error})"
+            other = flavours.by_kind(api_version, kind)
+            if other is not None and other is not flavour and error.forbidden:
+                if not found_job and spec is None:
+                    unchecked = f"{other.title} {name} could not be looked for ({error})"
                 continue
             failed.append(f"{what} ({error})")
     pods = terminating = 0

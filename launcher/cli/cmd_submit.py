@@ -13,7 +13,7 @@ import argparse
 import sys
 
 from launcher.backends import choose_backend, get_backend
-from launcher.backends.base import follow_to_end, wait_and_report
+from launcher.backends.base import Backend, follow_to_end, wait_and_report
 from launcher.cli.cmd_render import emit
 from launcher.cli.options import (
     BACKENDS,
@@ -23,6 +23,7 @@ from launcher.cli.options import (
     spec_from_args,
 )
 from launcher.errors import UsageError
+from launcher.spec.jobspec import JobSpec
 
 HELP = "submit a job to Kubernetes or run it locally (--dry-run: print the backend's plan)"
 
@@ -50,17 +51,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_output_argument(parser)
 
 
-def run(args: argparse.Namespace) -> int:
-    spec = spec_from_args(args)
-    if spec.data_url is None and not args.dry_run:
-        raise UsageError("submit needs --data-url: the embeddings (s3://, obs://, file:// or a path)")
+def backend_for(args: argparse.Namespace, spec: JobSpec) -> Backend:
+    """The backend --backend names; for auto, the one `choose_backend` picks, said on stderr."""
     kind = choose_backend(args.backend, accel=spec.accelerator)
     if args.backend == "auto":
         why = (f"--accel {spec.accelerator} runs on a cluster" if spec.accelerator != "cpu" and kind == "k8s"
                else "a Kubernetes configuration was found" if kind == "k8s"
                else "no Kubernetes configuration was found")
         print(f"leo-launch: backend {kind} ({why}; choose with --backend)", file=sys.stderr)
-    backend = get_backend(kind, context=args.context, namespace=args.namespace)
+    return get_backend(kind, context=args.context, namespace=args.namespace)
+
+
+def run(args: argparse.Namespace) -> int:
+    spec = spec_from_args(args)
+    if spec.data_url is None and not args.dry_run:
+        raise UsageError("submit needs --data-url: the embeddings (s3://, obs://, file:// or a path)")
+    backend = backend_for(args, spec)
     plan = backend.plan(spec, preflight=not args.skip_preflight)
     if args.dry_run:
         code = emit(plan, args.output_dir)

@@ -40,6 +40,9 @@ def print_status(status: Mapping[str, Any], out: TextIO | None = None) -> None:
                                             + (" (the untrained model)" if best_at == 0 else ""))
         rows.append(("PROGRESS", f"step {status.get('step', '-')}, best meta-validation accuracy "
                                  f"{_percent(status.get('best_accuracy'))}{where}"))
+    if status.get("startup_seconds") is not None:
+        rows.append(("START-UP", f"{status['startup_seconds']:.1f} s from the last start to its "
+                                 "first training step"))
     result = status.get("result")
     if isinstance(result, dict) and "accuracy" in result:
         rows.append(("RESULT", f"meta-test accuracy {_percent(result.get('accuracy'))} "

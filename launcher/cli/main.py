@@ -26,10 +26,12 @@ COMMANDS = (
     "logs",
     "list",
     "cancel",
+    "rbac",
     "pull",
     "push",
     "ranktable",
     "report",
+    "sweep",
 )
 
 

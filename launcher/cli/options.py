@@ -58,6 +58,8 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     job.add_argument("--steps", type=int, metavar="N", help="meta-training steps (num_steps_limit)")
     job.add_argument("--set", dest="set_overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="experiment override, repeatable (e.g. metatrain_batch_size=32)")
+    job.add_argument("--seed", type=int, default=0, metavar="S",
+                     help="random seed of the model's initialisation and of the episodes (default: 0)")
     job.add_argument("--profile", action="store_true",
                      help="run MindSpore's profiler on every rank over a few steps after the two that "
                           "compile; each node publishes its ranks' op_summary.txt and trace_view.json "
@@ -140,7 +142,7 @@ def spec_from_args(args: argparse.Namespace) -> js.JobSpec:
         hccl_connect_timeout=args.hccl_connect_timeout, nccl_socket_ifname=args.nccl_socket_ifname,
         nccl_ib_hca=args.nccl_ib_hca, nccl_debug=args.nccl_debug, run_as_user=args.run_as_user,
         run_as_group=args.run_as_group, ascend_driver_mount=args.ascend_driver_mount,
-        profile=args.profile, profile_steps=args.profile_steps,
+        profile=args.profile, profile_steps=args.profile_steps, seed=args.seed,
     )
 
 

@@ -15,6 +15,13 @@ from typing import Any
 SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
 
 
+# The calls the Kubernetes backend makes on a flavour's job object, per command (RBAC
+# verbs, launcher.k8s.rbac): find_job reads it (get), submit creates it and deletes it
+# again on a rollback, list_jobs lists the kind, cancel reads and deletes it.
+KIND_VERBS = {"submit": ("get", "create", "delete"), "status": ("get",), "logs": ("get",),
+              "list": ("list",), "cancel": ("get", "delete")}
+
+
 def number(value: Any) -> int | None:
     return int(value) if str(value).isdigit() else None
 
@@ -131,6 +138,29 @@ class Flavour:
         objects (`services`, `configmaps`) and the shared pod template check `template(t, where)`."""
         return []
 
+    # ---------------------------------------------------------------- permissions
+
+    def permissions(self, command: str) -> list[tuple[str, str, str]]:
+        """(API group, resource, verb) this flavour's objects need for a command: its job
+        object (KIND_VERBS), and its gang's PodGroups, which status (and logs) list."""
+        out = [(_group(self.api[0]), self.plural, verb) for verb in KIND_VERBS.get(command, ())]
+        if self.podgroup and command in ("status", "logs"):
+            out.append((_group(self.podgroup[0]), _plural(self.podgroup[1]), "list"))
+        return out
+
+    def preflight_reads(self) -> list[tuple[str, str, str]]:
+        """Cluster-scoped reads of `preflight` (optional: a forbidden one is skipped)."""
+        return []
+
     @property
     def schema(self) -> Path | None:
         return SCHEMAS / self.schema_file if self.schema_file else None
+
+
+def _group(api_version: str) -> str:
+    """The API group of an apiVersion ("" for the core group's "v1")."""
+    return api_version.rpartition("/")[0]
+
+
+def _plural(kind: str) -> str:
+    return f"{kind.lower()}s"

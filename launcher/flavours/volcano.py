@@ -96,6 +96,9 @@ class Volcano(Flavour):
         retries = (obj.get("status") or {}).get("retryCount")
         return retries if isinstance(retries, int) else None
 
+    def preflight_reads(self) -> list[tuple[str, str, str]]:
+        return [(QUEUE[0].rpartition("/")[0], "queues", "get")]  # preflight's queue (cluster-scoped)
+
     def preflight(self, ctx: Any) -> Iterable[str]:
         name = ctx.spec.queue or "default"
         try:

@@ -71,6 +71,10 @@ class ClusterAPI(Protocol):
                   follow: bool = False, tail_lines: int | None = None) -> Iterator[str]:
         """The lines of a pod's log (following it until the container ends)."""
 
+    def allowed(self, verb: str, group: str, resource: str, namespace: str | None) -> bool:
+        """Whether the API server lets the caller do `verb` on `resource` ("pods/log" for a
+        subresource) of API `group` in `namespace` (a SelfSubjectAccessReview)."""
+
 
 def resource_path(api_version: str, kind: str, namespace: str | None, name: str | None = None) -> str:
     plural = PLURALS.get(kind)
@@ -181,6 +185,26 @@ class KubernetesAPI:
                 yield partial.decode("utf-8", errors="replace")
         finally:
             response.release_conn()
+
+
+    def allowed(self, verb: str, group: str, resource: str, namespace: str | None) -> bool:
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        plural, _, sub = resource.partition("/")
+        review = client.V1SelfSubjectAccessReview(spec=client.V1SelfSubjectAccessReviewSpec(
+            resource_attributes=client.V1ResourceAttributes(
+                namespace=namespace, verb=verb, group=group, resource=plural, subresource=sub or None)))
+        try:
+            answer = client.AuthorizationV1Api(self.client).create_self_subject_access_review(
+                review, _request_timeout=(10, 60))
+        except ApiException as err:
+            raise api_error(err) from err
+        except HTTPError as err:
+            raise KubeError(0, "Unreachable", f"cannot reach the Kubernetes API at {self.host}: "
+                            f"{str(getattr(err, 'reason', None) or err).splitlines()[0]}") from err
+        return bool(answer.status and answer.status.allowed)
 
 
 def api_error(err: Any) -> KubeError:

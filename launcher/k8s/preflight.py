@@ -6,8 +6,8 @@ checks")`; each string it yields is a problem (the job would not run), each `Not
 remark that does not stop the job. It reads the cluster
 through `ctx` (`ctx.api`, the `ctx.spec`, the rendered `ctx.objects`, and `ctx.get`, which
 reads each object once for all checks, e.g. the Namespace). A check that RBAC forbids
-(401/403) or that the API cannot answer (5xx) is skipped with a note, never fatal; an
-unreachable API is (nothing else would work either). `run` runs `CHECKS` in order.
+(401/403) or that the API cannot answer (5xx) is skipped with a note, never fatal (the
+forbidden ones share one note); an unreachable API is (nothing else would work either). `run` runs `CHECKS` in order.
 
 To add a check (e.g. Pod Security): one function decorated with
 `@check("what it checks")`, here or in a module of its own imported at the end of this
@@ -106,6 +106,7 @@ def run(api: ClusterAPI, spec: js.JobSpec, objects: list[dict[str, Any]] | None 
     """Every check (default: `CHECKS`): the problems found and notes on what was skipped."""
     ctx = Context(api, spec, list(objects or []))
     report = Report()
+    forbidden: list[str] = []  # checks RBAC refused: one note for all (a limited user's usual case)
     for what, fn in list(CHECKS if checks is None else checks):
         try:
             for finding in fn(ctx):
@@ -113,9 +114,14 @@ def run(api: ClusterAPI, spec: js.JobSpec, objects: list[dict[str, Any]] | None 
         except KubeError as err:
             if err.status == 0:  # unreachable: not a check to skip
                 raise
-            why = "not allowed" if err.forbidden else "the API could not answer"
             title = what(ctx) if callable(what) else what
-            report.notes.append(f"pre-flight: {title} not checked: {why} ({err})")
+            if err.forbidden:
+                forbidden.append(title)
+            else:
+                report.notes.append(f"pre-flight: {title} not checked: the API could not answer ({err})")
+    if forbidden:
+        report.notes.append(f"pre-flight: not checked, not allowed to read: {', '.join(forbidden)} "
+                            "(the optional ClusterRole of `leo-launch rbac --cluster-role` allows them)")
     return report
 
 

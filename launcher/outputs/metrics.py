@@ -4,7 +4,9 @@ all use it, so they show the same best accuracy).
 `metrics.jsonl` holds one JSON object per line, written by leo_core.train:
 `{"step", "kind": "train", "loss", "accuracy", "steps_per_s", "time"}` and
 `{"step", "kind": "validation", "accuracy", "ci95", "loss", "tasks", "best", "time"}`;
-`result.json`: `{"accuracy", "ci95", "tasks", "step", "experiment"}`, fractions.
+`{"step", "kind": "startup", "seconds", "since"}` (the time to the first training step of
+each start: "bootstrap" or "process"); `result.json`: `{"accuracy", "ci95", "tasks",
+"step", "experiment"}`, fractions.
 The best validation is the trainer's latest `best` mark (the checkpoint it kept), else
 the highest accuracy.
 """
@@ -174,15 +176,31 @@ def text_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def startup_seconds(records: Iterable[Mapping[str, Any]]) -> float | None:
+    """Seconds from the latest start to its first training step (the last startup record)."""
+    found = [_fraction(r.get("seconds")) for r in records if r.get("kind") == "startup"]
+    found = [s for s in found if s is not None]
+    return found[-1] if found else None
+
+
+def parse_startup(data: bytes) -> float | None:
+    """`startup_seconds` of a metrics.jsonl."""
+    return startup_seconds(_records(data.decode("utf-8", errors="replace")))
+
+
 def summarize_metrics(data: bytes | str) -> dict[str, Any]:
-    """`step` (the latest logged by any record) and `best_accuracy` / `best_step` (see
-    the module docstring) of a metrics.jsonl; {} for what holds no record."""
+    """`step` (the latest logged by any record), `best_accuracy` / `best_step` (see
+    the module docstring) and `startup_seconds` of a metrics.jsonl; {} for what holds no record."""
     text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data
     out: dict[str, Any] = {}
-    steps = [step_or_none(record.get("step")) for record in _records(text)]
+    records = _records(text)
+    steps = [step_or_none(record.get("step")) for record in records]
     steps = [s for s in steps if s is not None]
     if steps:
         out["step"] = max(steps)
+    startup = startup_seconds(records)
+    if startup is not None:
+        out["startup_seconds"] = startup
     try:
         _, validation, _ = parse_metrics(text.encode())
     except LaunchError:

@@ -38,6 +38,7 @@ from launcher.outputs.metrics import (
     meta_test_experiment,
     parse_metrics,
     parse_result,
+    parse_startup,
     positive_int,
     recent_rate,
     text_or_none,
@@ -70,6 +71,7 @@ class RunReport:
     train: tuple[Point, ...]
     validation: tuple[Point, ...]
     skipped_lines: int = 0  # lines of metrics.jsonl that were not records
+    startup_seconds: float | None = None  # the latest start to its first training step
 
     def to_dict(self) -> dict[str, Any]:
         """The summary as plain data (fractions, not percentages; no curves)."""
@@ -86,6 +88,7 @@ class RunReport:
             "step": self.step,
             "target_steps": self.target_steps,
             "steps_per_s": None if self.steps_per_s is None else round(self.steps_per_s, 4),
+            "startup_seconds": self.startup_seconds,
             "best_validation": best,
             "meta_test": None if self.meta_test is None else _meta_test_dict(self.meta_test),
             "records": {"train": len(self.train), "validation": len(self.validation),
@@ -108,6 +111,8 @@ class RunReport:
             ("META-TEST", "-" if self.meta_test is None
              else percent(self.meta_test.accuracy, self.meta_test.ci95)),
         ]
+        if self.startup_seconds is not None:  # jobs logged before start-up was measured have none
+            cells.insert(5, ("START-UP", f"{self.startup_seconds:.1f}s"))
         baselines = (self.meta_test.baselines if self.meta_test is not None else None) or {}
         for key, title in (("untrained", "UNTRAINED"), ("nearest_class_mean", "NCM")):
             if key in baselines:
@@ -173,6 +178,7 @@ def load_report(job_url: str, *, options: StorageOptions | None = None) -> RunRe
         train=tuple(train),
         validation=tuple(validation),
         skipped_lines=skipped,
+        startup_seconds=parse_startup(metrics),
     )
 
 

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import shutil
@@ -110,6 +111,25 @@ FAILED_PUBLISH_TIMEOUT = 20.0  # seconds for the last publication after a failed
 # set when a last publication was given up: its upload threads must not delay the exit
 ABANDONED_PUBLICATION = threading.Event()
 DEVICES = {"cpu": "CPU", "nvidia": "GPU", "ascend": "Ascend"}
+# The bootstrap's start (Unix seconds): leo_core.train logs its first step's time from it.
+ENV_START_TIME = "LEO_START_TIME"
+
+# MindSpore's CPU kernel threads (leo_core.model.configure_runtime): sized to the container's
+# CPU limit unless set. Its default pool oversubscribes a limited or shared CPU: on 2 busy
+# cores (load ~6) 1 thread took mini_1shot's step from 98 to 41 ms (`make bench-core`).
+ENV_MS_THREADS = "LEO_MS_THREADS"
+CPU_MAX_FILE = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "<quota> <period>" or "max <period>"
+
+
+def cpu_limit(path: Path | None = None) -> int | None:
+    """The container's CPU limit rounded up to whole cores, None when unlimited or unknown."""
+    try:
+        quota, period = (path or CPU_MAX_FILE).read_text().split()[:2]
+        return max(1, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        return None
+
+
 # msrun variables that must not leak into a launch from the caller's environment
 # (the ascend-operator's too: msrun gets them as arguments and sets its own)
 _INHERITED = ("MS_ROLE", "MS_SCHED_HOST", "MS_SCHED_PORT", "MS_WORKER_NUM", "MS_NODE_ID",
@@ -123,6 +143,7 @@ class Bootstrap:
     """One run of the bootstrap (see the module docstring)."""
 
     def __init__(self, environ: Mapping[str, str] | None = None, stream: TextIO | None = None) -> None:
+        self.started = time.time()  # start-up is timed from here (leo_core.train logs it)
         self.env = dict(os.environ if environ is None else environ)
         self.out = Output(stream)
         self.paths = paths_from_env(self.env)
@@ -174,6 +195,14 @@ class Bootstrap:
         env["PYTHONUNBUFFERED"] = "1"
         env.setdefault("GLOG_v", "2")
         env[ENV_PROCESS_MARK] = self.mark
+        env[ENV_START_TIME] = f"{self.started:.3f}"
+        return env
+
+    def worker_env(self, workers: int) -> dict[str, str]:
+        """child_env, with MindSpore's kernel threads sharing the CPU limit among `workers`."""
+        env = self.child_env()
+        if not env.get(ENV_MS_THREADS) and (cores := cpu_limit()) is not None:
+            env[ENV_MS_THREADS] = str(max(1, cores // workers))
         return env
 
     # -------------------------------------------------------------- steps
@@ -401,12 +430,12 @@ class Bootstrap:
                "--tail_worker_log", str(spec.world_size),
                script, "--config", str(self.paths.experiment_file), "--data-root", str(root),
                "--out", str(self.paths.out), "--resume", "--device", DEVICES[spec.accelerator],
-               "--log-every", str(log_every(config))]
+               "--log-every", str(log_every(config)), "--seed", str(spec.seed)]
         if init is not None:  # train.py uses it only when there is no checkpoint to resume
             cmd += ["--init", str(init)]
         if spec.profile_steps:  # every rank writes <profile>/rank-<r>/
             cmd += ["--profile", str(self.paths.profile), "--profile-steps", str(spec.profile_steps)]
-        env = self.child_env()
+        env = self.worker_env(spec.cards_per_node)
         if table:
             env["RANK_TABLE_FILE"] = table
         self.stage("training", resumed_step=resumed)
@@ -456,7 +485,7 @@ class Bootstrap:
                "--tasks", str(tasks), "--json", str(result_path),
                "--device", DEVICES[spec.accelerator]]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=self.child_env(), cwd=self.paths.work)
+                                stdin=subprocess.DEVNULL, env=self.worker_env(1), cwd=self.paths.work)
         self.msrun = proc  # a signal stops it the same way
         assert proc.stdout is not None
         for raw in proc.stdout:

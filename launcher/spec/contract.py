@@ -41,6 +41,7 @@ LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_JOB = "leo-launch/job"
 LABEL_EXPERIMENT = "leo-launch/experiment"
 LABEL_ACCEL = "leo-launch/accel"
+LABEL_SWEEP = "leo-launch/sweep"  # the sweep a trial belongs to (leo-launch sweep)
 ANNOTATION_CARDS = "leo-launch/cards"
 ANNOTATION_NODES = "leo-launch/nodes"
 ANNOTATION_SCHEDULER = "leo-launch/scheduler"

@@ -34,6 +34,7 @@ from launcher.spec.contract import (
     LABEL_EXPERIMENT,
     LABEL_JOB,
     LABEL_MANAGED_BY,
+    LABEL_SWEEP,
     MANAGER,
     NODE_RANK_ENV_VARS,
 )
@@ -72,6 +73,7 @@ DEFAULT_CARDS_PER_NODE = 8  # --nodes defaults to ceil(cards / 8)
 MAX_CARDS = 65536
 MAX_NODES = 8192
 MAX_STEPS = 10**9
+MAX_SEED = 2**31 - 1
 MAX_CLUSTER_TIMEOUT = 7 * 86400
 SCHEDULERS = flavours.NAMES
 # none: no rank table, MindSpore's dynamic cluster only (the ascend-operator's env mode)
@@ -143,6 +145,8 @@ class JobSpec:
     ascend_driver_mount: str | None = None  # ascend: hostpath (default) or runtime
     profile_steps: int | None = None  # --profile: steps every rank profiles; None: no profiler
     keep_checkpoints: int | None = None  # published steps kept; None: all
+    seed: int = 0  # train.py --seed: the model's initialisation and the episodes drawn
+    sweep: str | None = None  # the sweep this job is a trial of (leo-launch sweep)
     _config: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -156,6 +160,7 @@ class JobSpec:
         self._check_cluster()
         self._check_security()
         self._check_profile()
+        self._check_sweep()
 
     # -------------------------------------------------------------- validation
     def _set(self, name: str, value: Any) -> None:
@@ -398,6 +403,13 @@ class JobSpec:
             self._set("profile_steps", _int(self.profile_steps, "--profile-steps", minimum=1,
                                             maximum=MAX_PROFILE_STEPS))
 
+    def _check_sweep(self) -> None:
+        self._set("seed", _int(self.seed, "--seed", minimum=0, maximum=MAX_SEED))
+        if self.sweep is not None:
+            problem = _name_problem(self.sweep, syn.dns1035_label_problem)
+            if problem:
+                raise UsageError(f"sweep name {self.sweep!r} {problem}")
+
     # -------------------------------------------------------------- derived values
     @property
     def cards_per_node(self) -> int:
@@ -463,8 +475,11 @@ class JobSpec:
         return self._config
 
     def labels(self) -> dict[str, str]:
-        return {LABEL_APP: APP_NAME, LABEL_MANAGED_BY: MANAGER, LABEL_JOB: self.name,
-                LABEL_EXPERIMENT: self.experiment, LABEL_ACCEL: self.accelerator}
+        labels = {LABEL_APP: APP_NAME, LABEL_MANAGED_BY: MANAGER, LABEL_JOB: self.name,
+                  LABEL_EXPERIMENT: self.experiment, LABEL_ACCEL: self.accelerator}
+        if self.sweep:
+            labels[LABEL_SWEEP] = self.sweep
+        return labels
 
     def annotations(self) -> dict[str, str]:
         out = {ANNOTATION_CARDS: str(self.cards), ANNOTATION_NODES: str(self.nodes),
@@ -541,6 +556,8 @@ class JobSpec:
             **({"storage_region": self.storage_region} if self.storage_region is not None else {}),
             **({"storage_path_style": self.storage_path_style} if self.storage_path_style is not None else {}),
             **({"profile_steps": self.profile_steps} if self.profile_steps is not None else {}),
+            **({"seed": self.seed} if self.seed else {}),
+            **({"sweep": self.sweep} if self.sweep is not None else {}),
         }
 
     @classmethod

@@ -27,9 +27,10 @@ once against the float64 reference in tests/leo_core/reference_torch.py.
 
 Evaluation: tasks/s with 600 - K queries per class, chunks as `leo_core.evaluate` uses
 them, episode gathering included, over a random [20 x 600 x 640] split; and the real
-`leo_core.evaluate.evaluate_tasks` on `--metatest-tasks` one-shot tasks (MindSpore).
+`leo_core.evaluate` on `--metatest-tasks` one-shot tasks (MindSpore), without and with the
+baselines (untrained model, nearest-class-mean) that `python -m leo_core.evaluate` adds.
 
-Usage: python tests/benchmarks/bench_core.py [--blocks N] [--steps N] [--only train|eval]
+Usage: python tests/benchmarks/bench_core.py [--blocks N] [--steps N] [--only train|eval|metatest]
 """
 
 from __future__ import annotations
@@ -320,19 +321,46 @@ def _eval_worker(framework: str, cfg):
 
 
 def _metatest_worker(cfg, tasks: int) -> dict:
-    """The real leo_core.evaluate path on `tasks` tasks (MindSpore)."""
+    """The real leo_core.evaluate path on `tasks` tasks (MindSpore), without and with the
+    baselines `python -m leo_core.evaluate` adds by default (untrained model, NCM)."""
     from leo_core.distributed import Comm
-    from leo_core.evaluate import evaluate_tasks
+    from leo_core.evaluate import NearestClassMean, evaluate_models
     from leo_core.model import LEO
 
     model = LEO(cfg, seed=0)
-    evaluate_tasks(model, evaluation_sampler(cfg, seed=1), 16, Comm())  # compile
-    load = os.getloadavg()[0]
-    wall, cpu = time.perf_counter(), time.process_time()
-    result = evaluate_tasks(model, evaluation_sampler(cfg, seed=0), tasks, Comm())
-    return {"tasks": tasks, "wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu,
-            "queries_per_class": result["queries_per_class"], "load_before": load,
-            "load_after": os.getloadavg()[0], "peak_rss_mb": peak_rss_mb(), "threads": _threads()}
+    runs = {"without": {"trained": model},
+            "with": {"trained": model, "untrained": LEO(cfg, seed=1), "nearest_class_mean": NearestClassMean()}}
+    result = {"tasks": tasks, "load_before": os.getloadavg()[0]}
+    for name, models in runs.items():
+        evaluate_models(models, evaluation_sampler(cfg, seed=1), 16, Comm())  # compile
+        wall, cpu = time.perf_counter(), time.process_time()
+        queries = evaluate_models(models, evaluation_sampler(cfg, seed=0), tasks, Comm())["trained"]["queries_per_class"]
+        result[name] = {"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu}
+    return {**result, "queries_per_class": queries, "load_after": os.getloadavg()[0],
+            "peak_rss_mb": peak_rss_mb(), "threads": _threads()}
+
+
+def _launches_worker(cfg, steps: int, skip: int) -> dict:
+    """MindSpore's operator launches and operator time per training step, from its profiler
+    (leo_core.profiling, as `leo_core.train --profile` runs it): figures that do not depend
+    on the machine's speed or load (launches) or less than wall time does."""
+    import tempfile
+
+    from leo_core.profiling import StepProfiler, operator_table
+
+    step, info = _train_worker("mindspore", cfg)
+    with tempfile.TemporaryDirectory() as out:
+        profiler = StepProfiler(Path(out), steps=steps, skip=skip)
+        for _ in range(skip + steps):
+            step()
+            profiler.step_done()
+        info()
+        table = operator_table(Path(out), steps)
+    if table is None:
+        raise SystemExit("the profiler wrote no operator table")
+    by_type = table[2]
+    return {"launches": sum(c for _, c in by_type.values()),
+            "operator_ms": sum(t for t, _ in by_type.values()), "profiled_steps": steps}
 
 
 def worker(kind: str, framework: str, experiment: str, steps: int, warmup: int) -> None:
@@ -342,6 +370,9 @@ def worker(kind: str, framework: str, experiment: str, steps: int, warmup: int) 
     cfg = load_experiment(experiment)
     if kind == "metatest":
         print(MARK + json.dumps(_metatest_worker(cfg, steps)), flush=True)
+        return
+    if kind == "launches":
+        print(MARK + json.dumps(_launches_worker(cfg, steps, warmup)), flush=True)
         return
     step, info = (_train_worker if kind == "train" else _eval_worker)(framework, cfg)
     start = time.perf_counter()
@@ -430,6 +461,62 @@ def _loads(result) -> str:
     return f"{min(loads):.1f}–{max(loads):.1f}"
 
 
+PROFILED_STEPS = 5  # training steps under MindSpore's profiler, for the launch count
+RESULTS = ROOT / "tests" / "benchmarks" / "results" / "bench_core.jsonl"
+
+
+def _commit() -> str:
+    """HEAD's short hash, '+dirty' when the work tree differs from it."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return head + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def report_stable_figures(train: dict, launches: dict, metatest: dict | None, record: Path) -> None:
+    """Figures that depend little or not at all on the machine's speed and load, per commit:
+    printed, compared with the last recorded run of another commit, and appended to `record`."""
+    row = {"commit": _commit(), "time": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu": cpu_model(),
+           "cores": os.cpu_count(), "configs": {}}
+    for exp, r in train.items():
+        m = r["mindspore"]
+        row["configs"][exp] = {
+            "launches_per_step": round(launches[exp]["launches"], 1),
+            "cpu_ms_per_step": [round(b["cpu"], 1) for b in m],
+            "wall_ms_per_step": [round(b["wall"], 1) for b in m],
+            "ms_pt_wall": [round(x, 3) for x in r["ratios"]],
+            "ms_pt_cpu": [round(x, 3) for x in r["cpu_ratios"]],
+            "peak_rss_mb": round(max(b["peak_rss_mb"] for b in m)),
+            "load": [round(b[k], 1) for b in m for k in ("load_before", "load_after")]}
+    if metatest:
+        row["metatest"] = {k: metatest[k] for k in ("tasks", "without", "with")}
+    previous = None
+    if record != Path("-") and record.exists():
+        rows = [json.loads(line) for line in record.read_text().splitlines() if line.strip()]
+        previous = next((p for p in reversed(rows) if p.get("commit") != row["commit"]), None)
+    print("### Machine-independent figures (MindSpore meta-training step)\n")
+    print("| config | operator launches per step | host CPU ms per step, median (min–max over blocks) "
+          "| peak RSS MB | previous recorded run |")
+    print("|---|---|---|---|---|")
+    for exp, c in row["configs"].items():
+        before = (previous or {}).get("configs", {}).get(exp)
+        versus = (f"{previous['commit']}: {before['launches_per_step']:.0f} launches, "
+                  f"{statistics.median(before['cpu_ms_per_step']):.1f} CPU ms, {before['peak_rss_mb']} MB"
+                  if before else "none")
+        if before and c["launches_per_step"] > before["launches_per_step"]:
+            versus += " — MORE LAUNCHES THAN BEFORE"
+        print(f"| {exp} | {c['launches_per_step']:.0f} | {_spread(c['cpu_ms_per_step'], '{:.1f}')} "
+              f"| {c['peak_rss_mb']} | {versus} |")
+    print(f"\nLaunches: MindSpore's profiler over {PROFILED_STEPS} steps after 2 (leo_core.profiling).")
+    if record != Path("-"):
+        record.parent.mkdir(parents=True, exist_ok=True)
+        with record.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(f"Recorded in {record.relative_to(ROOT) if record.is_relative_to(ROOT) else record}.")
+    print()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--blocks", type=int, default=3, help="MS/PT block pairs per config (3)")
@@ -438,18 +525,23 @@ def main() -> None:
     parser.add_argument("--eval-chunks", type=int, default=5, help="timed evaluation chunks per block")
     parser.add_argument("--metatest-tasks", type=int, default=10000,
                         help="one-shot tasks for the real meta-test timing (0 skips it)")
-    parser.add_argument("--only", choices=("train", "eval"), help="run one part only")
+    parser.add_argument("--only", choices=("train", "eval", "metatest"),
+                        help="run one part only (eval includes the meta-test)")
     parser.add_argument("--experiments", nargs="+", default=list(EXPERIMENTS))
     parser.add_argument("--torch-threads", nargs="+", type=int, default=[1, 2],
                         help="PyTorch intra-op thread settings, each its own block (1 2)")
     parser.add_argument("--smoke", action="store_true",
                         help="1 block, 1 step, 1 config, 8 meta-test tasks: runs every part, no "
                              "timing claims (tests/benchmarks/test_smoke.py)")
+    parser.add_argument("--record", type=Path, default=RESULTS,
+                        help=f"append this run's figures here, one JSON line (default "
+                             f"{RESULTS.relative_to(ROOT)}; '-' records nothing)")
     parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.smoke:
         args.blocks, args.steps, args.warmup, args.eval_chunks = 1, 1, 1, 1
         args.metatest_tasks, args.experiments, args.torch_threads = 8, args.experiments[:1], [1]
+        args.record = Path("-")  # a smoke run is no measurement: record nothing
     if args.worker:
         worker(*args.worker, steps=args.steps, warmup=args.warmup)
         return
@@ -459,13 +551,16 @@ def main() -> None:
     started = time.perf_counter()
     load_start = os.getloadavg()
     train = evals = metatest = None
+    launches = {}
     if args.only in (None, "train"):
         train = {e: alternate("train", e, args.blocks, args.steps, args.warmup,
                                   args.torch_threads) for e in args.experiments}
+        launches = {e: run_block("launches", "mindspore", e, PROFILED_STEPS, 2) for e in args.experiments}
     if args.only in (None, "eval"):
         evals = {e: alternate("eval", e, max(1, args.blocks - 1), args.eval_chunks, 1,
                                  args.torch_threads)
                  for e in args.experiments}
+    if args.only in (None, "eval", "metatest"):
         if args.metatest_tasks:
             metatest = run_block("metatest", "mindspore", "mini_1shot", args.metatest_tasks, 0)
     load_end = os.getloadavg()
@@ -506,6 +601,8 @@ def main() -> None:
               + ". PyTorch baseline vs the float64 reference (2 tasks, same noise), max error "
               "relative to each tensor's largest entry: "
               + ", ".join(f"{e} {r['torch'][0]['check_err']:.1e}" for e, r in train.items()) + ".\n")
+    if train:
+        report_stable_figures(train, launches, metatest, args.record)
     if evals:
         chunk = next(iter(evals.values()))["mindspore"][0]["chunk"]
         print(f"### Evaluation (600 − K queries per class, chunks of {chunk} tasks, gathering "
@@ -521,10 +618,13 @@ def main() -> None:
             print(f"| {exp} | {' | '.join(cells)} | {_spread(r['ratios'])} | {_loads(r)} |")
         print()
     if metatest:
-        print(f"Meta-test, `leo_core.evaluate.evaluate_tasks`, mini_1shot, {metatest['tasks']} tasks × "
+        without, with_ = metatest["without"], metatest["with"]
+        print(f"Meta-test, `leo_core.evaluate`, mini_1shot, {metatest['tasks']} tasks × "
               f"{metatest['queries_per_class']} queries per class (MindSpore): "
-              f"{metatest['wall_s']:.1f} s wall, {metatest['cpu_s']:.1f} s CPU, load "
-              f"{metatest['load_before']:.1f}->{metatest['load_after']:.1f}, peak RSS "
+              f"{without['wall_s']:.1f} s wall, {without['cpu_s']:.1f} s CPU without baselines; "
+              f"{with_['wall_s']:.1f} s wall, {with_['cpu_s']:.1f} s CPU with both baselines "
+              f"(untrained model, nearest-class-mean; {with_['wall_s'] / without['wall_s']:.2f}× the "
+              f"time); load {metatest['load_before']:.1f}->{metatest['load_after']:.1f}, peak RSS "
               f"{metatest['peak_rss_mb']:.0f} MB.\n")
     print(f"Total benchmark time {time.perf_counter() - started:.0f} s.")
 

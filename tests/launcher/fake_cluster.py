@@ -10,7 +10,11 @@ behaviour of a real API server that the kmock emulator lacks (see TESTING.md):
   with a `deletionTimestamp`;
 - `logs` maps a pod name to its log lines, or to a KubeError raised when read (a kubelet
   that cannot be reached);
-- the namespaces in `namespaces` (default: "default") exist as Namespace objects.
+- the namespaces in `namespaces` (default: "default") exist as Namespace objects;
+- RBAC: with `grant(role_rules, namespace, cluster_rules)` every call is checked against
+  those PolicyRules (a Role's in its namespace, a ClusterRole's for cluster-scoped kinds),
+  403 otherwise, and `allowed` (the SelfSubjectAccessReview) answers from the same table;
+  without a grant everything is allowed. `denied` records each call RBAC refused.
 
 Events and replacement pods are plain objects: tests add them to `objects` with `put`.
 """
@@ -59,6 +63,8 @@ class FakeAPI:
         self.not_installed = set()
         self.terminating = False
         self.logs = {}
+        self.rbac = None  # None: no RBAC; else {(namespace or None, group, resource, verb)}
+        self.denied = []
         for name in namespaces:
             self.put({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
 
@@ -75,7 +81,29 @@ class FakeAPI:
         """The stored objects but the cluster's own namespaces."""
         return [o for (_, k, _, _), o in self.objects.items() if k != "Namespace"]
 
-    def _check(self, api_version, kind, verb):
+    def grant(self, role_rules, namespace="default", cluster_rules=()):
+        """Model RBAC: only what these PolicyRules (dicts as in a Role) allow."""
+        self.rbac = {(ns, group, resource, verb)
+                     for ns, rules in ((namespace, role_rules), (None, cluster_rules))
+                     for rule in rules for group in rule["apiGroups"]
+                     for resource in rule["resources"] for verb in rule["verbs"]}
+
+    def allowed(self, verb, group, resource, namespace):
+        self.calls.append(("review", (verb, group, resource, namespace)))
+        return self.rbac is None or (namespace, group, resource, verb) in self.rbac
+
+    def _rbac(self, api_version, kind, verb, namespace, subresource=""):
+        group = _group(api_version).replace("core", "")
+        plural = kapi.PLURALS.get(kind, f"{kind.lower()}s") + subresource
+        where = None if kind in CLUSTER_SCOPED else namespace
+        if not self.allowed(verb, group, plural, where):
+            self.denied.append((verb, group, plural))
+            raise kapi.KubeError(403, "Forbidden", f"{plural}.{group or 'core'} is forbidden: "
+                                 f'User "dev" cannot {verb} resource "{plural}"')
+
+    def _check(self, api_version, kind, verb, namespace=None):
+        if self.rbac is not None:
+            self._rbac(api_version, kind, verb, namespace)
         if kind in self.forbidden or _group(api_version) in self.forbidden:
             plural = kapi.PLURALS.get(kind, f"{kind.lower()}s")
             raise kapi.KubeError(403, "Forbidden", f"{plural}.{_group(api_version)} is forbidden: "
@@ -86,7 +114,7 @@ class FakeAPI:
         m = obj["metadata"]
         key = self.key(obj["apiVersion"], obj["kind"], m.get("namespace"), m["name"])
         self.calls.append(("create", key))
-        if not self._check(obj["apiVersion"], obj["kind"], "create"):
+        if not self._check(obj["apiVersion"], obj["kind"], "create", m.get("namespace")):
             raise kapi.KubeError(404, "NotFound", "the server could not find the requested resource")
         if m["name"] in self.fail_create:
             raise kapi.KubeError(422, "Invalid", f'{obj["kind"]} "{m["name"]}" is invalid')
@@ -97,13 +125,13 @@ class FakeAPI:
 
     def get(self, api_version, kind, namespace, name):
         self.calls.append(("get", (api_version, kind, namespace, name)))
-        if not self._check(api_version, kind, "get"):
+        if not self._check(api_version, kind, "get", namespace):
             return None
         return self.objects.get(self.key(api_version, kind, namespace, name))
 
     def list(self, api_version, kind, namespace, *, label_selector=None, field_selector=None):
         self.calls.append(("list", (api_version, kind, namespace, field_selector)))
-        if not self._check(api_version, kind, "list"):
+        if not self._check(api_version, kind, "list", namespace):
             return []
         return [o for (v, k, ns, _), o in self.objects.items()
                 if (v, k) == (api_version, kind) and namespace in (None, ns)
@@ -112,7 +140,7 @@ class FakeAPI:
     def delete(self, api_version, kind, namespace, name, *, propagation="Background"):
         key = self.key(api_version, kind, namespace, name)
         self.calls.append(("delete", key))
-        if not self._check(api_version, kind, "delete"):
+        if not self._check(api_version, kind, "delete", namespace):
             return False
         if name in self.fail_delete:
             raise kapi.KubeError(500, "InternalError", "etcd timeout")
@@ -125,6 +153,8 @@ class FakeAPI:
         return True
 
     def log_lines(self, namespace, pod, *, container=None, follow=False, tail_lines=None):
+        if self.rbac is not None:
+            self._rbac("v1", "Pod", "get", namespace, "/log")
         lines = self.logs.get(pod, [])
         if isinstance(lines, Exception):
             raise lines

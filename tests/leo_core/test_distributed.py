@@ -132,7 +132,7 @@ def test_two_ranks_complete_with_one_writer(two_ranks):
     assert state["world_size"] == 2 and state["step"] == STEPS
     # Metrics: each (step, kind) once, i.e. not written by both ranks.
     keys = [(r["step"], r["kind"]) for r in records(out)]
-    assert sorted(keys) == sorted([(s, "train") for s in range(1, STEPS + 1)]
+    assert sorted(keys) == sorted([(s, "train") for s in range(1, STEPS + 1)] + [(1, "startup")]
                                   + [(0, "validation"), (3, "validation"), (6, "validation")])
     # Rank 1 trains silently; rank 0 reports.
     assert "validation at step" not in result.logs["worker_1.log"]

@@ -68,12 +68,30 @@ def test_resume_continues_exactly(tiny_root, trained, tmp_path):
     assert best["path"] in {p.name for p in (split / "checkpoints").glob("step-*")}
 
 
+def test_startup_is_timed_from_the_bootstrap_start(tiny_root, tmp_path, monkeypatch):
+    """LEO_START_TIME (set by the pod's bootstrap at its start) is the start-up clock's origin."""
+    import time
+
+    monkeypatch.setenv("LEO_START_TIME", f"{time.time() - 100:.3f}")
+    out = tmp_path / "out"
+    proc = train(tiny_root, out, 1)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    startup = [r for r in records if r["kind"] == "startup"]
+    assert len(startup) == 1 and startup[0]["since"] == "bootstrap" and 100 < startup[0]["seconds"] < 700
+    assert "after the bootstrap started" in proc.stdout
+
+
 def test_progress_and_metrics(trained):
     out, proc = trained
     assert "step 3/6" in proc.stdout and "validation at step 6" in proc.stdout
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     kinds = {r["kind"] for r in records}
-    assert kinds == {"train", "validation"}
+    assert kinds == {"train", "validation", "startup"}
+    # Start-up: from this process's start (no bootstrap) to its first training step.
+    startup = [r for r in records if r["kind"] == "startup"]
+    assert len(startup) == 1 and startup[0]["step"] == 1 and startup[0]["since"] == "process"
+    assert 0 < startup[0]["seconds"] < 600
+    assert f"first training step done {startup[0]['seconds']:.1f} s after the process started" in proc.stdout
     # As the original: validation at step 0, before any update, then every 3 steps; the
     # untrained model is the first best, and every record says which step is best.
     validation = [r for r in records if r["kind"] == "validation"]
@@ -220,3 +238,13 @@ def test_evaluate_checks_arguments_before_the_work(trained, tmp_path, args, mess
     proc = run("leo_core.evaluate", "--experiment", "mini_5shot", "--data-root",
                tmp_path / "nothing", "--checkpoint", trained[0], *args, check=False)
     _one_error_line(proc, message)
+
+
+def test_msrun_scheduler_of_one_worker_does_not_train(tiny_root, tmp_path, monkeypatch):
+    """msrun runs the script in its scheduler process too; with one worker nothing forms a
+    cluster there, and that process used to train a duplicate run into the same output."""
+    monkeypatch.setenv("MS_ROLE", "MS_SCHED")
+    monkeypatch.setenv("MS_WORKER_NUM", "1")
+    out = tmp_path / "out"
+    proc = train(tiny_root, out, 1)
+    assert not out.exists() and "training" not in proc.stdout

@@ -27,6 +27,7 @@ import pytest_asyncio
 import yaml
 
 from launcher.cli.main import main
+from launcher.k8s.rbac import Rule
 from launcher.spec import contract
 from launcher.spec import jobspec as js
 
@@ -46,6 +47,7 @@ class Emu:
     def __init__(self, emu, url, tmp_path):
         self.emu, self.url, self.tmp_path = emu, url, tmp_path
         self.posts, self.deletes = [], []
+        self.reviews, self.denied = [], set()  # SelfSubjectAccessReviews; rights answered "no"
 
     def alive(self, plural=None):
         """(plural, namespace, name) of every stored, not deleted object."""
@@ -128,12 +130,30 @@ def recorder(requests):
     return note
 
 
+def access_review(env):
+    """Answer a SelfSubjectAccessReview as RBAC would: allowed unless in `env.denied`
+    (`verb resource.group` strings, as the access check names them)."""
+    def review(request):
+        attrs = request.data["spec"]["resourceAttributes"]
+        resource = attrs["resource"] + (f"/{attrs['subresource']}" if attrs.get("subresource") else "")
+        right = str(Rule(attrs.get("group") or "", resource, attrs["verb"]))
+        env.reviews.append((attrs.get("namespace"), right))
+        # kmock stores every POSTed object (a review has no name: the next would conflict)
+        for key in [k for k in env.emu.objects if k[0].plural == "selfsubjectaccessreviews"]:
+            del env.emu.objects[key]
+        return {**request.data, "status": {"allowed": right not in env.denied}}
+
+    return review
+
+
 @pytest_asyncio.fixture
 async def k8s(tmp_path, monkeypatch):
     async with kmock.KubernetesEmulator() as emu, kmock.Server(emu) as server:
         emu.resources.load_bundled()
         url = str(server.url).rstrip("/")
         env = Emu(emu, url, tmp_path)
+        # the API server's access reviews (before the recorder: they create nothing)
+        emu["post /apis/authorization.k8s.io/v1/selfsubjectaccessreviews"] << access_review(env)
         emu["post"] << recorder(env.posts)
         emu["delete"] << recorder(env.deletes)
         # kmock serves no Namespace objects: script the answer for the namespaces that exist
@@ -651,3 +671,27 @@ async def test_a_second_cancel_leaves_a_terminating_pod_alone(k8s):
     assert code == 0, err
     assert out.strip() == "no job 'leo-t' in namespace default: nothing to cancel (1 pod(s) still terminating)"
     assert len(k8s.deletes) == deletes
+
+
+# ------------------------------------------------------------------ permissions (issue 27)
+
+
+async def test_submit_asks_the_api_server_before_creating_anything(k8s):
+    """The client wrapper's SelfSubjectAccessReview over HTTP: one review per right."""
+    k8s.denied = {"create services", "delete jobs.batch"}
+    code, out, err = await cli("submit", "--backend", "k8s", "--name", "leo-p", "--cards", "2", *TINY)
+    assert code == 1 and out == ""
+    assert err.strip().splitlines() == [
+        "leo-launch: error: not allowed in namespace default: create services, delete jobs.batch; "
+        "nothing was created; a cluster admin can grant the Role `leo-launch rbac -n default "
+        "--scheduler job` prints"]
+    assert k8s.posts == [] and not k8s.alive("configmaps")
+    assert {ns for ns, _ in k8s.reviews} == {"default"}
+    assert len(k8s.reviews) == len(set(k8s.reviews)) == 7  # each right of submit once
+    k8s.denied = set()
+    await submit("leo-p")
+    k8s.denied = {"delete pods"}
+    code, out, err = await cli("cancel", "leo-p")
+    assert code == 1
+    assert "not allowed in namespace default: delete pods; job leo-p was not cancelled" in err
+    assert k8s.deletes == []

@@ -220,6 +220,23 @@ def test_metrics_summary_takes_the_latest_step_and_the_best_validation():
     assert metrics.summarize_metrics(b"") == {}
 
 
+def test_status_shows_the_latest_start_up_time():
+    """leo_core.train logs one startup record per start; status shows the latest."""
+    import io
+
+    from launcher.backends.base import JobStatus
+    from launcher.cli.format import print_status
+
+    data = (b'{"step": 1, "kind": "startup", "seconds": 14.7, "since": "bootstrap"}\n'
+            b'{"step": 3, "kind": "validation", "accuracy": 0.5}\n'
+            b'{"step": 4, "kind": "startup", "seconds": 4.5, "since": "bootstrap"}\n')
+    summary = metrics.summarize_metrics(data)
+    assert summary == {"step": 4, "best_accuracy": 0.5, "best_step": 3, "startup_seconds": 4.5}
+    out = io.StringIO()
+    print_status(JobStatus(name="leo", backend="local", phase="Running", **summary).to_dict(), out)
+    assert "START-UP  4.5 s from the last start to its first training step" in out.getvalue()
+
+
 def test_read_progress_reports_unreachable_storage_instead_of_failing(tmp_path):
     assert metrics.read_progress((tmp_path / "none").as_uri()) == {}
     out = metrics.read_progress("s3://leo-bucket/x", storage=StorageSettings("http://127.0.0.1:9"))
@@ -298,7 +315,8 @@ def test_status_without_permission_to_read_events_still_says_why_it_waits():
         {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/1 nodes"}])
     api.forbidden = {"Event"}
     result = cluster.status(fake_cluster(api), "leo-u", progress=False)
-    assert (result["phase"], result["reason"]) == ("Pending", "Unschedulable: 0/1 nodes")
+    # the missing right is named: a reason from events (e.g. a quota) would need it
+    assert (result["phase"], result["reason"]) == ("Pending", "Unschedulable: 0/1 nodes (not allowed to list events)")
     api.forbidden = {"Pod"}
     with pytest.raises(kapi.KubeError, match="Forbidden"):
         cluster.status(fake_cluster(api), "leo-u", progress=False)

@@ -107,29 +107,27 @@ def test_the_device_check_counts_only_nodes_of_the_node_selector_and_the_acceler
     assert run(api, spec(accelerator="cpu", cards=2, nodes=1, scheduler="job", storage_secret=None)).ok
 
 
-@pytest.mark.parametrize(("forbidden", "note"), [
-    ("Namespace", "pre-flight: the namespace not checked: not allowed (Forbidden: namespaces.core is forbidden"),
-    ("Secret", "pre-flight: the storage Secret not checked: not allowed (Forbidden: secrets.core is forbidden"),
-    ("PriorityClass", "pre-flight: the PriorityClass not checked: not allowed (Forbidden: "
-                      "priorityclasses.scheduling.k8s.io is forbidden"),
-    ("CustomResourceDefinition", "pre-flight: Volcano not checked: not allowed (Forbidden: "
-                                 "customresourcedefinitions.apiextensions.k8s.io is forbidden"),
-    ("Node", "pre-flight: the nodes' devices not checked: not allowed (Forbidden: nodes.core is forbidden"),
+@pytest.mark.parametrize(("forbidden", "titles"), [
+    ("Namespace", "the namespace, Pod Security"),  # the Pod Security check reads the same Namespace
+    ("Secret", "the storage Secret"),
+    ("PriorityClass", "the PriorityClass"),
+    ("CustomResourceDefinition", "Volcano"),
+    ("Node", "the nodes' devices"),
 ])
-def test_a_check_that_rbac_forbids_is_skipped_with_a_note(forbidden, note):
+def test_a_check_that_rbac_forbids_is_skipped_with_a_note(forbidden, titles):
     api = FakeAPI(namespaces=())  # everything missing: only the forbidden read can be silent
     api.forbidden = {forbidden}
     report = run(api)
-    assert report.notes[0].startswith(note)
-    # the Pod Security check reads the same Namespace: it says so too
-    also = {"Namespace": ["pre-flight: Pod Security not checked"],
-            # Karpenter's CRD unreadable: an autoscaler is not ruled out, missing nodes a note
-            "CustomResourceDefinition": ["pre-flight: no node advertises"]}.get(forbidden, [])
-    assert [n[:len(a)] for n, a in zip(report.notes[1:], also, strict=True)] == also
+    notes = report.notes
+    if forbidden == "CustomResourceDefinition":  # Karpenter's CRD unreadable: an autoscaler is not
+        assert notes[0].startswith("pre-flight: no node advertises")  # ruled out, missing nodes a note
+        notes = notes[1:]
+    assert notes == [f"pre-flight: not checked, not allowed to read: {titles} (the optional "
+                     "ClusterRole of `leo-launch rbac --cluster-role` allows them)"]
     checked = {"Namespace": "namespace", "Secret": "--storage-secret", "PriorityClass": "--priority-class",
                "CustomResourceDefinition": "--scheduler volcano", "Node": "no node"}
     assert not [p for p in report.problems if p.startswith(checked[forbidden])]
-    assert len(report.problems) == 4 - len(also) + (forbidden == "Namespace")  # the other checks still ran
+    assert len(report.problems) == 4 - (forbidden == "CustomResourceDefinition")  # the other checks still ran
 
 
 def test_a_forbidden_queue_is_not_checked_and_an_unanswerable_api_is_a_note():
@@ -168,7 +166,8 @@ def test_submit_runs_the_checks_before_creating_anything():
         cluster.submit(fake_cluster(api), s, render(s), out=io.StringIO(), err=err)
     assert str(raised.value) == ("pre-flight (context test): only 1 node(s) have 8 huawei.com/Ascend910 "
                                  "allocatable (npu-0); the job needs 2, one pod per node; nothing was created")
-    assert err.getvalue().startswith("leo-launch: note: pre-flight: the PriorityClass not checked: not allowed")
+    assert err.getvalue().startswith("leo-launch: note: pre-flight: not checked, not allowed to read: "
+                                     "the PriorityClass (")
     assert not [c for c in api.calls if c[0] == "create"]
     api.put(node("npu-1"))
     cluster.submit(fake_cluster(api), s, render(s), out=io.StringIO(), err=io.StringIO())
@@ -230,8 +229,18 @@ def test_a_forbidden_namespace_read_skips_the_pod_security_check_with_a_note():
     s = spec()
     report = preflight.run(api, s, render(s))
     assert report.problems == []
-    assert [n.split(":")[1].strip() for n in report.notes] == [
-        "the namespace not checked", "Pod Security not checked"]
+    assert [n.split(" (")[0] for n in report.notes] == [
+        "pre-flight: not checked, not allowed to read: the namespace, Pod Security"]
+
+
+def test_every_check_rbac_forbids_is_named_in_one_note():
+    api = healthy()
+    api.forbidden |= {"Namespace", "Secret", "Node"}
+    s = spec()
+    notes = preflight.run(api, s, render(s)).notes
+    assert [n.split(" (")[0] for n in notes] == [
+        "pre-flight: not checked, not allowed to read: the namespace, the storage Secret, the nodes' devices, "
+        "Pod Security"]
 
 
 def test_an_ascendjob_needs_the_ascend_operators_crd():

@@ -266,3 +266,18 @@ def test_report_from_s3(s3_env, tmp_path, capsys):
     code, out, err = run_cli(capsys, ["report", f"s3://{bucket}/train/missing",
                                       "--storage-endpoint", s3_env.endpoint, "--path-style"])
     assert code == 1 and f"s3://{bucket}/train/missing/metrics.jsonl does not exist" in err
+
+
+def test_startup_time_of_the_latest_start(tmp_path, capsys):
+    """leo_core.train logs a startup record at each start's first step: the last one is shown."""
+    records = synthetic_metrics(steps=400)
+    records.insert(0, {"step": 1, "kind": "startup", "seconds": 14.7, "since": "bootstrap"})
+    records.append({"step": 301, "kind": "startup", "seconds": 6.25, "since": "bootstrap"})
+    base = write_job(tmp_path / "leo-mini", metrics=records, result=None)
+    code, out, err = run_cli(capsys, ["report", str(base)])
+    assert code == 0, err
+    header, row = (line.split() for line in out.splitlines()[:2])
+    assert header[5] == "START-UP" and row[row.index("400/2000") + 2] == "6.2s"
+    code, out, err = run_cli(capsys, ["report", str(base), "-o", "json"])
+    assert json.loads(out)["startup_seconds"] == 6.25
+    assert json.loads(out)["records"] == {"train": 8, "validation": 2, "skipped": 0}

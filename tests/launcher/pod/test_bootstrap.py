@@ -247,3 +247,32 @@ def test_an_empty_data_prefix_is_bad_data(s3_env, tmp_path):
     options = StorageOptions(endpoint=s3_env.endpoint, path_style=True, progress=False)
     with pytest.raises(BadData, match="holds no files"):
         stage_data(f"s3://{bucket}/nothing-here", tmp_path / "cache", options=options)
+
+
+def test_training_processes_get_the_bootstrap_start_time(tmp_path):
+    """leo_core.train times start-up from LEO_START_TIME: the bootstrap's own start, not
+    msrun's or the worker's (their start-up is part of what is measured)."""
+    before = time.time()
+    boot = bs.Bootstrap(environ={"LEO_START_TIME": "1", "HOME": str(tmp_path)}, stream=io.StringIO())
+    started = float(boot.child_env()[bs.ENV_START_TIME])
+    assert bs.ENV_START_TIME == "LEO_START_TIME" and before - 0.01 <= started <= time.time() + 0.01
+
+
+def test_mindspore_threads_follow_the_cpu_limit(tmp_path, monkeypatch):
+    """LEO_MS_THREADS from cgroup v2's cpu.max, shared among the node's workers; unlimited
+    or unreadable: MindSpore's default; an explicit setting wins."""
+    cpu_max = tmp_path / "cpu.max"
+    monkeypatch.setattr(bs, "CPU_MAX_FILE", cpu_max)
+    assert bs.cpu_limit(cpu_max) is None  # no file
+    cpu_max.write_text("max 100000\n")
+    assert bs.cpu_limit(cpu_max) is None
+    cpu_max.write_text("250000 100000\n")
+    assert bs.cpu_limit(cpu_max) == 3
+    boot = bs.Bootstrap(environ={"HOME": str(tmp_path)}, stream=io.StringIO())
+    assert boot.worker_env(1)[bs.ENV_MS_THREADS] == "3"
+    assert boot.worker_env(2)[bs.ENV_MS_THREADS] == "1"
+    assert bs.ENV_MS_THREADS not in boot.child_env()
+    cpu_max.write_text("50000 100000\n")
+    assert boot.worker_env(4)[bs.ENV_MS_THREADS] == "1"
+    mine = bs.Bootstrap(environ={"HOME": str(tmp_path), bs.ENV_MS_THREADS: "2"}, stream=io.StringIO())
+    assert mine.worker_env(1)[bs.ENV_MS_THREADS] == "2"

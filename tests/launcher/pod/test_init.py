@@ -73,3 +73,12 @@ def test_an_init_object_is_downloaded_verified_into_the_cache(s3_env, tmp_path):
     missing = boot(tmp_path / "m", init_url=f"s3://{bucket}/init/none.ckpt", storage_endpoint=s3_env.endpoint)
     with pytest.raises(BadConfig, match="init_url: .*none.ckpt"):
         missing.stage_init(js.JobSpec.from_yaml((tmp_path / "m" / "cfg" / "job.yaml").read_text()))
+
+
+def test_the_jobs_seed_goes_to_train_py(tmp_path, fake_popen, monkeypatch):  # noqa: F811
+    """A sweep's seeds must change the run: the job's seed is train.py's --seed."""
+    boot_ = boot(tmp_path, nodes=2, seed=3)
+    monkeypatch.setattr(boot_, "stage_data", lambda spec, config: tmp_path / "data")
+    assert boot_.run() == 0
+    cmd = fake_popen[0][0]
+    assert cmd[cmd.index("--seed") + 1] == "3"
