@@ -113,6 +113,12 @@ class Plan(Protocol):
     def write_dir(self, directory: str) -> list[Any]:
         """Write the plan into files in `directory` (UsageError: nothing written)."""
 
+    def documents(self) -> list[dict[str, Any]]:
+        """The plan as data (`-o json` prints this list)."""
+
+    def names(self) -> list[str]:
+        """What the plan creates, one `kind/name` each (`-o name`)."""
+
 
 class Backend(Protocol):
     """Where jobs run: `k8s` (a Kubernetes cluster) or `local` (this machine)."""

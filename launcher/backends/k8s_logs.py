@@ -115,8 +115,9 @@ def _stream(api: ClusterAPI, namespace: str, pods: list[dict[str, Any]], keep: C
     lines: queue.Queue = queue.Queue()
     done = object()
     failed: dict[str, str] = {}
-    # with a rank filter a pod's tail holds its other ranks' lines too: ask for more
-    fetch = None if tail is None else tail * (per_node + 1)
+    # a pod's tail holds its other ranks' lines too, and a quiet rank's last line may be
+    # far back: read the whole log then (kept bounded below), unless the pod is one rank
+    fetch = tail if per_node == 1 and not per_rank else None
 
     def reader(pod_name: str) -> None:
         try:
@@ -145,7 +146,10 @@ def _stream(api: ClusterAPI, namespace: str, pods: list[dict[str, Any]], keep: C
             out.write(item + "\n")
             out.flush()
         else:
-            buffered[pod_name].append(item)
+            kept = buffered[pod_name]
+            kept.append(item)
+            if tail is not None and len(kept) > 2 * tail * (per_node + 1) + 1000:
+                buffered[pod_name] = last_lines_per_rank(kept, tail) if per_rank else last_lines(kept, tail)
     for pod_name in names:
         kept = last_lines_per_rank(buffered[pod_name], tail) if per_rank else last_lines(buffered[pod_name], tail)
         for line in kept:

@@ -220,6 +220,12 @@ class KubernetesPlan:
 
         return write_dir(self.objects, directory)
 
+    def documents(self) -> list[dict[str, Any]]:
+        return list(self.objects)
+
+    def names(self) -> list[str]:
+        return [f"{obj['kind'].lower()}/{obj['metadata']['name']}" for obj in self.objects]
+
 
 class KubernetesBackend:
     """`Backend` over a cluster (see launcher.backends.base). The cluster is connected on

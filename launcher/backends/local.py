@@ -103,8 +103,14 @@ class LocalPlan:
         return "---\n" + yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False)
 
     def write_dir(self, directory: str) -> list[Any]:
-        raise UsageError(f"-o {directory}: the local backend's plan is printed, not written "
-                         "(-o DIR writes Kubernetes manifests)")
+        raise UsageError(f"--out-dir {directory}: the local backend's plan is printed, not written "
+                         "(--out-dir writes Kubernetes manifests)")
+
+    def documents(self) -> list[dict[str, Any]]:
+        return [self.to_dict()]
+
+    def names(self) -> list[str]:
+        return [f"job/{self.spec.name}"]
 
 
 def plan(spec: js.JobSpec, *, environ: Mapping[str, str] | None = None) -> LocalPlan:

@@ -9,6 +9,8 @@ from launcher.cli.options import add_job_reference
 from launcher.spec.names import check_job_name
 
 HELP = "stop a job and delete its objects (Kubernetes) or processes and state (local)"
+EXAMPLES = """\
+  leo-launch cancel leo-mini-5shot-ascend8 -n leo"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-HELP = ("list the registered experiments (mini_1shot, mini_5shot, tiered_1shot, tiered_5shot, "
-        "glyphs_1shot, glyphs_5shot)")
+HELP = "list the registered experiments (leo_core/configs) and their key settings"
 
 _COLUMNS = (
     ("NAME", "name"),
@@ -17,6 +16,9 @@ _COLUMNS = (
     ("STEPS", "num_steps_limit"),
     ("OUTER-LR", "outer_lr"),
 )
+EXAMPLES = """\
+  leo-launch experiments
+  leo-launch experiments -o json"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

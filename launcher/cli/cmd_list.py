@@ -11,6 +11,9 @@ from launcher.cli.options import add_cluster_arguments
 from launcher.errors import LaunchError
 
 HELP = "list jobs (local ones and those labelled as ours on the cluster) with phase and accuracy"
+EXAMPLES = """\
+  leo-launch list
+  leo-launch list -A -o json"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

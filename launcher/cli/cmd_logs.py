@@ -14,6 +14,10 @@ from launcher.spec.names import check_job_name, looks_like_url
 from launcher.storage import parse_url
 
 HELP = "print (or follow) the logs of one rank (default 0) or of every rank of a job"
+EXAMPLES = """\
+  leo-launch logs leo-mini-5shot-ascend8 -f
+  leo-launch logs leo-mini-5shot-ascend8 --rank 3 --tail 50
+  leo-launch logs leo-mini-5shot-ascend8 --all -n leo --context prod"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

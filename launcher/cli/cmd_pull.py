@@ -8,6 +8,7 @@ import argparse
 from pathlib import Path
 
 from launcher.backends import job_outputs
+from launcher.cli.format import percent
 from launcher.cli.options import add_job_reference
 from launcher.errors import UsageError
 from launcher.outputs.checkpoints import pull
@@ -21,6 +22,10 @@ from launcher.storage import (
 )
 
 HELP = "download a job's best or latest checkpoint, verified against its manifest"
+EXAMPLES = """\
+  leo-launch pull leo-mini-5shot-ascend8 --to ckpt
+  leo-launch pull obs://bkt/runs/leo-mini-5shot-ascend8 --checkpoint latest --format npz
+  leo-launch pull leo-mini-5shot-ascend8 --tree"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     pulled = pull(base, which, args.to, options=options, fmt=args.fmt)
     extra = ""
     if "accuracy" in pulled.pointer:
-        extra = f", accuracy {pulled.pointer['accuracy']}"
+        extra = f", accuracy {percent(pulled.pointer['accuracy'])}"
     what = f" ({args.fmt} files)" if args.fmt else ""
     print(f"pulled {which} checkpoint step {pulled.step}{what}{extra}: {pulled.files} file(s), "
           f"{pulled.bytes / 1e6:.1f} MB, sha256 verified → {pulled.path}")

@@ -14,6 +14,9 @@ from launcher.storage import (
 )
 
 HELP = "upload a file or directory to s3://, obs://, file:// or a path (unchanged files skipped)"
+EXAMPLES = """\
+  leo-launch push ./embeddings obs://bkt/leo
+  leo-launch push ./embeddings s3://bkt/leo --delete"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

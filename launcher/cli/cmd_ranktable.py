@@ -12,6 +12,9 @@ from launcher.spec.ranktable import RankTableError
 from launcher.util.userfile import read_user_file
 
 HELP = "print the HCCL rank table (JSON) of device-plugin annotations or a node inventory"
+EXAMPLES = """\
+  leo-launch ranktable --inventory nodes.yaml
+  leo-launch ranktable --annotations node-0.json node-1.json"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -11,6 +11,9 @@ from launcher.errors import UsageError
 from launcher.spec.names import dns1123_label_problem
 
 HELP = "print the least-privilege RBAC Role (and RoleBinding) for submit/status/logs/list/cancel"
+EXAMPLES = """\
+  leo-launch rbac -n leo --user alice | kubectl apply -f -
+  leo-launch rbac -n leo --scheduler volcano --read-only --group ml-readers"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

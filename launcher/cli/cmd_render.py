@@ -10,31 +10,44 @@ from launcher.backends.kubernetes import KubernetesPlan
 from launcher.backends.kubernetes import check_cluster as preflight
 from launcher.cli.options import (
     add_job_arguments,
-    add_output_argument,
+    add_output_arguments,
+    given_namespace,
+    groups,
     print_warnings,
     spec_from_args,
 )
 from launcher.k8s.config import connect
 
-HELP = "print the validated Kubernetes manifests of a job (multi-document YAML or -o DIR)"
+HELP = "print the validated Kubernetes manifests of a job (YAML, -o json|name, or --out-dir DIR)"
+EXAMPLES = """\
+  leo-launch render --exp mini_5shot --accel ascend --cards 8 --train-url obs://bkt/runs
+  leo-launch render job.yaml --cards 16 --out-dir manifests
+  leo-launch render --exp mini_1shot --accel cpu --cards 2 -o name"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_job_arguments(parser)
-    add_output_argument(parser)
-    parser.add_argument("--check-cluster", action="store_true",
+    add_output_arguments(parser)
+    groups(parser)["cluster"].add_argument("--check-cluster", action="store_true",
                         help="also run submit's pre-flight checks against the cluster of --context "
                              "(namespace, storage Secret, PriorityClass, Volcano, device resources); "
                              "exit code 1 and no manifests when the job would not run")
 
 
-def emit(plan: Any, output_dir: str | None) -> int:
-    """Print a plan (launcher.backends.base.Plan), or write it to `output_dir` and list the files."""
-    if output_dir is None:
+def emit(plan: Any, output: str, out_dir: str | None) -> int:
+    """Print a plan (launcher.backends.base.Plan) as `output` (yaml, json, name), or write
+    it to `out_dir` and list the files."""
+    if out_dir is not None:
+        for path in plan.write_dir(out_dir):
+            print(path)
+    elif output == "json":
+        import json
+
+        print(json.dumps(plan.documents(), indent=2))
+    elif output == "name":
+        print("\n".join(plan.names()))
+    else:
         sys.stdout.write(plan.text())
-        return 0
-    for path in plan.write_dir(output_dir):
-        print(path)
     return 0
 
 
@@ -45,8 +58,9 @@ def check_cluster(args: argparse.Namespace, spec: Any, objects: list[dict[str, A
 
     from launcher.render.render import render_validated
 
-    cluster = connect(args.context, args.namespace)
-    if args.namespace is None and spec.namespace != cluster.namespace:
+    namespace = given_namespace(args, spec)
+    cluster = connect(args.context, namespace)
+    if namespace is None and spec.namespace != cluster.namespace:
         spec = dataclasses.replace(spec, namespace=cluster.namespace)
         objects = render_validated(spec)
     preflight(cluster, spec, objects, err=sys.stderr)
@@ -60,6 +74,6 @@ def run(args: argparse.Namespace) -> int:
     objects = render_validated(spec)
     if args.check_cluster:
         spec, objects = check_cluster(args, spec, objects)
-    code = emit(KubernetesPlan(spec, objects), args.output_dir)
+    code = emit(KubernetesPlan(spec, objects), args.output, args.out_dir)
     print_warnings(spec)
     return code

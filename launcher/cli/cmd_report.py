@@ -15,6 +15,9 @@ from launcher.storage import add_storage_arguments
 
 HELP = ("summarise a job's run (steps, steps/s, best meta-validation and meta-test accuracy) "
         "and plot its training curves")
+EXAMPLES = """\
+  leo-launch report leo-mini-1shot-cpu2
+  leo-launch report obs://bkt/runs/leo-mini-5shot-ascend8 --png curves.png -o json"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

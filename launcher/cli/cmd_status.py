@@ -10,6 +10,9 @@ from launcher.cli.options import add_job_reference
 from launcher.spec.names import check_job_name
 
 HELP = "show a job's phase (and why it is pending), its ranks, progress and result"
+EXAMPLES = """\
+  leo-launch status leo-mini-5shot-ascend8 -n leo
+  leo-launch status leo-mini-1shot-cpu2 -o json"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -18,7 +18,9 @@ from launcher.cli.cmd_render import emit
 from launcher.cli.options import (
     BACKENDS,
     add_job_arguments,
-    add_output_argument,
+    add_output_arguments,
+    given_namespace,
+    groups,
     print_warnings,
     spec_from_args,
 )
@@ -26,14 +28,20 @@ from launcher.errors import UsageError
 from launcher.spec.jobspec import JobSpec
 
 HELP = "submit a job to Kubernetes or run it locally (--dry-run: print the backend's plan)"
+EXAMPLES = """\
+  leo-launch submit --exp mini_1shot --accel cpu --cards 2 --steps 20 --data-url ./embeddings
+  leo-launch submit --exp mini_5shot --accel ascend --cards 8 --image REGISTRY/leo-launch:ascend \\
+      --data-url obs://bkt/leo --train-url obs://bkt/runs --storage-secret obs-creds -n leo --wait
+  leo-launch submit job.yaml --name leo-again --dry-run --out-dir manifests"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_job_arguments(parser)
-    sub = parser.add_argument_group("submission")
-    sub.add_argument("--backend", choices=BACKENDS, default="auto",
+    grouped = groups(parser)
+    grouped["cluster"].add_argument("--backend", choices=BACKENDS, default="auto",
                      help="k8s (the cluster of --context), local (processes on this machine) or "
                           "auto (default: k8s when a cluster is configured, else local)")
+    sub = grouped["output"]
     sub.add_argument("--dry-run", action="store_true",
                      help="print the backend's plan and create nothing: the manifests for k8s (as "
                           "render prints them), the command, environment, paths and state folder "
@@ -44,11 +52,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub.add_argument("-f", "--follow", action="store_true",
                      help="stream the logs of every rank until the job ends; exit code 0 when "
                           "it succeeded, else 1")
-    sub.add_argument("--skip-preflight", action="store_true",
+    grouped["cluster"].add_argument("--skip-preflight", action="store_true",
                      help="submit without the cluster checks (namespace, Secret, CRDs, nodes' devices) "
                           "for a cluster they misjudge; missing capacity is only a warning already "
                           "where an autoscaler is found or cannot be ruled out")
-    add_output_argument(parser)
+    add_output_arguments(parser)
 
 
 def backend_for(args: argparse.Namespace, spec: JobSpec) -> Backend:
@@ -59,17 +67,20 @@ def backend_for(args: argparse.Namespace, spec: JobSpec) -> Backend:
                else "a Kubernetes configuration was found" if kind == "k8s"
                else "no Kubernetes configuration was found")
         print(f"leo-launch: backend {kind} ({why}; choose with --backend)", file=sys.stderr)
-    return get_backend(kind, context=args.context, namespace=args.namespace)
+    return get_backend(kind, context=args.context, namespace=given_namespace(args, spec))
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.out_dir is not None and not args.dry_run:
+        # the plan is written, not carried out: say so rather than ignore --out-dir
+        raise UsageError("--out-dir writes the plan with --dry-run only (or: leo-launch render --out-dir DIR)")
     spec = spec_from_args(args)
     if spec.data_url is None and not args.dry_run:
         raise UsageError("submit needs --data-url: the embeddings (s3://, obs://, file:// or a path)")
     backend = backend_for(args, spec)
     plan = backend.plan(spec, preflight=not args.skip_preflight)
     if args.dry_run:
-        code = emit(plan, args.output_dir)
+        code = emit(plan, args.output, args.out_dir)
         print_warnings(plan.spec, pods=backend.runs_pods)
         return code
     backend.submit(plan, out=sys.stdout, err=sys.stderr)

@@ -14,21 +14,27 @@ import sys
 
 from launcher.cli.options import BACKENDS, add_job_arguments, print_warnings, spec_from_args
 from launcher.errors import UsageError
+from launcher.spec.fields import flag_of
 
 HELP = "run many trials as one: seeds × experiments × a grid or random search; status, report"
 
-_REQUIRED = ("exp", "accel", "cards")  # required to start a sweep, not by its subcommands
+_REQUIRED = ("experiment", "accelerator", "cards")  # required to start a sweep, not by its subcommands
 DEFAULT_PARALLEL = 2
+EXAMPLES = """\
+  leo-launch sweep --exp mini_1shot,mini_5shot --seeds 3 --accel cpu --cards 2 --data-url ./embeddings
+  leo-launch sweep --exp mini_5shot --random outer_lr=1e-4:1e-2:log --trials 8 --accel cpu --cards 2 --data-url ./embeddings
+  leo-launch sweep status leo-sweep-mini-1shot
+  leo-launch sweep report leo-sweep-mini-1shot -o markdown"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_job_arguments(parser)
+    add_job_arguments(parser, positional_file=False)  # positionals are the ACTIONs
     for action in parser._actions:
         if action.dest in _REQUIRED:
             action.required = False
     parser.set_defaults(seed=None)
     for action in parser._actions:
-        if action.dest == "exp":
+        if action.dest == "experiment":
             action.help = "experiments, comma-separated (e.g. mini_1shot,mini_5shot)"
         if action.dest == "name":
             action.help = "sweep name (default: leo-sweep-<first experiment>); trials are <name>-<i>"
@@ -89,19 +95,19 @@ def start(args: argparse.Namespace) -> int:
     from launcher.cli.cmd_submit import backend_for
     from launcher.spec import sweep as sw
 
-    missing = [f"--{d}" for d in _REQUIRED if getattr(args, d) is None]
+    missing = [flag_of(d) for d in _REQUIRED if getattr(args, d) is None]
     if missing:
         raise UsageError(f"sweep needs {', '.join(missing)} (or an action: resume, status, list, cancel, report)")
     if args.seed is not None:
         raise UsageError("sweep takes --seeds, not --seed")
     if args.parallel < 1:
         raise UsageError("--parallel must be at least 1")
-    experiments = sw.parse_list(args.exp, "--exp")
+    experiments = sw.parse_list(args.experiment, "--exp")
     name = args.name or f"leo-sweep-{experiments[0].replace('_', '-')}"
     swept: set[str] = set()
     grid = sw.parse_grid(args.grid, swept)
     ranges = sw.parse_random(args.random, swept)
-    for item in args.set_overrides:
+    for item in args.overrides or ():
         key = item.partition("=")[0].strip()
         if key in swept:
             raise UsageError(f"--set {key}: the key is swept (--grid/--random)")
@@ -145,8 +151,8 @@ def start(args: argparse.Namespace) -> int:
 
 def trial_spec(args: argparse.Namespace, sweep: str, trial):
     values = argparse.Namespace(**vars(args))
-    values.exp, values.name, values.seed = trial.experiment, trial.name, trial.seed
-    values.set_overrides = [*args.set_overrides, *(f"{k}={v}" for k, v in trial.params)]
+    values.experiment, values.name, values.seed = trial.experiment, trial.name, trial.seed
+    values.overrides = [*(args.overrides or ()), *(f"{k}={v}" for k, v in trial.params)]
     return dataclasses.replace(spec_from_args(values), sweep=sweep)
 
 

@@ -8,7 +8,8 @@ from collections.abc import Mapping
 from typing import Any, TextIO
 
 
-def _percent(value: Any) -> str:
+def percent(value: Any) -> str:
+    """0.6894 → 68.94% (accuracies are printed as percentages everywhere)."""
     return f"{100 * value:.2f}%" if isinstance(value, int | float) else "-"
 
 
@@ -39,14 +40,14 @@ def print_status(status: Mapping[str, Any], out: TextIO | None = None) -> None:
         where = "" if best_at is None else (f" at step {best_at}"
                                             + (" (the untrained model)" if best_at == 0 else ""))
         rows.append(("PROGRESS", f"step {status.get('step', '-')}, best meta-validation accuracy "
-                                 f"{_percent(status.get('best_accuracy'))}{where}"))
+                                 f"{percent(status.get('best_accuracy'))}{where}"))
     if status.get("startup_seconds") is not None:
         rows.append(("START-UP", f"{status['startup_seconds']:.1f} s from the last start to its "
                                  "first training step"))
     result = status.get("result")
     if isinstance(result, dict) and "accuracy" in result:
-        rows.append(("RESULT", f"meta-test accuracy {_percent(result.get('accuracy'))} "
-                               f"± {_percent(result.get('ci95'))} over {result.get('tasks', '?')} tasks "
+        rows.append(("RESULT", f"meta-test accuracy {percent(result.get('accuracy'))} "
+                               f"± {percent(result.get('ci95'))} over {result.get('tasks', '?')} tasks "
                                f"(checkpoint step {result.get('step', '?')})"
                                + baselines_text(result)))
     if status.get("storage_error"):
@@ -59,19 +60,21 @@ def print_status(status: Mapping[str, Any], out: TextIO | None = None) -> None:
     ranks = status.get("ranks") or []
     if not ranks:
         return
-    # one row per pod (k8s) or per process (local)
+    # one row per pod (k8s) or per process (local); ranks without either share a row per state
     groups: dict[Any, dict[str, Any]] = {}
     for entry in ranks:
-        key = entry.get("pod") or entry.get("pid") or f"rank-{entry.get('rank')}"
-        group = groups.setdefault(key, {**entry, "ranks": []})
+        key = entry.get("pod") or entry.get("pid") or ("none", entry.get("phase"), entry.get("reason"))
+        group = groups.setdefault(key, {**entry, "ranks": [], "node_ranks": []})
         group["ranks"].append(entry.get("rank"))
+        if entry.get("node_rank") is not None and entry["node_rank"] not in group["node_ranks"]:
+            group["node_ranks"].append(entry["node_rank"])
     what = "POD" if status.get("backend") == "k8s" or any(e.get("pod") for e in ranks) else "PID"
     table = [("RANK", "NODE RANK", what, "PHASE", "NODE", "RESTARTS", "AGE")]
     for group in groups.values():
         phase = group.get("phase", "-")
         if group.get("reason") and phase not in ("Running", "Succeeded"):
             phase += f" ({group['reason']})"
-        table.append((ranks_text(group["ranks"]), str(group.get("node_rank", "-")),
+        table.append((ranks_text(group["ranks"]), ranks_text(group["node_ranks"]),
                       str(group.get("pod") or group.get("pid") or "-"), phase,
                       str(group.get("node") or "-"), str(group.get("restarts", 0)),
                       group.get("age", "-")))
@@ -99,7 +102,7 @@ def print_list(items: list[Mapping[str, Any]], out: TextIO | None = None) -> Non
         rows.append((str(item.get("name")), backend, str(item.get("experiment") or "-"),
                      str(item.get("accelerator") or "-"), str(item.get("cards") or "-"),
                      str(item.get("phase")), str(item.get("age", "-")),
-                     str(item.get("step", "-")), _percent(item.get("best_accuracy"))))
+                     str(item.get("step", "-")), percent(item.get("best_accuracy"))))
     write_table(rows, out)
 
 
@@ -110,7 +113,7 @@ def print_json(obj: Any, out: TextIO | None = None) -> None:
 def baselines_text(result: Mapping[str, Any]) -> str:
     """`; untrained 62.93% ± 0.41%, NCM 78.10% ± 0.44%` from a result.json's baselines."""
     baselines = result.get("baselines") if isinstance(result.get("baselines"), dict) else {}
-    parts = [f"{label} {_percent(b.get('accuracy'))} ± {_percent(b.get('ci95'))}"
+    parts = [f"{label} {percent(b.get('accuracy'))} ± {percent(b.get('ci95'))}"
              for key, label in (("untrained", "untrained"), ("nearest_class_mean", "NCM"))
              if isinstance(b := baselines.get(key), dict)]
     return f"; same tasks: {', '.join(parts)}" if parts else ""

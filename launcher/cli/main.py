@@ -1,7 +1,7 @@
 """`leo-launch`: the command-line entry point.
 
 Each command lives in its own module `launcher.cli.cmd_<name>` with `HELP`,
-`add_arguments(parser)` and `run(args) -> int`. Command modules import heavy
+`EXAMPLES` (the epilog of its --help), `add_arguments(parser)` and `run(args) -> int`. Command modules import heavy
 libraries (MindSpore, boto3, the Kubernetes client) inside `run` only, so that
 `leo-launch --help` stays fast.
 """
@@ -47,17 +47,55 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+EXAMPLES = """\
+examples:
+  leo-launch experiments
+  leo-launch submit --exp mini_1shot --accel cpu --cards 2 --steps 20 --data-url ./embeddings
+  leo-launch status leo-mini-1shot-cpu2
+  leo-launch pull leo-mini-1shot-cpu2 --to ckpt
+  leo-launch COMMAND --help      (each command's options and examples)"""
+
+
+def version_text() -> str:
+    """leo-launch's, MindSpore's and Python's versions, read from package metadata (no
+    MindSpore import: it takes seconds)."""
+    import platform
+    from importlib import metadata
+
+    def of(package: str) -> str:
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    return f"leo-launch {of('leo-launch')}, MindSpore {of('mindspore')}, Python {platform.python_version()}"
+
+
+class _Version(argparse.Action):
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, help=kwargs.get("help"))
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_text())
+        parser.exit(0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="leo-launch",
-        description="Train LEO (Latent Embedding Optimization) with MindSpore on CPU, "
-        "Ascend or NVIDIA nodes, locally or on Kubernetes.",
+        description="Train LEO (Latent Embedding Optimization) with MindSpore on CPU, Ascend\n"
+        "or NVIDIA nodes, locally or on Kubernetes.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action=_Version, help="print the versions of leo-launch, MindSpore "
+                        "and Python")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of failures")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, module in _commands():
-        command = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        command = sub.add_parser(name, help=module.HELP, description=module.HELP,
+                                 epilog="examples:\n" + module.EXAMPLES,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                              help="show tracebacks of failures")
         module.add_arguments(command)

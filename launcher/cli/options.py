@@ -1,16 +1,19 @@
-"""Options shared by several commands: JOB OPTIONS of render and submit (defaults taken
-from the JobSpec), the cluster options of every command that names a job, the log
-options. The JobSpec validates values; argparse only parses them."""
+"""Options shared by several commands: the job options of render and submit (declared
+in launcher.spec.fields, with their help groups), the cluster options of every command
+that names a job, the output options, the log options. The JobSpec validates values;
+argparse only parses them."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
-from launcher import flavours
 from launcher.backends import BACKENDS
-from launcher.errors import UsageError
+from launcher.errors import FieldError, UsageError
+from launcher.spec import fields
 from launcher.spec import jobspec as js
+from launcher.spec.values import registry_host
 
 
 def add_cluster_arguments(parser: argparse.ArgumentParser, *, backend: bool = True) -> None:
@@ -32,118 +35,96 @@ def check_log_arguments(args: argparse.Namespace) -> None:
         raise UsageError("--tail must be 0 or more")
 
 
-def add_output_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-o", "--output-dir", metavar="DIR",
-                        help="write one YAML file per object into DIR instead of printing")
+OUTPUT_FORMATS = ("yaml", "json", "name")
 
 
-def add_job_arguments(parser: argparse.ArgumentParser) -> None:
-    """JOB OPTIONS of render and submit (validated by JobSpec, not by argparse)."""
-    job = parser.add_argument_group("job")
-    job.add_argument("--exp", required=True, metavar="EXP",
-                     help="experiment: mini_1shot, mini_5shot, tiered_1shot, tiered_5shot, glyphs_1shot "
-                          "or glyphs_5shot (leo-launch experiments)")
-    job.add_argument("--accel", required=True, metavar="{" + ",".join(js.ACCELERATORS) + "}",
-                     help="accelerator of the nodes")
-    job.add_argument("--cards", required=True, type=int, metavar="N",
-                     help="total cards (NPUs/GPUs; worker processes for cpu) = world size")
-    job.add_argument("--nodes", type=int, metavar="M",
-                     help="nodes, one pod each (default: cards / 8 rounded up); cards must split "
-                          "evenly, Ascend nodes take 1, 2, 4 or 8")
-    job.add_argument("--name", help="job name, a DNS-1035 label (default: leo-<exp>-<accel><cards>)")
-    job.add_argument("--namespace", help="namespace (default: default; submit to Kubernetes: "
-                     "the kubeconfig context's namespace, else default)")
-    job.add_argument("--context", help="kubeconfig context (used by submit and render --check-cluster)")
-    job.add_argument("--image", help="training image (default: leo-launch:<accel>)")
-    job.add_argument("--steps", type=int, metavar="N", help="meta-training steps (num_steps_limit)")
-    job.add_argument("--set", dest="set_overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="experiment override, repeatable (e.g. metatrain_batch_size=32)")
-    job.add_argument("--seed", type=int, default=0, metavar="S",
-                     help="random seed of the model's initialisation and of the episodes (default: 0)")
-    job.add_argument("--profile", action="store_true",
-                     help="run MindSpore's profiler on every rank over a few steps after the two that "
-                          "compile; each node publishes its ranks' op_summary.txt and trace_view.json "
-                          "to <train_url>/<job>/profile/rank-<r>/ (leo-launch pull NAME --profile)")
-    job.add_argument("--profile-steps", type=int, metavar="N",
-                     help=f"steps to profile with --profile (default: {js.DEFAULT_PROFILE_STEPS}, "
-                          f"at most {js.MAX_PROFILE_STEPS})")
-    storage = parser.add_argument_group("storage")
-    storage.add_argument("--data-url", help="embeddings: s3://bucket/prefix, obs://..., file:///abs or a path")
-    storage.add_argument("--train-url", help="outputs (checkpoints, metrics, logs, result.json)")
-    storage.add_argument("--init", dest="init_url", metavar="URL",
-                         help="initial weights: a .ckpt or .npz file (obs://, s3://, file:// or a path; this "
-                              "project's or the ModelZoo port's parameter names), staged like --data-url")
-    storage.add_argument("--keep-checkpoints", type=int, metavar="N",
-                         help="published checkpoints kept under <train_url>/<job>/checkpoints: the N "
-                              "newest complete ones and those latest/best point at (default: all)")
-    storage.add_argument("--storage-secret", metavar="SECRET",
-                         help="Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (referenced, never copied)")
-    storage.add_argument("--storage-endpoint", metavar="URL",
-                         help="S3/OBS endpoint, e.g. https://obs.cn-north-4.myhuaweicloud.com")
-    storage.add_argument("--storage-region", metavar="REGION",
-                         help="storage region given to the pods (OBS_REGION, AWS_REGION); obs:// needs "
-                              "it or --storage-endpoint: https://obs.<region>.myhuaweicloud.com")
-    storage.add_argument("--path-style", action="store_true", default=None,
-                         help="path-style addressing (endpoint/bucket/key) in the pods")
-    sched = parser.add_argument_group("scheduling")
-    sched.add_argument("--scheduler", choices=flavours.NAMES, default=flavours.DEFAULT,
-                       help="; ".join(f.help for f in flavours.FLAVOURS.values()))
-    sched.add_argument("--rank-table", metavar="{dynamic,controller,none,FILE}",
-                       help="Ascend HCCL rank table: dynamic (default), controller (hccl-controller or "
-                            "ascend-operator), none (MindSpore's dynamic cluster only) or an inventory YAML; "
-                            "some schedulers default to another mode")
-    sched.add_argument("--node-selector", dest="node_selectors", action="append", default=[],
-                       metavar="KEY=VALUE", help="node label to require, repeatable")
-    sched.add_argument("--toleration", dest="tolerations", action="append", default=[],
-                       metavar="KEY[=VALUE][:EFFECT]", help="taint to tolerate, repeatable")
-    sched.add_argument("--priority-class", help="PriorityClass of the pods")
-    sched.add_argument("--queue", help="; ".join(f"{f.name}: {f.queue_help}" for f in flavours.FLAVOURS.values()
-                                                 if f.queue_help))
-    sched.add_argument("--max-restarts", type=int, default=js.DEFAULT_MAX_RESTARTS, metavar="N",
-                       help=f"restarts of the whole job before it fails (default: {js.DEFAULT_MAX_RESTARTS})")
-    res = parser.add_argument_group("resources and cluster settings")
-    res.add_argument("--cpu", metavar="QTY", help="CPU request per pod (default: 4 per card; 1 per cpu worker)")
-    res.add_argument("--memory", metavar="QTY", help="memory per pod (default: 16Gi per card; 4Gi per cpu worker)")
-    res.add_argument("--shm-size", metavar="QTY", help="/dev/shm size per pod (default: 16Gi; 1Gi for cpu)")
-    res.add_argument("--master-port", type=int, default=js.DEFAULT_MASTER_PORT, metavar="PORT",
-                     help=f"msrun master port (default: {js.DEFAULT_MASTER_PORT})")
-    res.add_argument("--cluster-timeout", type=int, default=js.DEFAULT_CLUSTER_TIMEOUT, metavar="SECONDS",
-                     help=f"msrun --cluster_time_out (default: {js.DEFAULT_CLUSTER_TIMEOUT})")
-    res.add_argument("--hccl-connect-timeout", type=int, default=js.DEFAULT_HCCL_CONNECT_TIMEOUT, metavar="SECONDS",
-                     help=f"Ascend HCCL_CONNECT_TIMEOUT (default: {js.DEFAULT_HCCL_CONNECT_TIMEOUT})")
-    res.add_argument("--nccl-socket-ifname", metavar="IFS", help=f"NVIDIA NCCL_SOCKET_IFNAME (default: {js.DEFAULT_NCCL_SOCKET_IFNAME})")
-    res.add_argument("--nccl-ib-hca", metavar="HCAS", help="NVIDIA NCCL_IB_HCA (unset by default)")
-    res.add_argument("--nccl-debug", metavar="LEVEL", help="NVIDIA NCCL_DEBUG (unset by default)")
-    sec = parser.add_argument_group("pod security (README: Security)")
-    sec.add_argument("--run-as-user", type=int, metavar="UID",
-                     help=f"user id the pods run as (default: the image's, {js.IMAGE_USER['cpu']})")
-    sec.add_argument("--run-as-group", type=int, metavar="GID",
-                     help=f"group id and fsGroup of the pods (default: the image's, {js.IMAGE_GROUP['cpu']}; "
-                          "Ascend: the host's HwHiAiUser group)")
-    sec.add_argument("--ascend-driver-mount", metavar="{" + ",".join(js.ASCEND_DRIVER_MOUNTS) + "}",
-                     help="Ascend driver: hostpath mounts the host's driver and hccn.conf (default; "
-                          "needs a privileged Pod Security namespace); runtime leaves it to Ascend "
-                          "Docker Runtime (pods pass restricted)")
+def groups(parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """The help groups of launcher.spec.fields.GROUPS on `parser`, created once, in order."""
+    existing = getattr(parser, "_leo_groups", None)
+    if existing is None:
+        existing = {name: parser.add_argument_group(name) for name in fields.GROUPS}
+        parser._leo_groups = existing  # type: ignore[attr-defined]
+    return existing
+
+
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """-o FORMAT and --out-dir DIR of render and submit --dry-run."""
+    out = groups(parser)["output"]
+    out.add_argument("-o", "--output", choices=OUTPUT_FORMATS, default="yaml",
+                     help="yaml (default: multi-document), json (a list) or name (kind/name lines)")
+    out.add_argument("--out-dir", metavar="DIR",
+                     help="write one YAML file per object into DIR and list the files")
+
+
+def add_job_arguments(parser: argparse.ArgumentParser, *, positional_file: bool = True) -> None:
+    """The job options of render and submit, from launcher.spec.fields (validated by the
+    JobSpec, not by argparse; default None: unset, so that a job file's value stays).
+    `positional_file=False`: JOB_FILE only as --file (a command with subcommands)."""
+    grouped = groups(parser)
+    if positional_file:
+        grouped["job"].add_argument("job_file", nargs="?", metavar="JOB_FILE",
+                                    help="a job file: YAML with the fields of job.yaml; flags override it")
+    else:
+        parser.set_defaults(job_file=None)
+    grouped["job"].add_argument("--file", metavar="JOB_FILE", help="the same as JOB_FILE")
+    for option in fields.FIELDS:
+        if option.flag is None:
+            continue
+        names = [option.short, option.flag] if option.short else [option.flag]
+        kwargs: dict[str, Any] = {"dest": option.field, "help": fields.help_of(option), "default": None}
+        if option.type is bool:
+            kwargs["action"] = "store_true"
+        else:
+            kwargs.update(metavar=option.metavar, action="append" if option.repeat else "store")
+            if option.type is not str:
+                kwargs["type"] = option.type
+            if option.field == "scheduler":  # the registry's names, shown as choices
+                kwargs["choices"] = option.choices
+        grouped[option.group].add_argument(*names, **kwargs)
+    grouped["cluster"].add_argument("--context", help="kubeconfig context (default: the current one)")
+
+
+def job_file(args: argparse.Namespace) -> dict[str, Any]:
+    """The values of the job file given as JOB_FILE or --file ({} without one), read
+    through the bounded reader."""
+    if args.job_file and args.file:
+        raise UsageError("give the job file once: JOB_FILE or --file")
+    path = args.job_file or args.file
+    if not path:
+        return {}
+    import yaml
+
+    from launcher.util.userfile import load_yaml, read_user_file
+
+    text = read_user_file(path, what="job file")
+    try:
+        data = load_yaml(text, f"job file {path}")
+    except yaml.YAMLError as err:
+        raise UsageError(f"job file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"job file {path} must be a mapping of job fields (as job.yaml)")
+    return data
+
+
+def given_job_values(args: argparse.Namespace) -> dict[str, Any]:
+    """Field → value of the job flags that were given."""
+    return {o.field: getattr(args, o.field) for o in fields.FIELDS
+            if o.flag is not None and getattr(args, o.field, None) is not None}
 
 
 def spec_from_args(args: argparse.Namespace) -> js.JobSpec:
-    """The validated JobSpec of the JOB OPTIONS (UsageError on bad input)."""
-    return js.build_job_spec(
-        experiment=args.exp, accelerator=args.accel, cards=args.cards, nodes=args.nodes,
-        name=args.name, namespace=args.namespace or "default", image=args.image, steps=args.steps,
-        set_overrides=args.set_overrides, data_url=args.data_url, train_url=args.train_url,
-        storage_secret=args.storage_secret, storage_endpoint=args.storage_endpoint,
-        storage_region=args.storage_region, storage_path_style=args.path_style,
-        keep_checkpoints=args.keep_checkpoints,
-        init_url=args.init_url, scheduler=args.scheduler, rank_table=args.rank_table, node_selectors=args.node_selectors,
-        tolerations=args.tolerations, priority_class=args.priority_class, queue=args.queue,
-        max_restarts=args.max_restarts, cpu=args.cpu, memory=args.memory, shm_size=args.shm_size,
-        master_port=args.master_port, cluster_timeout=args.cluster_timeout,
-        hccl_connect_timeout=args.hccl_connect_timeout, nccl_socket_ifname=args.nccl_socket_ifname,
-        nccl_ib_hca=args.nccl_ib_hca, nccl_debug=args.nccl_debug, run_as_user=args.run_as_user,
-        run_as_group=args.run_as_group, ascend_driver_mount=args.ascend_driver_mount,
-        profile=args.profile, profile_steps=args.profile_steps, seed=args.seed,
-    )
+    """The validated JobSpec of a job file and the job flags (UsageError naming the flag)."""
+    try:
+        return js.spec_from_values(job_file(args), given_job_values(args))
+    except FieldError as err:
+        raise UsageError(f"{', '.join(map(fields.flag_of, err.fields))} {err.problem}") from None
+
+
+def given_namespace(args: argparse.Namespace, spec: js.JobSpec) -> str | None:
+    """The namespace the user chose (-n, else a job file's), None for the context's."""
+    if args.namespace:
+        return args.namespace
+    return spec.namespace if args.job_file or args.file else None
 
 
 def warnings(spec: js.JobSpec, *, pods: bool = True) -> list[str]:
@@ -155,6 +136,11 @@ def warnings(spec: js.JobSpec, *, pods: bool = True) -> list[str]:
     remote = [u for u in (spec.data_url, spec.train_url, spec.init_url) if u and u.startswith(("s3://", "obs://"))]
     if pods and remote and spec.storage_secret is None:
         out.append("object-storage URLs without --storage-secret: pods get no credentials")
+    if pods and registry_host(spec.image) is None:
+        accel = spec.accelerator
+        out.append(f"image {spec.image} names no registry host: nodes can only run it from their "
+                   f"local image cache; build and push it (make image-{accel} IMAGE_REPO=REGISTRY/leo-launch; "
+                   f"docker push REGISTRY/leo-launch:{accel}) and pass --image REGISTRY/leo-launch:{accel}")
     if spec.profile_steps is not None:
         steps = spec.experiment_config().num_steps_limit
         if steps < js.PROFILE_SKIP + spec.profile_steps:

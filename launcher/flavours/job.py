@@ -87,5 +87,17 @@ class IndexedJob(Flavour):
     def failed_pods(self, obj: Mapping[str, Any]) -> int:
         return int((obj.get("status") or {}).get("failed") or 0)
 
+    def restarts(self, obj: Mapping[str, Any]) -> int | None:
+        # the Job controller's count of failed pods (their pods may be deleted already):
+        # a restart per nodes' worth, as backoffLimit allows --max-restarts x nodes
+        failed = number((obj.get("status") or {}).get("failed"))
+        if not failed:
+            return None
+        nodes, limit = self.job_fields(obj)
+        count = -(-failed // (nodes or 1))
+        if (self.phase(obj, None) or ("",))[0] == "Failed":
+            count -= 1  # the last failure ended the job: it was not restarted
+        return max(0, count if limit is None else min(count, limit))
+
 
 FLAVOUR = IndexedJob()

@@ -78,14 +78,19 @@ class Volcano(Flavour):
 
     def job_fields(self, obj: Mapping[str, Any]) -> tuple[int | None, int | None]:
         body = obj.get("spec") or {}
-        return number(body.get("minAvailable")), number(body.get("maxRetry"))
+        attempts = number(body.get("maxRetry"))  # Volcano counts attempts: restarts + 1
+        return number(body.get("minAvailable")), None if attempts is None else max(attempts - 1, 0)
 
     def phase(self, obj: Mapping[str, Any], last_failure: str | None) -> tuple[str, str | None] | None:
         state = (obj.get("status") or {}).get("state") or {}
         vphase = state.get("phase")
         mapped = PHASES.get(vphase or "Pending", "Pending")
         if mapped == "Failed":
-            return "Failed", reason_text(state.get("reason") or vphase, state.get("message")) or last_failure
+            # Volcano sets no reason or message: the failed pods (it keeps them) say why
+            text = reason_text(state.get("reason"), state.get("message"))
+            if last_failure and last_failure not in text:
+                text = f"{text}; last failure: {last_failure}" if text else last_failure
+            return "Failed", text or vphase
         if mapped in ("Succeeded", "Running"):
             return mapped, None
         if mapped == "Restarting":
@@ -93,8 +98,18 @@ class Volcano(Flavour):
         return None
 
     def restarts(self, obj: Mapping[str, Any]) -> int | None:
+        # retryCount counts failed attempts; the one that reached maxRetry was not restarted
         retries = (obj.get("status") or {}).get("retryCount")
-        return retries if isinstance(retries, int) else None
+        if not isinstance(retries, int):
+            return None
+        limit = self.job_fields(obj)[1]
+        return retries if limit is None else min(retries, limit)
+
+    def failed_pods(self, obj: Mapping[str, Any]) -> int:
+        # a restart deletes the failed pods at once (the vcjob is Restarting for under a
+        # second, then Pending again): retryCount is what remains of them
+        retries = (obj.get("status") or {}).get("retryCount")
+        return retries if isinstance(retries, int) else 0
 
     def preflight_reads(self) -> list[tuple[str, str, str]]:
         return [(QUEUE[0].rpartition("/")[0], "queues", "get")]  # preflight's queue (cluster-scoped)

@@ -209,7 +209,10 @@ def _capacity_problems(ctx: Context) -> Iterable[str]:
         return
     per_node, needed = ctx.spec.cards_per_node, ctx.spec.nodes
     selector = dict(ctx.spec.node_selector or ())
-    nodes = [n for n in ctx.api.list(*NODE, None) if _has_labels(n, selector)]
+    matching = [n for n in ctx.api.list(*NODE, None) if _has_labels(n, selector)]
+    # a cordoned node takes no new pods (Volcano's gang never binds there either)
+    nodes = [n for n in matching if not (n.get("spec") or {}).get("unschedulable")]
+    cordoned = sorted(_name(n) for n in matching if n not in nodes)
     where = f" matching --node-selector {_pairs(selector)}" if selector else ""
     advertised = {name: count for name, count in ((_name(n), _allocatable(n, resource)) for n in nodes)
                   if count is not None}
@@ -226,8 +229,9 @@ def _capacity_problems(ctx: Context) -> Iterable[str]:
         yield (f"no node{where} has {per_node} {resource} allocatable (at most {most[1]}, on "
                f"{most[0]}): use more --nodes for fewer cards per node")
     elif len(enough) < needed:  # one pod per node (required anti-affinity)
+        also = f"; cordoned: {', '.join(cordoned)}" if cordoned else ""
         yield (f"only {len(enough)} node(s){where} have {per_node} {resource} allocatable "
-               f"({', '.join(enough)}); the job needs {needed}, one pod per node")
+               f"({', '.join(enough)}{also}); the job needs {needed}, one pod per node")
 
 
 @check("Pod Security")

@@ -102,6 +102,14 @@ def exit_description(code: Any, reason: str | None = None) -> str:
     return text
 
 
+def terminated_text(terminated: Mapping[str, Any]) -> str:
+    """A finished container: its exit code and the last line of its termination message
+    (the bootstrap's one-line reason, else the kubelet's tail of the log)."""
+    text = exit_description(terminated.get("exitCode"), terminated.get("reason"))
+    lines = [line.strip() for line in str(terminated.get("message") or "").splitlines() if line.strip()]
+    return f"{text}: {lines[-1][:300]}" if lines else text
+
+
 def pod_problem(pod: Mapping[str, Any], events: Iterable[Mapping[str, Any]] = ()) -> str | None:
     """Why a pod does not run: a container waiting on an image or config, the scheduler's
     verdict in its conditions, or its latest warning event that still holds (a scheduling
@@ -112,7 +120,9 @@ def pod_problem(pod: Mapping[str, Any], events: Iterable[Mapping[str, Any]] = ()
     if waiting.get("reason") in WAITING_PROBLEMS:
         return _reason_text(waiting.get("reason"), waiting.get("message"))
     for condition in status.get("conditions") or []:
-        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+        # Volcano's "Schedulable": the pod fits but waits for its gang (the PodGroup says why)
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "False" \
+                and condition.get("reason") != "Schedulable":
             return _reason_text(condition.get("reason") or "Unschedulable", condition.get("message"))
     name = meta(pod).get("name")
     mine = [e for e in events if _involves(e, "Pod", name)]
@@ -157,13 +167,24 @@ def event_time(event: Mapping[str, Any]) -> float:
 
 
 def podgroup_problem(podgroups: Iterable[Mapping[str, Any]]) -> str | None:
-    """The gang scheduler's reason a gang does not start (PodGroup conditions, e.g. Unschedulable)."""
+    """The gang scheduler's reason a gang does not start (PodGroup conditions, e.g.
+    Unschedulable). Volcano leaves that condition in place once the gang is bound, so it
+    no longer counts when the group runs or a `Scheduled` condition is as new."""
+    def when(condition: Mapping[str, Any]) -> float:
+        return parse_time(condition.get("lastTransitionTime")) or 0.0
+
     for group in podgroups:
-        conditions = (group.get("status") or {}).get("conditions") or []
-        bad = [c for c in conditions if c.get("type") == "Unschedulable" and c.get("status") == "True"]
-        if bad:
-            latest = max(bad, key=lambda c: parse_time(c.get("lastTransitionTime")) or 0.0)
-            return _reason_text(latest.get("reason") or "Unschedulable", latest.get("message"))
+        status = group.get("status") or {}
+        if status.get("phase") in ("Running", "Completed"):
+            continue
+        conditions = [c for c in status.get("conditions") or [] if c.get("status") == "True"]
+        bad = [c for c in conditions if c.get("type") == "Unschedulable"]
+        if not bad:
+            continue
+        latest = max(bad, key=when)
+        if any(c.get("type") == "Scheduled" and when(c) >= when(latest) for c in conditions):
+            continue
+        return _reason_text(latest.get("reason") or "Unschedulable", latest.get("message"))
     return None
 
 
@@ -268,6 +289,8 @@ def summarize(info: JobInfo, pods: Iterable[Mapping[str, Any]], *,
         else:
             cstatus = container_status(pod)
             pod_phase = (pod.get("status") or {}).get("phase") or "Pending"
+            if meta(pod).get("deletionTimestamp") and pod_phase in ("Pending", "Running"):
+                pod_phase = "Terminating"  # as kubectl says: it is being stopped
             restarts = len(by_rank[node_rank]) - 1 + int(cstatus.get("restartCount") or 0)
             if pod_phase == "Failed" and phase == "Restarting":
                 restarts += 1  # being replaced: the new pod does not exist yet
@@ -283,8 +306,7 @@ def summarize(info: JobInfo, pods: Iterable[Mapping[str, Any]], *,
                 if problem:
                     entry["reason"] = problem
             elif pod_phase == "Failed":
-                entry["reason"] = (exit_description(terminated.get("exitCode"), terminated.get("reason"))
-                                   if terminated else _reason_text((pod.get("status") or {}).get("reason"),
+                entry["reason"] = (terminated_text(terminated) if terminated else _reason_text((pod.get("status") or {}).get("reason"),
                                                                    (pod.get("status") or {}).get("message")))
         for offset in range(per_node):
             ranks.append({"rank": node_rank * per_node + offset, **entry})
@@ -352,7 +374,7 @@ def _job_failing_failure(rules: list[dict[str, Any]], by_rank: dict[int, list[di
                 if match.get("containerName") not in (None, contract.CONTAINER_NAME):
                     continue
                 if isinstance(code, int) and (code in values) == (match.get("operator", "In") == "In"):
-                    return f"node rank {rank} ({meta(pod).get('name')}) {exit_description(code, terminated.get('reason'))}"
+                    return f"node rank {rank} ({meta(pod).get('name')}) {terminated_text(terminated)}"
     return None
 
 
@@ -364,8 +386,7 @@ def _last_failure(by_rank: dict[int, list[dict[str, Any]]]) -> str | None:
                 continue
             terminated = (container_status(pod).get("state") or {}).get("terminated") or {}
             when = parse_time(terminated.get("finishedAt")) or created_at(pod) or 0.0
-            what = exit_description(terminated.get("exitCode"), terminated.get("reason")) \
-                if terminated else ((pod.get("status") or {}).get("reason") or "failed")
+            what = terminated_text(terminated) if terminated else ((pod.get("status") or {}).get("reason") or "failed")
             failures.append((when, f"node rank {rank} ({meta(pod).get('name')}) {what}"))
     return max(failures)[1] if failures else None
 
@@ -374,12 +395,16 @@ def pending_reason(info: JobInfo, current: dict[int, dict[str, Any]],
                    podgroups: Iterable[Mapping[str, Any]],
                    events: list[Mapping[str, Any]],
                    unranked: Iterable[tuple[str, Mapping[str, Any]]] = ()) -> str | None:
-    """Why the job does not run yet: the first pod problem (by rank, then pods of other
-    roles), else the gang's PodGroup, else the job object's own warnings (e.g. FailedCreate
-    over a quota, or an operator's)."""
+    """Why the job does not run yet: the gang's PodGroup (it says why a whole gang waits,
+    while each of its pods may fit), else the first pod problem (by rank, then pods of
+    other roles), else the job object's own warnings (e.g. FailedCreate over a quota, or
+    an operator's)."""
     nodes = info.nodes or len(current) or 1
     waiting = [(rank, pod) for rank, pod in sorted(current.items())
                if (pod.get("status") or {}).get("phase") in (None, "Pending")]
+    problem = podgroup_problem(podgroups)
+    if problem:
+        return problem
     for rank, pod in waiting:
         problem = pod_problem(pod, events)
         if problem:
@@ -387,9 +412,6 @@ def pending_reason(info: JobInfo, current: dict[int, dict[str, Any]],
     for what, pod in unranked:
         if (pod.get("status") or {}).get("phase") in (None, "Pending") and (problem := pod_problem(pod, events)):
             return f"{what}: {problem}"
-    problem = podgroup_problem(podgroups)
-    if problem:
-        return problem
     kind = flavours.flavour_of(info.scheduler).api[1]
     warnings = [e for e in events if _involves(e, kind, info.name) and e.get("type") == "Warning"]
     if warnings:

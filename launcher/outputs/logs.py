@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import sys
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TextIO
 
@@ -14,11 +15,10 @@ from launcher.outputs.layout import LOGS_DIR, rank_of_log
 from launcher.storage import (
     NotFoundError,
     StorageSettings,
+    iter_lines,
     open_store,
 )
 
-# A published rank log read whole by `logs URL` (larger ones: `leo-launch pull` them).
-MAX_LOG_BYTES = 512 * 2**20
 _RANK_TAG = re.compile(r"^\[rank (\d+)\] ")
 _NODE_TAG = re.compile(r"^\[node (\d+)\] ")
 
@@ -91,12 +91,11 @@ def print_published_logs(job_url: str, *, rank: int | None = None, tail: int | N
             what = "any rank" if rank is None else f"rank {rank}"
             err.write(f"leo-launch: no logs of {what} published under {job_url}/logs\n")
             return False
-        lines = []
-        for number in chosen:  # --tail: the last lines of each rank
-            data = store.get_bytes(files[number], MAX_LOG_BYTES)
-            text = data.decode("utf-8", errors="replace")
-            lines.extend(f"[rank {number}] {line}" for line in last_lines(text.splitlines(), tail))
-    for line in lines:
-        out.write(line + "\n")
+        for number in chosen:  # streamed: --tail keeps only the last lines of each rank
+            lines = (f"[rank {number}] {line}" for line in iter_lines(store, files[number]))
+            if tail is not None:
+                lines = deque(lines, maxlen=max(tail, 0))
+            for line in lines:
+                out.write(line + "\n")
     out.flush()
     return True

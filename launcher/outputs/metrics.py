@@ -54,17 +54,25 @@ class MetaTest:
     baselines: dict[str, dict[str, float | None]] | None = None
 
 
-def parse_metrics(data: bytes, where: str = METRICS_FILE) -> tuple[list[Point], list[Point], int]:
-    """Train and validation points of a metrics.jsonl, each sorted by step with one point
-    per step (the last logged wins: a resumed run may log a step again), and the number
-    of lines that were not records (a torn last line, foreign text)."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise LaunchError(f"{where} is not UTF-8 text") from err
-    curves: dict[str, dict[int, Point]] = {"train": {}, "validation": {}}
+# Points kept per curve: a plot needs far fewer; a longer run (or a hostile metrics.jsonl of
+# any size) is thinned evenly by step, the best, marked-best and last points always kept.
+MAX_CURVE_POINTS = 100_000
+
+
+def parse_metrics(data: bytes | Iterable[str], where: str = METRICS_FILE
+                  ) -> tuple[list[Point], list[Point], int]:
+    """Train and validation points of a metrics.jsonl (its bytes, or its lines as a
+    stream), each sorted by step with one point per step (the last logged wins: a resumed
+    run may log a step again), and the number of lines that were not records (a torn last
+    line, foreign text). Memory is bounded by MAX_CURVE_POINTS per curve."""
+    if isinstance(data, bytes):
+        try:
+            data = data.decode("utf-8").splitlines()
+        except UnicodeDecodeError as err:
+            raise LaunchError(f"{where} is not UTF-8 text") from err
+    curves = {"train": _Curve(), "validation": _Curve()}
     skipped = 0
-    for line in text.splitlines():
+    for line in data:
         if not line.strip():
             continue
         try:
@@ -80,15 +88,49 @@ def parse_metrics(data: bytes, where: str = METRICS_FILE) -> tuple[list[Point], 
         if kind not in curves or accuracy is None:
             continue  # other kinds of record (or a train record without accuracy)
         step = step_or_none(record["step"])
-        curves[kind][step] = Point(step=step, accuracy=accuracy, ci95=_fraction(record.get("ci95")),
-                                   best=record.get("best") is True,
-                                   steps_per_s=_positive(record.get("steps_per_s")),
-                                   time=_number(record.get("time")))
-    if skipped and not any(curves.values()):
+        curves[kind].add(Point(step=step, accuracy=accuracy, ci95=_fraction(record.get("ci95")),
+                               best=record.get("best") is True,
+                               steps_per_s=_positive(record.get("steps_per_s")),
+                               time=_number(record.get("time"))))
+    if skipped and not any(curve.points for curve in curves.values()):
         raise LaunchError(f"{where} is not JSON lines: none of its lines is a metrics record")
-    train = [curves["train"][s] for s in sorted(curves["train"])]
-    validation = [curves["validation"][s] for s in sorted(curves["validation"])]
-    return train, validation, skipped
+    return curves["train"].sorted(), curves["validation"].sorted(), skipped
+
+
+class _Curve:
+    """One point per step; beyond MAX_CURVE_POINTS only steps that are multiples of a
+    doubling stride, plus the points `best_validation` and the last step need."""
+
+    def __init__(self) -> None:
+        self.points: dict[int, Point] = {}
+        self.stride = 1
+        self.keep: dict[str, Point] = {}  # "marked", "highest", "last"
+
+    def add(self, point: Point) -> None:
+        if point.step % self.stride == 0 or point.step in self.points:
+            self.points[point.step] = point
+        for name, better in (("marked", point.best and _after(point, self.keep.get("marked"))),
+                             ("highest", _higher(point, self.keep.get("highest"))),
+                             ("last", _after(point, self.keep.get("last")))):
+            if better:
+                self.keep[name] = point
+        if len(self.points) > MAX_CURVE_POINTS:
+            self.stride *= 2
+            self.points = {s: p for s, p in self.points.items() if s % self.stride == 0}
+
+    def sorted(self) -> list[Point]:
+        if self.stride > 1:  # thinned: the points that decide best and last come back
+            for point in self.keep.values():
+                self.points.setdefault(point.step, point)
+        return [self.points[s] for s in sorted(self.points)]
+
+
+def _after(point: Point, other: Point | None) -> bool:
+    return other is None or point.step >= other.step
+
+
+def _higher(point: Point, other: Point | None) -> bool:
+    return other is None or (point.accuracy, -point.step) > (other.accuracy, -other.step)
 
 
 def parse_result(data: bytes, where: str = RESULT_FILE) -> MetaTest:

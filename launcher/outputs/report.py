@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,7 @@ from launcher.storage import (
     NotFoundError,
     StorageOptions,
     Store,
+    iter_lines,
     open_store,
     parse_url,
 )
@@ -137,26 +138,28 @@ def percent(fraction: float, ci95: float | None = None) -> str:
 
 # ----------------------------------------------------------------------------- reading
 
-# What report reads into memory: a run of 10^6 logged steps writes ~200 MB of metrics.jsonl;
-# result.json and job.yaml are a few kB. Larger objects are refused (exit 1), not loaded.
-MAX_METRICS_BYTES = 1024 * 2**20
+# result.json and job.yaml are a few kB: larger ones are refused (exit 1), not loaded.
+# metrics.jsonl is streamed line by line, keeping only the curves' points (bounded by
+# metrics.MAX_CURVE_POINTS), so a metrics object of any size is read in bounded memory.
 MAX_SMALL_BYTES = 16 * 2**20
+
 
 def load_report(job_url: str, *, options: StorageOptions | None = None) -> RunReport:
     """Read metrics.jsonl (required), result.json and job.yaml under `job_url`."""
     base = parse_url(job_url)
     options = dataclasses.replace(options or StorageOptions(), progress=False)
     with open_store(base, options) as store:
+        where = str(store.url.child(METRICS_FILE))
         try:
-            metrics = store.get_bytes(METRICS_FILE, MAX_METRICS_BYTES)
+            startup: list[float] = []
+            lines = _watch_startup(iter_lines(store, METRICS_FILE), startup)
+            train, validation, skipped = parse_metrics(lines, where)
         except NotFoundError as err:
-            raise LaunchError(f"no metrics: {store.url.child(METRICS_FILE)} does not exist (the job "
+            raise LaunchError(f"no metrics: {where} does not exist (the job "
                               "has not logged a step yet, or the URL is not a job's "
                               "<train_url>/<job>)") from err
         result = _optional(store, RESULT_FILE)
         job = _optional(store, JOB_FILE)
-        where = str(store.url.child(METRICS_FILE))
-        train, validation, skipped = parse_metrics(metrics, where)
         meta_test = parse_result(result, str(store.url.child(RESULT_FILE))) if result is not None else None
         spec = parse_job(job, str(store.url.child(JOB_FILE))) if job is not None else {}
     if not train and not validation:
@@ -178,8 +181,16 @@ def load_report(job_url: str, *, options: StorageOptions | None = None) -> RunRe
         train=tuple(train),
         validation=tuple(validation),
         skipped_lines=skipped,
-        startup_seconds=parse_startup(metrics),
+        startup_seconds=startup[-1] if startup else None,
     )
+
+
+def _watch_startup(lines: Iterable[str], seen: list[float]) -> Iterator[str]:
+    """`lines`, passed on; the seconds of the last startup record among them go to `seen`."""
+    for line in lines:
+        if '"startup"' in line and (seconds := parse_startup(line.encode())) is not None:
+            seen[:] = [seconds]
+        yield line
 
 
 def _optional(store: Store, key: str) -> bytes | None:

@@ -300,7 +300,7 @@ class Bootstrap:
         if self.terminating.is_set():
             return EXIT_TERMINATED
         if code != 0:
-            self.out.node(f"the MindSpore scheduler exited with {code}")
+            self.out.failure(f"the MindSpore scheduler exited with {code}")
             return EXIT_RETRIABLE
         self.stage("done")
         self.out.node("done: the workers have finished")
@@ -467,11 +467,11 @@ class Bootstrap:
         if code == 0:
             return 0
         if contract.EXIT_BAD_CONFIG in self.worker_codes:
-            self.out.node(f"training failed: a worker exited with code {contract.EXIT_BAD_CONFIG} "
+            self.out.failure(f"training failed: a worker exited with code {contract.EXIT_BAD_CONFIG} "
                           "(bad configuration or data); not retrying")
             return contract.EXIT_BAD_CONFIG
         codes = ", ".join(str(c) for c in self.worker_codes) or "none reported"
-        self.out.node(f"training failed: msrun exited with {code} (worker exit codes: {codes})")
+        self.out.failure(f"training failed: msrun exited with {code} (worker exit codes: {codes})")
         return EXIT_RETRIABLE
 
     def evaluate(self, spec: js.JobSpec, config: Any, root: Path) -> int:
@@ -495,7 +495,7 @@ class Bootstrap:
         if self.terminating.is_set():
             return EXIT_TERMINATED
         if code != 0 or not result_path.is_file():
-            self.out.node(f"evaluation failed with exit code {code}")
+            self.out.failure(f"evaluation failed with exit code {code}")
             return contract.EXIT_BAD_CONFIG if code == contract.EXIT_BAD_CONFIG else EXIT_RETRIABLE
         result = json.loads(result_path.read_text())
         result["job"] = spec.name
@@ -516,8 +516,31 @@ def _baselines_text(result: dict) -> str:
     return f"; same tasks: {', '.join(parts)}" if parts else ""
 
 
+def write_termination_message(text: str, environ: Mapping[str, str]) -> None:
+    """The failure's one-line reason where the kubelet reads the container's termination
+    message (status shows it): $LEO_TERMINATION_LOG, else /dev/termination-log when it
+    exists (the kubelet mounts it in every container; never created elsewhere)."""
+    path = environ.get(contract.ENV_TERMINATION_LOG) or contract.TERMINATION_LOG
+    if not text or (path == contract.TERMINATION_LOG and not os.path.isfile(path)):
+        return
+    try:
+        with open(path, "w", encoding="utf-8") as file:
+            file.write(text[:1000] + "\n")  # the kubelet keeps at most 4 KiB
+    except OSError:
+        pass  # the exit code still tells the controller
+
+
 def main(argv: list[str] | None = None) -> int:
-    environ, notes = dict(os.environ), []
+    environ = dict(os.environ)
+    out = Output()
+    code = _main(argv, environ, out)  # its failure lines go to `out`
+    if code not in (0, EXIT_TERMINATED):
+        write_termination_message(out.reason, environ)
+    return code
+
+
+def _main(argv: list[str] | None, environ: dict[str, str], out: Output) -> int:
+    notes: list[str] = []
     if argv:  # the ModelArts-style entry: the job comes from --data_url, --train_url, ...
 
         try:
@@ -525,9 +548,10 @@ def main(argv: list[str] | None = None) -> int:
         except SystemExit as done:  # --help
             return done.code if isinstance(done.code, int) else 0
         except UsageError as err:
-            Output().node(f"error: {err} (bad configuration: not retrying)")
+            out.failure(f"error: {err} (bad configuration: not retrying)")
             return contract.EXIT_BAD_CONFIG
     boot = Bootstrap(environ)
+    boot.out = out
     if notes:
         boot.out.node_rank = 0  # a ModelArts-style job is one node
     for note in notes:
@@ -538,7 +562,7 @@ def main(argv: list[str] | None = None) -> int:
     except Terminated:
         return EXIT_TERMINATED
     except UsageError as err:  # BadConfig, bad JobSpec, bad rank table, ...
-        boot.out.node(f"error: {err} (bad configuration: not retrying)")
+        boot.out.failure(f"error: {err} (bad configuration: not retrying)")
         return contract.EXIT_BAD_CONFIG
     except Exception as err:  # noqa: BLE001 - the exit code tells the Job to retry
         if boot.terminating.is_set():
@@ -546,10 +570,10 @@ def main(argv: list[str] | None = None) -> int:
         from leo_core.config import ConfigError
 
         if isinstance(err, ConfigError):
-            boot.out.node(f"error: {err} (bad configuration: not retrying)")
+            boot.out.failure(f"error: {err} (bad configuration: not retrying)")
             return contract.EXIT_BAD_CONFIG
         text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        boot.out.node(f"error: {text} (retriable)")
+        boot.out.failure(f"error: {text} (retriable)")
         if boot.env.get("LEO_DEBUG"):
             import traceback
 

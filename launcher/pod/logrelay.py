@@ -22,6 +22,7 @@ class Output:
     def __init__(self, stream: TextIO | None = None, node_rank: int | str | None = None) -> None:
         self.stream = stream or sys.stdout
         self.node_rank = node_rank
+        self.reason = ""  # the last failure() line
         self._lock = threading.Lock()
 
     def write(self, line: str) -> None:
@@ -31,6 +32,11 @@ class Output:
                 self.stream.flush()
             except (OSError, ValueError):
                 pass  # stdout gone: keep training, the rank logs still get everything
+
+    def failure(self, text: str) -> None:
+        """A node line that says why the node fails (its pod's termination message)."""
+        self.reason = " ".join(str(text).split())
+        self.node(text)
 
     def node(self, text: str) -> None:
         tag = "?" if self.node_rank is None else self.node_rank

@@ -20,6 +20,7 @@ from typing import Any
 from launcher import flavours
 from launcher.errors import LaunchError, UsageError
 from launcher.spec import contract, podsecurity, ranktable
+from launcher.spec.fields import flag_of
 from launcher.spec.jobspec import JobSpec
 from launcher.spec.ranktable import HCCN_CONF
 from launcher.storage.base import parse_url
@@ -330,9 +331,10 @@ def check_storage_for_pods(spec: JobSpec) -> None:
     (inside a container it is the container's own disk, lost with it) and object storage
     they could not resolve with the job's settings alone (the bootstrap's check, run with
     the pods' environment: the user's shell variables do not reach them)."""
-    for flag, url in (("--data-url", spec.data_url), ("--train-url", spec.train_url), ("--init", spec.init_url)):
+    for field in ("data_url", "train_url", "init_url"):
+        url = getattr(spec, field)
         if url is not None and parse_url(url).is_local:
-            raise UsageError(f"{flag} {url!r} is a local path: Kubernetes pods cannot read it (their "
+            raise UsageError(f"{flag_of(field)} {url!r} is a local path: Kubernetes pods cannot read it (their "
                              "files vanish with them); use s3:// or obs://, or --backend local to run here")
     spec.check_reachable({})
 

@@ -73,6 +73,9 @@ ENV_ASCEND_DEVICES = "LEO_ASCEND_DEVICES"  # the device-plugin annotation (JSON)
 ENV_CACHE_DIR = "LEO_CACHE_DIR"
 ENV_DATA_URL = "LEO_DATA_URL"
 ENV_TRAIN_URL = "LEO_TRAIN_URL"
+# where the bootstrap writes its one-line failure reason (the pod's termination message)
+ENV_TERMINATION_LOG = "LEO_TERMINATION_LOG"
+TERMINATION_LOG = "/dev/termination-log"  # the kubelet's default terminationMessagePath
 # The node rank is the first of these that is set: our downward-API variable
 # (batch/v1 Job), the Job controller's own, then Volcano's env plugin.
 # The ascend-operator's MS_NODE_RANK comes last (worker pods from 0: our Scheduler has no NPUs).

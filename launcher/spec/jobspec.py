@@ -15,13 +15,13 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from launcher import flavours
-from launcher.errors import UsageError
+from launcher.errors import FieldError, UsageError
+from launcher.spec import fields as fld
 from launcher.spec import names as syn
 from launcher.spec.contract import (
     ANNOTATION_CARDS,
@@ -53,8 +53,6 @@ from launcher.spec.values import (
     _text_problem,
     endpoint_problem,
     image_problem,
-    parse_node_selectors,
-    parse_rank_table,
     storage_url_problem,
 )
 from launcher.storage.base import REGION_RE, StorageSettings, redact_endpoint, storage_problem
@@ -62,36 +60,35 @@ from launcher.util.userfile import load_yaml
 from leo_core import profiling
 
 # ------------------------------------------------------------------ accelerators, images
-ACCELERATORS = ("ascend", "nvidia", "cpu")
+# Options, their defaults and bounds are declared in launcher.spec.fields; the names below
+# are kept for the modules that import them from here.
+ACCELERATORS = fld.ACCELERATORS
 DEFAULT_IMAGES = {accel: f"leo-launch:{accel}" for accel in ACCELERATORS}
 DOCKERFILES = {accel: f"images/{accel}/Dockerfile" for accel in ACCELERATORS}
 RESOURCE_NAMES = {"ascend": "huawei.com/Ascend910", "nvidia": "nvidia.com/gpu"}
 ASCEND_CARDS_PER_NODE = DEVICES_PER_SERVER  # HCCL's server sizes
 MAX_CARDS_PER_NODE = {"ascend": 8, "nvidia": 16, "cpu": 64}
 DEFAULT_CARDS_PER_NODE = 8  # --nodes defaults to ceil(cards / 8)
-# Bounds of every numeric flag: far above any real job, low enough that no check loops long.
-MAX_CARDS = 65536
-MAX_NODES = 8192
-MAX_STEPS = 10**9
-MAX_SEED = 2**31 - 1
-MAX_CLUSTER_TIMEOUT = 7 * 86400
+MAX_CARDS, MAX_NODES, MAX_STEPS = fld.MAX_CARDS, fld.MAX_NODES, fld.MAX_STEPS
+MAX_CLUSTER_TIMEOUT = fld.MAX_CLUSTER_TIMEOUT
+MAX_SEED = fld.MAX_SEED
 SCHEDULERS = flavours.NAMES
 # none: no rank table, MindSpore's dynamic cluster only (the ascend-operator's env mode)
 RANK_TABLE_MODES = ("dynamic", "controller", "file", "none")
-NCCL_DEBUG_LEVELS = ("VERSION", "WARN", "INFO", "TRACE")
-DEFAULT_MASTER_PORT = 8118  # msrun's default
-DEFAULT_CLUSTER_TIMEOUT = 1800  # msrun --cluster_time_out, seconds
-DEFAULT_HCCL_CONNECT_TIMEOUT = 1200  # HCCL_CONNECT_TIMEOUT, seconds
-DEFAULT_MAX_RESTARTS = 3
-DEFAULT_NCCL_SOCKET_IFNAME = "eth0"
+NCCL_DEBUG_LEVELS = fld.NCCL_DEBUG_LEVELS
+DEFAULT_MASTER_PORT = fld.DEFAULT_MASTER_PORT
+DEFAULT_CLUSTER_TIMEOUT = fld.DEFAULT_CLUSTER_TIMEOUT
+DEFAULT_HCCL_CONNECT_TIMEOUT = fld.DEFAULT_HCCL_CONNECT_TIMEOUT
+DEFAULT_MAX_RESTARTS = fld.DEFAULT_MAX_RESTARTS
+DEFAULT_NCCL_SOCKET_IFNAME = fld.DEFAULT_NCCL_SOCKET_IFNAME
 # The images' non-root user (build args LEO_UID and LEO_GID, HWHIAIUSER_GID for Ascend):
 # the pods run as these ids unless --run-as-user/--run-as-group say otherwise.
-IMAGE_USER = {"ascend": 1000, "nvidia": 1000, "cpu": 1000}
-IMAGE_GROUP = {"ascend": 1000, "nvidia": 1000, "cpu": 1000}
-MAX_ID = 2**31 - 1  # Kubernetes' limit for runAsUser, runAsGroup and fsGroup
+IMAGE_USER = dict.fromkeys(ACCELERATORS, fld.IMAGE_ID)
+IMAGE_GROUP = dict.fromkeys(ACCELERATORS, fld.IMAGE_ID)
+MAX_ID = fld.MAX_ID
 # Ascend's driver: hostPath mounts of the host's driver and hccn.conf (MindCluster's samples),
 # or nothing, on nodes whose Ascend Docker Runtime injects the driver itself.
-ASCEND_DRIVER_MOUNTS = ("hostpath", "runtime")
+ASCEND_DRIVER_MOUNTS = fld.ASCEND_DRIVER_MOUNTS
 DEFAULT_ASCEND_DRIVER_MOUNT = "hostpath"
 
 JOBSPEC_VERSION = 1
@@ -170,7 +167,7 @@ class JobSpec:
         from leo_core.config import ConfigError, load_experiment
 
         if not isinstance(self.experiment, str) or not self.experiment:
-            raise UsageError("--exp is required (see leo-launch experiments)")
+            raise FieldError("experiment", "is required (see leo-launch experiments)")
         overrides = tuple((str(k), _override_text(v)) for k, v in _pairs(self.overrides, "overrides"))
         self._set("overrides", tuple(dict(overrides).items()))  # last one wins
         for key, value in self.overrides:
@@ -192,11 +189,11 @@ class JobSpec:
                              f"choose {', '.join(ACCELERATORS)}")
 
     def _check_cards(self) -> None:
-        cards = _int(self.cards, "--cards", minimum=1, maximum=MAX_CARDS)
+        cards = _int(self.cards, "cards")
         nodes = self.nodes
         if nodes is None:
             nodes = math.ceil(cards / DEFAULT_CARDS_PER_NODE)
-        nodes = _int(nodes, "--nodes", minimum=1, maximum=MAX_NODES)
+        nodes = _int(nodes, "nodes")
         self._set("nodes", nodes)
         if nodes > cards:
             raise UsageError(f"--nodes {nodes} exceeds --cards {cards}: every node needs at least one card")
@@ -231,56 +228,56 @@ class JobSpec:
         for problem in flavours.flavour_of(self.scheduler).spec_problems(self):
             raise UsageError(problem)
         if not isinstance(self.name, str):
-            raise UsageError("--name must be a string")
+            raise FieldError("name", "must be a string")
         longest = max((self.pod_hostname(self.nodes - 1), self.scheduler_hostname or ""), key=len)
         suffix = len(longest) - len(self.name)
         problem = syn.dns1035_label_problem(self.name, 63 - suffix)
         if problem:
             why = f" (pod host names {longest.replace(self.name, '<name>', 1)} must fit 63)" \
                 if "characters" in problem else ""
-            raise UsageError(f"--name {self.name!r} {problem}{why}")
+            raise FieldError("name", f"{self.name!r} {problem}{why}")
         if not isinstance(self.namespace, str):
-            raise UsageError("--namespace must be a string")
+            raise FieldError("namespace", "must be a string")
         problem = syn.dns1123_label_problem(self.namespace)
         if problem:
-            raise UsageError(f"--namespace {self.namespace!r} {problem}")
+            raise FieldError("namespace", f"{self.namespace!r} {problem}")
         image = DEFAULT_IMAGES[self.accelerator] if self.image is None else self.image
         problem = image_problem(image) if isinstance(image, str) else "must be a string"
         if problem:
-            raise UsageError(f"--image {image!r} {problem}")
+            raise FieldError("image", f"{image!r} {problem}")
         self._set("image", image)
 
     def _check_storage(self) -> None:
-        for flag, value in (("--data-url", self.data_url), ("--train-url", self.train_url)):
+        for attr in ("data_url", "train_url"):
+            value = getattr(self, attr)
             if value is not None:
                 problem = storage_url_problem(value) if isinstance(value, str) else "must be a string"
                 if problem:
-                    raise UsageError(f"{flag} {value!r}: {problem}")
+                    raise FieldError(attr, f"{value!r}: {problem}")
         if self.storage_secret is not None:
             problem = _name_problem(self.storage_secret, syn.dns1123_subdomain_problem)
             if problem:
-                raise UsageError(f"--storage-secret {self.storage_secret!r} {problem} (a Secret name)")
+                raise FieldError("storage_secret", f"{self.storage_secret!r} {problem} (a Secret name)")
         if self.init_url is not None:
             value = self.init_url
             problem = storage_url_problem(value) if isinstance(value, str) else "must be a string"
             if not problem and not value.lower().endswith(INIT_SUFFIXES):
                 problem = "must name a .ckpt or .npz file (this project's or the ModelZoo port's names)"
             if problem:
-                raise UsageError(f"--init {value!r}: {problem}")
+                raise FieldError("init_url", f"{value!r}: {problem}")
         if self.storage_endpoint is not None:
             value = self.storage_endpoint
             problem = endpoint_problem(value) if isinstance(value, str) else "must be a string"
             if problem:
-                raise UsageError(f"--storage-endpoint {redact_endpoint(value)!r} {problem}")
+                raise FieldError("storage_endpoint", f"{redact_endpoint(value)!r} {problem}")
         if self.storage_region is not None and not (isinstance(self.storage_region, str)
                                                     and REGION_RE.match(self.storage_region)):
-            raise UsageError(f"--storage-region {self.storage_region!r}: a region is 2-40 lowercase "
+            raise FieldError("storage_region", f"{self.storage_region!r}: a region is 2-40 lowercase "
                              "letters, digits and '-' (e.g. cn-north-4)")
         if self.keep_checkpoints is not None:
-            self._set("keep_checkpoints", _int(self.keep_checkpoints, "--keep-checkpoints", minimum=1,
-                                               maximum=MAX_STEPS))
-        if self.storage_path_style not in (None, True, False):
-            raise UsageError("storage_path_style must be true or false")
+            self._set("keep_checkpoints", _int(self.keep_checkpoints, "keep_checkpoints"))
+        if self.storage_path_style is not None and not isinstance(self.storage_path_style, bool):
+            raise FieldError("storage_path_style", "must be true or false")
 
     def _check_scheduling(self) -> None:
         self._set("node_selector", _pairs(self.node_selector, "node_selector"))
@@ -293,12 +290,12 @@ class JobSpec:
         if self.priority_class is not None:
             problem = _name_problem(self.priority_class, syn.dns1123_subdomain_problem)
             if problem:
-                raise UsageError(f"--priority-class {self.priority_class!r} {problem}")
+                raise FieldError("priority_class", f"{self.priority_class!r} {problem}")
         if self.queue is not None:
             problem = _name_problem(self.queue, syn.dns1123_label_problem)
             if problem:
-                raise UsageError(f"--queue {self.queue!r} {problem}")
-        self._set("max_restarts", _int(self.max_restarts, "--max-restarts", minimum=0, maximum=100))
+                raise FieldError("queue", f"{self.queue!r} {problem}")
+        self._set("max_restarts", _int(self.max_restarts, "max_restarts"))
         self._check_rank_table()
 
     def _check_rank_table(self) -> None:
@@ -347,20 +344,18 @@ class JobSpec:
             defaults = (str(per_node), f"{4 * per_node}Gi", "1Gi")
         else:
             defaults = (str(4 * per_node), f"{16 * per_node}Gi", "16Gi")
-        for attr, flag, default in zip(("cpu", "memory", "shm_size"), ("--cpu", "--memory", "--shm-size"),
-                                       defaults, strict=True):
+        for attr, default in zip(("cpu", "memory", "shm_size"), defaults, strict=True):
             value = getattr(self, attr)
             value = default if value is None else value
             if not syn.is_quantity(value) or syn.parse_quantity(value) <= 0:
-                raise UsageError(f"{flag} {value!r} is not a positive Kubernetes quantity (e.g. 8, 500m, 16Gi)")
+                raise FieldError(attr, f"{value!r} is not a positive Kubernetes quantity (e.g. 8, 500m, 16Gi)")
             self._set(attr, value)
 
     def _check_cluster(self) -> None:
-        self._set("master_port", _int(self.master_port, "--master-port", minimum=1024, maximum=65534))
-        self._set("cluster_timeout", _int(self.cluster_timeout, "--cluster-timeout", minimum=1,
-                                                   maximum=MAX_CLUSTER_TIMEOUT))
+        self._set("master_port", _int(self.master_port, "master_port"))
+        self._set("cluster_timeout", _int(self.cluster_timeout, "cluster_timeout"))
         self._set("hccl_connect_timeout",
-                  _int(self.hccl_connect_timeout, "--hccl-connect-timeout", minimum=1, maximum=7200))
+                  _int(self.hccl_connect_timeout, "hccl_connect_timeout"))
         nccl = {"--nccl-socket-ifname": self.nccl_socket_ifname, "--nccl-ib-hca": self.nccl_ib_hca}
         if self.accelerator != "nvidia":
             given = next((flag for flag, value in {**nccl, "--nccl-debug": self.nccl_debug}.items()
@@ -375,16 +370,15 @@ class JobSpec:
             if value is not None and (not isinstance(value, str) or not _NCCL_VALUE.fullmatch(value)):
                 raise UsageError(f"{flag} {value!r} must be interface names such as eth0, ^lo,docker or mlx5_0:1")
         if self.nccl_debug is not None and self.nccl_debug not in NCCL_DEBUG_LEVELS:
-            raise UsageError(f"--nccl-debug must be one of {', '.join(NCCL_DEBUG_LEVELS)}")
+            raise FieldError("nccl_debug", f"must be one of {', '.join(NCCL_DEBUG_LEVELS)}")
 
     def _check_security(self) -> None:
         # 0 is root: runAsNonRoot refuses uid 0, and gid 0 would open root-group files
-        for attr, flag, default in (("run_as_user", "--run-as-user", IMAGE_USER),
-                                    ("run_as_group", "--run-as-group", IMAGE_GROUP)):
+        for attr, default in (("run_as_user", IMAGE_USER), ("run_as_group", IMAGE_GROUP)):
             value = getattr(self, attr)
-            value = _int(default[self.accelerator] if value is None else value, flag, maximum=MAX_ID)
+            value = _int(default[self.accelerator] if value is None else value, attr)
             if value < 1:
-                raise UsageError(f"{flag} {value}: the pods run as non-root; give the image's "
+                raise FieldError(attr, f"{value}: the pods run as non-root; give the image's "
                                  f"non-root {'user' if attr == 'run_as_user' else 'group'} id (1 or more)")
             self._set(attr, value)
         mount = self.ascend_driver_mount
@@ -394,17 +388,16 @@ class JobSpec:
             return
         mount = DEFAULT_ASCEND_DRIVER_MOUNT if mount is None else mount
         if mount not in ASCEND_DRIVER_MOUNTS:
-            raise UsageError(f"--ascend-driver-mount {mount!r}: choose hostpath (the host's driver "
+            raise FieldError("ascend_driver_mount", f"{mount!r}: choose hostpath (the host's driver "
                              "and hccn.conf) or runtime (nodes with Ascend Docker Runtime)")
         self._set("ascend_driver_mount", mount)
 
     def _check_profile(self) -> None:
         if self.profile_steps is not None:
-            self._set("profile_steps", _int(self.profile_steps, "--profile-steps", minimum=1,
-                                            maximum=MAX_PROFILE_STEPS))
+            self._set("profile_steps", _int(self.profile_steps, "profile_steps"))
 
     def _check_sweep(self) -> None:
-        self._set("seed", _int(self.seed, "--seed", minimum=0, maximum=MAX_SEED))
+        self._set("seed", _int(self.seed, "seed"))
         if self.sweep is not None:
             problem = _name_problem(self.sweep, syn.dns1035_label_problem)
             if problem:
@@ -516,49 +509,18 @@ class JobSpec:
 
     # -------------------------------------------------------------- plain data
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "version": JOBSPEC_VERSION,
-            "name": self.name,
-            "namespace": self.namespace,
-            "experiment": self.experiment,
-            "overrides": dict(self.overrides),
-            "accelerator": self.accelerator,
-            "cards": self.cards,
-            "nodes": self.nodes,
-            "image": self.image,
-            "data_url": self.data_url,
-            "train_url": self.train_url,
-            "storage_secret": self.storage_secret,
-            "storage_endpoint": self.storage_endpoint,
-            "scheduler": self.scheduler,
-            "rank_table": self.rank_table,
-            "inventory": [node.to_dict() for node in self.inventory],
-            "node_selector": dict(self.node_selector),
-            "tolerations": [tol.to_dict() for tol in self.tolerations],
-            "priority_class": self.priority_class,
-            "queue": self.queue,
-            "max_restarts": self.max_restarts,
-            "cpu": self.cpu,
-            "memory": self.memory,
-            "shm_size": self.shm_size,
-            "master_port": self.master_port,
-            "cluster_timeout": self.cluster_timeout,
-            "hccl_connect_timeout": self.hccl_connect_timeout,
-            "nccl_socket_ifname": self.nccl_socket_ifname,
-            "nccl_ib_hca": self.nccl_ib_hca,
-            "nccl_debug": self.nccl_debug,
-            "run_as_user": self.run_as_user,
-            "run_as_group": self.run_as_group,
-            "ascend_driver_mount": self.ascend_driver_mount,
-            # only when set: a job.yaml without it stays readable by older bootstraps (images)
-            **({"init_url": self.init_url} if self.init_url is not None else {}),
-            **({"keep_checkpoints": self.keep_checkpoints} if self.keep_checkpoints is not None else {}),
-            **({"storage_region": self.storage_region} if self.storage_region is not None else {}),
-            **({"storage_path_style": self.storage_path_style} if self.storage_path_style is not None else {}),
-            **({"profile_steps": self.profile_steps} if self.profile_steps is not None else {}),
-            **({"seed": self.seed} if self.seed else {}),
-            **({"sweep": self.sweep} if self.sweep is not None else {}),
-        }
+        """job.yaml: every field of launcher.spec.fields in its order."""
+        out: dict[str, Any] = {"version": JOBSPEC_VERSION}
+        for option in fld.SPEC_FIELDS:
+            value = getattr(self, option.field)
+            if value in option.omit_if:
+                continue  # a job.yaml without it stays readable by older bootstraps (images)
+            if option.field in ("overrides", "node_selector"):
+                value = dict(value)
+            elif option.field in ("inventory", "tolerations"):
+                value = [item.to_dict() for item in value]
+            out[option.field] = value
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> JobSpec:
@@ -580,7 +542,8 @@ class JobSpec:
         if "tolerations" in values:
             values["tolerations"] = tuple(Toleration.from_dict(t) for t in values["tolerations"] or ())
         if "inventory" in values:
-            values["inventory"] = tuple(InventoryNode.from_dict(n, "inventory node")
+            values["inventory"] = tuple(n if isinstance(n, InventoryNode) else
+                                        InventoryNode.from_dict(n, "inventory node")
                                         for n in values["inventory"] or ())
         return cls(**values)
 
@@ -601,36 +564,29 @@ class JobSpec:
         return cls.from_dict(data)
 
 
-def build_job_spec(*, experiment: str, accelerator: str, cards: int, nodes: int | None = None,
-                   name: str | None = None, set_overrides: Iterable[str] = (),
-                   steps: int | None = None, rank_table: str | None = None,
-                   node_selectors: Iterable[str] = (), tolerations: Iterable[str] = (),
-                   profile: bool = False, profile_steps: int | None = None,
-                   **values: Any) -> JobSpec:
+def build_job_spec(*, set_overrides: Iterable[str] = (), node_selectors: Iterable[str] = (),
+                   tolerations: Iterable[str] = (), **values: Any) -> JobSpec:
     """A JobSpec from command-line style values (`--set k=v`, `--toleration k=v:Effect`,
-    `--profile [--profile-steps N]`, ...)."""
-    from leo_core.config import ConfigError, parse_override
+    `--profile [--profile-steps N]`, `--steps N`, `--rank-table FILE`, ...)."""
+    given = {k: v for k, v in values.items() if v is not None and v is not False}
+    for key, items in (("overrides", set_overrides), ("node_selector", node_selectors),
+                         ("tolerations", tolerations)):
+        if items:
+            given[key] = list(items)
+    return spec_from_values({}, given)
 
-    overrides: dict[str, str] = {}
-    for item in set_overrides:
-        try:
-            key, value = parse_override(item)
-        except ConfigError as err:
-            raise UsageError(f"--set: {err}") from err
-        overrides[key] = value
-    if steps is not None:
-        overrides["num_steps_limit"] = str(_int(steps, "--steps", minimum=1, maximum=MAX_STEPS))
-    if profile_steps is not None and not profile:
-        raise UsageError("--profile-steps applies with --profile only")
-    mode, inventory = parse_rank_table(rank_table)
-    if name is None:
-        name = default_name(experiment, accelerator, cards)
-    return JobSpec(name=name, experiment=experiment, accelerator=accelerator, cards=cards, nodes=nodes,
-                   overrides=tuple(overrides.items()), rank_table=mode, inventory=inventory,
-                   node_selector=parse_node_selectors(node_selectors),
-                   tolerations=tuple(Toleration.parse(t) for t in tolerations),
-                   profile_steps=(DEFAULT_PROFILE_STEPS if profile_steps is None else profile_steps)
-                   if profile else None, **values)
+
+def spec_from_values(base: Mapping[str, Any], given: Mapping[str, Any]) -> JobSpec:
+    """A job file's values `base` (job.yaml keys) overridden by the flags `given` (field →
+    parsed flag value; launcher.spec.fields.merge)."""
+    values = fld.merge(base, given)
+    missing = tuple(o.field for o in fld.FIELDS if o.required and values.get(o.field) is None)
+    if missing:
+        raise FieldError(missing, f"{'is' if len(missing) == 1 else 'are'} required (or a job file "
+                         "that sets them)")
+    if values.get("name") is None:
+        values["name"] = default_name(values["experiment"], values["accelerator"], values["cards"])
+    return JobSpec.from_dict(values)
 
 
 def default_name(experiment: str, accelerator: str, cards: int) -> str:
@@ -649,16 +605,8 @@ def node_rank_from_env(environ: Mapping[str, str]) -> int:
     raise UsageError(f"no node rank: none of {', '.join(NODE_RANK_ENV_VARS)} is set")
 
 
-def _int(value: Any, flag: str, minimum: int | None = None, maximum: int | None = None) -> int:
-    if isinstance(value, str) and re.fullmatch(r"\s*-?[0-9]+\s*", value):
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise UsageError(f"{flag} expects a whole number, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise UsageError(f"{flag} must be at least {minimum}, got {value}")
-    if maximum is not None and value > maximum:
-        raise UsageError(f"{flag} must be at most {maximum}, got {value}")
-    return value
+def _int(value: Any, field: str) -> int:
+    return fld.whole_number(value, field)
 
 
 def _name_problem(value: Any, rule: Any) -> str | None:

@@ -174,6 +174,15 @@ def image_problem(image: str) -> str | None:
     return None
 
 
+def registry_host(image: str) -> str | None:
+    """The registry host of an image reference, None when it has none (Docker's rule: the
+    first path component names a host when it holds a dot or a port, or is localhost)."""
+    first, slash, _ = image.partition("/")
+    if slash and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return None
+
+
 def _text_problem(text: str) -> str | None:
     if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in text):
         return "must not contain control characters (newlines, tabs)"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +135,35 @@ def write_json(url: URLLike, obj: Any, *, options: StorageOptions | None = None)
     target = parse_url(url)
     with open_store(target.parent(), options) as store:
         put_json(store, target.name, obj)
+
+
+# A line of a streamed text object kept in memory at most (longer ones are cut here).
+MAX_LINE = 1024 * 1024
+
+
+def iter_lines(store: Store, key: str, max_line: int = MAX_LINE) -> Iterator[str]:
+    """The lines of a text object of any size, streamed (bounded memory: one chunk and
+    one line of at most `max_line` bytes; the rest of a longer line is dropped), decoded
+    as UTF-8 with replacement characters. Verified once the last line is read."""
+    partial, dropping = b"", False
+    for chunk in store.iter_chunks(key):
+        start = 0
+        while (end := chunk.find(b"\n", start)) >= 0:
+            if not dropping:
+                yield _line(partial + chunk[start:end], max_line)
+            partial, dropping, start = b"", False, end + 1
+        if not dropping:
+            partial += chunk[start:start + max_line - len(partial) + 1]
+            dropping = len(partial) > max_line
+            if dropping:
+                yield _line(partial, max_line)
+                partial = b""
+    if partial and not dropping:
+        yield _line(partial, max_line)
+
+
+def _line(data: bytes, max_line: int) -> str:
+    return data[:max_line].rstrip(b"\r").decode("utf-8", errors="replace")
 
 
 def get_json(store: Store, key: str) -> Any:

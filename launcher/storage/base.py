@@ -31,7 +31,7 @@ import argparse
 import dataclasses
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -446,7 +446,7 @@ def _check_endpoint(endpoint: str) -> None:
 # ------------------------------------------------------------------------ stores
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a listing of 10^6 objects stays compact
 class ObjectInfo:
     """What a listing or stat knows of one object. `etag` is without quotes; `sha256`
     is known from object metadata (stat of an object store) or by hashing (local)."""
@@ -488,6 +488,12 @@ class Store(Protocol):
         (before reading it) when it holds more than `max_bytes`."""
         ...
 
+    def iter_chunks(self, key: str) -> Iterator[bytes]:
+        """The content of an object of any size as a stream of chunks (bounded memory),
+        verified against its recorded hash once the last chunk is read. NotFoundError
+        when missing (raised by the first next())."""
+        ...
+
     def put_bytes(self, key: str, data: bytes) -> None:
         """Write a small object in one request (atomically for local stores)."""
         ...
@@ -525,7 +531,7 @@ class SyncReport:
     deleted: int = 0
     bytes: int = 0  # bytes transferred
     seconds: float = 0.0
-    sha256: dict[str, str] = field(default_factory=dict)  # of transferred files, by key
+    sha256: dict[str, str] = field(default_factory=dict)  # of uploaded files (and download_files), by key
     links: list[str] = field(default_factory=list)  # symbolic links skipped (never followed)
 
     def summary(self, verb: str) -> str:

@@ -6,6 +6,7 @@ when a stat needs it."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from launcher.storage.base import (
@@ -72,6 +73,17 @@ class LocalStore:
             if len(data) > max_bytes:
                 raise too_large(self.url.child(key), path.stat().st_size, max_bytes)
             return data
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as err:
+            raise NotFoundError(f"{self.url.child(key)} does not exist") from err
+        except OSError as err:
+            raise local_error(err, path) from err
+
+    def iter_chunks(self, key: str) -> Iterator[bytes]:
+        path = self._path(key)
+        try:
+            with open(path, "rb") as handle:
+                while chunk := handle.read(CHUNK):
+                    yield chunk
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as err:
             raise NotFoundError(f"{self.url.child(key)} does not exist") from err
         except OSError as err:

@@ -22,6 +22,7 @@ import os
 import random
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
@@ -288,6 +289,43 @@ class ObjectStore:
         check_content(str(self.url.child(key)), len(data), sha, md5, response.get("ContentLength"),
                       expected_sha, ObjectInfo(key, 0, etag).md5)
         return data, sha
+
+    def iter_chunks(self, key: str) -> Iterator[bytes]:
+        """One GET read chunk by chunk and hashed on the way; an interrupted body is
+        continued with a ranged GET from where it broke (with back-off)."""
+        what = self.url.child(key)
+        response = self._get_object(key, what)
+        recorded = (response.get("Metadata") or {}).get(SHA_KEY)
+        etag_md5 = ObjectInfo(key, 0, _etag(response.get("ETag"))).md5
+        sha = hashlib.sha256()
+        md5 = hashlib.md5(usedforsecurity=False) if not recorded and etag_md5 else None
+        size, attempt, body = 0, 1, response["Body"]
+        while True:
+            try:
+                chunk = body.read(CHUNK)
+            except _BODY_ERRORS as err:
+                if attempt == self._attempts:
+                    raise self._error(err, key) from err
+                _backoff(attempt)
+                attempt += 1
+                body = self._get_range(key, size)
+                continue
+            if not chunk:
+                break
+            sha.update(chunk)
+            if md5 is not None:
+                md5.update(chunk)
+            size += len(chunk)
+            yield chunk
+        check_content(str(what), size, sha.hexdigest(), md5.hexdigest() if md5 is not None else None,
+                      response.get("ContentLength"), recorded, etag_md5)
+
+    def _get_range(self, key: str, start: int):  # noqa: ANN202 - a botocore stream
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key),
+                                          Range=f"bytes={start}-")["Body"]
+        except Exception as err:  # noqa: BLE001 - translated
+            raise self._error(err, key, probe=True) from err
 
     def put_bytes(self, key: str, data: bytes) -> None:
         self._put(key, data, sha256_bytes(data))

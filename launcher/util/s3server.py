@@ -159,6 +159,9 @@ def start_s3_server(data_dir: Path, *, timeout: float = 60.0, host: str = "127.0
         f"-ip={host}", f"-ip.bind={host}",
         f"-s3.port={s3}", f"-master.port={master}", f"-volume.port={volume}",
         f"-filer.port={filer}", f"-admin.port={admin}",
+        # a fixed volume count: by default weed sizes it from free disk, and on a fuller disk
+        # the buckets of one test session ran out of volumes ("no free volumes left")
+        "-volume.max=100",
         "-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
         "-master.telemetry=false", "-s3.domainName=localhost",
         f"-s3.localSocket={data_dir / 's3.sock'}", f"-filer.localSocket={data_dir / 'filer.sock'}",

@@ -523,6 +523,20 @@ async def test_context_and_its_namespace_are_honoured(k8s, monkeypatch):
     assert code == 2 and "--context 'nope' is not in" in err
 
 
+async def test_a_job_files_namespace_is_chosen_like_namespace(k8s, monkeypatch):
+    """`submit job.yaml`: the file's namespace, not the context's, unless -n says otherwise."""
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig(k8s.tmp_path / "ctx-ns", k8s.url, namespace="team-a")))
+    job_file = k8s.tmp_path / "job.yaml"
+    job_file.write_text(yaml.safe_dump({"experiment": "mini_5shot", "accelerator": "cpu", "cards": 2,
+                                        "namespace": "default", "data_url": "s3://leo-data/tiny",
+                                        "overrides": {"total_examples_per_class": 20}}))
+    code, out, err = await cli("submit", "--backend", "k8s", job_file, "--name", "leo-f")
+    assert code == 0 and "submitted to namespace default" in out, err
+    code, out, err = await cli("submit", "--backend", "k8s", job_file, "--name", "leo-g", "-n", "team-a")
+    assert code == 0 and "submitted to namespace team-a" in out, err
+    assert {("jobs", "default", "leo-f"), ("jobs", "team-a", "leo-g")} <= k8s.alive()
+
+
 async def test_auto_backend_says_it_chose_kubernetes(k8s):
     code, out, err = await cli("submit", "--name", "leo-auto", "--cards", "2", *TINY)
     assert code == 0, err

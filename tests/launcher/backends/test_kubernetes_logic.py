@@ -497,6 +497,27 @@ def test_exit_code_2_fails_the_job_before_the_job_controller_marks_it(monkeypatc
     assert cluster.status(fake_cluster(api), "leo-u", progress=False)["phase"] == "Restarting"
 
 
+def test_status_shows_the_termination_message_of_a_failed_pod():
+    """Issue 22 item 17: 'exit code 1' alone; the pod's termination message says why."""
+    s, api = submitted(max_restarts=0)
+    pod_template = next(o for o in render(s) if o["kind"] == "Job")["spec"]["template"]["spec"]
+    assert pod_template["containers"][0]["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    put_pod(api, pod("leo-u", 0, "Failed", node="n1", state={"terminated": {
+        "exitCode": 1, "reason": "Error",
+        "message": "error: data_url s3://bkt/leo: no objects under this prefix (retriable)\n"}}))
+    set_job_status(api, "leo-u", failed=1, conditions=[
+        {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}])
+    result = cluster.status(fake_cluster(api), "leo-u", progress=False)
+    assert result["reason"] == ("BackoffLimitExceeded; last failure: node rank 0 (leo-u-0-abcde) exit code 1: "
+                                "error: data_url s3://bkt/leo: no objects under this prefix (retriable)")
+    assert result["ranks"][0]["reason"].endswith("no objects under this prefix (retriable)")
+    # FallbackToLogsOnError: the kubelet's tail of the log; its last line is kept
+    api.objects[("v1", "Pod", "default", "leo-u-0-abcde")]["status"]["containerStatuses"][0]["state"] = {
+        "terminated": {"exitCode": 137, "reason": "OOMKilled", "message": "[rank 0] step 3\n[rank 1] step 3\n"}}
+    assert cluster.status(fake_cluster(api), "leo-u", progress=False)["ranks"][0]["reason"] == \
+        "exit code 137 (OOMKilled): [rank 1] step 3"
+
+
 def test_restarts_count_a_failed_pod_before_its_replacement_exists():
     """Bug 5: RESTARTS lagged by one until the Job controller made the new pod."""
     _, api = submitted(cards=4, nodes=2)
@@ -512,6 +533,20 @@ def test_restarts_count_a_failed_pod_before_its_replacement_exists():
     assert (result["restarts"], [r["restarts"] for r in result["ranks"]]) == (1, [0, 0, 1, 1])
 
 
+def test_restarts_come_from_the_job_controllers_count_when_the_failed_pods_are_gone():
+    """Issue 22 item 18: RESTARTS counted surviving pods; the Job's status.failed counts
+    the deleted ones too (backoffLimit is what the controller counts)."""
+    _, api = submitted(max_restarts=3)
+    put_pod(api, pod("leo-u", 0, "Running", node="n1", suffix="new03", created="2026-01-01T00:09:00Z"))
+    set_job_status(api, "leo-u", failed=2, active=1)  # two replaced pods, deleted since
+    result = cluster.status(fake_cluster(api), "leo-u", progress=False)
+    assert (result["phase"], result["restarts"], result["max_restarts"]) == ("Running", 2, 3)
+    # the failure that ends the job is not a restart
+    set_job_status(api, "leo-u", failed=4, conditions=[
+        {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}])
+    assert cluster.status(fake_cluster(api), "leo-u", progress=False)["restarts"] == 3
+
+
 def test_logs_all_tail_keeps_the_last_lines_of_each_rank():
     """Bug 5: --all --tail N kept the last N lines of the merged stream (all from one pod)."""
     _, api = submitted(cards=4, nodes=2)
@@ -521,11 +556,29 @@ def test_logs_all_tail_keeps_the_last_lines_of_each_rank():
                 p1: ["[node 1] staging", "[rank 2] step 1", "[rank 3] step 1", "[rank 2] step 2", "[rank 3] step 2"]}
     out = io.StringIO()
     assert cluster.logs(fake_cluster(api), "leo-u", all_ranks=True, tail=1, out=out, err=io.StringIO()) == 0
-    assert sorted(out.getvalue().splitlines()) == [
+    assert sorted(out.getvalue().splitlines()) == [  # and the last of each pod's node lines
+        "[node 0] staging", "[node 1] staging",
         "[rank 0] step 2", "[rank 1] step 2", "[rank 2] step 2", "[rank 3] step 2"]
     out = io.StringIO()  # one rank: the last lines of its filtered stream, as before
     cluster.logs(fake_cluster(api), "leo-u", rank=3, tail=1, out=out, err=io.StringIO())
     assert out.getvalue().splitlines() == ["[rank 3] step 2"]
+
+
+def test_logs_all_tail_keeps_a_rank_whose_last_line_is_older_than_the_others():
+    """Issue 22 item 18: only tail * (cards per node + 1) lines of a pod were fetched, so a
+    quiet rank (or a rank filtered out of a busy pod) lost its last lines."""
+    _, api = submitted(cards=4, nodes=2)
+    p0 = put_pod(api, pod("leo-u", 0, "Running", node="a"))
+    p1 = put_pod(api, pod("leo-u", 1, "Running", node="b"))
+    api.logs = {p0: ["[rank 1] stuck at step 3"] + [f"[rank 0] step {i}" for i in range(10)],
+                p1: ["[rank 2] step 9", "[rank 3] step 9"]}
+    out = io.StringIO()
+    cluster.logs(fake_cluster(api), "leo-u", all_ranks=True, tail=1, out=out, err=io.StringIO())
+    assert sorted(out.getvalue().splitlines()) == [
+        "[rank 0] step 9", "[rank 1] stuck at step 3", "[rank 2] step 9", "[rank 3] step 9"]
+    out = io.StringIO()
+    cluster.logs(fake_cluster(api), "leo-u", rank=1, tail=1, out=out, err=io.StringIO())
+    assert out.getvalue().splitlines() == ["[rank 1] stuck at step 3"]
 
 
 @pytest.fixture

@@ -140,7 +140,8 @@ def e2e(s3_server, tmp_path_factory):
     root = tmp_path_factory.mktemp("local-e2e")
     write_dataset(root / "tiny", "miniImageNet", scale=0.1, images_per_class=20, seed=5, quiet=True)
     for bucket in ("leo-e2e-data", "leo-e2e-runs"):
-        s3_server.create_bucket(bucket)
+        if bucket not in s3_server.buckets:  # other modules use this fixture on the same server
+            s3_server.create_bucket(bucket)
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("AWS_", "OBS_", "LEO_", "MS_", "KUBE"))}
     env.update(s3_server.env())

@@ -40,7 +40,7 @@ BOUNDED = [
 def test_unbounded_experiment_values_are_refused_at_submit(tmp_path, capsys, command, override,
                                                            message):
     code, out, err = run_cli(capsys, [*command.split(), *BASE, "--set", override,
-                                      "-o", str(tmp_path / "out")])
+                                      "--out-dir", str(tmp_path / "out")])
     assert code == 2 and out == "" and len(err.splitlines()) == 1 and message in err, err
     assert not (tmp_path / "out").exists()
 

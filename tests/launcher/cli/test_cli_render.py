@@ -18,10 +18,17 @@ ROOT = Path(__file__).resolve().parents[3]
 BASE = ["--exp", "mini_5shot", "--accel", "ascend", "--cards", "8"]
 
 
+def no_registry(image: str, accel: str) -> str:
+    """The warning about an image without a registry host (the default images have none)."""
+    return (f"leo-launch: warning: image {image} names no registry host: nodes can only run it from "
+            f"their local image cache; build and push it (make image-{accel} IMAGE_REPO=REGISTRY/leo-launch; "
+            f"docker push REGISTRY/leo-launch:{accel}) and pass --image REGISTRY/leo-launch:{accel}\n")
+
+
 def test_render_prints_the_validated_manifests(capsys):
-    code, out, err = run_cli(capsys, ["render", *BASE, "--train-url", "s3://leo-out/runs", "--storage-secret", "creds",
+    code, out, err = run_cli(capsys, ["render", *BASE, "--train-url", "s3://leo-out/runs",
                                       "--storage-secret", "creds", "--steps", "50"])
-    assert code == 0 and err == ""
+    assert code == 0 and err == no_registry("leo-launch:ascend", "ascend")
     docs = list(yaml.safe_load_all(out))
     expected = render.render_validated(build_job_spec(
         experiment="mini_5shot", accelerator="ascend", cards=8, train_url="s3://leo-out/runs",
@@ -34,7 +41,7 @@ def test_render_prints_the_validated_manifests(capsys):
 def test_render_security_options(capsys):
     code, out, err = run_cli(capsys, ["render", *BASE, "--train-url", "s3://leo-out/runs", "--storage-secret", "creds", "--run-as-user", "1500",
                                       "--run-as-group", "1600", "--ascend-driver-mount", "runtime"])
-    assert code == 0 and err == ""
+    assert code == 0 and err == no_registry("leo-launch:ascend", "ascend")
     pod = list(yaml.safe_load_all(out))[-1]["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsUser"] == 1500 and pod["securityContext"]["fsGroup"] == 1600
     assert not [v for v in pod["volumes"] if "hostPath" in v]
@@ -48,11 +55,13 @@ def test_render_warns_about_missing_outputs_and_credentials(capsys):
 
 
 def test_render_with_profile_puts_it_in_job_yaml_and_warns_when_the_job_is_too_short(capsys):
-    code, out, err = run_cli(capsys, ["render", *BASE, "--train-url", "s3://leo-out/runs", "--storage-secret", "creds", "--profile", "--profile-steps", "3"])
+    code, out, err = run_cli(capsys, ["render", *BASE, "--train-url", "s3://leo-out/runs", "--storage-secret", "creds", "--profile", "--profile-steps", "3",
+                                      "--image", "localhost:5000/leo-launch:ascend"])
     assert code == 0 and err == ""
     job = yaml.safe_load(next(yaml.safe_load_all(out))["data"]["job.yaml"])
     assert job["profile_steps"] == 3
-    code, out, err = run_cli(capsys, ["render", *BASE, "--train-url", "s3://leo-out/runs", "--storage-secret", "creds", "--profile", "--steps", "4"])
+    code, out, err = run_cli(capsys, ["render", *BASE, "--train-url", "s3://leo-out/runs", "--storage-secret", "creds", "--profile", "--steps", "4",
+                                      "--image", "swr.cn-north-4.myhuaweicloud.com/leo/leo-launch:ascend"])
     assert code == 0 and yaml.safe_load(next(yaml.safe_load_all(out))["data"]["job.yaml"])["profile_steps"] == 5
     assert err == ("leo-launch: warning: --profile-steps 5: the job trains 4 step(s), so at most 2 are "
                    "profiled (the first 2 compile)\n")
@@ -61,8 +70,8 @@ def test_render_with_profile_puts_it_in_job_yaml_and_warns_when_the_job_is_too_s
 def test_render_to_a_directory(tmp_path, capsys):
     inventory = write_inventory(tmp_path / "nodes.yaml", 2)
     argv = ["render", "--exp", "tiered_5shot", "--accel", "ascend", "--cards", "16", "--set",
-            "metatrain_batch_size=16", "--rank-table", str(inventory), "--name", "leo-t", "--train-url", "s3://leo-out/runs", "--storage-secret", "creds",
-            "-o", str(tmp_path / "out")]
+            "metatrain_batch_size=16", "--rank-table", str(inventory), "--name", "leo-t", "--train-url", "s3://leo-out/runs",
+            "--storage-secret", "creds", "--out-dir", str(tmp_path / "out"), "--image", "registry.example.com/leo-launch:ascend"]
     code, out, err = run_cli(capsys, argv)
     assert code == 0 and err == ""
     files = sorted((tmp_path / "out").iterdir())
@@ -76,7 +85,7 @@ def test_submit_dry_run_prints_exactly_what_render_prints(tmp_path, capsys):
     rendered = run_cli(capsys, ["render", *argv])
     submitted = run_cli(capsys, ["submit", "--dry-run", "--backend", "k8s", *argv])
     assert rendered == submitted and rendered[0] == 0
-    code, out, err = run_cli(capsys, ["submit", "--dry-run", "--backend", "k8s", *argv, "-o", str(tmp_path / "out")])
+    code, out, err = run_cli(capsys, ["submit", "--dry-run", "--backend", "k8s", *argv, "--out-dir", str(tmp_path / "out")])
     assert code == 0 and len(list((tmp_path / "out").iterdir())) == 3
 
 
@@ -140,7 +149,7 @@ BAD_INPUTS = [
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch, command, extra, message):
     monkeypatch.chdir(tmp_path)
     out_dir = tmp_path / "out"
-    code, out, err = run_cli(capsys, [*command.split(), *BASE, *extra, "-o", str(out_dir)])
+    code, out, err = run_cli(capsys, [*command.split(), *BASE, *extra, "--out-dir", str(out_dir)])
     assert code == 2, err
     assert out == ""
     assert len(err.splitlines()) == 1 and err.startswith("leo-launch") and message in err, err
@@ -156,9 +165,10 @@ def test_missing_required_flags_exit_2_with_one_line(capsys):
 
 def test_a_directory_of_another_render_is_left_alone(tmp_path, capsys):
     out_dir = tmp_path / "out"
-    assert run_cli(capsys, ["render", *BASE, "--name", "first", "--train-url", "s3://leo-out/o", "--storage-secret", "creds", "-o", str(out_dir)])[0] == 0
+    assert run_cli(capsys, ["render", *BASE, "--name", "first", "--train-url", "s3://leo-out/o", "--storage-secret", "creds",
+                            "--out-dir", str(out_dir)])[0] == 0
     before = {p.name: p.read_text() for p in out_dir.iterdir()}
-    code, out, err = run_cli(capsys, ["render", *BASE, "--name", "second", "-o", str(out_dir)])
+    code, out, err = run_cli(capsys, ["render", *BASE, "--name", "second", "--out-dir", str(out_dir)])
     assert code == 2 and len(err.splitlines()) == 1 and "another render" in err
     assert {p.name: p.read_text() for p in out_dir.iterdir()} == before
 
@@ -195,7 +205,7 @@ def test_help_imports_no_mindspore_boto3_or_kubernetes_client():
 
 def test_the_module_entry_point_end_to_end(tmp_path):
     result = _run("-m", "launcher", "render", "--exp", "mini_1shot", "--accel", "cpu", "--cards", "2",
-                  "--train-url", "s3://leo-out/runs", "--storage-secret", "creds")
+                  "--train-url", "s3://leo-out/runs", "--storage-secret", "creds", "--image", "registry.example.com/leo:cpu")
     assert result.returncode == 0 and result.stderr == ""
     assert [d["kind"] for d in yaml.safe_load_all(result.stdout)] == ["ConfigMap", "Service", "Job"]
     bad = _run("-m", "launcher", "render", "--exp", "mini_1shot", "--accel", "cpu", "--cards", "99")

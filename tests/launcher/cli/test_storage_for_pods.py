@@ -12,7 +12,7 @@ import yaml
 
 from launcher.backends.kubernetes import KubernetesBackend
 from launcher.cli import main as cli
-from launcher.errors import UsageError
+from launcher.errors import FieldError, UsageError
 from launcher.pod import bootstrap as bs
 from launcher.spec import contract
 from launcher.spec.jobspec import JobSpec, build_job_spec
@@ -59,6 +59,25 @@ def test_path_style_reaches_the_pods(capsys, bare_env):
     code, out, _ = run_cli(capsys, "render", *BASE, "--data-url", "s3://leo-data/mini", "--path-style",
                            "--storage-endpoint", "http://10.0.0.1:8333")
     assert code == 0 and pod_env(list(yaml.safe_load_all(out)))["LEO_STORAGE_PATH_STYLE"] == "1"
+
+
+@pytest.mark.parametrize(("flags", "field", "message"), [
+    (["--storage-region", "CN_North"], "storage_region", "--storage-region 'CN_North': a region is"),
+    (["--keep-checkpoints", "0"], "keep_checkpoints", "--keep-checkpoints must be at least 1, got 0"),
+])
+def test_bad_storage_options_name_the_field_and_the_cli_the_flag(capsys, bare_env, flags, field, message):
+    code, out, err = run_cli(capsys, "render", *BASE, "--data-url", "s3://leo-data/mini", *flags)
+    assert (code, out) == (2, "") and err.count("\n") == 1 and message in err, err
+    values = {"experiment": "mini_5shot", "accelerator": "cpu", "cards": 2, field: flags[1]}
+    with pytest.raises(FieldError) as raised:
+        JobSpec.from_dict({**values, "name": "leo-x"})
+    assert raised.value.fields == (field,)
+
+
+def test_path_style_in_a_job_file_must_be_a_boolean():
+    with pytest.raises(FieldError, match="storage_path_style must be true or false"):
+        JobSpec.from_dict({"experiment": "mini_5shot", "accelerator": "cpu", "cards": 2, "name": "leo-x",
+                           "storage_path_style": "yes"})
 
 
 @pytest.mark.parametrize("command", [["render"], ["submit", "--backend", "k8s", "--dry-run"]])

@@ -107,6 +107,19 @@ def test_the_device_check_counts_only_nodes_of_the_node_selector_and_the_acceler
     assert run(api, spec(accelerator="cpu", cards=2, nodes=1, scheduler="job", storage_secret=None)).ok
 
 
+def test_a_cordoned_node_is_not_counted_as_usable():
+    """Issue 30 item 8: with one of two Ascend nodes cordoned the gang never binds."""
+    api = healthy()
+    cordoned = node("npu-1", labels={"pool": "train"})
+    cordoned["spec"] = {"unschedulable": True,
+                        "taints": [{"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}]}
+    api.put(node("npu-0", labels={"pool": "train"}))
+    api.put(cordoned)
+    assert run(api, spec(node_selectors=["pool=train"])).problems == [
+        "only 1 node(s) matching --node-selector pool=train have 8 huawei.com/Ascend910 allocatable "
+        "(npu-0; cordoned: npu-1); the job needs 2, one pod per node"]
+
+
 @pytest.mark.parametrize(("forbidden", "titles"), [
     ("Namespace", "the namespace, Pod Security"),  # the Pod Security check reads the same Namespace
     ("Secret", "the storage Secret"),

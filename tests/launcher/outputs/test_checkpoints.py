@@ -212,7 +212,7 @@ def test_cli_pull_by_job_name(job, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     code = cli.main(["pull", "job-1", "--storage-endpoint", job["server"].endpoint, "--path-style"])
     out = capsys.readouterr().out
-    assert code == 0 and "step 100" in out and "accuracy 0.5" in out
+    assert code == 0 and "step 100" in out and "accuracy 50.00%" in out
     assert verify_checkpoint(tmp_path / "job-1" / "step-100")
     assert json.loads((tmp_path / "job-1" / "best.json").read_text())["step"] == 100
 

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from launcher.errors import UsageError
+from launcher.errors import FieldError
 from launcher.outputs.publish import Publisher
 from launcher.spec.jobspec import JobSpec, build_job_spec
 from launcher.storage import StorageOptions
@@ -65,5 +65,6 @@ def test_the_job_option():
     spec = build_job_spec(experiment="mini_5shot", accelerator="cpu", cards=2, keep_checkpoints=3)
     assert JobSpec.from_yaml(spec.to_yaml()).keep_checkpoints == 3
     assert "keep_checkpoints" not in build_job_spec(experiment="mini_5shot", accelerator="cpu", cards=2).to_dict()
-    with pytest.raises(UsageError, match="--keep-checkpoints must be at least 1"):
+    with pytest.raises(FieldError, match="keep_checkpoints must be at least 1") as raised:
         build_job_spec(experiment="mini_5shot", accelerator="cpu", cards=2, keep_checkpoints=0)
+    assert raised.value.fields == ("keep_checkpoints",)

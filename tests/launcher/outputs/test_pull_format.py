@@ -66,7 +66,7 @@ def test_the_cli(published, tmp_path, capsys):
     code = cli.main(["pull", str(published), "--format", "ckpt", "--to", str(tmp_path / "c")])
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    assert "pulled best checkpoint step 10 (ckpt files), accuracy 0.3: 2 file(s)" in captured.out
+    assert "pulled best checkpoint step 10 (ckpt files), accuracy 30.00%: 2 file(s)" in captured.out
     assert (tmp_path / "c" / "step-10" / CKPT_NAME).is_file() and (tmp_path / "c" / "best.json").is_file()
     code = cli.main(["pull", str(published), "--tree", "--format", "npz", "--to", str(tmp_path / "t")])
     err = capsys.readouterr().err

@@ -64,6 +64,25 @@ def test_data_without_the_experiments_embeddings_is_exit_2_before_training(tmp_p
     assert proc.returncode == contract.EXIT_BAD_CONFIG and "no such file or directory" in proc.stdout
 
 
+def test_a_failing_node_writes_its_one_line_reason_as_the_termination_message(tmp_path):
+    """Issue 22 item 17: no termination message was written, so status could not say why."""
+    log = tmp_path / "termination-log"
+    write_config(tmp_path / "cfg", data_url=str(tmp_path / "missing"))
+    proc = run_bootstrap(tmp_path, LEO_CONFIG_DIR=str(tmp_path / "cfg"), LEO_NODE_RANK="0",
+                         LEO_TERMINATION_LOG=str(log))
+    assert proc.returncode == contract.EXIT_BAD_CONFIG, proc.stdout + proc.stderr
+    reason = log.read_text()
+    assert reason.endswith("(bad configuration: not retrying)\n") and reason.count("\n") == 1
+    assert reason.startswith("error: data_url ") and "no such file or directory" in reason
+    # success writes nothing; the kubelet's /dev/termination-log is never created elsewhere
+    log.unlink()
+    bs.write_termination_message("", {contract.ENV_TERMINATION_LOG: str(log)})
+    assert not log.exists()
+    if not Path(contract.TERMINATION_LOG).exists():
+        bs.write_termination_message("error: x", {})
+        assert not Path(contract.TERMINATION_LOG).exists()
+
+
 @pytest.mark.parametrize("content", ["escaping", "not a zip"])
 def test_unusable_data_is_bad_configuration_not_retried(tmp_path, content):
     # issue 22 item 16: these were retried 4 times (exit 1) though no retry can help

@@ -85,13 +85,13 @@ def cli_env(s3) -> dict[str, str]:
 
 
 def render(tmp_path: Path, s3, name: str, *args: str, data_url: str) -> dict:
-    """`leo-launch render -o DIR`: the ConfigMap's files and the Job's pod template."""
+    """`leo-launch render --out-dir DIR`: the ConfigMap's files and the Job's pod template."""
     out = tmp_path / f"manifests-{name}"
     proc = subprocess.run(
         [sys.executable, "-m", "launcher", "render", "--name", name, "--exp", "mini_5shot",
          "--accel", "cpu", "--data-url", data_url, "--train-url", f"s3://{RUNS_BUCKET}/train",
          "--storage-secret", SECRET, "--storage-endpoint", s3.endpoint,
-         "--master-port", str(msrun_util.free_port() % 40000 + 20000), *TINY, *args, "-o", str(out)],
+         "--master-port", str(msrun_util.free_port() % 40000 + 20000), *TINY, *args, "--out-dir", str(out)],
         env=cli_env(s3), capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     objects = [yaml.safe_load(p.read_text()) for p in sorted(out.glob("*.yaml"))]

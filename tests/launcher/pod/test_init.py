@@ -26,7 +26,7 @@ def test_the_job_names_a_ckpt_or_npz_file():
     assert "init_url" not in plain.to_dict()  # job.yaml stays readable by bootstraps without --init
     for bad, message in (("obs://bkt/weights.pt", "must name a .ckpt or .npz file"),
                          ("obs://B/x.ckpt", "bucket 'B' is not valid")):
-        with pytest.raises(UsageError, match=f"--init '{bad}': .*{message}"):
+        with pytest.raises(UsageError, match=f"init_url '{bad}': .*{message}"):
             build_job_spec(experiment="mini_5shot", accelerator="cpu", cards=2, init_url=bad)
 
 

@@ -105,7 +105,7 @@ def tiny(s3, tmp_path_factory):
 
 
 def render(tmp_path: Path, s3, *args: str) -> dict:
-    """`leo-launch render -o DIR`: the ConfigMap's files and the pod template's env."""
+    """`leo-launch render --out-dir DIR`: the ConfigMap's files and the pod template's env."""
     import yaml
 
     out = tmp_path / "manifests"
@@ -114,7 +114,7 @@ def render(tmp_path: Path, s3, *args: str) -> dict:
          "--data-url", f"s3://{DATA_BUCKET}/tiny", "--train-url", f"s3://{RUNS_BUCKET}/train",
          "--storage-secret", "leo-s3", "--storage-endpoint", s3.endpoint,
          "--cluster-timeout", str(CLUSTER_TIMEOUT_S), "--master-port", str(master_port()),
-         *TINY, *args, "-o", str(out)],
+         *TINY, *args, "--out-dir", str(out)],
         env=base_env(), capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     objects = [yaml.safe_load(p.read_text()) for p in sorted(out.glob("*.yaml"))]

@@ -227,7 +227,7 @@ def test_ascend_volcano_controller_mode_and_rings_config():
     vcjob = by_kind(objects)["vcjob"][0]
     assert vcjob["metadata"]["labels"]["ring-controller.atlas"] == "ascend-910"
     s = vcjob["spec"]
-    assert (s["schedulerName"], s["minAvailable"], s["queue"], s["maxRetry"]) == ("volcano", 2, "research", 5)
+    assert (s["schedulerName"], s["minAvailable"], s["queue"], s["maxRetry"]) == ("volcano", 2, "research", 6)
     assert s["priorityClassName"] == "high-priority"
     assert s["plugins"] == {"svc": ["--publish-not-ready-addresses=true"], "env": []}
     assert s["policies"] == [{"event": "PodEvicted", "action": "RestartJob"},

@@ -1,5 +1,6 @@
 """Storage against a hostile server on 127.0.0.1 (issue 22 item 2): a ListObjectsV2 that
-never ends must end the command with one line, not hang it."""
+never ends must end the command with one line, not hang it. Writes are accepted (push
+--delete puts its marker object first) and go nowhere."""
 
 from __future__ import annotations
 
@@ -36,6 +37,14 @@ class _EndlessListing(BaseHTTPRequestHandler):
         self._send(200, body.encode())
 
     do_HEAD = do_GET  # noqa: N815
+
+    def do_PUT(self) -> None:  # noqa: N802 - push --delete's marker object is accepted
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self._send(200, b"")
+
+    def do_POST(self) -> None:  # noqa: N802 - DeleteObjects (the marker, at the end)
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self._send(200, b'<?xml version="1.0" encoding="UTF-8"?><DeleteResult></DeleteResult>')
 
     def _send(self, status: int, body: bytes) -> None:
         self.send_response(status)
