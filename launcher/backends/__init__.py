@@ -4,13 +4,15 @@
 command about job NAME, a local job of that name, else the configured cluster, else
 local; for submit and list, the cluster when one is configured, else local.
 
-`outputs_url()` says where a job's outputs are, for `pull` and `report`."""
+`job_outputs()` says where a job's outputs are and with which storage settings, for `pull`
+and `report`."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
-from launcher.backends.base import Backend
+from launcher.backends.base import Backend, JobOutputs
 from launcher.backends.kubernetes import KubernetesBackend
 from launcher.backends.local import LocalBackend
 from launcher.backends.localjob import job_dir
@@ -66,18 +68,23 @@ def listed_backends(requested: str = "auto", *, context: str | None = None, name
     return out
 
 
-def outputs_url(name_or_url: str, *, requested: str = "auto", context: str | None = None,
-                namespace: str | None = None, environ: Mapping[str, str] | None = None) -> str:
-    """The base URL of a job's outputs: a URL or path is returned as given (normalised);
-    a job NAME is looked up as `get_backend` would (local job registry, then the
-    configured cluster) and becomes `<train_url>/<name>`."""
+def outputs_url(name_or_url: str, **kwargs: Any) -> str:
+    """The base URL of a job's outputs (see `job_outputs`)."""
+    return job_outputs(name_or_url, **kwargs).url
+
+
+def job_outputs(name_or_url: str, *, requested: str = "auto", context: str | None = None,
+                namespace: str | None = None, environ: Mapping[str, str] | None = None) -> JobOutputs:
+    """The base URL of a job's outputs and the job's storage settings: a URL or path is
+    returned as given (normalised, no settings); a job NAME is looked up as `get_backend`
+    would (local job registry, then the configured cluster) and becomes `<train_url>/<name>`."""
     text = name_or_url.strip()
     if looks_like_url(text):
-        return str(parse_url(text))
+        return JobOutputs(str(parse_url(text)))
     try:
         name = check_job_name(text)
     except UsageError as err:
         raise UsageError(f"{text!r} is neither a storage URL nor a job name (lowercase letters, "
                          "digits and '-', starting with a letter)") from err
     backend = get_backend(requested, name, context=context, namespace=namespace, environ=environ)
-    return backend.outputs_url(name)
+    return backend.outputs(name)

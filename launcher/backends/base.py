@@ -19,12 +19,21 @@ import dataclasses
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, Protocol, TextIO
+from typing import Any, NamedTuple, Protocol, TextIO
 
 from launcher.errors import LaunchError
+from launcher.storage.base import StorageSettings
 
 PHASES = ("Pending", "Running", "Restarting", "Succeeded", "Failed")
 FINAL_PHASES = ("Succeeded", "Failed")
+
+
+class JobOutputs(NamedTuple):
+    """Where a job publishes (`<train_url>/<name>`) and how to reach it (the job's own
+    endpoint, region and addressing: `storage.options(args)` lets flags override them)."""
+
+    url: str
+    storage: StorageSettings = StorageSettings()
 
 
 class JobNotFoundError(LaunchError):
@@ -119,8 +128,9 @@ class Backend(Protocol):
     poll: float  # seconds between status reads while waiting for a job
     runs_pods: bool  # its jobs run in pods (credentials and outputs leave with them)
 
-    def plan(self, spec: Any) -> Plan:
-        """What submitting `spec` would do; UsageError when this backend cannot run it."""
+    def plan(self, spec: Any, *, preflight: bool = True) -> Plan:
+        """What submitting `spec` would do; UsageError when this backend cannot run it.
+        `preflight` False: submit skips the cluster's pre-flight checks (--skip-preflight)."""
 
     def submit(self, plan: Any, *, out: TextIO, err: TextIO) -> None:
         """Carry out `plan` (JobExistsError when the name is taken; nothing half-created)."""
@@ -142,9 +152,9 @@ class Backend(Protocol):
         """Stop the job and delete what it is made of; idempotent. A sentence saying what
         happened."""
 
-    def outputs_url(self, name: str) -> str:
-        """`<train_url>/<name>` of an existing job: JobNotFoundError when there is no such
-        job, LaunchError when it publishes nothing (no train_url)."""
+    def outputs(self, name: str) -> JobOutputs:
+        """`<train_url>/<name>` of an existing job and its storage settings: JobNotFoundError
+        when there is no such job, LaunchError when it publishes nothing (no train_url)."""
 
 
 def wait_for(backend: Backend, name: str, until: Callable[[JobStatus], bool], *,

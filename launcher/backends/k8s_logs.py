@@ -179,7 +179,7 @@ def _unreadable_fallback(info: JobInfo, unreadable: dict[str, str], ranks_of: di
     err.flush()
     for number in wanted:
         try:
-            print_published_logs(info.job_url, rank=number, tail=tail, endpoint=info.storage_endpoint,
+            print_published_logs(info.job_url, rank=number, tail=tail, storage=info.storage,
                                  out=out, err=err)
         except LaunchError as error:
             err.write(f"leo-launch: error: cannot read the published logs: {error}\n")
@@ -194,6 +194,6 @@ def _published_fallback(info: JobInfo, rank: int | None, tail: int | None, out: 
         err.write(f"leo-launch: no logs: the job's pods are {state} and it has no train_url\n")
         return 0
     err.write(f"leo-launch: no pod has logs now; showing the logs published under {info.job_url}\n")
-    print_published_logs(info.job_url, rank=rank, tail=tail, endpoint=info.storage_endpoint, out=out,
+    print_published_logs(info.job_url, rank=rank, tail=tail, storage=info.storage, out=out,
                          err=err)
     return 0

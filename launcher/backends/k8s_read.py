@@ -9,6 +9,7 @@ from typing import Any
 from launcher import flavours
 from launcher.backends.base import (
     JobNotFoundError,
+    JobOutputs,
 )
 from launcher.errors import LaunchError
 from launcher.k8s.api import (
@@ -131,7 +132,7 @@ def status(cluster: Cluster, name: str, namespace: str | None = None, *,
             missing = f"not allowed to {', '.join(dict.fromkeys(refused))}"
             result["reason"] = f"{result['reason']} ({missing})" if result.get("reason") else missing
     if progress:
-        result.update(read_progress(info.job_url, endpoint=info.storage_endpoint))
+        result.update(read_progress(info.job_url, storage=info.storage))
     return result
 
 
@@ -165,17 +166,17 @@ def list_jobs(cluster: Cluster, namespace: str | None = None, *, all_namespaces:
     items = [summarize(info, pods.get((info.namespace, info.name), [])) for info in infos]
     if progress and items:
         with ThreadPoolExecutor(max_workers=min(8, len(items))) as pool:
-            found = list(pool.map(lambda info: read_progress(info.job_url, endpoint=info.storage_endpoint),
+            found = list(pool.map(lambda info: read_progress(info.job_url, storage=info.storage),
                                   infos))
         for item, extra in zip(items, found, strict=True):
             item.update(extra)
     return sorted(items, key=lambda i: (i.get("namespace", ""), i["name"]))
 
 
-def train_url_of(name: str, *, namespace: str | None = None, context: str | None = None,
-                 cluster: Cluster | None = None) -> str | None:
-    """`<train_url>/<name>` of a Kubernetes job (from its ConfigMap, else its Job), None
-    when there is no such job."""
+def outputs_of(name: str, *, namespace: str | None = None, context: str | None = None,
+               cluster: Cluster | None = None) -> JobOutputs | None:
+    """`<train_url>/<name>` of a Kubernetes job and its storage settings (from its
+    ConfigMap, else its Job's pod environment), None when there is no such job."""
     cluster = cluster or connect(context, namespace)
     ns = namespace or cluster.namespace
     spec = read_spec(cluster.api, name, ns)
@@ -185,4 +186,5 @@ def train_url_of(name: str, *, namespace: str | None = None, context: str | None
     train_url = spec.train_url if spec is not None else info.train_url  # type: ignore[union-attr]
     if not train_url:
         raise LaunchError(f"job {name} in namespace {ns} has no train_url: its outputs were not published")
-    return job_url_of(train_url, name)
+    storage = spec.storage if spec is not None else info.storage  # type: ignore[union-attr]
+    return JobOutputs(str(job_url_of(train_url, name)), storage)

@@ -21,6 +21,7 @@ from launcher import flavours
 from launcher.backends.base import (
     JobExistsError,
     JobNotFoundError,
+    JobOutputs,
     JobStatus,
 )
 from launcher.backends.k8s_logs import logs
@@ -29,9 +30,9 @@ from launcher.backends.k8s_read import (
     find_job,
     list_jobs,
     our_pods,
+    outputs_of,
     read_spec,
     status,
-    train_url_of,
 )
 from launcher.errors import LaunchError
 from launcher.k8s import preflight, rbac
@@ -108,6 +109,8 @@ def submit(cluster: Cluster, spec: js.JobSpec, objects: list[dict[str, Any]], *,
                              f"another --name, or remove it with: leo-launch cancel {spec.name}")
     if check:
         check_cluster(cluster, spec, objects, err=err, access=False)
+    else:
+        err.write("leo-launch: note: pre-flight skipped (--skip-preflight)\n")
     created: list[dict[str, Any]] = []
     for obj in objects:
         try:
@@ -243,6 +246,7 @@ class KubernetesPlan:
     spec: js.JobSpec
     objects: list[dict[str, Any]]
     notes: tuple[str, ...] = ()  # said on stderr when submitted
+    preflight: bool = True  # False: --skip-preflight
 
     def text(self) -> str:
         from launcher.render.render import dump
@@ -288,7 +292,7 @@ class KubernetesBackend:
     def namespace(self) -> str:
         return self._namespace or self.cluster.namespace
 
-    def plan(self, spec: js.JobSpec) -> KubernetesPlan:
+    def plan(self, spec: js.JobSpec, *, preflight: bool = True) -> KubernetesPlan:
         """The manifests, in the context's namespace when no --namespace was given (with no
         Kubernetes configuration at all: the spec's own)."""
         from launcher.render.render import render_validated
@@ -299,10 +303,10 @@ class KubernetesBackend:
         size, note = measured_cache_size(spec)
         if size is not None:
             spec = dataclasses.replace(spec, cache_size=size)
-        return KubernetesPlan(spec, render_validated(spec), (note,) if note else ())
+        return KubernetesPlan(spec, render_validated(spec), (note,) if note else (), preflight)
 
     def submit(self, plan: KubernetesPlan, *, out: TextIO, err: TextIO) -> None:
-        submit(self.cluster, plan.spec, plan.objects, out=out, err=err)
+        submit(self.cluster, plan.spec, plan.objects, out=out, err=err, check=plan.preflight)
         for note in plan.notes:  # after success: a failing submit says its one error line only
             err.write(f"leo-launch: note: {note}\n")
 
@@ -321,10 +325,10 @@ class KubernetesBackend:
     def cancel(self, name: str) -> str:
         return cancel(self.cluster, name, self.namespace)
 
-    def outputs_url(self, name: str) -> str:
-        url = train_url_of(name, namespace=self.namespace, cluster=self.cluster)
-        if url is None:
+    def outputs(self, name: str) -> JobOutputs:
+        found = outputs_of(name, namespace=self.namespace, cluster=self.cluster)
+        if found is None:
             raise JobNotFoundError(f"unknown job {name!r}: the cluster has no job of that name in "
                                    f"namespace {self.namespace}; pass the job's URL instead "
                                    f"(<train_url>/{name})")
-        return url
+        return found

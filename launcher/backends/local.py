@@ -28,7 +28,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-from launcher.backends.base import FINAL_PHASES, PHASES, JobExistsError, JobNotFoundError, JobStatus
+from launcher.backends.base import (
+    FINAL_PHASES,
+    PHASES,
+    JobExistsError,
+    JobNotFoundError,
+    JobOutputs,
+    JobStatus,
+)
 from launcher.backends.localjob import (
     CANCEL_GRACE,
     ENV_LOCAL_ROOT,
@@ -54,6 +61,7 @@ from launcher.outputs.metrics import read_progress
 from launcher.spec import contract
 from launcher.spec import jobspec as js
 from launcher.spec.contract import ENV_LOCAL_JOB
+from launcher.storage.base import StorageSettings
 from launcher.util.files import atomic_write, write_json
 from launcher.util.procs import kill_processes
 from launcher.util.times import age
@@ -124,6 +132,7 @@ def plan(spec: js.JobSpec, *, environ: Mapping[str, str] | None = None) -> Local
     spec = dataclasses.replace(spec, data_url=absolute_url(spec.data_url),
                                train_url=absolute_url(spec.train_url))
     _refuse_urls_in_state_folder(spec, env)
+    spec.check_reachable(env)  # the workers inherit this environment
     token = uuid.uuid4().hex[:16]
     state_dir = jobs_root(env) / spec.name
     added = {ENV_LOCAL_JOB: f"{spec.name}:{token}", ENV_LOCAL_ROOT: str(jobs_root(env)),
@@ -326,7 +335,7 @@ def status(name: str, *, environ: Mapping[str, str] | None = None, progress: boo
     if state.get("exit_code") is not None:
         result["exit_code"] = state["exit_code"]
     if progress:
-        result.update(read_progress(result["outputs_url"], endpoint=spec.storage_endpoint,
+        result.update(read_progress(result["outputs_url"], storage=spec.storage,
                                     local_out=job.work / "out"))
     return result
 
@@ -508,7 +517,7 @@ class LocalBackend:
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         self.environ = environ
 
-    def plan(self, spec: js.JobSpec) -> LocalPlan:
+    def plan(self, spec: js.JobSpec, *, preflight: bool = True) -> LocalPlan:  # noqa: ARG002 - no cluster
         return plan(spec, environ=self.environ)
 
     def submit(self, plan: LocalPlan, *, out: TextIO, err: TextIO) -> None:
@@ -528,7 +537,7 @@ class LocalBackend:
     def cancel(self, name: str) -> str:
         return cancel(name, environ=self.environ)
 
-    def outputs_url(self, name: str) -> str:
+    def outputs(self, name: str) -> JobOutputs:
         """From the job's job.yaml, read leniently (a job of another version has one too)."""
         job_yaml = job_dir(name, self.environ) / contract.JOB_FILE
         try:
@@ -538,9 +547,12 @@ class LocalBackend:
                                    f"job's URL instead (<train_url>/{name})") from err
         except (OSError, ValueError, UsageError) as err:
             raise LaunchError(f"cannot read {job_yaml}: {str(err).splitlines()[0]}") from err
-        train_url = data.get("train_url") if isinstance(data, dict) else None
-        if not train_url and isinstance(data, dict) and isinstance(data.get("spec"), dict):
-            train_url = data["spec"].get("train_url")
+        data = data if isinstance(data, dict) else {}
+        if not data.get("train_url") and isinstance(data.get("spec"), dict):
+            data = data["spec"]
+        train_url = data.get("train_url")
         if not train_url:
             raise LaunchError(f"job {name!r} has no train_url in {job_yaml}")
-        return str(job_url_of(str(train_url), name))
+        storage = StorageSettings(*(data.get(k) for k in ("storage_endpoint", "storage_region",
+                                                          "storage_path_style")))
+        return JobOutputs(str(job_url_of(str(train_url), name)), storage)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from launcher.backends import outputs_url
+from launcher.backends import job_outputs
 from launcher.cli.format import percent
 from launcher.cli.options import add_job_reference
 from launcher.errors import UsageError
@@ -16,7 +16,6 @@ from launcher.outputs.layout import PROFILE_DIR
 from launcher.outputs.profile import pull_profile
 from launcher.storage import (
     StorageError,
-    StorageOptions,
     add_storage_arguments,
     parse_url,
     sync_down,
@@ -55,9 +54,9 @@ def run(args: argparse.Namespace) -> int:
     if (args.tree or args.profile) and args.fmt:
         raise UsageError(f"--format selects a checkpoint's files; it does not apply to "
                          f"{'--tree' if args.tree else '--profile'}")
-    options = StorageOptions.from_args(args)
-    base = outputs_url(args.job, requested=args.backend, context=args.context,
-                       namespace=args.namespace)
+    outputs = job_outputs(args.job, requested=args.backend, context=args.context,
+                          namespace=args.namespace)
+    base, options = outputs.url, outputs.storage.options(args)  # the job's settings; flags override
     if args.tree:
         dest = args.to or parse_url(base).name or "."
         report = sync_down(base, dest, options=options)

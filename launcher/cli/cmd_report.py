@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from launcher.backends import outputs_url
+from launcher.backends import job_outputs
 from launcher.cli.options import add_job_reference
 from launcher.outputs.report import (
     check_png_target,
     load_report,
     write_png,
 )
-from launcher.storage import StorageOptions, add_storage_arguments
+from launcher.storage import add_storage_arguments
 
 HELP = ("summarise a job's run (steps, steps/s, best meta-validation and meta-test accuracy) "
         "and plot its training curves")
@@ -34,10 +34,9 @@ def run(args: argparse.Namespace) -> int:
     import json
 
 
-    options = StorageOptions.from_args(args, progress=False)
     png = check_png_target(args.png) if args.png else None  # refused before any reading
-    report = load_report(outputs_url(args.job, requested=args.backend, context=args.context,
-                                     namespace=args.namespace), options=options)
+    outputs = job_outputs(args.job, requested=args.backend, context=args.context, namespace=args.namespace)
+    report = load_report(outputs.url, options=outputs.storage.options(args, progress=False))
     if png is not None:
         png = write_png(report, png)
     if args.output == "json":

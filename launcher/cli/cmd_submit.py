@@ -52,6 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub.add_argument("-f", "--follow", action="store_true",
                      help="stream the logs of every rank until the job ends; exit code 0 when "
                           "it succeeded, else 1")
+    grouped["cluster"].add_argument("--skip-preflight", action="store_true",
+                     help="submit without the cluster checks (namespace, Secret, CRDs, nodes' devices) "
+                          "for a cluster they misjudge; missing capacity is only a warning already "
+                          "where an autoscaler is found or cannot be ruled out")
     add_output_arguments(parser)
 
 
@@ -74,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     if spec.data_url is None and not args.dry_run:
         raise UsageError("submit needs --data-url: the embeddings (s3://, obs://, file:// or a path)")
     backend = backend_for(args, spec)
-    plan = backend.plan(spec)
+    plan = backend.plan(spec, preflight=not args.skip_preflight)
     if args.dry_run:
         code = emit(plan, args.output, args.out_dir)
         print_warnings(plan.spec, pods=backend.runs_pods)

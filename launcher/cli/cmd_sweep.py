@@ -134,7 +134,8 @@ def start(args: argparse.Namespace) -> int:
                          specs={p.spec.name: p.spec.to_dict() for p in plans},
                          train_url=plans[0].spec.train_url, namespace=plans[0].spec.namespace,
                          context=args.context)
-    published = sweeps.publish(sweep)  # before the local record: a failure leaves nothing
+    # before the local record: a failure leaves nothing; with the trials' own storage settings
+    published = sweeps.publish(sweep, plans[0].spec.storage.options(progress=False))
     sweeps.save(sweep)
     print(f"sweep {name}: {len(trials)} trial(s), at most {args.parallel} at once"
           + (f"; record published to {published}/{sweeps.SWEEP_FILE}" if published else ""))

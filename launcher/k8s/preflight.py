@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from launcher.k8s.api import (
+    CONFIGMAP,
     CRD,
     NAMESPACE,
     NODE,
@@ -36,6 +37,13 @@ from launcher.spec.podsecurity import job_admission_problem
 
 STORAGE_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 REGISTRY_SECRET_TYPES = ("kubernetes.io/dockerconfigjson", "kubernetes.io/dockercfg")
+# Signs that the cluster adds nodes when a pod is pending: cluster-autoscaler's status
+# ConfigMap (also written by managed autoscalers built on it), Karpenter's NodePool CRD,
+# node labels of autoscaled pools. Where one is found, or none can be ruled out, missing
+# capacity is a warning, not a refusal.
+AUTOSCALER_STATUS = ("kube-system", "cluster-autoscaler-status")
+KARPENTER_CRD = "nodepools.karpenter.sh"
+AUTOSCALED_NODE_LABELS = ("karpenter.sh/nodepool", "karpenter.sh/provisioner-name")
 DEVICE_PLUGINS = {"huawei.com/Ascend910": "the Ascend device plugin",
                   "nvidia.com/gpu": "the NVIDIA device plugin"}
 
@@ -185,6 +193,39 @@ def job_flavour(ctx: Context) -> Iterable[str]:
 
 @check("the nodes' devices")
 def device_resources(ctx: Context) -> Iterable[str]:
+    problems = list(_capacity_problems(ctx))
+    if not problems:
+        return
+    growth = _cluster_can_grow(ctx)
+    for problem in problems:
+        yield Note(f"pre-flight: {problem}; submitting anyway: {growth}") if growth else problem
+
+
+def _cluster_can_grow(ctx: Context) -> str | None:
+    """Why the cluster may add the nodes the job lacks (an autoscaler found, or one that
+    cannot be ruled out), None when it cannot grow."""
+    nodes = ctx.api.list(*NODE, None)
+    labelled = sorted({k for n in nodes for k in ((n.get("metadata") or {}).get("labels") or {})
+                       if k in AUTOSCALED_NODE_LABELS})
+    if labelled:
+        return f"nodes carry {labelled[0]}: an autoscaler may add nodes once the pods are pending"
+    unknown = []
+    for what, kind, namespace, name in (("cluster-autoscaler", CONFIGMAP, *AUTOSCALER_STATUS),
+                                        ("Karpenter", CRD, None, KARPENTER_CRD)):
+        try:
+            if ctx.get(kind, namespace, name) is not None:
+                return f"{what} is installed and may add nodes once the pods are pending"
+        except KubeError as err:
+            if err.status == 0:
+                raise
+            unknown.append(f"{kind[1]} {name}")
+    if unknown:
+        return (f"an autoscaler cannot be ruled out ({', '.join(unknown)} not readable); if the "
+                "cluster cannot grow, the pods stay Pending (leo-launch status says why)")
+    return None
+
+
+def _capacity_problems(ctx: Context) -> Iterable[str]:
     resource = ctx.spec.resource_name
     if not resource:
         return

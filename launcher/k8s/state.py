@@ -16,6 +16,7 @@ from launcher.flavours.base import reason_text as _reason_text
 from launcher.outputs.layout import job_url_of
 from launcher.spec import contract
 from launcher.spec import jobspec as js
+from launcher.storage.base import StorageSettings
 from launcher.util.times import age, parse_time
 
 # where a pod's node rank may be: every flavour's annotations and labels
@@ -217,7 +218,7 @@ class JobInfo:
     nodes: int | None = None
     max_restarts: int | None = None
     train_url: str | None = None
-    storage_endpoint: str | None = None
+    storage: StorageSettings = StorageSettings()  # the job's endpoint, region, addressing
 
     @property
     def cards_per_node(self) -> int:
@@ -256,11 +257,11 @@ def job_info(obj: Mapping[str, Any], scheduler: str, spec: js.JobSpec | None = N
                    accelerator=labels.get(contract.LABEL_ACCEL),
                    cards=number(annotations.get(contract.ANNOTATION_CARDS)), nodes=nodes,
                    max_restarts=max_restarts, train_url=env.get(contract.ENV_TRAIN_URL),
-                   storage_endpoint=env.get("AWS_ENDPOINT_URL"))
+                   storage=StorageSettings.from_env(env))
     if spec is not None:
         info.experiment, info.accelerator = spec.experiment, spec.accelerator
         info.cards, info.nodes, info.max_restarts = spec.cards, spec.nodes, spec.max_restarts
-        info.train_url, info.storage_endpoint = spec.train_url, spec.storage_endpoint
+        info.train_url, info.storage = spec.train_url, spec.storage
     return info
 
 

@@ -14,7 +14,7 @@ from typing import TextIO
 from launcher.outputs.layout import LOGS_DIR, rank_of_log
 from launcher.storage import (
     NotFoundError,
-    StorageOptions,
+    StorageSettings,
     iter_lines,
     open_store,
 )
@@ -71,12 +71,12 @@ def last_lines_per_rank(lines: Iterable[str], count: int | None) -> list[str]:
 
 
 def print_published_logs(job_url: str, *, rank: int | None = None, tail: int | None = None,
-                         endpoint: str | None = None, out: TextIO | None = None,
+                         storage: StorageSettings | None = None, out: TextIO | None = None,
                          err: TextIO | None = None) -> bool:
     """Print the rank logs a job published under `<job_url>/logs/` (one rank, or all of
     them rank after rank), each line tagged `[rank R]`. False when there are none."""
     out, err = out or sys.stdout, err or sys.stderr
-    with open_store(job_url, StorageOptions(endpoint=endpoint, progress=False)) as store:
+    with open_store(job_url, (storage or StorageSettings()).options(progress=False)) as store:
         try:
             listing = store.list(LOGS_DIR)
         except NotFoundError:

@@ -25,7 +25,7 @@ from launcher.errors import LaunchError
 from launcher.outputs.layout import METRICS_FILE, RESULT_FILE
 from launcher.storage import (
     NotFoundError,
-    StorageOptions,
+    StorageSettings,
     open_store,
 )
 
@@ -287,12 +287,12 @@ def storage_configured(endpoint: str | None = None, environ: Mapping[str, str] |
     return any(Path(f).is_file() for f in files)
 
 
-def read_progress(job_url: str | None, *, endpoint: str | None = None,
+def read_progress(job_url: str | None, *, storage: StorageSettings | None = None,
                   local_out: Path | None = None,
                   environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """`step`, `best_accuracy` and `result` of a job from its metrics.jsonl and result.json:
     the local output directory when given and present, else `job_url` (object storage,
-    read only when `storage_configured`). Storage that cannot be reached, or is not
+    read only when `storage_configured`, with the job's `storage` settings). Storage that cannot be reached, or is not
     configured, gives `{"storage_error": "..."}` instead, quickly."""
     out: dict[str, Any] = {}
     if local_out is not None and (local_out / METRICS_FILE).is_file():
@@ -306,12 +306,12 @@ def read_progress(job_url: str | None, *, endpoint: str | None = None,
             pass
     if not job_url:
         return out
-    if job_url.startswith(("s3://", "obs://")) and not storage_configured(endpoint, environ):
+    if job_url.startswith(("s3://", "obs://")) and not storage_configured(storage and storage.endpoint, environ):
         return {"storage_error": NOT_CONFIGURED}
 
     try:
-        options = StorageOptions(endpoint=endpoint, max_attempts=1, progress=False,
-                                 connect_timeout=3.0, read_timeout=10.0)
+        options = (storage or StorageSettings()).options(max_attempts=1, progress=False,
+                                                         connect_timeout=3.0, read_timeout=10.0)
         with open_store(job_url, options) as store:
             try:
                 out.update(summarize_metrics(store.get_bytes(METRICS_FILE)))

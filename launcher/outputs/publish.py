@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from launcher.storage.files import local_error
 from launcher.storage.sync import sync_files_up
 
 log = logging.getLogger(__name__)
+_STEP = re.compile(r"step-(\d+)")
 
 
 @dataclass
@@ -38,13 +40,15 @@ class PublishReport:
     pointers: list[str] = field(default_factory=list)  # "latest"/"best" updated
     files: list[str] = field(default_factory=list)  # metrics, logs and profile files mirrored
     warnings: list[str] = field(default_factory=list)  # what was not published (the profile)
+    pruned: list[str] = field(default_factory=list)  # step dirs deleted (--keep-checkpoints)
 
 
 class Publisher:
     """Publishes a training run's output to its job URL from rank 0.
 
     `poll()` uploads new checkpoints (objects, then MANIFEST.json, then the pointer) and
-    mirrors metrics.jsonl and the rank logs when they changed; call it every N seconds
+    mirrors metrics.jsonl and the rank logs when they changed (with `keep`, deleting older
+    published steps: see `prune`); call it every N seconds
     (`start(N)` runs it on a thread) and `final()` once at exit. `put_json`/`put_file`
     publish result.json and job.yaml. With `profile_dir`, each rank's profile found there
     is mirrored to profile/rank-<r>/ once complete (by `final()` whatever it holds); its
@@ -52,8 +56,10 @@ class Publisher:
     """
 
     def __init__(self, out_dir: str | Path, job_url: str, *, logs_dir: str | Path | None = None,
-                 profile_dir: str | Path | None = None, options: StorageOptions | None = None) -> None:
+                 profile_dir: str | Path | None = None, options: StorageOptions | None = None,
+                 keep: int | None = None) -> None:
         self.out = Path(out_dir)
+        self.keep = keep  # --keep-checkpoints: published steps kept (None: all)
         self.logs = Path(logs_dir) if logs_dir is not None else None
         self.profile = Path(profile_dir) if profile_dir is not None else None
         self.profile_ranks: set[int] = set()  # ranks whose profile is published
@@ -87,6 +93,8 @@ class Publisher:
                     self.store.put_bytes(f"checkpoints/{which}.json", raw)
                     self._pointers[which] = raw
                     report.pointers.append(which)
+            if self.keep is not None and report.pointers:
+                report.pruned = self.prune()
             self._mirror(self.out / METRICS_FILE, METRICS_FILE, report, whole_lines=True)
             if self.logs is not None and self.logs.is_dir():
                 for path in sorted(self.logs.glob(rank_log("*"))):
@@ -94,6 +102,42 @@ class Publisher:
             if self.profile is not None:
                 self._publish_profiles(report, final)
             return report
+
+    def prune(self) -> list[str]:
+        """Delete published step folders beyond the `keep` newest complete ones (those with
+        a MANIFEST.json), never one that latest.json or best.json points at, and none newer
+        than the oldest kept: a step goes only once `keep` newer ones are complete. The
+        manifest goes first, so a half-deleted step reads as incomplete. Returns the names."""
+        listing = self.store.list(CHECKPOINTS_DIR)
+        steps: dict[int, str] = {}
+        complete: set[str] = set()
+        for key in listing:
+            parts = key.split("/")
+            match = _STEP.fullmatch(parts[-2]) if len(parts) >= 2 else None
+            if match and parts[-3:-1] == [CHECKPOINTS_DIR, parts[-2]]:
+                steps[int(match.group(1))] = parts[-2]
+                if parts[-1] == MANIFEST:
+                    complete.add(parts[-2])
+        newest = [n for n in sorted(steps, reverse=True) if steps[n] in complete][:self.keep]
+        if len(newest) < (self.keep or 0):
+            return []
+        pointed = set()
+        for which in POINTERS:
+            try:
+                pointer = get_json(self.store, f"{CHECKPOINTS_DIR}/{which}.json")
+            except NotFoundError:
+                continue
+            if isinstance(pointer, dict):
+                pointed.add(str(pointer.get("path")))
+        doomed = [steps[n] for n in sorted(steps) if n < newest[-1] and steps[n] not in pointed]
+        for name in doomed:
+            prefix = f"{CHECKPOINTS_DIR}/{name}/"
+            keys = [k for k in listing if k.startswith(prefix)]
+            manifest = [k for k in keys if k.endswith("/" + MANIFEST)]
+            self.store.delete(manifest)
+            self.store.delete([k for k in keys if k not in manifest])
+            self._published.discard(name)
+        return doomed
 
     def _publish_profiles(self, report: PublishReport, final: bool) -> None:
         """Mirror each rank's profile files (after everything else: a failure here is a

@@ -101,7 +101,6 @@ from launcher.spec.contract import (
 from launcher.storage import (
     NotFoundError,
     StorageError,
-    StorageOptions,
     download,
     open_store,
     parse_url,
@@ -169,7 +168,7 @@ class Bootstrap:
             pass  # the stage is for `status` only: never fail the job over it
 
     def storage_options(self, spec: js.JobSpec) -> Any:
-        return StorageOptions(endpoint=spec.storage_endpoint, progress=False)
+        return spec.storage.options(progress=False)
 
     def on_signal(self, signum: int, frame: Any) -> None:  # noqa: ARG002
         if self.terminating.is_set():
@@ -224,6 +223,10 @@ class Bootstrap:
                 raise BadConfig(f"{contract.ENV_MASTER_PORT}={port!r} is not a port") from err
         if spec.data_url is None:
             raise BadConfig("the job has no data_url: submit it with --data-url")
+        try:  # before any work: the check render/submit made, with this pod's environment
+            spec.check_reachable(self.env)
+        except UsageError as err:
+            raise BadConfig(str(err)) from err
         local_ranks = list(range(node_rank * spec.cards_per_node, (node_rank + 1) * spec.cards_per_node))
         self.out.node(f"job {spec.name}: {spec.experiment}, node {node_rank} of {spec.nodes}, "
                       f"ranks {local_ranks[0]}-{local_ranks[-1]} of {spec.world_size} on {spec.accelerator}")
@@ -386,7 +389,7 @@ class Bootstrap:
         out_dir.mkdir(parents=True, exist_ok=True)
         self.publisher = Publisher(out_dir, job_url, logs_dir=self.paths.logs,
                                    profile_dir=self.paths.profile if spec.profile_steps else None,
-                                   options=self.storage_options(spec))
+                                   options=self.storage_options(spec), keep=spec.keep_checkpoints)
         if node_rank == 0:
             self.publisher.put_file(self.paths.job_file, "job.yaml")
             self.publisher.put_file(self.paths.experiment_file, "experiment.yaml")

@@ -13,7 +13,7 @@ from the ModelZoo flags `--dataset_name` and `--num_tr_examples_per_class`, else
 mini_1shot, the ModelZoo default), `--init`/`--checkpoint_url` (initial weights, a
 `.ckpt` or `.npz`), `--device_target Ascend|GPU|CPU` (default
 `$LEO_ACCELERATOR`, else Ascend), `--device_num`/`--cards` (processes on this node, default
-1), `--steps`, `--set key=value`, `--name`, `--storage-endpoint`, `--enable_profiling=True|False`
+1), `--steps`, `--set key=value`, `--name`, `--storage-endpoint`, `--storage-region`, `--enable_profiling=True|False`
 (the ModelZoo's flag: `leo-launch submit --profile`, MindSpore's profiler on every rank for
 the default number of steps). Other flags (the ModelZoo's `enable_modelarts`, `data_path`,
 `save_path`, `ckpt_file`, …, or the platform's own) are ignored, each with a note.
@@ -73,6 +73,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="job name: outputs go to <train_url>/<name>/ (default leo-<exp>-<accel><cards>)")
     p.add_argument("--storage-endpoint", "--storage_endpoint", dest="storage_endpoint",
                    help="S3/OBS endpoint (default $AWS_ENDPOINT_URL; OBS from $OBS_REGION)")
+    p.add_argument("--storage-region", "--storage_region", dest="storage_region",
+                   help="storage region (default $OBS_REGION, $AWS_REGION): obs:// goes to "
+                        "https://obs.<region>.myhuaweicloud.com")
     p.add_argument("--enable_profiling", "--enable-profiling", dest="profile", type=_boolean, default=False,
                    metavar="{True,False}",
                    help=f"ModelZoo flag: MindSpore's profiler on every rank for {js.DEFAULT_PROFILE_STEPS} "
@@ -109,6 +112,8 @@ def prepare(argv: Sequence[str], env: Mapping[str, str]) -> tuple[dict[str, str]
     target = args.device_target or env.get(contract.ENV_ACCELERATOR) or "ascend"
     accelerator = _DEVICES.get(str(target).lower(), str(target).lower())
     values = {"storage_endpoint": args.storage_endpoint} if args.storage_endpoint else {}
+    if args.storage_region:
+        values["storage_region"] = args.storage_region
     if args.init_url:
         values["init_url"] = args.init_url
     spec = js.build_job_spec(experiment=_experiment(args), accelerator=accelerator, cards=args.cards,

@@ -20,8 +20,10 @@ from typing import Any
 from launcher import flavours
 from launcher.errors import LaunchError, UsageError
 from launcher.spec import contract, disk, overrides, podsecurity, ranktable
+from launcher.spec.fields import flag_of
 from launcher.spec.jobspec import JobSpec
 from launcher.spec.ranktable import HCCN_CONF
+from launcher.storage.base import parse_url
 from launcher.util.files import atomic_write
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "k8s_templates"
@@ -159,6 +161,10 @@ def pod_environment(spec: JobSpec) -> list[dict[str, Any]]:
         env.append(_value(contract.ENV_TRAIN_URL, spec.train_url))
     if spec.storage_endpoint is not None:
         env.append(_value("AWS_ENDPOINT_URL", spec.storage_endpoint))
+    if spec.storage_region is not None:  # both names: obs:// reads the first, boto3 the second
+        env += [_value("OBS_REGION", spec.storage_region), _value("AWS_REGION", spec.storage_region)]
+    if spec.storage_path_style is not None:
+        env.append(_value("LEO_STORAGE_PATH_STYLE", "1" if spec.storage_path_style else "0"))
     if spec.storage_secret is not None:
         env += [_secret(key, spec.storage_secret, key) for key in contract.SECRET_KEYS]
     if spec.accelerator == "ascend":
@@ -320,9 +326,23 @@ def render_validated(spec: JobSpec, versions: Sequence[str] | None = None) -> li
     """`render` followed by `launcher.render.check.check_manifests` (raises on any problem)."""
     from launcher.render.check import check_manifests
 
+    check_storage_for_pods(spec)
     objects = render(spec)
     check_manifests(objects, versions=versions)
     return objects
+
+
+def check_storage_for_pods(spec: JobSpec) -> None:
+    """Refuse (UsageError) storage the pods could not use: a local path or file:// URL
+    (inside a container it is the container's own disk, lost with it) and object storage
+    they could not resolve with the job's settings alone (the bootstrap's check, run with
+    the pods' environment: the user's shell variables do not reach them)."""
+    for field in ("data_url", "train_url", "init_url"):
+        url = getattr(spec, field)
+        if url is not None and parse_url(url).is_local:
+            raise UsageError(f"{flag_of(field)} {url!r} is a local path: Kubernetes pods cannot read it (their "
+                             "files vanish with them); use s3:// or obs://, or --backend local to run here")
+    spec.check_reachable({})
 
 
 # ----------------------------------------------------------------------------- output

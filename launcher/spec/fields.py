@@ -120,6 +120,11 @@ FIELDS: tuple[Option, ...] = (
       "AWS_SECRET_ACCESS_KEY (referenced, never copied)", metavar="SECRET", used_by="k8s"),
     Opt("storage_endpoint", "--storage-endpoint", "storage", "S3/OBS endpoint, e.g. "
       "https://obs.cn-north-4.myhuaweicloud.com", metavar="URL"),
+    Opt("storage_region", "--storage-region", "storage", "storage region given to the pods (OBS_REGION, "
+      "AWS_REGION); obs:// needs it or --storage-endpoint: https://obs.<region>.myhuaweicloud.com",
+      metavar="REGION", omit_if=(None,)),
+    Opt("storage_path_style", "--path-style", "storage", "path-style addressing (endpoint/bucket/key) in "
+      "the pods", type=bool, omit_if=(None,)),
     Opt("scheduler", "--scheduler", "scheduling", "", choices=flavours.NAMES, used_by="k8s"),
     Opt("rank_table", "--rank-table", "scheduling", "Ascend HCCL rank table: dynamic (default), "
       "controller (hccl-controller or ascend-operator), none (MindSpore's dynamic cluster only) or an "
@@ -165,6 +170,9 @@ FIELDS: tuple[Option, ...] = (
     Opt("init_url", "--init", "storage", "initial weights: a .ckpt or .npz file (obs://, s3://, file:// or "
       "a path; this project's or the ModelZoo port's parameter names), staged like --data-url",
       metavar="URL", omit_if=(None,)),
+    Opt("keep_checkpoints", "--keep-checkpoints", "storage", "published checkpoints kept under "
+      "<train_url>/<job>/checkpoints: the N newest complete ones and those latest/best point at "
+      "(default: all)", type=int, metavar="N", bounds=(1, MAX_STEPS), omit_if=(None,)),
     Opt("profile", "--profile", "job", "run MindSpore's profiler on every rank over a few steps after the "
       "two that compile; each node publishes its ranks' op_summary.txt and trace_view.json to "
       "<train_url>/<job>/profile/rank-<r>/ (leo-launch pull NAME --profile)", type=bool, flag_only=True),

@@ -56,7 +56,7 @@ from launcher.spec.values import (
     parse_duration,
     storage_url_problem,
 )
-from launcher.storage.base import redact_endpoint
+from launcher.storage.base import REGION_RE, StorageSettings, redact_endpoint, storage_problem
 from launcher.util.userfile import load_yaml
 from leo_core import profiling
 
@@ -121,6 +121,8 @@ class JobSpec:
     train_url: str | None = None
     storage_secret: str | None = None
     storage_endpoint: str | None = None
+    storage_region: str | None = None  # OBS_REGION/AWS_REGION of the pods
+    storage_path_style: bool | None = None  # LEO_STORAGE_PATH_STYLE of the pods
     init_url: str | None = None  # initial weights (.ckpt or .npz), staged like data_url
     scheduler: str = flavours.DEFAULT
     rank_table: str | None = None  # ascend: dynamic (default; ascendjob: none), controller, file or none
@@ -150,6 +152,7 @@ class JobSpec:
     service_account: str | None = None
     automount_token: bool = False  # automountServiceAccountToken
     pod_overrides: Mapping[str, Any] | None = field(default=None, hash=False)  # merged into every pod
+    keep_checkpoints: int | None = None  # published steps kept; None: all
     seed: int = 0  # train.py --seed: the model's initialisation and the episodes drawn
     sweep: str | None = None  # the sweep this job is a trial of (leo-launch sweep)
     _config: Any = field(default=None, init=False, repr=False, compare=False)
@@ -279,6 +282,14 @@ class JobSpec:
             problem = endpoint_problem(value) if isinstance(value, str) else "must be a string"
             if problem:
                 raise FieldError("storage_endpoint", f"{redact_endpoint(value)!r} {problem}")
+        if self.storage_region is not None and not (isinstance(self.storage_region, str)
+                                                    and REGION_RE.match(self.storage_region)):
+            raise FieldError("storage_region", f"{self.storage_region!r}: a region is 2-40 lowercase "
+                             "letters, digits and '-' (e.g. cn-north-4)")
+        if self.keep_checkpoints is not None:
+            self._set("keep_checkpoints", _int(self.keep_checkpoints, "keep_checkpoints"))
+        if self.storage_path_style is not None and not isinstance(self.storage_path_style, bool):
+            raise FieldError("storage_path_style", "must be true or false")
 
     def _check_scheduling(self) -> None:
         self._set("node_selector", _pairs(self.node_selector, "node_selector"))
@@ -527,6 +538,19 @@ class JobSpec:
         if rank_table_file:
             args += ["--rank_table_file", rank_table_file]
         return args
+
+    # -------------------------------------------------------------- storage
+    @property
+    def storage(self) -> StorageSettings:
+        return StorageSettings(self.storage_endpoint, self.storage_region, self.storage_path_style)
+
+    def check_reachable(self, environ: Mapping[str, str]) -> None:
+        """Refuse (UsageError) storage URLs a process with `environ` and this job's settings
+        could not resolve: render/submit (with the pods' environment, i.e. none), the local
+        backend and the bootstrap share this check."""
+        problem = storage_problem([self.data_url, self.train_url, self.init_url], self.storage, environ)
+        if problem:
+            raise UsageError(problem)
 
     # -------------------------------------------------------------- plain data
     def to_dict(self) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from launcher.storage.base import (  # noqa: F401 - the package's public names
     ObjectInfo,
     StorageError,
     StorageOptions,
+    StorageSettings,
     StorageURL,
     Store,
     SyncReport,
@@ -35,6 +36,7 @@ from launcher.storage.base import (  # noqa: F401 - the package's public names
     parse_url,
     redact_endpoint,
     split_key,
+    storage_problem,
 )
 from launcher.storage.local import LocalStore
 from launcher.storage.sync import sync_down as _sync_down

@@ -28,6 +28,7 @@ Endpoint, addressing and retries of object stores (see `StorageOptions`):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -53,7 +54,7 @@ TMP_PREFIX = ".leo-tmp-"
 
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _ENDPOINT_RE = re.compile(r"^https?://[^/\s?#]+/?$")
-_REGION_RE = re.compile(r"^[a-z0-9-]{2,40}$")
+REGION_RE = re.compile(r"^[a-z0-9-]{2,40}$")
 
 
 class StorageError(LaunchError):
@@ -207,7 +208,7 @@ class StorageOptions:
     def __post_init__(self) -> None:
         if self.endpoint is not None:
             _check_endpoint(self.endpoint)
-        if self.region is not None and not _REGION_RE.match(self.region):
+        if self.region is not None and not REGION_RE.match(self.region):
             raise UsageError(f"malformed storage region {self.region!r}")
         if self.concurrency < 1:
             raise UsageError("storage concurrency must be at least 1")
@@ -245,7 +246,8 @@ class StorageOptions:
             region = self.resolved_region(scheme, env)
             if not region:
                 raise UsageError(
-                    "obs:// needs a region: set OBS_REGION (e.g. cn-north-4) or pass --storage-endpoint"
+                    "obs:// needs a region: pass --storage-region (e.g. cn-north-4) or --storage-endpoint, "
+                    "or set OBS_REGION"
                 )
             return f"https://obs.{region}.myhuaweicloud.com"
         return None
@@ -256,7 +258,7 @@ class StorageOptions:
         if not region and scheme == "obs":
             region = env.get("OBS_REGION")
         region = region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
-        if region and not _REGION_RE.match(region):
+        if region and not REGION_RE.match(region):
             raise UsageError(f"malformed storage region {region!r}")
         return region or None
 
@@ -301,6 +303,55 @@ class StorageOptions:
             return max(1, int(env.get("AWS_MAX_ATTEMPTS", "")))
         except ValueError:
             return DEFAULT_MAX_ATTEMPTS
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    """A job's own storage settings (its JobSpec, the pods' environment, a local job's
+    job.yaml): what a command about the job starts from, so that nobody repeats them."""
+
+    endpoint: str | None = None
+    region: str | None = None
+    path_style: bool | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, Any]) -> StorageSettings:
+        """From a pod's environment as rendered (see `pod_environment`)."""
+        style = env.get("LEO_STORAGE_PATH_STYLE")
+        return cls(endpoint=env.get("AWS_ENDPOINT_URL") or None,
+                   region=env.get("OBS_REGION") or env.get("AWS_REGION") or None,
+                   path_style=_truthy(style) if style else None)
+
+    def options(self, args: argparse.Namespace | None = None, **overrides: Any) -> StorageOptions:
+        """The one way a command about a job gets its storage options (status, logs, pull,
+        report): the job's settings, each overridden by the flag given on the command line."""
+        values: dict[str, Any] = {"endpoint": self.endpoint, "region": self.region,
+                                  "path_style": self.path_style}
+        if args is not None:
+            flags = StorageOptions.from_args(args)
+            values.update({k: v for k, v in dataclasses.asdict(flags).items()
+                           if k not in values or v is not None})
+        values.update(overrides)
+        return StorageOptions(**values)
+
+
+def storage_problem(urls: list[str | None], settings: StorageSettings,
+                    environ: Mapping[str, str]) -> str | None:
+    """Why a process with `environ` and a job's `settings` could not reach `urls`, or None.
+    render/submit check with an empty environment (the pods get only what the job gives
+    them), the local backend with this machine's, the bootstrap with its own: one check."""
+    options = settings.options()
+    for url in urls:
+        if not url:
+            continue
+        parsed = parse_url(url)
+        if parsed.is_local:
+            continue
+        try:
+            options.resolved_endpoint(parsed.scheme, environ)
+        except UsageError as err:
+            return f"{url}: {err}"
+    return None
 
 
 def add_storage_arguments(parser: argparse.ArgumentParser) -> None:

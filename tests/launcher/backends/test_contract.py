@@ -9,6 +9,7 @@ MindSpore training."""
 from __future__ import annotations
 
 import io
+import secrets
 import sys
 import time
 
@@ -35,9 +36,14 @@ def backend(request, tmp_path, monkeypatch):
     else:
         made = KubernetesBackend(fake_cluster(FakeAPI()))
     (tmp_path / "data").mkdir()
+    urls = {"data_url": str(tmp_path / "data"), "train_url": str(tmp_path / "out")}
+    if request.param == "k8s":  # pods cannot use this machine's paths: the test S3 server
+        server = request.getfixturevalue("s3_env")
+        bucket = server.create_bucket(f"leo-contract-{secrets.token_hex(4)}")
+        urls = {"data_url": f"s3://{bucket}/data", "train_url": f"s3://{bucket}/out",
+                "storage_endpoint": server.endpoint}
     made.test_spec = build_job_spec(experiment="mini_5shot", accelerator="cpu", cards=1,
-                                    name="leo-contract", data_url=str(tmp_path / "data"),
-                                    train_url=str(tmp_path / "out"))
+                                    name="leo-contract", **urls)
     yield made
     made.cancel("leo-contract")
 
@@ -83,7 +89,7 @@ def test_submit_status_list_logs_cancel(backend):
         assert key in data
     assert data["experiment"] == "mini_5shot" and data["cards"] == 1
     assert [s.name for s in backend.list()] == ["leo-contract"]
-    assert backend.outputs_url("leo-contract").endswith("/out/leo-contract")
+    assert backend.outputs("leo-contract").url.endswith("/out/leo-contract")
     if backend.name == "local":  # the real bootstrap: no embeddings → bad configuration
         deadline = time.monotonic() + 120
         while not backend.status("leo-contract").ended and time.monotonic() < deadline:
@@ -105,7 +111,7 @@ def test_an_unknown_job(backend):
     with pytest.raises(JobNotFoundError):
         backend.status("no-such-job")
     with pytest.raises(JobNotFoundError):
-        backend.outputs_url("no-such-job")
+        backend.outputs("no-such-job")
     with pytest.raises(JobNotFoundError):
         backend.logs("no-such-job", out=io.StringIO(), err=io.StringIO())
     assert "nothing to cancel" in backend.cancel("no-such-job")

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import io
 import json
+import secrets
 
 import pytest
 import pytest_asyncio
@@ -183,6 +184,22 @@ async def cli(*argv):
     return await asyncio.to_thread(run)
 
 
+class Train:
+    """A train_url on the test S3 server (pods cannot use this machine's paths): `put`
+    writes an object as a pod's publisher would."""
+
+    def __init__(self, server):
+        self.server = server
+        self.url = f"s3://{server.create_bucket(f'leo-{secrets.token_hex(4)}')}/train"
+        self.flags = ["--train-url", self.url, "--storage-endpoint", server.endpoint]
+
+    def put(self, key, text):
+        from launcher.storage import StorageOptions, open_store
+
+        with open_store(self.url, StorageOptions(endpoint=self.server.endpoint, progress=False)) as store:
+            store.put_bytes(key, text.encode())
+
+
 async def submit(name, *extra):
     code, out, err = await cli("submit", "--backend", "k8s", "--name", name, "--cards", "2", *TINY, *extra)
     assert code == 0, err
@@ -314,9 +331,9 @@ async def test_status_of_a_gang_waiting_for_volcano(k8s):
     assert result["reason"] == f"NotEnoughResources: {message}"
 
 
-async def test_status_running_restarting_succeeded_and_failed(k8s, tmp_path):
-    train = tmp_path / "train"
-    await submit("leo-r", "--cards", "4", "--nodes", "2", "--train-url", train.as_uri())
+async def test_status_running_restarting_succeeded_and_failed(k8s, s3_env):
+    train = Train(s3_env)
+    await submit("leo-r", "--cards", "4", "--nodes", "2", *train.flags)
     # rank 1's first pod failed (retriable); its replacement is starting
     k8s.pod("leo-r", 0, "Running", node="node-a", created="2026-01-01T00:00:00Z")
     k8s.pod("leo-r", 1, "Failed", node="node-b", suffix="old01", created="2026-01-01T00:00:00Z",
@@ -330,12 +347,11 @@ async def test_status_running_restarting_succeeded_and_failed(k8s, tmp_path):
     assert result["restarts"] == 1 and result["max_restarts"] == 3
 
     k8s.pod("leo-r", 1, "Running", node="node-c", suffix="new02", created="2026-01-01T00:06:00Z")
-    (train / "leo-r").mkdir(parents=True)
-    (train / "leo-r" / "metrics.jsonl").write_text(
+    train.put("leo-r/metrics.jsonl", (
         '{"step": 1000, "kind": "train", "loss": 1.0}\n'
         '{"step": 1000, "kind": "validation", "accuracy": 0.71}\n'
         '{"step": 2000, "kind": "validation", "accuracy": 0.69}\n'
-        '{"step": 2100, "kind": "train", "loss": 0.9}\n')
+        '{"step": 2100, "kind": "train", "loss": 0.9}\n'))
     result = await status("leo-r")
     assert result["phase"] == "Running" and "reason" not in result
     assert (result["step"], result["best_accuracy"]) == (2100, 0.71)
@@ -346,7 +362,7 @@ async def test_status_running_restarting_succeeded_and_failed(k8s, tmp_path):
     assert "step 2100, best meta-validation accuracy 71.00%" in table
     assert "leo-r-1-new02" in table and "node-c" in table
 
-    (train / "leo-r" / "result.json").write_text(json.dumps(
+    train.put("leo-r/result.json", json.dumps(
         {"accuracy": 0.7631, "ci95": 0.0012, "tasks": 10000, "step": 2000, "experiment": "mini_5shot"}))
     k8s.set_job_status("leo-r", {"succeeded": 2, "failed": 1, "conditions": [
         {"type": "Complete", "status": "True"}]})
@@ -422,23 +438,23 @@ async def test_logs_follow_merges_live_streams_until_the_job_ends(k8s):
     assert lines.index("[rank 1] a") < lines.index("[rank 0] step 3")  # merged as they came
 
 
-async def test_logs_fall_back_to_the_published_logs_when_the_pods_are_gone(k8s, tmp_path):
-    train = tmp_path / "train"
-    await submit("leo-g", "--train-url", train.as_uri())
-    (train / "leo-g" / "logs").mkdir(parents=True)
-    (train / "leo-g" / "logs" / "rank-0.log").write_text("step 1/6\nstep 2/6\n")
-    (train / "leo-g" / "logs" / "rank-1.log").write_text("hello from 1\n")
+async def test_logs_fall_back_to_the_published_logs_when_the_pods_are_gone(k8s, s3_env, monkeypatch):
+    train = Train(s3_env)
+    await submit("leo-g", *train.flags)
+    train.put("leo-g/logs/rank-0.log", "step 1/6\nstep 2/6\n")
+    train.put("leo-g/logs/rank-1.log", "hello from 1\n")
     code, out, err = await cli("logs", "leo-g")
     assert code == 0, err
     assert out.splitlines() == ["[rank 0] step 1/6", "[rank 0] step 2/6"]
-    assert f"published under {(train / 'leo-g').as_uri()}" in err
+    assert f"published under {train.url}/leo-g" in err
     code, out, _ = await cli("logs", "leo-g", "--all", "--tail", "1")  # the last line of each rank
     assert out.splitlines() == ["[rank 0] step 2/6", "[rank 1] hello from 1"]
     code, out, _ = await cli("logs", "leo-g", "--all", "--tail", "2")  # not the last 2 of all ranks
     assert out.splitlines() == ["[rank 0] step 1/6", "[rank 0] step 2/6", "[rank 1] hello from 1"]
     # after cancel the job is gone from the cluster; its URL still works
     await cli("cancel", "leo-g")
-    code, out, _ = await cli("logs", str(train / "leo-g"), "--rank", "1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_env.endpoint)  # a URL alone says nothing of its endpoint
+    code, out, _ = await cli("logs", f"{train.url}/leo-g", "--rank", "1")
     assert code == 0 and out.splitlines() == ["[rank 1] hello from 1"]
 
 
@@ -475,17 +491,18 @@ async def test_list_shows_only_our_jobs_and_cancel_deletes_everything_idempotent
     assert [item["name"] for item in json.loads(out)] == ["leo-x"]
 
 
-async def test_pull_finds_a_kubernetes_jobs_outputs_through_its_configmap(k8s, tmp_path):
+async def test_pull_finds_a_kubernetes_jobs_outputs_through_its_configmap(k8s, tmp_path, s3_env):
     from launcher.outputs.publish import Publisher
+    from launcher.storage import StorageOptions
 
-    train = tmp_path / "train"
-    await submit("leo-pl", "--train-url", train.as_uri())
+    train = Train(s3_env)
+    await submit("leo-pl", *train.flags)
     out_dir = tmp_path / "pod-out"
     step = out_dir / "checkpoints" / "step-5"
     step.mkdir(parents=True)
     (step / "weights.npz").write_bytes(b"weights")
     (out_dir / "checkpoints" / "best.json").write_text('{"step": 5, "path": "step-5", "accuracy": 0.5}')
-    with Publisher(out_dir, (train / "leo-pl").as_uri()) as publisher:
+    with Publisher(out_dir, f"{train.url}/leo-pl", options=StorageOptions(endpoint=s3_env.endpoint)) as publisher:
         publisher.poll()
     code, out, err = await cli("pull", "leo-pl", "--to", tmp_path / "pulled")
     assert code == 0, err
@@ -589,11 +606,10 @@ async def test_plain_jobs_work_when_volcano_answers_403(k8s):
     assert not [key for key in k8s.alive() if "leo-pj" in key[2]]
 
 
-async def test_logs_when_the_kubelet_cannot_be_reached(k8s, tmp_path):
-    train = tmp_path / "train"
-    await submit("leo-k", "--train-url", train.as_uri())
-    (train / "leo-k" / "logs").mkdir(parents=True)
-    (train / "leo-k" / "logs" / "rank-0.log").write_text("published line\n")
+async def test_logs_when_the_kubelet_cannot_be_reached(k8s, s3_env):
+    train = Train(s3_env)
+    await submit("leo-k", *train.flags)
+    train.put("leo-k/logs/rank-0.log", "published line\n")
     pod = k8s.pod("leo-k", 0, "Running", node="node-1")
     k8s.emu[f"get /api/v1/namespaces/default/pods/{pod}/log"] << 500 << {
         "apiVersion": "v1", "kind": "Status", "status": "Failure", "code": 500, "reason": "InternalError",

@@ -22,6 +22,7 @@ from launcher.outputs import logs, metrics
 from launcher.render.render import render
 from launcher.spec import contract
 from launcher.spec.jobspec import build_job_spec
+from launcher.storage import StorageSettings
 from launcher.util import times
 from tests.launcher.fake_cluster import FakeAPI, fake_cluster
 
@@ -76,7 +77,7 @@ def test_job_info_reads_what_render_wrote():
     assert (info.experiment, info.accelerator, info.cards, info.nodes) == ("mini_5shot", "cpu", 16, 2)
     assert info.max_restarts == 2  # backoffLimit is per node: 2 restarts x 2 pods
     assert info.job_url == "s3://leo-runs/train/leo-u"
-    assert info.storage_endpoint == "https://obs.cn-north-4.myhuaweicloud.com"
+    assert info.storage.endpoint == "https://obs.cn-north-4.myhuaweicloud.com"
     assert info.cards_per_node == 8
 
 
@@ -238,7 +239,7 @@ def test_status_shows_the_latest_start_up_time():
 
 def test_read_progress_reports_unreachable_storage_instead_of_failing(tmp_path):
     assert metrics.read_progress((tmp_path / "none").as_uri()) == {}
-    out = metrics.read_progress("s3://leo-bucket/x", endpoint="http://127.0.0.1:9")
+    out = metrics.read_progress("s3://leo-bucket/x", storage=StorageSettings("http://127.0.0.1:9"))
     assert set(out) == {"storage_error"}
 
 

@@ -19,8 +19,8 @@ from launcher.spec.jobspec import JobSpec
 from launcher.util.userfile import MAX_BYTES
 from tests.launcher.render_helpers import run_cli
 
-JOB = ["--exp", "mini_1shot", "--accel", "cpu", "--cards", "2", "--train-url", "/out",
-       "--image", "registry.example.com/leo-launch:cpu"]
+JOB = ["--exp", "mini_1shot", "--accel", "cpu", "--cards", "2", "--train-url", "s3://leo-out/runs",
+       "--storage-secret", "creds", "--image", "registry.example.com/leo-launch:cpu"]
 
 
 def _subparsers():
@@ -112,9 +112,12 @@ def test_the_launchers_job_yaml_is_a_job_file_for_render_and_submit(tmp_path, ca
     argv = ["--exp", "mini_5shot", "--accel", "ascend", "--cards", "16", "--set", "metatrain_batch_size=16",
             "--steps", "7", "--scheduler", "volcano", "--queue", "research", "--toleration", "gpu:NoSchedule",
             "--node-selector", "pool=a", "--storage-secret", "creds", "--train-url", "obs://bkt/runs",
-            "--data-url", "obs://bkt/leo", "--profile", "-n", "leo", "--image", "r.example.com/leo:ascend"]
+            "--data-url", "obs://bkt/leo", "--storage-region", "cn-north-4", "--path-style",
+            "--keep-checkpoints", "3", "--profile", "-n", "leo", "--image", "r.example.com/leo:ascend"]
     job_file = tmp_path / "job.yaml"
     job_file.write_text(_job_yaml(capsys, argv))
+    job = yaml.safe_load(job_file.read_text())
+    assert (job["storage_region"], job["storage_path_style"], job["keep_checkpoints"]) == ("cn-north-4", True, 3)
     code, flags_out, _ = run_cli(capsys, ["render", *argv])
     for command in (["render", str(job_file)], ["render", "--file", str(job_file)],
                     ["submit", "--dry-run", "--backend", "k8s", str(job_file)]):
@@ -127,7 +130,8 @@ def test_flags_override_the_job_files_values(tmp_path, capsys):
     job_file = tmp_path / "job.yaml"
     job_file.write_text(yaml.safe_dump({"experiment": "mini_1shot", "accelerator": "cpu", "cards": 2,
                                         "overrides": {"num_steps_limit": 9, "outer_lr": 0.001},
-                                        "train_url": "/out", "image": "registry.example.com/leo:cpu"}))
+                                        "train_url": "s3://leo-out/runs", "storage_secret": "creds",
+                                        "image": "registry.example.com/leo:cpu"}))
     job = yaml.safe_load(_job_yaml(capsys, [str(job_file), "--cards", "4", "--steps", "3", "--name", "other"]))
     assert (job["cards"], job["name"], job["experiment"]) == (4, "other", "mini_1shot")
     assert job["overrides"] == {"num_steps_limit": "3", "outer_lr": "0.001"}
@@ -157,7 +161,8 @@ def test_the_job_file_is_given_once(tmp_path, capsys):
     ("registry.example.com/leo:cpu", False), ("localhost/leo:cpu", False), ("host:5000/leo:cpu", False),
 ])
 def test_a_kubernetes_job_without_a_registry_host_is_warned_about(capsys, image, warned):
-    argv = ["render", "--exp", "mini_1shot", "--accel", "cpu", "--cards", "2", "--train-url", "/out"]
+    argv = ["render", "--exp", "mini_1shot", "--accel", "cpu", "--cards", "2", "--train-url", "s3://leo-out/runs",
+            "--storage-secret", "creds"]
     code, _, err = run_cli(capsys, argv + (["--image", image] if image else []))
     assert code == 0
     assert ("names no registry host" in err) is warned

@@ -39,7 +39,7 @@ def test_render_prints_the_validated_manifests(capsys):
 
 
 def test_render_security_options(capsys):
-    code, out, err = run_cli(capsys, ["render", *BASE, "--train-url", "/out", "--run-as-user", "1500",
+    code, out, err = run_cli(capsys, ["render", *BASE, "--train-url", "s3://leo-out/runs", "--storage-secret", "creds", "--run-as-user", "1500",
                                       "--run-as-group", "1600", "--ascend-driver-mount", "runtime"])
     assert code == 0 and err == no_registry("leo-launch:ascend", "ascend")
     pod = list(yaml.safe_load_all(out))[-1]["spec"]["template"]["spec"]
@@ -48,18 +48,19 @@ def test_render_security_options(capsys):
 
 
 def test_render_warns_about_missing_outputs_and_credentials(capsys):
-    code, out, err = run_cli(capsys, ["render", *BASE, "--data-url", "obs://leo-data/mini"])
+    code, out, err = run_cli(capsys, ["render", *BASE, "--data-url", "obs://leo-data/mini",
+                                      "--storage-region", "cn-north-4"])
     assert code == 0 and out
     assert "no --train-url" in err and "without --storage-secret" in err
 
 
 def test_render_with_profile_puts_it_in_job_yaml_and_warns_when_the_job_is_too_short(capsys):
-    code, out, err = run_cli(capsys, ["render", *BASE, "--train-url", "/out", "--profile", "--profile-steps", "3",
+    code, out, err = run_cli(capsys, ["render", *BASE, "--train-url", "s3://leo-out/runs", "--storage-secret", "creds", "--profile", "--profile-steps", "3",
                                       "--image", "localhost:5000/leo-launch:ascend"])
     assert code == 0 and err == ""
     job = yaml.safe_load(next(yaml.safe_load_all(out))["data"]["job.yaml"])
     assert job["profile_steps"] == 3
-    code, out, err = run_cli(capsys, ["render", *BASE, "--train-url", "/out", "--profile", "--steps", "4",
+    code, out, err = run_cli(capsys, ["render", *BASE, "--train-url", "s3://leo-out/runs", "--storage-secret", "creds", "--profile", "--steps", "4",
                                       "--image", "swr.cn-north-4.myhuaweicloud.com/leo/leo-launch:ascend"])
     assert code == 0 and yaml.safe_load(next(yaml.safe_load_all(out))["data"]["job.yaml"])["profile_steps"] == 5
     assert err == ("leo-launch: warning: --profile-steps 5: the job trains 4 step(s), so at most 2 are "
@@ -69,8 +70,8 @@ def test_render_with_profile_puts_it_in_job_yaml_and_warns_when_the_job_is_too_s
 def test_render_to_a_directory(tmp_path, capsys):
     inventory = write_inventory(tmp_path / "nodes.yaml", 2)
     argv = ["render", "--exp", "tiered_5shot", "--accel", "ascend", "--cards", "16", "--set",
-            "metatrain_batch_size=16", "--rank-table", str(inventory), "--name", "leo-t", "--train-url", "/out",
-            "--out-dir", str(tmp_path / "out"), "--image", "registry.example.com/leo-launch:ascend"]
+            "metatrain_batch_size=16", "--rank-table", str(inventory), "--name", "leo-t", "--train-url", "s3://leo-out/runs",
+            "--storage-secret", "creds", "--out-dir", str(tmp_path / "out"), "--image", "registry.example.com/leo-launch:ascend"]
     code, out, err = run_cli(capsys, argv)
     assert code == 0 and err == ""
     files = sorted((tmp_path / "out").iterdir())
@@ -80,7 +81,7 @@ def test_render_to_a_directory(tmp_path, capsys):
 
 
 def test_submit_dry_run_prints_exactly_what_render_prints(tmp_path, capsys):
-    argv = [*BASE, "--scheduler", "volcano", "--queue", "research", "--train-url", "/out"]
+    argv = [*BASE, "--scheduler", "volcano", "--queue", "research", "--train-url", "s3://leo-out/runs", "--storage-secret", "creds"]
     rendered = run_cli(capsys, ["render", *argv])
     submitted = run_cli(capsys, ["submit", "--dry-run", "--backend", "k8s", *argv])
     assert rendered == submitted and rendered[0] == 0
@@ -90,7 +91,7 @@ def test_submit_dry_run_prints_exactly_what_render_prints(tmp_path, capsys):
 
 @pytest.mark.parametrize("backend", ["auto", "k8s", "local"])
 def test_submit_without_data_url_is_refused_before_any_backend_starts(capsys, backend):
-    code, out, err = run_cli(capsys, ["submit", *BASE, "--train-url", "/out", "--backend", backend,
+    code, out, err = run_cli(capsys, ["submit", *BASE, "--train-url", "s3://leo-out/runs", "--storage-secret", "creds", "--backend", backend,
                                       "--wait", "--follow"])
     assert code == 2 and out == ""
     assert len(err.splitlines()) == 1 and "submit needs --data-url" in err
@@ -164,7 +165,8 @@ def test_missing_required_flags_exit_2_with_one_line(capsys):
 
 def test_a_directory_of_another_render_is_left_alone(tmp_path, capsys):
     out_dir = tmp_path / "out"
-    assert run_cli(capsys, ["render", *BASE, "--name", "first", "--train-url", "/o", "--out-dir", str(out_dir)])[0] == 0
+    assert run_cli(capsys, ["render", *BASE, "--name", "first", "--train-url", "s3://leo-out/o", "--storage-secret", "creds",
+                            "--out-dir", str(out_dir)])[0] == 0
     before = {p.name: p.read_text() for p in out_dir.iterdir()}
     code, out, err = run_cli(capsys, ["render", *BASE, "--name", "second", "--out-dir", str(out_dir)])
     assert code == 2 and len(err.splitlines()) == 1 and "another render" in err
@@ -203,7 +205,7 @@ def test_help_imports_no_mindspore_boto3_or_kubernetes_client():
 
 def test_the_module_entry_point_end_to_end(tmp_path):
     result = _run("-m", "launcher", "render", "--exp", "mini_1shot", "--accel", "cpu", "--cards", "2",
-                  "--train-url", str(tmp_path), "--image", "registry.example.com/leo:cpu")
+                  "--train-url", "s3://leo-out/runs", "--storage-secret", "creds", "--image", "registry.example.com/leo:cpu")
     assert result.returncode == 0 and result.stderr == ""
     assert [d["kind"] for d in yaml.safe_load_all(result.stdout)] == ["ConfigMap", "Service", "Job"]
     bad = _run("-m", "launcher", "render", "--exp", "mini_1shot", "--accel", "cpu", "--cards", "99")

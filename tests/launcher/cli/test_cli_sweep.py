@@ -5,6 +5,7 @@ in-memory Kubernetes API with its --parallel bound respected across `resume`."""
 from __future__ import annotations
 
 import json
+import secrets
 from pathlib import Path
 
 import pytest
@@ -151,7 +152,8 @@ def test_report_reads_a_published_sweep_and_draws_every_trial(state, capsys):
 # ------------------------------------------------------------------ the in-memory Kubernetes API
 
 
-def test_the_sweep_renders_and_submits_on_kubernetes_within_its_parallel_bound(state, capsys, monkeypatch):
+def test_the_sweep_renders_and_submits_on_kubernetes_within_its_parallel_bound(state, capsys, monkeypatch, s3_env):
+    bucket = s3_env.create_bucket(f"leo-sweep-{secrets.token_hex(4)}")
     api = FakeAPI()
     backend = KubernetesBackend(fake_cluster(api))
     monkeypatch.setattr("launcher.cli.cmd_submit.get_backend", lambda *a, **k: backend)
@@ -162,8 +164,9 @@ def test_the_sweep_renders_and_submits_on_kubernetes_within_its_parallel_bound(s
 
     code, out, err = run_cli(capsys, [*BASE, "--exp", "mini_1shot,mini_5shot", "--seeds", "2", "--name", "k",
                                       "--backend", "k8s", "--parallel", "2", "--detach",
-                                      "--data-url", "s3://data/tiny", "--train-url", f"file://{state}/runs",
-                                      ])
+                                      "--data-url", "s3://data/tiny", "--train-url", f"s3://{bucket}/train",
+                                      # pods cannot use local paths: the test S3 server
+                                      "--storage-endpoint", s3_env.endpoint])
     assert code == 0, err
     assert sorted(jobs()) == ["k-0", "k-1"] and "2 submitted, 2 waiting" in out
     assert {j["metadata"]["labels"][LABEL_SWEEP] for j in jobs().values()} == {"k"}

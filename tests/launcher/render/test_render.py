@@ -17,6 +17,7 @@ from launcher.errors import UsageError
 from launcher.flavours import volcano
 from launcher.render import check as mc
 from launcher.render import render
+from launcher.render.check import check_manifests
 from launcher.spec import contract
 from launcher.spec import jobspec as js
 from launcher.spec import ranktable as rt
@@ -303,8 +304,10 @@ def test_urls_the_pods_would_refuse_are_refused_at_render(value):
 
 @pytest.mark.parametrize("value", [v for v in HOSTILE if v not in REFUSED_URLS])
 def test_hostile_strings_stay_literal_and_valid(value):
-    spec = _spec("ascend", 8, "volcano", data_url=value, train_url=value)
-    objects = render.render_validated(spec)
+    # the rendering itself: render_validated also refuses local paths (pods cannot read them)
+    spec = _spec("ascend", 8, "volcano", data_url=value, train_url=value, storage_region="cn-north-4")
+    objects = render.render(spec)
+    check_manifests(objects)
     env = env_of(pod_template(objects)["spec"]["containers"][0])
     assert env[contract.ENV_DATA_URL] == value and env[contract.ENV_TRAIN_URL] == value
     text = render.dump(objects)

@@ -34,7 +34,7 @@ def replica(objects, kind):
 @pytest.fixture(scope="module")
 def objects():
     return render.render_validated(spec(16, storage_secret="obs-creds", data_url="obs://bkt/emb",
-                                        train_url="obs://bkt/runs", queue="research"))
+                                        train_url="obs://bkt/runs", storage_region="cn-north-4", queue="research"))
 
 
 @pytest.mark.parametrize("cards", [8, 16])
