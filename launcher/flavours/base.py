@@ -12,6 +12,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from launcher.spec import contract
+
 SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
 
 
@@ -36,6 +38,27 @@ def reason_text(reason: Any, message: Any) -> str:
     if reason and message:
         return f"{reason}: {message}"
     return reason or message
+
+
+def conditions_phase(obj: Mapping[str, Any], last_failure: str | None, *, succeeded: tuple[str, ...],
+                     failed: tuple[str, ...]) -> tuple[str, str | None] | None:
+    """The phase a job controller's True conditions state (batch/v1 Job, JobSet): the first of
+    `succeeded`, then of `failed` (with the last rank failure), then suspended (Kueue)."""
+    conditions = {c.get("type"): c for c in (obj.get("status") or {}).get("conditions") or []
+                  if isinstance(c, Mapping) and c.get("status") == "True"}
+    if any(kind in conditions for kind in succeeded):
+        return "Succeeded", None
+    for kind in failed:
+        if kind in conditions:
+            text = reason_text(conditions[kind].get("reason"), conditions[kind].get("message"))
+            if last_failure and last_failure not in text:
+                text = f"{text}; last failure: {last_failure}" if text else last_failure
+            return "Failed", text or "failed"
+    if (obj.get("spec") or {}).get("suspend") or "Suspended" in conditions:
+        queue_name = (((obj.get("metadata") or {}).get("labels")) or {}).get(contract.KUEUE_QUEUE_LABEL)
+        where = f" in queue {queue_name}" if queue_name else ""
+        return "Pending", f"suspended: waiting to be admitted{where} (Kueue)"
+    return None
 
 
 class Flavour:

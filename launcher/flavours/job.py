@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from launcher.flavours.base import Flavour, number, reason_text
+from launcher.flavours.base import Flavour, conditions_phase, number
 from launcher.spec import contract
 
 
@@ -29,22 +29,8 @@ class IndexedJob(Flavour):
         return nodes, (backoff // nodes if backoff is not None and nodes else backoff)
 
     def phase(self, obj: Mapping[str, Any], last_failure: str | None) -> tuple[str, str | None] | None:
-        conditions = {c.get("type"): c for c in (obj.get("status") or {}).get("conditions") or []
-                      if c.get("status") == "True"}
-        for kind in ("Complete", "SuccessCriteriaMet"):
-            if kind in conditions:
-                return "Succeeded", None
-        for kind in ("Failed", "FailureTarget"):
-            if kind in conditions:
-                text = reason_text(conditions[kind].get("reason"), conditions[kind].get("message"))
-                if last_failure and last_failure not in text:
-                    text = f"{text}; last failure: {last_failure}" if text else last_failure
-                return "Failed", text or "failed"
-        if (obj.get("spec") or {}).get("suspend") or "Suspended" in conditions:
-            queue_name = (((obj.get("metadata") or {}).get("labels")) or {}).get(contract.KUEUE_QUEUE_LABEL)
-            where = f" in queue {queue_name}" if queue_name else ""
-            return "Pending", f"suspended: waiting to be admitted{where} (Kueue)"
-        return None
+        return conditions_phase(obj, last_failure, succeeded=("Complete", "SuccessCriteriaMet"),
+                                failed=("Failed", "FailureTarget"))
 
     def object_problems(self, obj: Mapping[str, Any], rendered: Any) -> list[str]:
         out = []

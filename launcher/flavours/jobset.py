@@ -12,8 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from launcher.flavours.base import Flavour, number, reason_text
-from launcher.spec import contract
+from launcher.flavours.base import Flavour, conditions_phase, number
 
 REPLICATED_JOB = "worker"
 JOB_INDEX = "jobset.sigs.k8s.io/job-index"  # label and annotation of its Jobs and pods
@@ -95,20 +94,7 @@ class JobSet(Flavour):
         return nodes, number(((obj.get("spec") or {}).get("failurePolicy") or {}).get("maxRestarts"))
 
     def phase(self, obj: Mapping[str, Any], last_failure: str | None) -> tuple[str, str | None] | None:
-        conditions = {c.get("type"): c for c in (obj.get("status") or {}).get("conditions") or []
-                      if isinstance(c, Mapping) and c.get("status") == "True"}
-        if "Completed" in conditions:
-            return "Succeeded", None
-        if "Failed" in conditions:
-            text = reason_text(conditions["Failed"].get("reason"), conditions["Failed"].get("message"))
-            if last_failure and last_failure not in text:
-                text = f"{text}; last failure: {last_failure}" if text else last_failure
-            return "Failed", text or "failed"
-        if (obj.get("spec") or {}).get("suspend") or "Suspended" in conditions:
-            queue_name = (((obj.get("metadata") or {}).get("labels")) or {}).get(contract.KUEUE_QUEUE_LABEL)
-            where = f" in queue {queue_name}" if queue_name else ""
-            return "Pending", f"suspended: waiting to be admitted{where} (Kueue)"
-        return None
+        return conditions_phase(obj, last_failure, succeeded=("Completed",), failed=("Failed",))
 
     def pod_failure_rules(self, obj: Mapping[str, Any]) -> list[dict[str, Any]]:
         rjobs = _replicated_jobs(obj)

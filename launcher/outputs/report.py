@@ -264,20 +264,25 @@ def check_png_target(path: str | os.PathLike) -> Path:
     return target
 
 
-def write_png(report: RunReport, path: str | os.PathLike) -> Path:
-    """Meta-train and meta-validation accuracy over steps (the validation 95% interval as
-    a band, the best validation marked, meta-test as a dashed line) as a PNG, written
-    atomically."""
+def new_figure() -> tuple[Any, Any]:
+    """An 8 × 4.8 inch Agg figure and its axes (no display needed); LaunchError when
+    matplotlib is missing."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as err:
         raise LaunchError("--png needs matplotlib: pip install 'leo-launch[report]'") from err
-
-    target = Path(path).expanduser()
     fig = Figure(figsize=(8, 4.8), dpi=100)
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    return fig, fig.add_subplot()
+
+
+def write_png(report: RunReport, path: str | os.PathLike) -> Path:
+    """Meta-train and meta-validation accuracy over steps (the validation 95% interval as
+    a band, the best validation marked, meta-test as a dashed line) as a PNG, written
+    atomically."""
+    target = Path(path).expanduser()
+    fig, ax = new_figure()
     marker = "." if len(report.train) <= 60 else None
     if report.train:
         ax.plot([p.step for p in report.train], [100 * p.accuracy for p in report.train],

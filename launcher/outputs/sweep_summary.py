@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher.errors import LaunchError
-from launcher.outputs.report import RunReport, load_report
+from launcher.outputs.report import RunReport, load_report, new_figure
 from launcher.storage import StorageOptions
 from launcher.util.files import atomic_write
 
@@ -168,16 +168,8 @@ def to_json(groups: list[Group]) -> list[dict[str, Any]]:
 
 def write_png(results: list[TrialResult], path: str | os.PathLike, title: str) -> Path:
     """The meta-validation accuracy of every trial over steps, in one figure."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as err:
-        raise LaunchError("--png needs matplotlib: pip install 'leo-launch[report]'") from err
-
     target = Path(path).expanduser()
-    fig = Figure(figsize=(8, 4.8), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    fig, ax = new_figure()
     for result in results:
         if result.report is None or not result.report.validation:
             continue
