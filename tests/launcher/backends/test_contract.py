@@ -67,7 +67,7 @@ def test_plan_creates_nothing_and_submit_does_the_plan(backend):
         assert shown["paths"]["outputs"].endswith("/out/leo-contract")
     else:  # the manifests, exactly what render gives
         assert [o["kind"] for o in shown] == ["ConfigMap", "Service", "Job"]
-        assert plan.objects == render(backend.test_spec)
+        assert plan.objects == render(plan.spec)  # the spec as planned (e.g. its measured cache size)
     backend.submit(plan, out=io.StringIO(), err=io.StringIO())
     assert [s.name for s in backend.list()] == ["leo-contract"]
     if backend.name == "local":  # the planned folder and process mark, not new ones
