@@ -34,7 +34,8 @@ IGNORED_POD_KEYS = {"affinity", "automountServiceAccountToken", "enableServiceLi
                     "subdomain", "terminationGracePeriodSeconds", "containers", "volumes",
                     "securityContext", "nodeSelector", "tolerations", "hostname"}
 IGNORED_CONTAINER_KEYS = {"name", "image", "ports", "command", "args", "env", "volumeMounts",
-                          "resources", "securityContext", "imagePullPolicy"}
+                          "resources", "securityContext", "imagePullPolicy",
+                          "terminationMessagePolicy", "terminationMessagePath"}
 _QUANTITY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6, "G": 10**9}
 
 
@@ -122,6 +123,7 @@ class PodRun:
         for key, value in {**self._env(container.get("env", [])), **(extra_env or {})}.items():
             argv += ["--env", f"{key}={value}"]
         argv += self._volumes(spec, container)
+        argv += self._termination_log(container)
         command = container.get("command")
         if command:
             argv += ["--entrypoint", json.dumps(command)]
@@ -175,6 +177,19 @@ class PodRun:
         if "memory" in limits:
             argv += ["--memory", str(int(quantity(limits["memory"])))]
         return argv
+
+    @property
+    def termination_log(self) -> Path:
+        """The host file behind the container's terminationMessagePath."""
+        return self.workdir / "termination-log"
+
+    def _termination_log(self, container: dict) -> list[str]:
+        # the kubelet: an empty file any user may write, bind-mounted at the message path
+        path = container.get("terminationMessagePath", "/dev/termination-log")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.termination_log.write_text("")
+        self.termination_log.chmod(0o666)
+        return ["--volume", f"{self.termination_log}:{path}:rw"]
 
     def _volumes(self, spec: dict, container: dict) -> list[str]:
         volumes = {v["name"]: v for v in spec.get("volumes", [])}

@@ -125,6 +125,7 @@ class Pod:
                      hosts=hosts)
         # test knobs the bootstrap reads (as in test_multinode.py): publish every second,
         # a meta-test of 8 tasks
+        self.termination_log = run.termination_log
         argv = run.argv(name=self.name, network=network or ["--network", "host"],
                         extra_env={"LEO_PUBLISH_INTERVAL": "1", "LEO_EVAL_TASKS": "8"})
         self.log = (tmp_path / f"{self.name}.log").open("w+")
@@ -217,6 +218,9 @@ def test_a_bad_data_url_exits_2(cpu_image, s3, tmp_path):
     assert code == 2, out[-4000:]
     assert "the staged data has no miniImageNet/center/train_embeddings.pkl" in out, out[-4000:]
     assert "bad configuration: not retrying" in out and "Traceback" not in out, out[-4000:]
+    # the one-line reason the kubelet would put in the pod's status (status shows it)
+    reason = pod.termination_log.read_text()
+    assert "no miniImageNet/center/train_embeddings.pkl" in reason and reason.count("\n") <= 1, reason
 
 
 def test_a_killed_containers_successor_resumes_from_the_bucket(cpu_image, s3, tiny, tmp_path):
