@@ -69,6 +69,7 @@ def _inventory(directory: Path) -> Path:
 def _job_flags(inventory: Path | None, scheduler: str = "job", accel: str = "ascend") -> list[str]:
     flags = ["--exp", "mini_5shot", "--accel", accel, "--cards", str(8 * NODES), "--set",
              f"metatrain_batch_size={8 * NODES}", "--scheduler", scheduler, "--train-url", "obs://leo-out/runs",
+             "--storage-region", "cn-north-4",
              "--storage-secret", "obs-creds"]
     if inventory is not None:
         flags += ["--rank-table", str(inventory)]
