@@ -277,6 +277,18 @@ def new_figure() -> tuple[Any, Any]:
     return fig, fig.add_subplot()
 
 
+def save_png(fig: Any, target: Path) -> Path:
+    """Write `fig` to `target` as a PNG, atomically; one-line LaunchError when it cannot."""
+    fig.tight_layout()
+    image = io.BytesIO()
+    fig.savefig(image, format="png")
+    try:
+        atomic_write(target, image.getvalue())
+    except OSError as err:
+        raise LaunchError(f"cannot write {target}: {err.strerror or err}") from err
+    return target
+
+
 def write_png(report: RunReport, path: str | os.PathLike) -> Path:
     """Meta-train and meta-validation accuracy over steps (the validation 95% interval as
     a band, the best validation marked, meta-test as a dashed line) as a PNG, written
@@ -314,11 +326,4 @@ def write_png(report: RunReport, path: str | os.PathLike) -> Path:
     ax.set_ylabel("accuracy (%)")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize="small")
-    fig.tight_layout()
-    image = io.BytesIO()
-    fig.savefig(image, format="png")
-    try:
-        atomic_write(target, image.getvalue())
-    except OSError as err:
-        raise LaunchError(f"cannot write {target}: {err.strerror or err}") from err
-    return target
+    return save_png(fig, target)

@@ -21,9 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from launcher.errors import LaunchError
-from launcher.outputs.report import RunReport, load_report, new_figure
+from launcher.outputs.report import RunReport, load_report, new_figure, save_png
 from launcher.storage import StorageOptions
-from launcher.util.files import atomic_write
 
 # t(0.975, df) for df = 1..30; beyond, the normal 1.96.
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
@@ -183,11 +182,4 @@ def write_png(results: list[TrialResult], path: str | os.PathLike, title: str) -
     ax.grid(alpha=0.3)
     if ax.lines:
         ax.legend(loc="lower right", fontsize="x-small")
-    fig.tight_layout()
-    image = io.BytesIO()
-    fig.savefig(image, format="png")
-    try:
-        atomic_write(target, image.getvalue())
-    except OSError as err:
-        raise LaunchError(f"cannot write {target}: {err.strerror or err}") from err
-    return target
+    return save_png(fig, target)
