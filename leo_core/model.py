@@ -353,13 +353,16 @@ def make_functions(cfg: ExperimentConfig, dim: int = EMBEDDING_DIM) -> SimpleNam
         [B, N, D], KL and encoder penalty."""
         w_enc, w_r0, w_r1, w_r2, w_dec, inner_lr, finetuning_lr = params
         training = noise is not None
-        latent_eps, weight_eps, tr_masks = noise if training else (None, None, None)
+        # In meta-training the support set arrives once per use, its dropout mask
+        # already applied on the host (`train_inputs`): the inputs are data, so the
+        # masking needs no gradient and costs the graph no operator.
+        latent_eps, weight_eps, supports = noise if training else (None, None, None)
         dec = split_decoder(w_dec)
 
         def support(i):
-            return tr_x * tr_masks[i] if training else tr_x
+            return supports[i] if training else tr_x
 
-        dist = encode(tr_x, w_enc, w_r0, w_r1, w_r2, tr_masks[0] if training else None)
+        dist = encode(support(0), w_enc, w_r0, w_r1, w_r2, None)
         mean, u = ops.split(dist, latents, axis=-1)  # [B, N, 1, L]
         if training:
             # K latent samples per class, broadcast from the class's distribution.
@@ -409,15 +412,15 @@ def make_functions(cfg: ExperimentConfig, dim: int = EMBEDDING_DIM) -> SimpleNam
     decodes = inner_steps + 1
 
     def meta_loss(w_enc, w_r0, w_r1, w_r2, w_dec, inner_lr, finetuning_lr,
-                  tr_x, tr_y, val_x, val_y, val_labels,
-                  latent_eps, val_mask, task_weight, reg_weight, *noise):
-        """`noise`: the weight eps of each decode, then the support dropout masks, one
-        tensor per use (slicing one stacked tensor costs a StridedSlice copy per use on
-        the CPU); separate arguments, so no recompilation and no tuple inputs."""
-        weight_eps, tr_masks = noise[:decodes], noise[decodes:]
+                  tr_y, val_x, val_y, val_labels, latent_eps, task_weight, reg_weight, *noise):
+        """`val_x` with its dropout mask applied; `noise`: the weight eps of each decode,
+        then the support set with each use's dropout mask applied, one tensor per use
+        (slicing one stacked tensor costs a StridedSlice copy per use on the CPU);
+        separate arguments, so no recompilation and no tuple inputs (see `train_inputs`)."""
+        weight_eps, supports = noise[:decodes], noise[decodes:]
         params = (w_enc, w_r0, w_r1, w_r2, w_dec, inner_lr, finetuning_lr)
-        w, kl, penalty = adapt(params, tr_x, tr_y, (latent_eps, weight_eps, tr_masks))
-        ce, acc = query_ce_and_accuracy(val_x * val_mask, val_y, val_labels, w)
+        w, kl, penalty = adapt(params, None, tr_y, (latent_eps, weight_eps, supports))
+        ce, acc = query_ce_and_accuracy(val_x, val_y, val_labels, w)
         task_loss = ce + kl_weight * kl + penalty_weight * penalty
         l2, orth = regularisers(params)
         total = task_loss.sum() * task_weight + (l2_weight * l2 + orth_weight * orth) * reg_weight
@@ -478,6 +481,34 @@ def _flat(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x.reshape(x.shape[0], -1, *x.shape[3:]), dtype=x.dtype)
 
 
+@dataclass
+class TrainInputs:
+    """A meta-training step's host inputs in the training graph's layout, dropout applied.
+
+    `train_inputs` builds them; `leo_core.prefetch` does so in its background thread, so
+    the masking and layout copies are off the step's critical path."""
+
+    arrays: tuple[np.ndarray, ...]
+
+
+def train_inputs(cfg: ExperimentConfig, tr_x, tr_y, val_x, val_y, noise: Noise) -> TrainInputs:
+    """`LEO.loss_and_grads`'s data arguments: labels one-hot and flat, the query set and
+    each use of the support set multiplied by its dropout mask (inverted dropout, as the
+    original's tf.nn.dropout on the embeddings)."""
+    n = cfg.num_classes
+    tr_flat = _flat(np.asarray(tr_x, np.float32))
+    supports = np.multiply(noise.tr_masks, tr_flat[None])  # [T, B, NK, D], one per use
+    return TrainInputs((
+        _flat(_one_hot(tr_y, n)),
+        np.multiply(_flat(np.asarray(val_x, np.float32)), noise.val_mask),
+        _flat(_one_hot(val_y, n)),
+        _flat(np.asarray(val_y, np.int32)[..., None])[..., 0],
+        noise.latent_eps,
+        *noise.weight_eps,
+        *supports,
+    ))
+
+
 class LEO:
     """A LEO model for one experiment configuration; parameters live on the host."""
 
@@ -511,7 +542,8 @@ class LEO:
 
     # -- meta-training
     def loss_and_grads(
-        self, tr_x, tr_y, val_x, val_y, noise: Noise, task_weight: float, reg_weight: float = 1.0
+        self, tr_x, tr_y, val_x, val_y, noise: Noise, task_weight: float, reg_weight: float = 1.0,
+        inputs: TrainInputs | None = None,
     ):
         """Meta-loss part of these tasks and its gradients.
 
@@ -519,23 +551,15 @@ class LEO:
         with task_weight = 1 / global batch and reg_weight = 1 / world size, the
         sum over data-parallel ranks is the original's meta-batch objective.
         Returns (loss, per-task query CE [B], per-task accuracy [B], grads dict).
+        `inputs`: `train_inputs` of these arguments when already built (the prefetcher).
         """
         ms = _ms()
-        n = self.cfg.num_classes
-        args = [
-            *self._param_tensors(),
-            _tensor(_flat(np.asarray(tr_x, np.float32))),
-            _tensor(_flat(_one_hot(tr_y, n))),
-            _tensor(_flat(np.asarray(val_x, np.float32))),
-            _tensor(_flat(_one_hot(val_y, n))),
-            _tensor(_flat(np.asarray(val_y, np.int32)[..., None])[..., 0]),
-            _tensor(noise.latent_eps),
-            _tensor(noise.val_mask),
-            ms.Tensor(np.float32(task_weight)),
-            ms.Tensor(np.float32(reg_weight)),
-            *(_tensor(eps) for eps in noise.weight_eps),
-            *(_tensor(mask) for mask in noise.tr_masks),
-        ]
+        if inputs is None:
+            inputs = train_inputs(self.cfg, tr_x, tr_y, val_x, val_y, noise)
+        data = [_tensor(array) for array in inputs.arrays]
+        scalars = [ms.Tensor(np.float32(task_weight)), ms.Tensor(np.float32(reg_weight))]
+        # Graph argument order: parameters, the five data tensors, the two weights, noise.
+        args = [*self._param_tensors(), *data[:5], *scalars, *data[5:]]
         total, ce, acc, grads = self._train_step(*args)
         grads = {name: g.asnumpy() for name, g in zip(PARAM_NAMES, grads, strict=True)}
         return float(total.asnumpy()), ce.asnumpy(), acc.asnumpy(), grads

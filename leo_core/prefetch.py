@@ -28,19 +28,22 @@ class Prepared:
     step: int
     batch: Any  # data.EpisodeBatch
     noise: Any  # model.Noise
+    inputs: Any  # model.TrainInputs: the graph's host inputs, dropout applied
     rng_state_after: dict
     seconds: float  # preparation time (in the background thread when prefetched)
 
 
 def prepare_step(sampler, cfg, seed: int, step: int, tasks: range, batch_size: int) -> Prepared:
-    """Episodes of the global meta-batch (this rank's `tasks` gathered) and their noise."""
-    from leo_core.model import sample_noise
+    """Episodes of the global meta-batch (this rank's `tasks` gathered), their noise and
+    the training graph's inputs built from both."""
+    from leo_core.model import sample_noise, train_inputs
 
     start = time.perf_counter()
     batch = sampler.sample(batch_size, tasks=slice(tasks.start, tasks.stop))
     state = copy.deepcopy(sampler.rng.bit_generator.state)
     noise = sample_noise(cfg, seed, step, tasks, cfg.num_val_examples_per_class)
-    return Prepared(step, batch, noise, state, time.perf_counter() - start)
+    inputs = train_inputs(cfg, batch.tr_x, batch.tr_y, batch.val_x, batch.val_y, noise)
+    return Prepared(step, batch, noise, inputs, state, time.perf_counter() - start)
 
 
 class StepPrefetcher:

@@ -214,7 +214,7 @@ class Trainer:
         batch, noise = prepared.batch, prepared.noise
         loss, ce, acc, grads = self.model.loss_and_grads(
             batch.tr_x, batch.tr_y, batch.val_x, batch.val_y, noise,
-            task_weight=1.0 / batch_size, reg_weight=1.0 / comm.world)
+            task_weight=1.0 / batch_size, reg_weight=1.0 / comm.world, inputs=prepared.inputs)
         # One all-reduce carries every gradient and the step's statistics.
         flat = np.concatenate([grads[name].ravel() for name in PARAM_NAMES]
                               + [np.array([loss, acc.sum()], np.float32)])

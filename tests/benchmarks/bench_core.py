@@ -266,7 +266,7 @@ def _train_worker(framework: str, cfg):
             waits.append(time.perf_counter() - start)
             b = prepared.batch
             model.loss_and_grads(b.tr_x, b.tr_y, b.val_x, b.val_y, prepared.noise,
-                                 task_weight=1.0 / batch_size)
+                                 task_weight=1.0 / batch_size, inputs=prepared.inputs)
 
         def info():
             prefetcher.close()
