@@ -367,10 +367,12 @@ def make_functions(cfg: ExperimentConfig, dim: int = EMBEDDING_DIM) -> SimpleNam
     def latent_grad(grad_w, dw_du, dec):
         """Chain rule from dloss/dW [B, N, 1, D] through sampling and the decoder to
         dloss/dz [B, N, K', L]."""
-        _, w_mean_part, w_u_part = dec
-        grad_z = linear_t(grad_w, w_mean_part)  # [B, N, 1, L]: the same for the K copies
+        w_dec, w_mean_part, w_u_part = dec
         if dw_du is None:
-            return grad_z
+            return linear_t(grad_w, w_mean_part)
+        if k == 1:  # one product with the whole decoder weight
+            return linear_t(ops.concat((grad_w, grad_w * dw_du), axis=-1), w_dec)
+        grad_z = linear_t(grad_w, w_mean_part)  # [B, N, 1, L]: the same for the K copies
         return grad_z + linear_t(grad_w * dw_du, w_u_part)
 
     def adapt(params, tr_x, tr_y, noise):
