@@ -450,8 +450,10 @@ def make_functions(cfg: ExperimentConfig, dim: int = EMBEDDING_DIM) -> SimpleNam
         w, kl, penalty = adapt(params, None, tr_y, (latent_eps, weight_eps, supports))
         ce, acc = query_ce_and_accuracy(val_x, val_y, val_labels, w)
         task_loss = ce + kl_weight * kl + penalty_weight * penalty
-        l2, orth = regularisers(params)
-        total = task_loss.sum() * task_weight + (l2_weight * l2 + orth_weight * orth) * reg_weight
+        # The L2 penalty is added on the host (`LEO.loss_and_grads`): its gradient is the
+        # weights themselves, so the graph would spend 15 launches on a closed form.
+        _, orth = regularisers(params)
+        total = task_loss.sum() * task_weight + orth_weight * orth * reg_weight
         return total, ce, acc
 
     return SimpleNamespace(
@@ -590,7 +592,15 @@ class LEO:
         args = [*self._param_tensors(), *data[:5], *scalars, *data[5:]]
         total, ce, acc, grads = self._train_step(*args)
         grads = {name: g.asnumpy() for name, g in zip(PARAM_NAMES, grads, strict=True)}
-        return float(total.asnumpy()), ce.asnumpy(), acc.asnumpy(), grads
+        # The L2 penalty l2_weight * reg_weight * sum(w^2) / 2 (not in the graph): its
+        # gradient with respect to each weight is the weight times the same factor.
+        factor = np.float32(self.cfg.l2_penalty_weight * reg_weight)
+        l2 = 0.0
+        for name in WEIGHT_NAMES:
+            flat = self.params[name].ravel()
+            l2 += 0.5 * float(np.dot(flat, flat))
+            grads[name] += factor * self.params[name]
+        return float(total.asnumpy()) + float(factor) * l2, ce.asnumpy(), acc.asnumpy(), grads
 
     def regularisation(self) -> tuple[float, float]:
         """(Σ ½‖w‖², orthogonality penalty) at the current weights, without weights."""
