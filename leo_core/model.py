@@ -328,7 +328,8 @@ def make_functions(cfg: ExperimentConfig, dim: int = EMBEDDING_DIM) -> SimpleNam
         multiplies by the whole weight once and splits the output (its gradient is then
         one Concat and two products, not four products and a sum); the chain rule back to
         the latents uses the parts."""
-        return (w_dec, *ops.split(w_dec, dim, axis=1))
+        mean_part, u_part = ops.split(w_dec, dim, axis=1)
+        return w_dec, mean_part, u_part
 
     def support_grad(x, y, w_mean):
         """Gradient of the summed support cross-entropy of x [B, M, D] with respect to
@@ -386,6 +387,25 @@ def make_functions(cfg: ExperimentConfig, dim: int = EMBEDDING_DIM) -> SimpleNam
         spread, dw_du = weight_sample(u, eps)
         return mean + spread, dw_du, u
 
+    def class_mean_weights_1(z, dec, eps):
+        """The class means of the decoded weights [B, N, D] and their derivative with
+        respect to `u` times eps (see `decode`)."""
+        w, dw_du, _ = decode(z, dec, eps)
+        return mean_axis(w, 2), dw_du
+
+    def class_mean_weights_k(z, dec, eps):
+        """`class_mean_weights` for K > 1 samples with noise: the mean over the samples
+        commutes with the decoder's mean part, so the latents' class mean is decoded once
+        instead of K latents (a third fewer multiply-adds in each 5-shot decode and its
+        gradient)."""
+        if eps is None:
+            return class_mean_weights_1(z, dec, eps)
+        _, w_mean_part, w_u_part = dec
+        spread, dw_du = weight_sample(linear(z, w_u_part), eps)
+        return linear(mean_axis(z, 2), w_mean_part) + mean_axis(spread, 2), dw_du
+
+    class_mean_weights = class_mean_weights_k if k > 1 else class_mean_weights_1
+
     def latent_grad(grad_w, dw_du, dec):
         """Chain rule from dloss/dW [B, N, 1, D] through sampling and the decoder to
         dloss/dz [B, N, K', L]."""
@@ -428,8 +448,7 @@ def make_functions(cfg: ExperimentConfig, dim: int = EMBEDDING_DIM) -> SimpleNam
         z_start = z
 
         def decode_step(z, i):
-            w, dw_du, _ = decode(z, dec, weight_eps[i] if training else None)
-            w_mean = mean_axis(w, 2)  # [B, N, D]
+            w_mean, dw_du = class_mean_weights(z, dec, weight_eps[i] if training else None)
             return w_mean, dw_du, support_grad(support(i + 1), tr_y, w_mean)
 
         w_mean, dw_du, grad = decode_step(z, 0)
