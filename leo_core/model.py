@@ -331,13 +331,16 @@ def make_functions(cfg: ExperimentConfig, dim: int = EMBEDDING_DIM) -> SimpleNam
         mean_part, u_part = ops.split(w_dec, dim, axis=1)
         return w_dec, mean_part, u_part
 
-    def support_grad(x, y, w_mean):
+    def class_grad(x, y, w_mean):
         """Gradient of the summed support cross-entropy of x [B, M, D] with respect to
-        each of the K weight samples of a class, [B, N, D]; w_mean [B, N, D] is the
-        mean over the K samples (logits average over them)."""
+        the class-mean weights w_mean [B, N, D] (logits average over the K samples)."""
         delta = ops.softmax(bmm_nt(x, w_mean), axis=-1) - y  # dloss/dlogits [B, M, N]
-        grad = bmm_tn(delta, x)  # dloss/dw_mean [B, N, D]
-        # Each of the K weight samples of a class receives 1/K of the class gradient.
+        return bmm_tn(delta, x)
+
+    def support_grad(x, y, w_mean):
+        """The gradient with respect to each of the K weight samples of a class, [B, N, D]:
+        1/K of the class gradient. (The inner loops fold the 1/K into their rates.)"""
+        grad = class_grad(x, y, w_mean)
         return grad if k == 1 else grad * (1.0 / k)
 
     def support_loss_and_grad(x, y, w):
@@ -421,7 +424,9 @@ def make_functions(cfg: ExperimentConfig, dim: int = EMBEDDING_DIM) -> SimpleNam
         """Latent inner loop, then fine-tuning; returns the adapted class-mean weights
         [B, N, D], KL and encoder penalty."""
         w_enc, w_r0, w_r1, w_r2, w_dec, inner_lr, finetuning_lr = params
-        inner_rate, finetuning_rate = -inner_lr, -finetuning_lr
+        # The loops step along the class gradient (`class_grad`); each of the K weight
+        # samples receives 1/K of it, folded into the (negated) rates once.
+        inner_rate, finetuning_rate = inner_lr * (-1.0 / k), finetuning_lr * (-1.0 / k)
         training = noise is not None
         # In meta-training the support set arrives once per use, its dropout mask
         # already applied on the host (`train_inputs`): the inputs are data, so the
@@ -449,7 +454,7 @@ def make_functions(cfg: ExperimentConfig, dim: int = EMBEDDING_DIM) -> SimpleNam
 
         def decode_step(z, i):
             w_mean, dw_du = class_mean_weights(z, dec, weight_eps[i] if training else None)
-            return w_mean, dw_du, support_grad(support(i + 1), tr_y, w_mean)
+            return w_mean, dw_du, class_grad(support(i + 1), tr_y, w_mean)
 
         w_mean, dw_du, grad = decode_step(z, 0)
         for step in range(inner_steps):
@@ -461,7 +466,7 @@ def make_functions(cfg: ExperimentConfig, dim: int = EMBEDDING_DIM) -> SimpleNam
         for step in range(finetune_steps):
             w_mean = descend(w_mean, finetuning_rate, grad)
             if step + 1 < finetune_steps:
-                grad = support_grad(support(inner_steps + 2 + step), tr_y, w_mean)
+                grad = class_grad(support(inner_steps + 2 + step), tr_y, w_mean)
         return w_mean, kl, penalty
 
     def sum_of_squares(w):
