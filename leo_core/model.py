@@ -205,7 +205,6 @@ def _weight_sample_cell(offset: float):
     the clamp is inactive, the second output itself), so the backward pass is one
     Add and one Mul instead of autodiff's ~10 operators through Maximum, Exp and the
     products (each decode of the inner loop pays it)."""
-    import mindspore as ms
     from mindspore import nn, ops
 
     class WeightSample(nn.Cell):
@@ -213,7 +212,7 @@ def _weight_sample_cell(offset: float):
             exp_u = ops.exp(u)
             std = ops.maximum(exp_u - offset, 1e-10)
             # d(std)/du is exp(u) where the clamp is inactive, 0 where it holds.
-            dw_du = eps * exp_u * (std > 1e-10).astype(ms.float32)
+            dw_du = ops.where(std > 1e-10, eps * exp_u, 0.0)
             return std * eps, dw_du
 
         def bprop(self, u, eps, out, dout):  # noqa: ARG002 - MindSpore's bprop signature
@@ -286,7 +285,7 @@ def make_functions(cfg: ExperimentConfig, dim: int = EMBEDDING_DIM) -> SimpleNam
     inner_steps, finetune_steps = cfg.inner_unroll_length, cfg.finetuning_unroll_length
     weight_offset = 1.0 - math.sqrt(2.0 / (dim + n))  # Glorot-style std offset of the decoder
     kl_weight, penalty_weight = cfg.kl_weight, cfg.encoder_penalty_weight
-    l2_weight, orth_weight = cfg.l2_penalty_weight, cfg.orthogonality_penalty_weight
+    orth_weight = cfg.orthogonality_penalty_weight
     # The MatMul primitive: its gradient is MatMul with transpose flags, where ops.matmul's
     # goes through Transpose operators (5% of a 5-shot step in the profile).
     matmul_nn = ops.MatMul()
