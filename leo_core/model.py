@@ -242,6 +242,35 @@ def _copies_cell(k: int):
     return Copies()
 
 
+def _orthogonality_cell():
+    """A Cell computing the orthogonality penalty of the decoder's rows, mean((C - I)^2)
+    with C their 64x64 correlation matrix, and its gradient in closed form: with U the
+    rows divided by their norms n, dF/dU = 4 (C - I) U / 64^2 and each row's gradient is
+    that part of dF/dU orthogonal to the row, divided by its norm. About 16 operators
+    instead of autodiff's ~30 through norm, division and the mean (the tests check the
+    gradient against the float64 reference)."""
+    import mindspore as ms
+    from mindspore import nn, ops
+
+    matmul_nt = ops.MatMul(transpose_b=True)
+
+    class Orthogonality(nn.Cell):
+        def construct(self, w):
+            m = w.shape[0]
+            norms = ops.sqrt((w * w).sum(axis=1, keepdims=True)) + 1e-32
+            rows = w / norms
+            excess = matmul_nt(rows, rows) - ops.eye(m, m, ms.float32)  # C - I
+            penalty = ops.square(excess).mean()
+            toward = ops.matmul(excess, rows) * (4.0 / (m * m))  # dF/dU
+            along = (toward * rows).sum(axis=1, keepdims=True)
+            return penalty, (toward - along * rows) / norms
+
+        def bprop(self, w, out, dout):  # noqa: ARG002 - MindSpore's bprop signature
+            return (dout[0] * out[1],)
+
+    return Orthogonality()
+
+
 def _step_cell():
     """A Cell computing x + rate * g for a per-feature rate [C] and x, g [..., C]: the
     inner loops' update with the negated learning rate. Its gradient with respect to the
@@ -321,6 +350,7 @@ def make_functions(cfg: ExperimentConfig, dim: int = EMBEDDING_DIM) -> SimpleNam
     weight_sample = _weight_sample_cell(weight_offset)
     descend = _step_cell()
     copies = _copies_cell(k)
+    orthogonality = _orthogonality_cell()
 
     def split_decoder(w_dec):
         """(the decoder weight [L, 2D], its mean part, its std part [L, D] each): decoding
@@ -477,10 +507,7 @@ def make_functions(cfg: ExperimentConfig, dim: int = EMBEDDING_DIM) -> SimpleNam
         l2 = 0.5 * (sum_of_squares(w_enc) + sum_of_squares(w_r0) + sum_of_squares(w_r1)
                     + sum_of_squares(w_r2) + sum_of_squares(w_dec))
         # Orthogonality of the decoder's rows: the 64x64 correlation matrix.
-        norms = ops.norm(w_dec, dim=1, keepdim=True) + 1e-32
-        corr = matmul_nt(w_dec, w_dec) / matmul_nt(norms, norms)
-        orth = ops.square(corr - ops.eye(corr.shape[0], corr.shape[0], ms.float32)).mean()
-        return l2, orth
+        return l2, orthogonality(w_dec)[0]
 
     decodes = inner_steps + 1
 
