@@ -363,7 +363,9 @@ def make_functions(cfg: ExperimentConfig, dim: int = EMBEDDING_DIM) -> SimpleNam
     def class_grad(x, y, w_mean):
         """Gradient of the summed support cross-entropy of x [B, M, D] with respect to
         the class-mean weights w_mean [B, N, D] (logits average over the K samples)."""
-        delta = ops.softmax(bmm_nt(x, w_mean), axis=-1) - y  # dloss/dlogits [B, M, N]
+        # softmax as exp(log_softmax): its gradient is one fused LogSoftmaxGrad and a Mul,
+        # where Softmax's expands into four operators on MindSpore's CPU.
+        delta = ops.exp(ops.log_softmax(bmm_nt(x, w_mean), axis=-1)) - y  # dloss/dlogits [B, M, N]
         return bmm_tn(delta, x)
 
     def support_grad(x, y, w_mean):
