@@ -154,20 +154,31 @@ _GRAPHS: dict[tuple, object] = {}
 _RUNTIME_CONFIGURED = False
 
 
-def configure_runtime() -> None:
-    """Apply `LEO_MS_THREADS` (MindSpore's CPU kernel thread pool size) once per process.
+def runtime_threads() -> int | None:
+    """MindSpore's CPU kernel threads for this process: `LEO_MS_THREADS` when set ("0":
+    MindSpore's own default, None), else the usable cores less one for the prefetch and
+    Python threads (leo_core.cpus)."""
+    from leo_core import cpus
 
-    Unset: MindSpore's default. See tests/benchmarks/README.md for what was
-    measured; the setting must come before the first graph runs."""
+    threads = os.environ.get("LEO_MS_THREADS", "").strip()
+    if threads:
+        return int(threads) or None
+    return cpus.kernel_threads(cpus.usable_cores())
+
+
+def configure_runtime() -> None:
+    """Size MindSpore's CPU kernel thread pool (`runtime_threads`) once per process; it
+    must come before the first graph runs. See tests/benchmarks/README.md for what was
+    measured."""
     global _RUNTIME_CONFIGURED
     if _RUNTIME_CONFIGURED:
         return
     _RUNTIME_CONFIGURED = True
-    threads = os.environ.get("LEO_MS_THREADS", "").strip()
-    if threads:
+    threads = runtime_threads()
+    if threads is not None:
         import mindspore as ms
 
-        ms.device_context.cpu.op_tuning.threads_num(int(threads))
+        ms.device_context.cpu.op_tuning.threads_num(threads)
 
 
 def _ms():
