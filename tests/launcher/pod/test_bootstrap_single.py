@@ -18,6 +18,7 @@ import psutil
 import pytest
 
 from launcher.pod import bootstrap as bs
+from launcher.pod import logrelay
 from leo_core.synthetic import write_dataset
 from tests.launcher.pod.test_bootstrap import write_config
 
@@ -78,6 +79,31 @@ def test_a_one_process_job_trains_without_msrun_and_keeps_logs_and_the_startup_r
     # the training process had MindSpore's compile cache on, under the cache dir, keyed
     (graphs,) = (tmp_path / "cache" / bs.COMPILE_CACHE_DIR).glob("*/rank_0/graph_cache")
     assert list(graphs.glob("compile_cache_*.mindir"))
+    assert "compile_cache_manager" not in out and "dependency files hash" not in out  # MindSpore's notes
+
+
+def test_mindspores_compile_cache_notes_are_not_relayed(tmp_path):
+    msrun_dir = tmp_path / "msrun"
+    msrun_dir.mkdir()
+    stream = io.StringIO()
+    relay = logrelay.LogRelay(msrun_dir, [0], tmp_path / "logs", logrelay.Output(stream, 0))
+    lines = [
+        "[WARNING] PIPELINE(1,7f,python):2026-12-06-17:21:43.194.217 [mindspore/ccsrc/frontend/jit/ps/"
+        "compile_cache_manager.cc:426] CanLoadCache] Open the hash file /c/graph_cache/compile_dependency.hash "
+        "failed. The file may not exist. Errno: 2, ErrInfo: No such file or directory",
+        "[WARNING] PIPELINE(1,7f,python):2026-12-06-17:21:43.194.236 [mindspore/ccsrc/frontend/jit/ps/resource.cc"
+        ":751] GetCompileCacheResource] Check the consistency of dependency files hash failed. Execute all the "
+        "compilation actions.",
+        "[WARNING] PIPELINE(1,7f,python):2026-12-06-17:09:49.433.280 [mindspore/ccsrc/frontend/jit/ps/"
+        "compile_cache_manager.cc:471] GetCachedFuncGraph] Use the compilation cache and execute the backend "
+        "actions only. Be aware of correctness risks.",
+        "[WARNING] PIPELINE(1,7f,python):2026-12-06-17:09:49.389.786 [mindspore/ccsrc/frontend/jit/ps/"
+        "compile_cache_manager.cc:465] GetCachedFuncGraph] Failed to load the compilation cache file. Execute "
+        "all the compilation actions.",
+        "step 1"]
+    (msrun_dir / "worker_0.log").write_text("\n".join(lines) + "\n")
+    relay.close()
+    assert stream.getvalue().splitlines() == [f"[rank 0] {line}" for line in lines[3:]]
 
 
 @pytest.mark.integration
