@@ -25,7 +25,9 @@ data-parallel step in one process at the very same weights.
 Start-up: when the first training step of this process is done, rank 0 prints and logs
 (`{"kind": "startup", "seconds", "since", "step"}` in metrics.jsonl) the time since
 `LEO_START_TIME` (Unix seconds; the pod's bootstrap sets it at its own start), else since
-this module was imported.
+this module was imported. With `LEO_COMPILE_CACHE` (the bootstrap sets it) MindSpore's
+compile cache is on, keyed on the code, config and launch (leo_core.compile_cache), so a
+restart loads its graphs instead of compiling them.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ if __package__ in (None, ""):  # run as a script (msrun takes a script path)
 
 import numpy as np
 
-from leo_core import checkpoint, cli_common, distributed, hostmem, profiling
+from leo_core import checkpoint, cli_common, compile_cache, distributed, hostmem, profiling
 from leo_core.config import ConfigError, ExperimentConfig
 from leo_core.distributed import Comm, shard
 
@@ -197,6 +199,11 @@ class Trainer:
             print(f"start-up: first training step done {seconds:.1f} s after the {since} started",
                   flush=True)
 
+    @property
+    def validates_first(self) -> bool:
+        """Whether run() starts with the step-0 validation (a fresh run, not a resumed one)."""
+        return self.step == 0 and self.best["step"] is None
+
     # -- one meta-training step
     def train_step(self) -> tuple[float, float]:
         from leo_core.model import PARAM_NAMES, WEIGHT_NAMES
@@ -250,7 +257,7 @@ class Trainer:
             print(f"training {cfg.name}: steps {self.step}→{total_steps}, global meta-batch "
                   f"{cfg.metatrain_batch_size} over {self.comm.world} rank(s), "
                   f"validation every {cfg.checkpoint_steps} steps", flush=True)
-        if self.step == 0 and self.best["step"] is None:
+        if self.validates_first:
             # As the original: validate before any update, so the untrained model is
             # `best` until a trained step beats it (its checkpoint is step-0).
             self._validate_and_log()
@@ -342,6 +349,19 @@ def _exit_failed_rank(comm: Comm) -> None:
     os._exit(1)
 
 
+def _enable_compile_cache(trainer: Trainer, args) -> None:
+    """With LEO_COMPILE_CACHE (the bootstrap sets it): MindSpore's compile cache, keyed (see
+    leo_core.compile_cache); before the first graph is compiled."""
+    if not os.environ.get(compile_cache.ENV, "").strip():
+        return
+    key = compile_cache.cache_key(trainer.cfg.to_dict(), device=args.device or distributed.default_device(),
+                                  world=trainer.comm.world, validate_first=trainer.validates_first,
+                                  profile=bool(args.profile))
+    path = compile_cache.enable(key)
+    if trainer.comm.is_main:
+        print(f"compile cache: {path}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if distributed.idle_scheduler():
@@ -362,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
             from leo_core.profiling import StepProfiler
 
             trainer.profiler = StepProfiler(args.profile, comm.rank, steps=args.profile_steps)
+        _enable_compile_cache(trainer, args)
     try:
         best = trainer.run(cfg.num_steps_limit)
     except Exception:

@@ -4,10 +4,15 @@ import os
 import sys
 from pathlib import Path
 
+from tests import netguard
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # msrun and subprocess-based tests start `python` from PATH: make it this interpreter's.
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+# Only loopback and the test namespaces may receive traffic: guard this process and, through
+# PYTHONPATH (tests/netguard/sitecustomize.py), every Python process the tests start.
+netguard.activate()
 # Keep MindSpore's C++ log to warnings and errors.
 os.environ.setdefault("GLOG_v", "2")
 

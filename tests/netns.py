@@ -10,7 +10,8 @@ Each node is a namespace `leo-mn<tag>-<i>` with `lo` up and an `eth0` (a veth wh
 end is on the bridge `lbr<tag>`). The bridge holds the gateway address, so a server in the
 root namespace (e.g. the S3 server) that binds to it is reachable from every node, and the
 test process reaches every node. Addresses come from 10.231.X.0/24, X chosen so that no
-interface of this machine already uses it; nothing is routed anywhere else (the nodes have
+interface of this machine already uses it (10.231.0.0/16 is TEST_NETWORK, the one range
+besides loopback that the test network guard, tests/netguard, lets traffic go to); nothing is routed anywhere else (the nodes have
 no default route).
 
 `ip netns exec NS` bind-mounts every file of /etc/netns/NS/ over /etc/ for the command:
@@ -37,12 +38,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from launcher.util.procs import pid_alive
+from tests.netguard import TEST_NETWORK
 
 PREFIX = "leo-mn"  # namespaces: leo-mn<tag>-<i>
 BRIDGE_PREFIX = "lbr"  # bridge: lbr<tag>
 VETH_PREFIX = "lvh"  # host ends: lvh<tag>-<i>
 NETNS_ETC = Path("/etc/netns")
-TEST_RANGE = "10.231"  # 10.231.X.0/24
 _TAG = re.compile(r"^(?:leo-mn|lbr|lvh)(\d+)(?:-\d+)?$")
 
 
@@ -98,12 +99,13 @@ def clean_stale() -> list[str]:
 def _free_subnet() -> ipaddress.IPv4Network:
     used = [ipaddress.ip_interface(a).network
             for a in re.findall(r"inet (\S+)", _ip("-4", "-o", "addr", "show"))]
+    subnets = list(TEST_NETWORK.subnets(new_prefix=24))  # X.0/24 for X in 1..250 below
     start = os.getpid() % 250
     for offset in range(250):
-        net = ipaddress.ip_network(f"{TEST_RANGE}.{(start + offset) % 250 + 1}.0/24")
+        net = subnets[(start + offset) % 250 + 1]
         if not any(net.overlaps(u) for u in used):
             return net
-    raise RuntimeError(f"no free /24 in {TEST_RANGE}.0.0/16")
+    raise RuntimeError(f"no free /24 in {TEST_NETWORK}")
 
 
 class Network:

@@ -33,6 +33,8 @@ import time
 import tomllib
 from pathlib import Path
 
+from tests.netguard import OPT_OUT
+
 ROOT = Path(__file__).resolve().parent.parent
 BASE_IMAGE = "localhost/leo-standin/python:3.11-slim-bookworm"
 CPU_IMAGE = "localhost/leo-launch:cpu-test"
@@ -120,12 +122,14 @@ def wheelhouse() -> Path:
     # what the Dockerfile installs by name, the project's dependencies, and its build backend
     requirements = [f"mindspore=={_arg('MINDSPORE_VERSION')}", f"numpy=={_arg('NUMPY_VERSION')}",
                     *project["project"]["dependencies"], *project["build-system"]["requires"], "wheel"]
-    # Linux x86-64 / CPython 3.11 wheels, what the stand-in base runs
+    # Linux x86-64 / CPython 3.11 wheels, what the stand-in base runs. This pip must reach
+    # the package index: the one subprocess the test network guard lets out (tests/netguard).
+    # debootstrap needs no exemption: it is not Python, and its chroot cannot see the guard.
     _run([sys.executable, "-m", "pip", "download", "--quiet", "--dest", str(house),
           "--only-binary=:all:", "--python-version", "3.11", "--platform", "manylinux2014_x86_64",
           "--platform", "manylinux_2_17_x86_64", "--platform", "manylinux_2_28_x86_64",
           "--platform", "linux_x86_64", "--implementation", "cp", *requirements], timeout=1800,
-         env={**os.environ, "PIP_CONSTRAINT": ""})
+         env={**os.environ, "PIP_CONSTRAINT": "", OPT_OUT: "off"})
     (house / "pip.conf").write_text(f"[global]\nno-index = true\nfind-links = {WHEELHOUSE_MOUNT}\n")
     return house
 

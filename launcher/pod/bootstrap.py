@@ -21,7 +21,8 @@ runs on this machine. In order:
 5. runs `msrun --join True ... leo_core/train.py --config experiment.yaml --resume ...`
    (with `--profile <work>/profile --profile-steps N` when the job has `profile_steps`)
    and prints every worker's lines on stdout as `[rank R] line` (its own as `[node K] ...`),
-   keeping them in `logs/rank-R.log`;
+   keeping them in `logs/rank-R.log`; a job of world size 1 runs `python leo_core/train.py
+   ...` directly, with the variables msrun would give its only worker (no cluster to form);
 6. publishes checkpoints, metrics and logs to `<train_url>/<job>/` while training
    (node 0: everything; other nodes: their ranks' logs), every `$LEO_PUBLISH_INTERVAL`
    seconds (default 30); every node also its ranks' profiles (`profile/rank-<r>/`), a
@@ -115,11 +116,19 @@ ABANDONED_PUBLICATION = threading.Event()
 DEVICES = {"cpu": "CPU", "nvidia": "GPU", "ascend": "Ascend"}
 # The bootstrap's start (Unix seconds): leo_core.train logs its first step's time from it.
 ENV_START_TIME = "LEO_START_TIME"
+# MindSpore's graph compile cache of the training processes (leo_core.compile_cache): under
+# the cache dir, which outlives a container restart (/cache is the pod's emptyDir).
+ENV_COMPILE_CACHE = "LEO_COMPILE_CACHE"
+COMPILE_CACHE_DIR = "compile-cache"
 
 # MindSpore's CPU kernel threads (leo_core.model.configure_runtime): sized to the container's
 # CPU limit unless set. Its default pool oversubscribes a limited or shared CPU: on 2 busy
 # cores (load ~6) 1 thread took mini_1shot's step from 98 to 41 ms (`make bench-core`).
 ENV_MS_THREADS = "LEO_MS_THREADS"
+# What msrun gives the only worker of a one-process launch (leo_core.distributed, and the
+# local backend's workers_by_rank, read them); with one worker nothing calls init().
+SINGLE_WORKER_ENV = {"MS_ROLE": "MS_WORKER", "MS_WORKER_NUM": "1", "MS_NODE_ID": "0",
+                     "RANK_ID": "0", "RANK_SIZE": "1", "DEVICE_ID": "0"}
 CPU_MAX_FILE = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "<quota> <period>" or "max <period>"
 
 
@@ -151,7 +160,7 @@ class Bootstrap:
         self.paths = paths_from_env(self.env)
         self.mark = uuid.uuid4().hex
         self.terminating = threading.Event()
-        self.msrun: subprocess.Popen | None = None
+        self.msrun: subprocess.Popen | None = None  # msrun, the only worker or the evaluation
         self.worker_codes: list[int] = []
         self.publisher: Any = None
         self.relay: LogRelay | None = None
@@ -243,7 +252,9 @@ class Bootstrap:
         resumed = self.resume(spec, job_url, local_ranks)
         self.stage("preparing")
         addr = self.env.get(contract.ENV_MASTER_ADDR) or spec.master_addr
-        if cluster is not None:  # the operator's scheduler, behind its Service
+        if spec.world_size == 1:  # one process forms no cluster: no master to wait for
+            master_ip = "127.0.0.1"
+        elif cluster is not None:  # the operator's scheduler, behind its Service
             master_ip = resolve_master(cluster.sched_host, spec.cluster_timeout)
         elif node_rank == 0 and self.env.get("POD_IP"):
             master_ip = self.env["POD_IP"]  # our own address: no need to wait for DNS
@@ -438,43 +449,33 @@ class Bootstrap:
         msrun_dir = self.paths.msrun_logs
         shutil.rmtree(msrun_dir, ignore_errors=True)
         msrun_dir.mkdir(parents=True)
-        msrun = Path(sys.executable).parent / "msrun"
-        cmd = [str(msrun) if msrun.exists() else "msrun",
-               *spec.msrun_args(node_rank, log_dir=str(msrun_dir), master_addr=master_ip,
-                                rank_table_file=table),
-               # an id no worker has: msrun's own tailing off, we relay with rank tags
-               "--tail_worker_log", str(spec.world_size),
-               script, "--config", str(self.paths.experiment_file), "--data-root", str(root),
-               "--out", str(self.paths.out), "--resume", "--device", DEVICES[spec.accelerator],
-               "--log-every", str(log_every(config)), "--seed", str(spec.seed)]
+        args = [script, "--config", str(self.paths.experiment_file), "--data-root", str(root),
+                "--out", str(self.paths.out), "--resume", "--device", DEVICES[spec.accelerator],
+                "--log-every", str(log_every(config)), "--seed", str(spec.seed)]
         if init is not None:  # train.py uses it only when there is no checkpoint to resume
-            cmd += ["--init", str(init)]
+            args += ["--init", str(init)]
         if spec.profile_steps:  # every rank writes <profile>/rank-<r>/
-            cmd += ["--profile", str(self.paths.profile), "--profile-steps", str(spec.profile_steps)]
+            args += ["--profile", str(self.paths.profile), "--profile-steps", str(spec.profile_steps)]
         env = self.worker_env(spec.cards_per_node)
+        env[ENV_COMPILE_CACHE] = str(self.paths.cache / COMPILE_CACHE_DIR)
         if table:
             env["RANK_TABLE_FILE"] = table
         self.stage("training", resumed_step=resumed)
-        self.out.node(f"starting {spec.cards_per_node} training process(es) with msrun "
-                      f"(master {master_ip}:{spec.master_port})")
         self.relay = LogRelay(msrun_dir, local_ranks, self.paths.logs, self.out)
         self.relay.start()
         try:
-            self.msrun = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                          stdin=subprocess.DEVNULL, env=env, cwd=self.paths.work,
-                                          start_new_session=True)
-            if self.terminating.is_set():  # a signal arrived while starting
-                self.stop_training()
-            assert self.msrun.stdout is not None
-            for raw in self.msrun.stdout:
-                line = raw.decode("utf-8", errors="replace").rstrip()
-                match = _ERROR_CODE.search(line)
-                if match:
-                    self.worker_codes.append(int(match.group(1)))
-                if "tail_worker_log" in line or NOISE.match(raw) or not line:
-                    continue
-                self.out.node(f"msrun: {line}")
-            code = self.msrun.wait()
+            if spec.world_size == 1:
+                code = self.run_single(args, env, msrun_dir)
+            else:
+                self.out.node(f"starting {spec.cards_per_node} training process(es) with msrun "
+                              f"(master {master_ip}:{spec.master_port})")
+                msrun = Path(sys.executable).parent / "msrun"
+                cmd = [str(msrun) if msrun.exists() else "msrun",
+                       *spec.msrun_args(node_rank, log_dir=str(msrun_dir), master_addr=master_ip,
+                                        rank_table_file=table),
+                       # an id no worker has: msrun's own tailing off, we relay with rank tags
+                       "--tail_worker_log", str(spec.world_size), *args]
+                code = self.run_msrun(cmd, env)
         finally:
             self.relay.stop()
             kill_marked(ENV_PROCESS_MARK, self.mark, exclude={os.getpid()})  # no stragglers
@@ -487,8 +488,45 @@ class Bootstrap:
                           "(bad configuration or data); not retrying")
             return contract.EXIT_BAD_CONFIG
         codes = ", ".join(str(c) for c in self.worker_codes) or "none reported"
-        self.out.failure(f"training failed: msrun exited with {code} (worker exit codes: {codes})")
+        what = "the training process" if spec.world_size == 1 else "msrun"
+        self.out.failure(f"training failed: {what} exited with {code} (worker exit codes: {codes})")
         return EXIT_RETRIABLE
+
+    def run_msrun(self, cmd: list[str], env: dict[str, str]) -> int:
+        """msrun's run: its own lines relayed as `msrun: ...`, its workers' exit codes noted."""
+        self.msrun = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      stdin=subprocess.DEVNULL, env=env, cwd=self.paths.work,
+                                      start_new_session=True)
+        if self.terminating.is_set():  # a signal arrived while starting
+            self.stop_training()
+        assert self.msrun.stdout is not None
+        for raw in self.msrun.stdout:
+            line = raw.decode("utf-8", errors="replace").rstrip()
+            match = _ERROR_CODE.search(line)
+            if match:
+                self.worker_codes.append(int(match.group(1)))
+            if "tail_worker_log" in line or NOISE.match(raw) or not line:
+                continue
+            self.out.node(f"msrun: {line}")
+        return self.msrun.wait()
+
+    def run_single(self, args: list[str], env: dict[str, str], log_dir: Path) -> int:
+        """World size 1: the training script directly, as msrun's only worker would run (its
+        variables, its log file `worker_0.log` that the relay follows, a session of its own)
+        but without msrun's own start, its scheduler process and its worker spawn: about
+        1 s of start-up on 2 cores (tests/benchmarks/README.md)."""
+        env.update(SINGLE_WORKER_ENV)
+        self.out.node("starting 1 training process (world size 1: no msrun, no cluster to form)")
+        with open(log_dir / "worker_0.log", "wb") as log:
+            self.msrun = subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT,
+                                          stdin=subprocess.DEVNULL, env=env, cwd=self.paths.work,
+                                          start_new_session=True)
+        if self.terminating.is_set():  # a signal arrived while starting
+            self.stop_training()
+        code = self.msrun.wait()
+        if code != 0:
+            self.worker_codes.append(code)
+        return code
 
     def evaluate(self, spec: js.JobSpec, config: Any, root: Path) -> int:
         tasks = eval_tasks(config, self.env)

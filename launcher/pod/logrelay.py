@@ -14,6 +14,11 @@ from launcher.outputs.layout import rank_log
 
 # msrun's own chatter in a worker log, not the worker's output
 NOISE = re.compile(rb"^\[(INFO|DEBUG)\] ")
+# MindSpore's notes on its compile cache (leo_core.compile_cache), on every run: a cold
+# cache's missing hash file, a warm one's "use the cache"; a damaged file is recompiled
+CACHE_NOTES = re.compile(rb"^\[WARNING\] PIPELINE\(.*\] (CanLoadCache\] Open the hash file .* failed|"
+                         rb"GetCompileCacheResource\] Check the consistency of dependency files hash failed|"
+                         rb"GetCachedFuncGraph\] Use the compilation cache and execute the backend actions only)")
 
 
 class Output:
@@ -87,7 +92,7 @@ class LogRelay(threading.Thread):
 
     def emit(self, rank: int, raw: bytes) -> None:
         raw = raw.rstrip(b"\r")
-        if NOISE.match(raw):
+        if NOISE.match(raw) or CACHE_NOTES.match(raw):
             return
         self._outputs[rank].write(raw + b"\n")
         self.out.rank(rank, raw.decode("utf-8", errors="replace"))

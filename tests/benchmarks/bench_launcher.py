@@ -139,7 +139,9 @@ def main(argv: list[str] | None = None) -> int:
             ("ascend, Volcano, dynamic", _job_flags(None, "volcano")),
             ("nvidia, Job", _job_flags(None, accel="nvidia")),
         ]
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        # ROOT after what is inherited: under pytest that holds the test network guard
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            filter(None, [os.environ.get("PYTHONPATH"), str(ROOT)]))}
         cold = []
         for _ in range(options.repeat):
             result = _python("-c", _COLD, *cases[0][1], env=env)

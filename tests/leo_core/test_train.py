@@ -248,3 +248,37 @@ def test_msrun_scheduler_of_one_worker_does_not_train(tiny_root, tmp_path, monke
     out = tmp_path / "out"
     proc = train(tiny_root, out, 1)
     assert not out.exists() and "training" not in proc.stdout
+
+
+def _graph_dirs(cache):
+    return sorted(p.parent.parent.name for p in cache.glob("*/rank_0/graph_cache"))
+
+
+def test_a_warm_compile_cache_fresh_and_resumed_trains_exactly_as_no_cache(tiny_root, trained, tmp_path,
+                                                                             monkeypatch):
+    """leo_core.compile_cache: its key keeps a resumed run (training graph compiled first)
+    off a fresh run's cache (evaluation first); unkeyed, the resumed run loaded the
+    evaluation graph for its step and failed (Reshape sizes)."""
+    from leo_core import compile_cache
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv(compile_cache.ENV, str(cache))
+    split = tmp_path / "split"
+    first = train(tiny_root, split, 3)  # fresh: evaluation graph, then the training step's
+    assert f"compile cache: {cache}" in first.stdout
+    fresh_keys = _graph_dirs(cache)
+    assert len(fresh_keys) == 1
+    train(tiny_root, split, 6, "--resume")  # resumed: another order, another folder
+    assert len(_graph_dirs(cache)) == 2
+    again = tmp_path / "again"  # the same two runs, now with the warm cache of both
+    train(tiny_root, again, 3)
+    train(tiny_root, again, 6, "--resume")
+    assert len(_graph_dirs(cache)) == 2 and fresh_keys[0] in _graph_dirs(cache)
+    straight = trained[0]  # six steps, no cache
+    for run in (split, again):
+        a, b = weights(straight / "checkpoints/step-6"), weights(run / "checkpoints/step-6")
+        for name in a:
+            np.testing.assert_allclose(a[name], b[name], rtol=0, atol=1e-6, err_msg=f"{run.name} {name}")
+    validations = [[(r["step"], r["accuracy"]) for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+                    if r["kind"] == "validation"] for run in (straight, split, again)]
+    assert validations[0] == validations[1] == validations[2] and len(validations[0]) == 3

@@ -27,6 +27,7 @@ from launcher.backends.base import JobNotFoundError
 from launcher.errors import LaunchError
 from launcher.spec import contract
 from launcher.spec.jobspec import build_job_spec
+from tests import netguard
 
 pytestmark = pytest.mark.integration
 
@@ -83,7 +84,7 @@ class Job:
         """The supervisor as submit starts it (with the job's mark); `pid_file=False`: as
         if the CLI was killed before writing the pid file."""
         env = dict(os.environ, LEO_LOCAL_JOB=f"{self.name}:{self.token}",
-                   LEO_LOCAL_ROOT=str(self.root), PYTHONPATH=os.getcwd())
+                   LEO_LOCAL_ROOT=str(self.root), PYTHONPATH=netguard.pythonpath(os.getcwd()))
         self.supervisor = subprocess.Popen([sys.executable, "-c", SUPERVISE, str(self.path), BOOTSTRAP],
                                            env=env, cwd=self.path, start_new_session=True,
                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -345,7 +346,7 @@ def test_the_cli_killed_at_any_moment_of_submit(tmp_path, delay):
     keep.write_text("mine")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LEO_", "KUBE"))}
     env.update(XDG_STATE_HOME=str(tmp_path / "state"), KUBECONFIG=str(tmp_path / "none"),
-               PYTHONPATH=os.getcwd(), AWS_EC2_METADATA_DISABLED="true")
+               PYTHONPATH=netguard.pythonpath(os.getcwd()), AWS_EC2_METADATA_DISABLED="true")
     cli = subprocess.Popen([sys.executable, "-m", "launcher", "submit", "--backend", "local",
                             "--exp", "mini_5shot", "--accel", "cpu", "--cards", "1",
                             "--name", "leo-kill", "--data-url", str(tmp_path / "data"),

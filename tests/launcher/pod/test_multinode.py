@@ -38,7 +38,7 @@ import numpy as np
 import pytest
 
 from launcher.util.s3server import start_s3_server
-from tests import msrun_util, netns
+from tests import msrun_util, netguard, netns
 
 pytestmark = pytest.mark.integration
 
@@ -135,9 +135,11 @@ def master_port() -> int:
 
 def base_env() -> dict[str, str]:
     """What the image gives every process: the interpreter's bin on PATH, the project
-    importable, no cloud metadata probing, no AWS profile of this machine."""
+    importable (and network-guarded, tests/netguard), no cloud metadata probing, no AWS
+    profile of this machine."""
     env = {"PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
-           "HOME": os.environ.get("HOME", "/root"), "LANG": "C.UTF-8", "PYTHONPATH": str(ROOT),
+           "HOME": os.environ.get("HOME", "/root"), "LANG": "C.UTF-8",
+           "PYTHONPATH": netguard.pythonpath(str(ROOT)),
            "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": os.devnull,
            "AWS_SHARED_CREDENTIALS_FILE": os.devnull}
     return env

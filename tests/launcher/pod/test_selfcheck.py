@@ -7,6 +7,7 @@ import sys
 
 from launcher.pod import selfcheck
 from launcher.render import render
+from tests import netguard
 
 
 def test_selfcheck_passes_in_the_venv():
@@ -25,6 +26,6 @@ def test_selfcheck_fails_when_msrun_is_not_beside_python(tmp_path):
     (tmp_path / "msrun").write_text("#!/bin/sh\n")
     (tmp_path / "msrun").chmod(0o755)
     result = subprocess.run([sys.executable, "-m", "launcher.pod.selfcheck"], capture_output=True,
-                            text=True, timeout=300, env={"PATH": f"{tmp_path}:/usr/bin:/bin"})
+                            text=True, timeout=300, env={"PATH": f"{tmp_path}:/usr/bin:/bin", "PYTHONPATH": netguard.pythonpath()})
     assert result.returncode == 1
     assert "FAIL check_msrun" in result.stderr and "not from" in result.stderr
