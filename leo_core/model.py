@@ -154,31 +154,20 @@ _GRAPHS: dict[tuple, object] = {}
 _RUNTIME_CONFIGURED = False
 
 
-def runtime_threads() -> int | None:
-    """MindSpore's CPU kernel threads for this process: `LEO_MS_THREADS` when set ("0":
-    MindSpore's own default, None), else the usable cores less one for the prefetch and
-    Python threads (leo_core.cpus)."""
-    from leo_core import cpus
-
-    threads = os.environ.get("LEO_MS_THREADS", "").strip()
-    if threads:
-        return int(threads) or None
-    return cpus.kernel_threads(cpus.usable_cores())
-
-
 def configure_runtime() -> None:
-    """Size MindSpore's CPU kernel thread pool (`runtime_threads`) once per process; it
-    must come before the first graph runs. See tests/benchmarks/README.md for what was
-    measured."""
+    """Apply `LEO_MS_THREADS` (MindSpore's CPU kernel thread pool size) once per process.
+
+    Unset: MindSpore's default. See tests/benchmarks/README.md for what was
+    measured; the setting must come before the first graph runs."""
     global _RUNTIME_CONFIGURED
     if _RUNTIME_CONFIGURED:
         return
     _RUNTIME_CONFIGURED = True
-    threads = runtime_threads()
-    if threads is not None:
+    threads = os.environ.get("LEO_MS_THREADS", "").strip()
+    if threads:
         import mindspore as ms
 
-        ms.device_context.cpu.op_tuning.threads_num(threads)
+        ms.device_context.cpu.op_tuning.threads_num(int(threads))
 
 
 def _ms():

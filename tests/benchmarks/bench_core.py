@@ -250,7 +250,7 @@ def _train_worker(framework: str, cfg):
                              cfg.num_tr_examples_per_class, TRAIN_QUERIES, make_rng(0, 0))
     counter = iter(range(10**9))
     if framework == "mindspore":
-        from leo_core.model import LEO, runtime_threads
+        from leo_core.model import LEO
         from leo_core.prefetch import StepPrefetcher, prepare_step
 
         model = LEO(cfg, seed=0)
@@ -272,8 +272,7 @@ def _train_worker(framework: str, cfg):
             prefetcher.close()
             return {"host_wait_ms": 1e3 * statistics.median(waits[-10:]),
                     "host_prepare_ms": 1e3 * prefetcher.prepare_seconds / prefetcher.steps,
-                    "prefetch": prefetch, "threads": _threads(),
-                    "kernel_threads": runtime_threads() or "MindSpore's default"}
+                    "prefetch": prefetch, "threads": _threads()}
 
         return step, info
     import torch
@@ -595,9 +594,8 @@ def main() -> None:
         pt, ms_ = any_exp["torch"][0], any_exp["mindspore"][0]
         print(f"\nThreads: PyTorch intra-op as in the column, inter-op "
               f"{pt['torch_interop_threads']}, {pt['threads']} OS threads in its process; "
-              f"MindSpore {ms_['threads']} OS threads in its process"
-              f"{', prefetch thread included' if ms_['prefetch'] else ''}, CPU kernel threads "
-              f"{ms_.get('kernel_threads')} (leo_core.model.runtime_threads; LEO_MS_THREADS). "
+              f"MindSpore {ms_['threads']} OS threads in its process (runtime defaults"
+              f"{', prefetch thread included' if ms_['prefetch'] else ''}). "
               "MS first call (graph compilation): "
               + ", ".join(f"{e} {_med(r['mindspore'], 'first_s'):.1f} s" for e, r in train.items())
               + ". PyTorch baseline vs the float64 reference (2 tasks, same noise), max error "
