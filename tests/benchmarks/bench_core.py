@@ -234,6 +234,26 @@ def _split(classes: int, images: int, seed: int):
                  tuple(pool[i * images:(i + 1) * images] for i in range(classes)))
 
 
+def _thread_cpu_ms() -> dict[str, float]:
+    """CPU ms used so far by each thread of this process, by name: the Python name for
+    Python threads (the prefetch thread is `leo-prefetch_0`), else the OS name
+    (MindSpore's ActorThread_0, KernelThread_0, ...); threads of one name are summed."""
+    import threading
+
+    python_names = {t.native_id: t.name for t in threading.enumerate()}
+    tick_ms = 1e3 / os.sysconf("SC_CLK_TCK")
+    usage: dict[str, float] = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            stat = Path(f"/proc/self/task/{tid}/stat").read_text()
+        except OSError:
+            continue
+        name = python_names.get(int(tid)) or stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        usage[name] = usage.get(name, 0.0) + (int(fields[11]) + int(fields[12])) * tick_ms
+    return usage
+
+
 def _threads() -> int:
     try:
         return len(os.listdir("/proc/self/task"))
@@ -381,13 +401,16 @@ def worker(kind: str, framework: str, experiment: str, steps: int, warmup: int) 
     for _ in range(warmup - 1):
         step()
     wall, cpu = [], []
+    threads_before = _thread_cpu_ms()
     for _ in range(steps):
         w, c = time.perf_counter(), time.process_time()
         step()
         wall.append(1e3 * (time.perf_counter() - w))
         cpu.append(1e3 * (time.process_time() - c))
-    print(MARK + json.dumps({"first_s": first, "wall_ms": wall, "cpu_ms": cpu,
-                             "peak_rss_mb": peak_rss_mb(), **info()}), flush=True)
+    threads_after = _thread_cpu_ms()
+    thread_cpu = {name: (used - threads_before.get(name, 0.0)) / steps for name, used in threads_after.items()}
+    print(MARK + json.dumps({"first_s": first, "wall_ms": wall, "cpu_ms": cpu, "peak_rss_mb": peak_rss_mb(),
+                             "thread_cpu_ms": {k: v for k, v in thread_cpu.items() if v > 0}, **info()}), flush=True)
 
 
 MARK = "BENCH "
@@ -601,6 +624,15 @@ def main() -> None:
               + ". PyTorch baseline vs the float64 reference (2 tasks, same noise), max error "
               "relative to each tensor's largest entry: "
               + ", ".join(f"{e} {r['torch'][0]['check_err']:.1e}" for e, r in train.items()) + ".\n")
+        print("CPU ms per timed step by thread, median over blocks (/proc/self/task; threads "
+              "busy-waiting count too):")
+        for e, r in train.items():
+            for framework in ("mindspore", *r["torch_variants"]):
+                names = sorted({n for b in r[framework] for n in b.get("thread_cpu_ms", {})})
+                shares = ", ".join(f"{n} {statistics.median(b.get('thread_cpu_ms', {}).get(n, 0.0) for b in r[framework]):.1f}"
+                                   for n in names)
+                print(f"- {e} {framework}: {shares}")
+        print()
     if train:
         report_stable_figures(train, launches, metatest, args.record)
     if evals:
