@@ -94,7 +94,7 @@ class Weights:
 
 # A checkpoint of the largest configuration (num_latents 4096) holds well under this; the
 # .npy headers are checked against it before any array is inflated (a 4.8 MB zip can
-# declare a 4 GiB array).
+# declare a 4 GiB array), and a .ckpt's size before MindSpore reads it whole into memory.
 MAX_NPZ_BYTES = 2 * 2**30
 
 
@@ -147,6 +147,10 @@ def read_arrays(path: str | Path) -> dict[str, np.ndarray]:
         if suffix == ".npz":
             return read_npz(path)
         if suffix == ".ckpt":
+            size = path.stat().st_size
+            if size > MAX_NPZ_BYTES:  # MindSpore parses the whole protobuf in memory
+                raise WeightsFileError(f"{path}: {size / 2**30:.1f} GiB, more than a LEO "
+                                       f"checkpoint holds ({MAX_NPZ_BYTES // 2**30} GiB): not read")
             import mindspore as ms
 
             return {name: value.asnumpy() for name, value in ms.load_checkpoint(str(path)).items()}

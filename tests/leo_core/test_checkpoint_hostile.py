@@ -43,6 +43,22 @@ def test_the_header_check_counts_every_member(tmp_path, monkeypatch):
         ckpt_format.read_arrays(tmp_path / "w.npz")
 
 
+def test_a_ckpt_larger_than_a_checkpoint_can_be_is_refused_before_mindspore_reads_it(tmp_path, monkeypatch):
+    path = tmp_path / "leo.ckpt"
+    with path.open("wb") as sparse:  # 2 GiB + 1 byte, no disk blocks
+        sparse.truncate(ckpt_format.MAX_NPZ_BYTES + 1)
+
+    def never(*_args, **_kwargs):
+        raise AssertionError("MindSpore was asked to read it")
+
+    import mindspore as ms
+
+    monkeypatch.setattr(ms, "load_checkpoint", never)
+    with pytest.raises(WeightsFileError, match=r"2\.0 GiB, more than a LEO checkpoint holds \(2 GiB\)") as err:
+        ckpt_format.read_arrays(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_non_finite_weights_are_refused(tmp_path, bad):
     params = init_parameters(CFG, 0)
