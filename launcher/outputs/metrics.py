@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,10 @@ from launcher.errors import LaunchError
 from launcher.outputs.layout import METRICS_FILE, RESULT_FILE
 from launcher.storage import (
     NotFoundError,
+    StorageError,
     StorageSettings,
+    iter_file_lines,
+    iter_lines,
     open_store,
 )
 
@@ -230,23 +233,33 @@ def parse_startup(data: bytes) -> float | None:
     return startup_seconds(_records(data.decode("utf-8", errors="replace")))
 
 
-def summarize_metrics(data: bytes | str) -> dict[str, Any]:
+def summarize_metrics(data: bytes | str | Iterable[str]) -> dict[str, Any]:
     """`step` (the latest logged by any record), `best_accuracy` / `best_step` (see
-    the module docstring) and `startup_seconds` of a metrics.jsonl; {} for what holds no record."""
-    text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data
-    out: dict[str, Any] = {}
-    records = _records(text)
-    steps = [step_or_none(record.get("step")) for record in records]
-    steps = [s for s in steps if s is not None]
-    if steps:
-        out["step"] = max(steps)
-    startup = startup_seconds(records)
-    if startup is not None:
-        out["startup_seconds"] = startup
+    the module docstring) and `startup_seconds` of a metrics.jsonl (its bytes or text, or
+    its lines as a stream: memory stays bounded whatever the file's size); {} for what
+    holds no record."""
+    if isinstance(data, bytes):
+        data = data.decode("utf-8", errors="replace")
+    lines = data.splitlines() if isinstance(data, str) else data
+    seen: dict[str, Any] = {}
+
+    def tap() -> Iterator[str]:  # what parse_metrics does not keep: any record's step, startup
+        for line in lines:
+            for record in _records(line):
+                step = step_or_none(record.get("step"))
+                if step is not None:
+                    seen["step"] = max(step, seen.get("step", step))
+                if record.get("kind") == "startup" and (seconds := _fraction(record.get("seconds"))) is not None:
+                    seen["startup_seconds"] = seconds
+            yield line
+
     try:
-        _, validation, _ = parse_metrics(text.encode())
-    except LaunchError:
-        return out
+        _, validation, _ = parse_metrics(tap())
+    except StorageError:
+        raise  # reading failed: the caller says so (or knows a missing file means no metrics)
+    except LaunchError:  # no metrics record at all
+        validation = []
+    out = {key: seen[key] for key in ("step", "startup_seconds") if key in seen}
     best = best_validation(validation)
     if best is not None:
         out["best_accuracy"] = round(float(best.accuracy), 6)
@@ -297,7 +310,7 @@ def read_progress(job_url: str | None, *, storage: StorageSettings | None = None
     out: dict[str, Any] = {}
     if local_out is not None and (local_out / METRICS_FILE).is_file():
         try:
-            out.update(summarize_metrics((local_out / METRICS_FILE).read_bytes()))
+            out.update(summarize_metrics(iter_file_lines(local_out / METRICS_FILE)))
             result_path = local_out / RESULT_FILE
             if result_path.is_file():
                 out["result"] = json.loads(result_path.read_text())
@@ -314,7 +327,7 @@ def read_progress(job_url: str | None, *, storage: StorageSettings | None = None
                                                          connect_timeout=3.0, read_timeout=10.0)
         with open_store(job_url, options) as store:
             try:
-                out.update(summarize_metrics(store.get_bytes(METRICS_FILE)))
+                out.update(summarize_metrics(iter_lines(store, METRICS_FILE)))
             except NotFoundError:
                 pass
             try:

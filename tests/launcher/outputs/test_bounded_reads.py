@@ -128,3 +128,50 @@ def test_s3_stream_is_verified_at_the_end(s3_env):
     with open_store(f"s3://{bucket}/job", options) as store, \
             pytest.raises(IntegrityError, match="sha256 mismatch"):
         list(iter_lines(store, "logs/rank-0.log"))
+
+
+_PROGRESS = ("import json, resource, sys\n"
+             "from pathlib import Path\n"
+             "from launcher.outputs.metrics import read_progress\n"
+             "from launcher.storage import StorageSettings\n"
+             "url, local = sys.argv[1], sys.argv[2]\n"
+             "out = read_progress(url or None, local_out=Path(local) if local else None,\n"
+             "                    storage=StorageSettings(path_style=True))\n"
+             "print(json.dumps(out))\n"
+             "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n")
+
+
+def _progress_peak_kib(url: str, local: str, env: dict[str, str]) -> tuple[int, dict]:
+    proc = subprocess.run([sys.executable, "-c", _PROGRESS, url, local], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return int(proc.stderr.split("PEAK")[-1]), json.loads(proc.stdout)
+
+
+@pytest.mark.integration
+def test_status_and_list_progress_streams_a_large_metrics_file(s3_env, tmp_path):
+    """`status`/`list` read a job's progress (latest step, best validation, start-up) line by
+    line, from the local output folder or the bucket: a ~60 MB metrics.jsonl peaks within
+    30 MB of a tiny one (old code read it whole and kept every record: ~10x its size)."""
+    bucket = s3_env.create_bucket("leo-" + secrets.token_hex(4))
+    env = {**os.environ, "AWS_ENDPOINT_URL": s3_env.endpoint}
+    options = StorageOptions(endpoint=s3_env.endpoint, path_style=True, progress=False)
+    for name, steps in (("tiny", 3), ("huge", 400_000)):
+        (tmp_path / name).mkdir()
+        with open(tmp_path / name / "metrics.jsonl", "w") as handle:
+            handle.write(json.dumps({"step": 0, "kind": "startup", "seconds": 4.5}) + "\n")
+            for step in range(1, steps + 1):
+                handle.write(json.dumps({"step": step, "kind": "train", "accuracy": 0.5, "loss": 1.25,
+                                         "steps_per_s": 2.0, "time": step * 0.5, "pad": "p" * 80}) + "\n")
+            handle.write(json.dumps({"step": 2, "kind": "validation", "accuracy": 0.625, "best": True}) + "\n")
+        with open_store(f"s3://{bucket}/{name}", options) as store:
+            store.put_file(tmp_path / name / "metrics.jsonl", "metrics.jsonl")
+    assert (tmp_path / "huge" / "metrics.jsonl").stat().st_size > 50e6
+    expected = {"step": 400_000, "startup_seconds": 4.5, "best_accuracy": 0.625, "best_step": 2}
+    for where in ("local", "s3"):
+        args = (("", str(tmp_path / "{}")) if where == "local" else (f"s3://{bucket}/{{}}", ""))
+        small, _ = _progress_peak_kib(*(a.format("tiny") for a in args), env)
+        big, out = _progress_peak_kib(*(a.format("huge") for a in args), env)
+        assert out == expected, (where, out)
+        print(f"{where}: peak RSS KiB {small} -> {big}")
+        assert big - small < 30 * 1024, (where, small, big)
