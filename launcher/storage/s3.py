@@ -90,6 +90,7 @@ def make_client(scheme: str, options: StorageOptions):
     where = redact_endpoint(endpoint) if endpoint else "the default AWS endpoint"
     client.meta.events.register("request-created.s3", _deadline_hook(
         deadline, min(options.read_timeout, deadline), where))
+    client.meta.events.register_first("needs-retry.s3", _untrusted_certificate_hook(where))
     return client
 
 
@@ -117,6 +118,25 @@ def _deadline_hook(deadline: float, attempt_limit: float, where: str):
                 f"the storage server {where} did not answer {operation_name or 'a request'} "
                 f"within {deadline:.0f} s (is it up and reachable?); a slow server needs "
                 f"--storage-timeout SECONDS or LEO_STORAGE_TIMEOUT")
+
+    return check
+
+
+class UntrustedCertificate(StorageError):
+    """The endpoint's TLS certificate failed verification: no retry can change that."""
+
+
+def _untrusted_certificate_hook(where: str):
+    """Stops botocore retrying a request whose TLS certificate failed verification (its
+    retries count it as a connection error) and says what to do instead."""
+
+    def check(caught_exception=None, **kwargs) -> None:  # noqa: ANN001, ARG001
+        if isinstance(caught_exception, bx.SSLError) and "CERTIFICATE_VERIFY_FAILED" in str(caught_exception):
+            detail = str(caught_exception).split("certificate verify failed:")[-1].split("(_ssl")[0]
+            raise UntrustedCertificate(
+                f"the storage server {where} presented a TLS certificate that is not trusted here "
+                f"(SSLError: certificate verify failed:{detail.rstrip(' ')}); give its CA bundle with "
+                "AWS_CA_BUNDLE, or check the endpoint's host name")
 
     return check
 
