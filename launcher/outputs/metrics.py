@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,12 +62,13 @@ class MetaTest:
 MAX_CURVE_POINTS = 100_000
 
 
-def parse_metrics(data: bytes | Iterable[str], where: str = METRICS_FILE
-                  ) -> tuple[list[Point], list[Point], int]:
+def parse_metrics(data: bytes | Iterable[str], where: str = METRICS_FILE,
+                  watch: RecordWatch | None = None) -> tuple[list[Point], list[Point], int]:
     """Train and validation points of a metrics.jsonl (its bytes, or its lines as a
     stream), each sorted by step with one point per step (the last logged wins: a resumed
     run may log a step again), and the number of lines that were not records (a torn last
-    line, foreign text). Memory is bounded by MAX_CURVE_POINTS per curve."""
+    line, foreign text). Memory is bounded by MAX_CURVE_POINTS per curve. `watch` also
+    sees every record, of any kind."""
     if isinstance(data, bytes):
         try:
             data = data.decode("utf-8").splitlines()
@@ -86,6 +87,8 @@ def parse_metrics(data: bytes | Iterable[str], where: str = METRICS_FILE
         if not isinstance(record, dict) or step_or_none(record.get("step")) is None:
             skipped += 1
             continue
+        if watch is not None:
+            watch.see(record)
         kind = record.get("kind")
         accuracy = _fraction(record.get("accuracy"))
         if kind not in curves or accuracy is None:
@@ -98,6 +101,23 @@ def parse_metrics(data: bytes | Iterable[str], where: str = METRICS_FILE
     if skipped and not any(curve.points for curve in curves.values()):
         raise LaunchError(f"{where} is not JSON lines: none of its lines is a metrics record")
     return curves["train"].sorted(), curves["validation"].sorted(), skipped
+
+
+class RecordWatch:
+    """What `parse_metrics` keeps of records beyond the curves: the latest step logged by
+    any record, and the seconds of the last start-up record (the latest start to its first
+    training step)."""
+
+    def __init__(self) -> None:
+        self.step: int | None = None
+        self.startup_seconds: float | None = None
+
+    def see(self, record: Mapping[str, Any]) -> None:
+        step = step_or_none(record.get("step"))
+        if step is not None and (self.step is None or step > self.step):
+            self.step = step
+        if record.get("kind") == "startup" and (seconds := _fraction(record.get("seconds"))) is not None:
+            self.startup_seconds = seconds
 
 
 class _Curve:
@@ -221,18 +241,6 @@ def text_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def startup_seconds(records: Iterable[Mapping[str, Any]]) -> float | None:
-    """Seconds from the latest start to its first training step (the last startup record)."""
-    found = [_fraction(r.get("seconds")) for r in records if r.get("kind") == "startup"]
-    found = [s for s in found if s is not None]
-    return found[-1] if found else None
-
-
-def parse_startup(data: bytes) -> float | None:
-    """`startup_seconds` of a metrics.jsonl."""
-    return startup_seconds(_records(data.decode("utf-8", errors="replace")))
-
-
 def summarize_metrics(data: bytes | str | Iterable[str]) -> dict[str, Any]:
     """`step` (the latest logged by any record), `best_accuracy` / `best_step` (see
     the module docstring) and `startup_seconds` of a metrics.jsonl (its bytes or text, or
@@ -240,43 +248,23 @@ def summarize_metrics(data: bytes | str | Iterable[str]) -> dict[str, Any]:
     holds no record."""
     if isinstance(data, bytes):
         data = data.decode("utf-8", errors="replace")
-    lines = data.splitlines() if isinstance(data, str) else data
-    seen: dict[str, Any] = {}
-
-    def tap() -> Iterator[str]:  # what parse_metrics does not keep: any record's step, startup
-        for line in lines:
-            for record in _records(line):
-                step = step_or_none(record.get("step"))
-                if step is not None:
-                    seen["step"] = max(step, seen.get("step", step))
-                if record.get("kind") == "startup" and (seconds := _fraction(record.get("seconds"))) is not None:
-                    seen["startup_seconds"] = seconds
-            yield line
-
+    watch = RecordWatch()
     try:
-        _, validation, _ = parse_metrics(tap())
+        _, validation, _ = parse_metrics(data.splitlines() if isinstance(data, str) else data, watch=watch)
     except StorageError:
         raise  # reading failed: the caller says so (or knows a missing file means no metrics)
     except LaunchError:  # no metrics record at all
         validation = []
-    out = {key: seen[key] for key in ("step", "startup_seconds") if key in seen}
+    out: dict[str, Any] = {}
+    if watch.step is not None:
+        out["step"] = watch.step
+    if watch.startup_seconds is not None:
+        out["startup_seconds"] = watch.startup_seconds
     best = best_validation(validation)
     if best is not None:
         out["best_accuracy"] = round(float(best.accuracy), 6)
         out["best_step"] = best.step
     return out
-
-
-def _records(text: str) -> list[dict[str, Any]]:
-    records = []
-    for line in text.splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue  # a partial last line
-        if isinstance(record, dict):
-            records.append(record)
-    return records
 
 
 # Where boto3 finds credentials without asking the cloud's instance-metadata address.

@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,11 +34,11 @@ from launcher.outputs.layout import METRICS_FILE, RESULT_FILE
 from launcher.outputs.metrics import (
     MetaTest,
     Point,
+    RecordWatch,
     best_validation,
     meta_test_experiment,
     parse_metrics,
     parse_result,
-    parse_startup,
     positive_int,
     recent_rate,
     text_or_none,
@@ -151,9 +151,8 @@ def load_report(job_url: str, *, options: StorageOptions | None = None) -> RunRe
     with open_store(base, options) as store:
         where = str(store.url.child(METRICS_FILE))
         try:
-            startup: list[float] = []
-            lines = _watch_startup(iter_lines(store, METRICS_FILE), startup)
-            train, validation, skipped = parse_metrics(lines, where)
+            watch = RecordWatch()
+            train, validation, skipped = parse_metrics(iter_lines(store, METRICS_FILE), where, watch)
         except NotFoundError as err:
             raise LaunchError(f"no metrics: {where} does not exist (the job "
                               "has not logged a step yet, or the URL is not a job's "
@@ -181,16 +180,8 @@ def load_report(job_url: str, *, options: StorageOptions | None = None) -> RunRe
         train=tuple(train),
         validation=tuple(validation),
         skipped_lines=skipped,
-        startup_seconds=startup[-1] if startup else None,
+        startup_seconds=watch.startup_seconds,
     )
-
-
-def _watch_startup(lines: Iterable[str], seen: list[float]) -> Iterator[str]:
-    """`lines`, passed on; the seconds of the last startup record among them go to `seen`."""
-    for line in lines:
-        if '"startup"' in line and (seconds := parse_startup(line.encode())) is not None:
-            seen[:] = [seconds]
-        yield line
 
 
 def _optional(store: Store, key: str) -> bytes | None:
