@@ -391,11 +391,10 @@ def make_functions(cfg: ExperimentConfig, dim: int = EMBEDDING_DIM) -> SimpleNam
         std = ops.maximum(ops.exp(u) - offset, 1e-10)
         return mean + std * eps, std
 
-    def encode(x, w_enc, w_r0, w_r1, w_r2, mask):
+    def encode(x, w_enc, w_r0, w_r1, w_r2):
         """Encoder and relation network -> latent distribution parameters of each
-        class [B, N, 1, 2L] (the original tiles them over the K examples)."""
-        if mask is not None:
-            x = x * mask
+        class [B, N, 1, 2L] (the original tiles them over the K examples); x is the
+        support set, its dropout already applied in meta-training."""
         codes = linear(x, w_enc)  # [B, NK, L]
         # The first relation layer on concat(left, right) of all (NK)^2 pairs equals
         # left @ W0[:L] + right @ W0[L:], computed per example and broadcast.
@@ -468,7 +467,7 @@ def make_functions(cfg: ExperimentConfig, dim: int = EMBEDDING_DIM) -> SimpleNam
         def support(i):
             return supports[i] if training else tr_x
 
-        dist = encode(support(0), w_enc, w_r0, w_r1, w_r2, None)
+        dist = encode(support(0), w_enc, w_r0, w_r1, w_r2)
         mean, u = ops.split(dist, latents, axis=-1)  # [B, N, 1, L]
         if training:
             # K latent samples per class, broadcast from the class's distribution.
@@ -500,16 +499,9 @@ def make_functions(cfg: ExperimentConfig, dim: int = EMBEDDING_DIM) -> SimpleNam
                 grad = class_grad(support(inner_steps + 2 + step), tr_y, w_mean)
         return w_mean, kl, penalty
 
-    def sum_of_squares(w):
-        flat = w.reshape(1, -1)
-        return matmul_nt(flat, flat).reshape(())
-
-    def regularisers(params):
-        w_enc, w_r0, w_r1, w_r2, w_dec = params[:5]
-        l2 = 0.5 * (sum_of_squares(w_enc) + sum_of_squares(w_r0) + sum_of_squares(w_r1)
-                    + sum_of_squares(w_r2) + sum_of_squares(w_dec))
-        # Orthogonality of the decoder's rows: the 64x64 correlation matrix.
-        return l2, orthogonality(w_dec)[0]
+    def orthogonality_penalty(w_dec):
+        """Orthogonality of the decoder's rows: over their 64x64 correlation matrix."""
+        return orthogonality(w_dec)[0]
 
     decodes = inner_steps + 1
 
@@ -526,15 +518,14 @@ def make_functions(cfg: ExperimentConfig, dim: int = EMBEDDING_DIM) -> SimpleNam
         task_loss = ce + kl_weight * kl + penalty_weight * penalty
         # The L2 penalty is added on the host (`LEO.loss_and_grads`): its gradient is the
         # weights themselves, so the graph would spend 15 launches on a closed form.
-        _, orth = regularisers(params)
-        total = task_loss.sum() * task_weight + orth_weight * orth * reg_weight
+        total = task_loss.sum() * task_weight + orth_weight * orthogonality_penalty(w_dec) * reg_weight
         return total, ce, acc
 
     return SimpleNamespace(
         linear=linear, mean_axis=mean_axis, split_decoder=split_decoder,
         support_grad=support_grad, support_loss_and_grad=support_loss_and_grad,
         query_ce_and_accuracy=query_ce_and_accuracy, sample=sample, encode=encode,
-        decode=decode, latent_grad=latent_grad, adapt=adapt, regularisers=regularisers,
+        decode=decode, latent_grad=latent_grad, adapt=adapt, orthogonality_penalty=orthogonality_penalty,
         meta_loss=meta_loss, weight_offset=weight_offset,
     )
 
@@ -559,15 +550,15 @@ def _build_graphs(cfg: ExperimentConfig, dim: int):
         return f.query_ce_and_accuracy(val_x, val_y, val_labels, w)
 
     @ms.jit
-    def regulariser_value(w_enc, w_r0, w_r1, w_r2, w_dec):
-        return f.regularisers((w_enc, w_r0, w_r1, w_r2, w_dec))
+    def orthogonality_value(w_dec):
+        return f.orthogonality_penalty(w_dec)
 
     @ms.jit
     def adapted_weights(w_enc, w_r0, w_r1, w_r2, w_dec, inner_lr, finetuning_lr, tr_x, tr_y):
         params = (w_enc, w_r0, w_r1, w_r2, w_dec, inner_lr, finetuning_lr)
         return f.adapt(params, tr_x, tr_y, None)[0]
 
-    return train_step, evaluate, regulariser_value, adapted_weights
+    return train_step, evaluate, orthogonality_value, adapted_weights
 
 
 def _tensor(array: np.ndarray):
@@ -624,7 +615,7 @@ class LEO:
         configure_runtime()
         if key not in _GRAPHS:
             _GRAPHS[key] = _build_graphs(cfg, dim)
-        self._train_step, self._evaluate, self._regularisers, self._adapted = _GRAPHS[key]
+        self._train_step, self._evaluate, self._orthogonality, self._adapted = _GRAPHS[key]
 
     # -- parameters
     def parameters_as_numpy(self) -> dict[str, np.ndarray]:
@@ -669,17 +660,17 @@ class LEO:
         # The L2 penalty l2_weight * reg_weight * sum(w^2) / 2 (not in the graph): its
         # gradient with respect to each weight is the weight times the same factor.
         factor = np.float32(self.cfg.l2_penalty_weight * reg_weight)
-        l2 = 0.0
         for name in WEIGHT_NAMES:
-            flat = self.params[name].ravel()
-            l2 += 0.5 * float(np.dot(flat, flat))
             grads[name] += factor * self.params[name]
-        return float(total.asnumpy()) + float(factor) * l2, ce.asnumpy(), acc.asnumpy(), grads
+        return float(total.asnumpy()) + float(factor) * self._l2(), ce.asnumpy(), acc.asnumpy(), grads
+
+    def _l2(self) -> float:
+        """Σ ½‖w‖² over the weights (not the learning rates)."""
+        return sum(0.5 * float(np.dot(self.params[n].ravel(), self.params[n].ravel())) for n in WEIGHT_NAMES)
 
     def regularisation(self) -> tuple[float, float]:
         """(Σ ½‖w‖², orthogonality penalty) at the current weights, without weights."""
-        l2, orth = self._regularisers(*(_tensor(self.params[n]) for n in WEIGHT_NAMES))
-        return float(l2.asnumpy()), float(orth.asnumpy())
+        return self._l2(), float(self._orthogonality(_tensor(self.params["decoder/w"])).asnumpy())
 
     # -- evaluation
     def evaluate_batch(self, tr_x, tr_y, val_x, val_y) -> tuple[np.ndarray, np.ndarray]:

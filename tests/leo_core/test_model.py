@@ -268,7 +268,7 @@ def test_relation_network_uses_all_pairs(k):
     tr_x = _unit(np.abs(rng.standard_normal((1, n, k, D))))
 
     def encode(x):  # one distribution per class, tiled over its K examples as the original
-        dist = f.encode(_tensor(x.reshape(1, n * k, D)), *weights, None).asnumpy()[0]
+        dist = f.encode(_tensor(x.reshape(1, n * k, D)), *weights).asnumpy()[0]
         assert dist.shape == (n, 1, 2 * latents)
         return np.broadcast_to(dist, (n, k, 2 * latents))
 
