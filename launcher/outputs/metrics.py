@@ -26,8 +26,8 @@ from launcher.outputs.layout import METRICS_FILE, RESULT_FILE
 from launcher.storage import (
     NotFoundError,
     StorageError,
+    StorageOptions,
     StorageSettings,
-    iter_file_lines,
     iter_lines,
     open_store,
 )
@@ -298,12 +298,13 @@ def read_progress(job_url: str | None, *, storage: StorageSettings | None = None
     out: dict[str, Any] = {}
     if local_out is not None and (local_out / METRICS_FILE).is_file():
         try:
-            out.update(summarize_metrics(iter_file_lines(local_out / METRICS_FILE)))
+            with open_store(str(local_out), StorageOptions(progress=False)) as store:
+                out.update(summarize_metrics(iter_lines(store, METRICS_FILE)))
             result_path = local_out / RESULT_FILE
             if result_path.is_file():
                 out["result"] = json.loads(result_path.read_text())
             return out
-        except (OSError, ValueError):
+        except (StorageError, OSError, ValueError):
             pass
     if not job_url:
         return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -145,23 +145,8 @@ def iter_lines(store: Store, key: str, max_line: int = MAX_LINE) -> Iterator[str
     """The lines of a text object of any size, streamed (bounded memory: one chunk and
     one line of at most `max_line` bytes; the rest of a longer line is dropped), decoded
     as UTF-8 with replacement characters. Verified once the last line is read."""
-    return lines_of(store.iter_chunks(key), max_line)
-
-
-def iter_file_lines(path: str | os.PathLike, max_line: int = MAX_LINE, chunk: int = 1 << 20) -> Iterator[str]:
-    """`iter_lines` of a local file."""
-    def chunks() -> Iterator[bytes]:
-        with open(path, "rb") as handle:
-            while block := handle.read(chunk):
-                yield block
-
-    return lines_of(chunks(), max_line)
-
-
-def lines_of(chunks: Iterable[bytes], max_line: int = MAX_LINE) -> Iterator[str]:
-    """Lines of a byte stream, as `iter_lines` describes."""
     partial, dropping = b"", False
-    for chunk in chunks:
+    for chunk in store.iter_chunks(key):
         start = 0
         while (end := chunk.find(b"\n", start)) >= 0:
             if not dropping:
