@@ -11,7 +11,8 @@ Why the key. MindSpore 2.10 names the cached graphs by their order of compilatio
 script and the modules it imports at its top level that are not installed packages: two
 functions compiled in the other order get each other's graph (seen: `g(x)` returned `f(x)`),
 and an installed or lazily imported module (leo_core.model, in the images) is not checked.
-So the folder's name hashes the MindSpore and Python versions, every leo_core source file,
+So the folder's name hashes the MindSpore and Python versions, every leo_core source file
+(and the fused operators' C++ source and library path),
 the experiment config, the device, the world size, the profiler flag, and whether the run
 starts with the step-0 validation (a fresh run compiles the evaluation graph first, a
 resumed one the training step). A damaged cache file is recompiled by MindSpore itself
@@ -26,6 +27,8 @@ import os
 import sys
 from pathlib import Path
 
+from leo_core import fused_ops
+
 ENV = "LEO_COMPILE_CACHE"
 _SOURCES = Path(__file__).resolve().parent
 
@@ -36,9 +39,11 @@ def cache_key(config: dict, *, device: str, world: int, validate_first: bool, pr
 
     digest = hashlib.sha256()
     fixed = {"mindspore": mindspore.__version__, "python": sys.version, "config": config, "device": device,
-             "world": world, "validate_first": validate_first, "profile": profile}
+             "world": world, "validate_first": validate_first, "profile": profile,
+             # The graphs name the fused operators' library by its path (None: built-in operators).
+             "fused_ops": str(fused_ops.library()) if fused_ops.wanted() else None}
     digest.update(json.dumps(fixed, sort_keys=True, default=str).encode())
-    for path in sorted(_SOURCES.rglob("*.py")):
+    for path in sorted([*_SOURCES.rglob("*.py"), *_SOURCES.rglob("*.cc")]):
         digest.update(str(path.relative_to(_SOURCES)).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
 

@@ -26,6 +26,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from leo_core import fused_ops
 from leo_core.config import ExperimentConfig
 
 EMBEDDING_DIM = 640
@@ -294,9 +295,14 @@ def _step_cell():
     return Step()
 
 
-def make_functions(cfg: ExperimentConfig, dim: int = EMBEDDING_DIM) -> SimpleNamespace:
+def make_functions(cfg: ExperimentConfig, dim: int = EMBEDDING_DIM, fused: SimpleNamespace | None = None) -> SimpleNamespace:
     """The model's MindSpore functions for one configuration (uncompiled; tests call
     them in PyNative mode to check the closed-form gradients against autodiff).
+
+    `fused`: `leo_core.fused_ops.load()`'s operators (CPU), which compute the support
+    gradient, the loops' update, the weight sampling and the chain rule's products in one
+    launch each (and their gradients in one more); None builds the same functions from
+    MindSpore's built-in operators.
 
     Written for few, large operators (MindSpore's CPU runtime pays a fixed cost per
     operator launch, which dominates a LEO step): noise tensors arrive one per use
@@ -348,7 +354,8 @@ def make_functions(cfg: ExperimentConfig, dim: int = EMBEDDING_DIM) -> SimpleNam
 
     pair_sum = _pair_sum_cell()
     weight_sample = _weight_sample_cell(weight_offset)
-    descend = _step_cell()
+    descend = fused.descend if fused is not None else _step_cell()
+    fused_offset = fused.offset_tensor(weight_offset) if fused is not None else None
     copies = _copies_cell(k)
     orthogonality = _orthogonality_cell()
 
@@ -363,6 +370,8 @@ def make_functions(cfg: ExperimentConfig, dim: int = EMBEDDING_DIM) -> SimpleNam
     def class_grad(x, y, w_mean):
         """Gradient of the summed support cross-entropy of x [B, M, D] with respect to
         the class-mean weights w_mean [B, N, D] (logits average over the K samples)."""
+        if fused is not None:
+            return fused.class_grad(x, y, w_mean)
         # softmax as exp(log_softmax): its gradient is one fused LogSoftmaxGrad and a Mul,
         # where Softmax's expands into four operators on MindSpore's CPU.
         delta = ops.exp(ops.log_softmax(bmm_nt(x, w_mean), axis=-1)) - y  # dloss/dlogits [B, M, N]
@@ -423,6 +432,9 @@ def make_functions(cfg: ExperimentConfig, dim: int = EMBEDDING_DIM) -> SimpleNam
     def class_mean_weights_1(z, dec, eps):
         """The class means of the decoded weights [B, N, D] and their derivative with
         respect to `u` times eps (see `decode`)."""
+        if fused is not None and eps is not None:
+            w, dw_du = fused.sample_weights(linear(z, dec[0]), eps, fused_offset)
+            return mean_axis(w, 2), dw_du
         w, dw_du, _ = decode(z, dec, eps)
         return mean_axis(w, 2), dw_du
 
@@ -434,6 +446,9 @@ def make_functions(cfg: ExperimentConfig, dim: int = EMBEDDING_DIM) -> SimpleNam
         if eps is None:
             return class_mean_weights_1(z, dec, eps)
         _, w_mean_part, w_u_part = dec
+        if fused is not None:
+            return fused.sample_class_mean(linear(mean_axis(z, 2), w_mean_part), linear(z, w_u_part),
+                                           eps, fused_offset)
         spread, dw_du = weight_sample(linear(z, w_u_part), eps)
         return linear(mean_axis(z, 2), w_mean_part) + mean_axis(spread, 2), dw_du
 
@@ -446,9 +461,12 @@ def make_functions(cfg: ExperimentConfig, dim: int = EMBEDDING_DIM) -> SimpleNam
         if dw_du is None:
             return linear_t(grad_w, w_mean_part)
         if k == 1:  # one product with the whole decoder weight
-            return linear_t(ops.concat((grad_w, grad_w * dw_du), axis=-1), w_dec)
+            chained = fused.chain_one(grad_w, dw_du) if fused is not None else \
+                ops.concat((grad_w, grad_w * dw_du), axis=-1)
+            return linear_t(chained, w_dec)
         grad_z = linear_t(grad_w, w_mean_part)  # [B, N, 1, L]: the same for the K copies
-        return copies(grad_z) + linear_t(copies(grad_w) * dw_du, w_u_part)
+        scaled = fused.chain_copies(grad_w, dw_du) if fused is not None else copies(grad_w) * dw_du
+        return copies(grad_z) + linear_t(scaled, w_u_part)
 
     def adapt(params, tr_x, tr_y, noise):
         """Latent inner loop, then fine-tuning; returns the adapted class-mean weights
@@ -530,11 +548,11 @@ def make_functions(cfg: ExperimentConfig, dim: int = EMBEDDING_DIM) -> SimpleNam
     )
 
 
-def _build_graphs(cfg: ExperimentConfig, dim: int):
+def _build_graphs(cfg: ExperimentConfig, dim: int, fused: bool):
     """Compile-once MindSpore functions for one configuration."""
     import mindspore as ms
 
-    f = make_functions(cfg, dim)
+    f = make_functions(cfg, dim, fused_ops.load() if fused else None)
     grad_fn = ms.value_and_grad(f.meta_loss, grad_position=(0, 1, 2, 3, 4, 5, 6), has_aux=True)
 
     @ms.jit
@@ -611,10 +629,12 @@ class LEO:
         self.cfg = cfg
         self.dim = dim
         self.params = init_parameters(cfg, seed, dim)
-        key = (cfg, dim)
         configure_runtime()
+        # The fused CPU operators when they compile (leo_core.fused_ops), else built-in ones.
+        self.fused = fused = fused_ops.wanted() and fused_ops.library() is not None
+        key = (cfg, dim, fused)
         if key not in _GRAPHS:
-            _GRAPHS[key] = _build_graphs(cfg, dim)
+            _GRAPHS[key] = _build_graphs(cfg, dim, fused)
         self._train_step, self._evaluate, self._orthogonality, self._adapted = _GRAPHS[key]
 
     # -- parameters

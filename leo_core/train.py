@@ -45,7 +45,7 @@ if __package__ in (None, ""):  # run as a script (msrun takes a script path)
 
 import numpy as np
 
-from leo_core import checkpoint, cli_common, compile_cache, distributed, hostmem, profiling
+from leo_core import checkpoint, cli_common, compile_cache, distributed, fused_ops, hostmem, profiling
 from leo_core.config import ConfigError, ExperimentConfig
 from leo_core.distributed import Comm, shard
 
@@ -367,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     if distributed.idle_scheduler():
         return 0  # msrun's scheduler of a one-worker launch: the worker trains
     hostmem.keep_freed_memory()
+    if (args.device or distributed.default_device()) == "CPU":
+        fused_ops.start_compile()  # in the background, while MindSpore imports
     with cli_common.exit_on_user_error():
         cfg = cli_common.resolve_config(args)
         if args.steps is not None:

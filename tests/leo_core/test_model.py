@@ -15,6 +15,8 @@ What each group proves:
   asserts that it consumed every mask and weight sample, so the number and order of
   `sample_noise`'s dropout masks match the original's predict calls.
 - `evaluate_batch` equals the reference in evaluation mode and is deterministic.
+- All of the above both with the fused CPU operators (`leo_core.fused_ops`, the default on
+  the CPU) and with MindSpore's built-in operators (LEO_FUSED_OPS=0, the other devices).
 - Relation network over all (N*K)^2 pairs with no final activation, orthogonality
   over the 64x64 correlation matrix, the sampling formula, parameter names/shapes.
 
@@ -46,6 +48,7 @@ import pytest
 ms = pytest.importorskip("mindspore")
 pytest.importorskip("torch")
 
+from leo_core import fused_ops  # noqa: E402
 from leo_core.config import load_experiment  # noqa: E402
 from leo_core.model import (  # noqa: E402
     EMBEDDING_DIM,
@@ -119,13 +122,18 @@ def _max_rel_err(actual, expected):
 # ---------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module", params=[1, 5], ids=["K1", "K5"])
+@pytest.fixture(scope="module", params=[(1, True), (1, False), (5, True), (5, False)],
+                ids=["K1-fused", "K1-builtin", "K5-fused", "K5-builtin"])
 def trained(request):
-    """MindSpore and reference meta-loss and gradients on the same tasks and noise."""
-    k = request.param
+    """MindSpore and reference meta-loss and gradients on the same tasks and noise, with
+    the fused CPU operators (leo_core.fused_ops) and with MindSpore's built-in ones."""
+    k, fused = request.param
     cfg = load_experiment(EXPERIMENTS[k], BOOSTED)
     params = _test_parameters(cfg)
-    model = LEO(cfg)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(fused_ops.ENV, "1" if fused else "0")
+        model = LEO(cfg)
+        assert model.fused == fused
     model.load_numpy(params)
     rng = np.random.default_rng(DATA_SEED)
     batch = _episodes(rng, BATCH, cfg.num_classes, k, TRAIN_QUERIES)
@@ -136,12 +144,16 @@ def trained(request):
     return SimpleNamespace(cfg=cfg, params=params, batch=batch, noise=noise, ms=ms_out, ref=ref_out)
 
 
-@pytest.fixture(scope="module", params=[1, 5], ids=["K1", "K5"])
+@pytest.fixture(scope="module", params=[(1, True), (1, False), (5, True), (5, False)],
+                ids=["K1-fused", "K1-builtin", "K5-fused", "K5-builtin"])
 def evaluated(request):
-    k = request.param
+    k, fused = request.param
     cfg = load_experiment(EXPERIMENTS[k])
     params = _test_parameters(cfg)
-    model = LEO(cfg)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(fused_ops.ENV, "1" if fused else "0")
+        model = LEO(cfg)
+        assert model.fused == fused
     model.load_numpy(params)
     rng = np.random.default_rng(DATA_SEED)
     batch = _episodes(rng, BATCH, cfg.num_classes, k, cfg.eval_queries_per_class)
@@ -156,11 +168,12 @@ def _tensor(a):
     return ms.Tensor(np.asarray(a, np.float32))
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "builtin"])
 @pytest.mark.parametrize("k", [1, 5])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-def test_closed_form_inner_gradients_equal_autodiff(k, training):
+def test_closed_form_inner_gradients_equal_autodiff(k, training, fused):
     cfg = load_experiment(EXPERIMENTS[k])
-    f = make_functions(cfg)
+    f = make_functions(cfg, fused=fused_ops.make_ops(fused_ops.library()) if fused else None)
     n, latents, b = cfg.num_classes, cfg.num_latents, 2
     rng = np.random.default_rng(k + 2 * training)
     params = init_parameters(cfg, seed=k)

@@ -1,0 +1,200 @@
+"""leo_core.fused_ops: each fused CPU operator equals the chain of built-in MindSpore
+operators it replaces, forward and backward.
+
+Backward is checked by MindSpore's autodiff: for random cotangents c, the gradient of
+sum(c * op(inputs)) with the fused operator (its hand-written gradient operator) equals the
+gradient with the built-in chain (MindSpore's own derivative). The whole model is checked
+against the float64 reference with and without the fused operators in test_model.py.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+ms = pytest.importorskip("mindspore")
+from mindspore import ops  # noqa: E402
+
+from leo_core import fused_ops  # noqa: E402
+
+B, N, K, D, L = 2, 5, 3, 640, 64
+OFFSET = 1.0 - math.sqrt(2.0 / (D + N))
+
+
+@pytest.fixture(scope="module")
+def fused():
+    path = fused_ops.library()
+    assert path is not None, "the fused operators must compile here (g++ is installed)"
+    return fused_ops.make_ops(path)
+
+
+def _t(a):
+    return ms.Tensor(np.asarray(a, np.float32))
+
+
+def _rng(seed):
+    return np.random.default_rng(seed)
+
+
+def _check(fused_fn, builtin_fn, inputs, grad_positions, rtol=1e-5, atol=1e-6, seed=0):
+    """Forward values and the gradients (with respect to `grad_positions`) of a random
+    projection of the outputs agree between the fused operator and the built-in chain."""
+    args = [_t(a) for a in inputs]
+    got, want = fused_fn(*args), builtin_fn(*args)
+    got = got if isinstance(got, tuple) else (got,)
+    want = want if isinstance(want, tuple) else (want,)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g.asnumpy(), w.asnumpy(), rtol=rtol, atol=atol)
+    rng = _rng(seed)
+    cotangents = [_t(rng.standard_normal(w.shape)) for w in want]
+
+    def projected(fn):
+        def f(*xs):
+            outs = fn(*xs)
+            outs = outs if isinstance(outs, tuple) else (outs,)
+            return sum((o * c).sum() for o, c in zip(outs, cotangents, strict=True))
+        return f
+
+    grads_got = ms.grad(projected(fused_fn), grad_position=grad_positions)(*args)
+    grads_want = ms.grad(projected(builtin_fn), grad_position=grad_positions)(*args)
+    grads_got = grads_got if isinstance(grads_got, tuple) else (grads_got,)
+    grads_want = grads_want if isinstance(grads_want, tuple) else (grads_want,)
+    for g, w in zip(grads_got, grads_want, strict=True):
+        scale = float(np.abs(w.asnumpy()).max())
+        assert scale > 0
+        np.testing.assert_allclose(g.asnumpy(), w.asnumpy(), rtol=rtol, atol=1e-5 * scale)
+
+
+# MindSpore's CPU Exp is within ~4e-6 relative of exp (the library's within 1e-7, see
+# test_exp_accuracy_over_the_float_range); exp(u) - offset cancels, so sampled weights
+# differ by up to ~1e-5 absolute.
+EXP_ATOL = 3e-5
+
+
+def _weight_sample(u, eps):
+    exp_u = ops.exp(u)
+    std = ops.maximum(exp_u - OFFSET, 1e-10)
+    return std * eps, ops.where(std > 1e-10, eps * exp_u, 0.0)
+
+
+def _u(rng, shape):
+    # Spread so that part of exp(u) - offset is clamped at 1e-10 and part is not.
+    return rng.uniform(-1.0, 0.5, shape)
+
+
+@pytest.mark.parametrize("m", [N * 1, N * 5, 7])
+def test_class_grad(fused, m):
+    rng = _rng(m)
+    x = np.abs(rng.standard_normal((B, m, D))) / 20
+    y = np.eye(N)[rng.integers(0, N, (B, m))]
+    w = rng.standard_normal((B, N, D)) * 0.3
+    bmm_nt, bmm_tn = ops.BatchMatMul(transpose_b=True), ops.BatchMatMul(transpose_a=True)
+
+    def builtin(x, y, w):
+        return bmm_tn(ops.softmax(bmm_nt(x, w), axis=-1) - y, x)
+
+    _check(fused.class_grad, builtin, (x, y, w), grad_positions=(2,))
+
+
+@pytest.mark.parametrize("shape", [(B, N, 1, L), (B, N, D)])
+def test_descend(fused, shape):
+    rng = _rng(1)
+    x, g = rng.standard_normal(shape), rng.standard_normal(shape)
+    rate = rng.uniform(-1, 1, shape[-1:])
+    _check(fused.descend, lambda x, r, g: x + r * g, (x, rate, g), grad_positions=(0, 1, 2))
+
+
+def test_sample_weights(fused):
+    rng = _rng(2)
+    o = np.concatenate([rng.standard_normal((B, N, 1, D)), _u(rng, (B, N, 1, D))], axis=-1)
+    eps = rng.standard_normal((B, N, 1, D))
+    offset = np.array([OFFSET])
+
+    def builtin(o, eps, offset):  # noqa: ARG001
+        mean, u = ops.split(o, D, axis=-1)
+        spread, dw_du = _weight_sample(u, eps)
+        return mean + spread, dw_du
+
+    std = np.exp(o[..., D:]) - OFFSET
+    assert (std < 1e-10).any() and (std > 1e-3).any()
+    _check(fused.sample_weights, builtin, (o, eps, offset), grad_positions=(0,), rtol=1e-4, atol=EXP_ATOL)
+
+
+def test_sample_class_mean(fused):
+    rng = _rng(3)
+    m, u, eps = rng.standard_normal((B, N, D)), _u(rng, (B, N, K, D)), rng.standard_normal((B, N, K, D))
+
+    def builtin(m, u, eps, offset):  # noqa: ARG001
+        spread, dw_du = _weight_sample(u, eps)
+        return m + spread.mean(axis=2), dw_du
+
+    _check(fused.sample_class_mean, builtin, (m, u, eps, np.array([OFFSET])), grad_positions=(0, 1),
+           rtol=1e-4, atol=EXP_ATOL)
+
+
+def test_chain_one(fused):
+    rng = _rng(4)
+    g, dw_du = rng.standard_normal((B, N, 1, D)), rng.standard_normal((B, N, 1, D))
+    _check(fused.chain_one, lambda g, d: ops.concat((g, g * d), axis=-1), (g, dw_du), grad_positions=(0, 1))
+
+
+def test_chain_copies(fused):
+    rng = _rng(5)
+    g, dw_du = rng.standard_normal((B, N, 1, D)), rng.standard_normal((B, N, K, D))
+    _check(fused.chain_copies, lambda g, d: ops.broadcast_to(g, d.shape) * d, (g, dw_du), grad_positions=(0, 1))
+
+
+def test_exp_accuracy_over_the_float_range(fused):
+    """The library's own exp (vectorisable) within 2 ulp of float64's, through the weight
+    sampling's dw_du = eps * exp(u) with eps = 1 and u far from the clamp."""
+    u = np.linspace(-20, 20, 4001).reshape(1, 1, 1, -1)
+    o = np.concatenate([np.zeros_like(u), u], axis=-1)
+    _, dw_du = fused.sample_weights(_t(o), _t(np.ones_like(u)), _t(np.array([0.0])))
+    want = np.exp(u.astype(np.float32).astype(np.float64))
+    assert float(np.max(np.abs(dw_du.asnumpy() - want) / want)) < 2.5e-7
+
+
+def _fresh(monkeypatch, tmp_path):
+    """No library decided yet in this process, and an empty cache."""
+    monkeypatch.setattr(fused_ops, "_LIBRARY", [])
+    monkeypatch.setattr(fused_ops, "_PENDING", [])
+    monkeypatch.setenv("LEO_CACHE_DIR", str(tmp_path))
+
+
+def test_unavailable_compiler_falls_back_with_one_line(monkeypatch, capsys, tmp_path):
+    _fresh(monkeypatch, tmp_path)
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    assert fused_ops.library() is None
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no C++ compiler" in err[0] and "same results" in err[0]
+
+
+def test_failing_compile_falls_back_with_one_line_and_no_partial_file(monkeypatch, capsys, tmp_path):
+    _fresh(monkeypatch, tmp_path)
+    monkeypatch.setenv("CXX", "false")
+    fused_ops.start_compile()
+    assert fused_ops.library() is None
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "false failed" in err[0]
+    assert not [p for p in (tmp_path / "fused-ops").rglob("*") if p.is_file()]
+
+
+def test_compile_in_the_background_then_cached(monkeypatch, tmp_path):
+    _fresh(monkeypatch, tmp_path)
+    fused_ops.start_compile()
+    assert fused_ops._PENDING  # compiling while the caller goes on
+    path = fused_ops.library()
+    assert path is not None and path.is_relative_to(tmp_path / "fused-ops")
+    stamp = path.stat().st_mtime_ns
+    monkeypatch.setattr(fused_ops, "_LIBRARY", [])
+    fused_ops.start_compile()
+    assert not fused_ops._PENDING  # found in the cache: nothing to compile
+    assert fused_ops.library() == path and path.stat().st_mtime_ns == stamp
+    assert [p.name for p in path.parent.iterdir()] == ["fused_ops.so"]  # no partial files left
+
+
+def test_switched_off_by_environment(monkeypatch):
+    monkeypatch.setenv(fused_ops.ENV, "0")
+    assert fused_ops.load() is None
