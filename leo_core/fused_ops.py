@@ -5,7 +5,8 @@ size, and a LEO step is a few hundred launches on tiny tensors (tests/benchmarks
 Each operator here replaces a chain of built-in ones with one "aot" Custom operator that
 computes the same values, and its gradient with another: the softmax-minus-labels and both
 batched products of the support gradient, the inner loops' update and its rate gradient,
-the weight sampling and the chain rule's products. `leo_core.model` uses them on the CPU
+the weight sampling and the chain rule's products, the latent sampling with its KL term,
+the relation network's pair sums with their ReLU, and the query cross-entropy. `leo_core.model` uses them on the CPU
 when they compile (`load`); elsewhere, or with LEO_FUSED_OPS=0, it builds the same
 functions from built-in operators. tests/leo_core/test_fused_ops.py checks each operator and
 gradient against the built-in chain, and test_model.py the whole model both ways.
@@ -205,6 +206,42 @@ def make_ops(path: Path) -> SimpleNamespace:
 
     chain_copies = custom("ChainCopies", lambda g, dw_du: dw_du, bprop=chain_copies_bprop)
 
+    # The relation network's first layer over all pairs, relu(left_i + right_j).
+    pair_relu_vjp = custom("PairReluVjp", lambda h, dout: ([h[0], h[1], h[3]],) * 2, outputs=2)
+
+    def pair_relu_bprop(left, right, out, dout):  # noqa: ARG001
+        return pair_relu_vjp(out, dout)
+
+    pair_relu = custom("PairRelu", lambda left, right: [left[0], left[1], left[1], left[2]],
+                       bprop=pair_relu_bprop)
+
+    # The latent update for K samples per class: z + rate * (gz + h), gz the class part.
+    descend_copies_vjp = custom("DescendCopiesVjp", lambda rate, gz, h, dout: (rate, gz, h), outputs=3)
+
+    def descend_copies_bprop(z, rate, gz, h, out, dout):  # noqa: ARG001
+        d_rate, d_gz, d_h = descend_copies_vjp(rate, gz, h, dout)
+        return dout, d_rate, d_gz, d_h
+
+    descend_copies = custom("DescendCopies", lambda z, rate, gz, h: z, bprop=descend_copies_bprop)
+
+    # The K latent samples of each class and the one-sample KL estimate per task.
+    latent_sample_vjp = custom("LatentSampleVjp", lambda u, eps, z, dz, dkl: (u, u), outputs=2)
+
+    def latent_sample_bprop(mean, u, eps, out, dout):  # noqa: ARG001
+        d_mean, d_u = latent_sample_vjp(u, eps, out[0], dout[0], dout[1])
+        return d_mean, d_u, zeros(eps)
+
+    latent_sample = custom("LatentSample", lambda mean, u, eps: (eps, eps[:1]), outputs=2,
+                           bprop=latent_sample_bprop)
+
+    # The query set's mean cross-entropy and accuracy per task.
+    query_ce_vjp = custom("QueryCeVjp", lambda x, y, w, dce: w)
+
+    def query_ce_bprop(x, y, w, out, dout):  # noqa: ARG001
+        return zeros(x), zeros(y), query_ce_vjp(x, y, w, dout[0])
+
+    query_ce = custom("QueryCe", lambda x, y, w: (x[:1], x[:1]), outputs=2, bprop=query_ce_bprop)
+
     def offset_tensor(value: float):
         return ms.Tensor([value], ms.float32)
 
@@ -213,6 +250,9 @@ def make_ops(path: Path) -> SimpleNamespace:
         sample_weights=sample_weights, sample_weights_vjp=sample_weights_vjp,
         sample_class_mean=sample_class_mean, sample_class_mean_vjp=sample_class_mean_vjp,
         chain_one=chain_one, chain_one_vjp=chain_one_vjp, chain_copies=chain_copies,
-        chain_copies_vjp=chain_copies_vjp, offset_tensor=offset_tensor,
+        chain_copies_vjp=chain_copies_vjp, pair_relu=pair_relu, pair_relu_vjp=pair_relu_vjp,
+        descend_copies=descend_copies, descend_copies_vjp=descend_copies_vjp,
+        latent_sample=latent_sample, latent_sample_vjp=latent_sample_vjp,
+        query_ce=query_ce, query_ce_vjp=query_ce_vjp, offset_tensor=offset_tensor,
     )
 

@@ -410,7 +410,7 @@ def make_functions(cfg: ExperimentConfig, dim: int = EMBEDDING_DIM, fused: Simpl
         w_left, w_right = ops.split(w_r0, latents, axis=0)
         left = linear(codes, w_left)  # [B, NK, 2L]
         right = linear(codes, w_right)
-        h = ops.relu(pair_sum(left, right))  # [B, NK, NK, 2L]
+        h = fused.pair_relu(left, right) if fused is not None else ops.relu(pair_sum(left, right))  # [B, NK, NK, 2L]
         h = ops.relu(linear(h, w_r1))
         # The original averages the last (linear, no activation) layer's outputs over
         # the second element of each pair, then over the K examples of the class:
@@ -468,6 +468,16 @@ def make_functions(cfg: ExperimentConfig, dim: int = EMBEDDING_DIM, fused: Simpl
         scaled = fused.chain_copies(grad_w, dw_du) if fused is not None else copies(grad_w) * dw_du
         return copies(grad_z) + linear_t(scaled, w_u_part)
 
+    def sample_latents(mean, u, eps):
+        """K latent samples per class, broadcast from the class's distribution [B, N, 1, L],
+        and the one-sample KL estimate log q(z) - log N(z; 0, 1), mean per task."""
+        if fused is not None:
+            return fused.latent_sample(mean, u, eps)  # the same, in one operator
+        z, std = sample(mean, u, eps, 1.0)
+        # At the sample (z - mean) / std is eps, so log q(z) = -eps^2/2 - log std - log(2pi)/2.
+        kl = (0.5 * (ops.square(z) - ops.square(eps))).mean(axis=(1, 2, 3)) - ops.log(std).mean(axis=(1, 2, 3))
+        return z, kl
+
     def adapt(params, tr_x, tr_y, noise):
         """Latent inner loop, then fine-tuning; returns the adapted class-mean weights
         [B, N, D], KL and encoder penalty."""
@@ -488,12 +498,7 @@ def make_functions(cfg: ExperimentConfig, dim: int = EMBEDDING_DIM, fused: Simpl
         dist = encode(support(0), w_enc, w_r0, w_r1, w_r2)
         mean, u = ops.split(dist, latents, axis=-1)  # [B, N, 1, L]
         if training:
-            # K latent samples per class, broadcast from the class's distribution.
-            z, std = sample(mean, u, latent_eps, 1.0)
-            # One-sample KL estimate log q(z) - log N(z; 0, 1), mean per task; at the
-            # sample (z - mean) / std is eps, so log q(z) = -eps^2/2 - log std - log(2pi)/2.
-            kl = (0.5 * (ops.square(z) - ops.square(latent_eps))).mean(axis=(1, 2, 3)) \
-                - ops.log(std).mean(axis=(1, 2, 3))
+            z, kl = sample_latents(mean, u, latent_eps)
         else:
             # Without sampling the K copies per class are identical: adapt one
             # (its update already carries the original's 1/K per copy).
@@ -506,7 +511,14 @@ def make_functions(cfg: ExperimentConfig, dim: int = EMBEDDING_DIM, fused: Simpl
 
         w_mean, dw_du, grad = decode_step(z, 0)
         for step in range(inner_steps):
-            z = descend(z, inner_rate, latent_grad(ops.expand_dims(grad, 2), dw_du, dec))
+            grad_w = ops.expand_dims(grad, 2)
+            if fused is not None and k > 1 and training:
+                # latent_grad's two parts and the update in one operator (the class part
+                # broadcast over the K samples inside).
+                z = fused.descend_copies(z, inner_rate, linear_t(grad_w, dec[1]),
+                                         linear_t(fused.chain_copies(grad_w, dw_du), dec[2]))
+            else:
+                z = descend(z, inner_rate, latent_grad(grad_w, dw_du, dec))
             w_mean, dw_du, grad = decode_step(z, step + 1)
         penalty = None
         if training:
@@ -532,7 +544,10 @@ def make_functions(cfg: ExperimentConfig, dim: int = EMBEDDING_DIM, fused: Simpl
         weight_eps, supports = noise[:decodes], noise[decodes:]
         params = (w_enc, w_r0, w_r1, w_r2, w_dec, inner_lr, finetuning_lr)
         w, kl, penalty = adapt(params, None, tr_y, (latent_eps, weight_eps, supports))
-        ce, acc = query_ce_and_accuracy(val_x, val_y, val_labels, w)
+        if fused is not None:
+            ce, acc = fused.query_ce(val_x, val_y, w)
+        else:
+            ce, acc = query_ce_and_accuracy(val_x, val_y, val_labels, w)
         task_loss = ce + kl_weight * kl + penalty_weight * penalty
         # The L2 penalty is added on the host (`LEO.loss_and_grads`): its gradient is the
         # weights themselves, so the graph would spend 15 launches on a closed form.

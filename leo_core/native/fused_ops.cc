@@ -11,6 +11,7 @@
 // Calling convention (MindSpore aot): params holds the inputs then the outputs, all float32,
 // contiguous, row-major; shapes[i] has ndims[i] extents. Return 0 on success.
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -315,6 +316,208 @@ int ChainCopiesVjp(int nparam, void **params, int *, int64_t **shapes, const cha
       for (int64_t i = 0; i < d; i++) {
         dg[i] += dout[base + i] * dw_du[base + i];
         d_dwdu[base + i] = dout[base + i] * g[grp * d + i];
+      }
+    }
+  }
+  return 0;
+}
+
+// The relation network's first layer over all pairs: h[b,i,j] = relu(left[b,i] + right[b,j]).
+// left, right [B,M,C] -> h [B,M,M,C].
+int PairRelu(int nparam, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  if (nparam != 3) return 1;
+  const int64_t b_n = shapes[0][0], m_n = shapes[0][1], c = shapes[0][2];
+  const float *left = In(params, 0), *right = In(params, 1);
+  float *h = Out(params, 2);
+  for (int64_t b = 0; b < b_n; b++)
+    for (int64_t i = 0; i < m_n; i++) {
+      const float *l = left + (b * m_n + i) * c;
+      for (int64_t j = 0; j < m_n; j++) {
+        const float *r = right + (b * m_n + j) * c;
+        float *out = h + ((b * m_n + i) * m_n + j) * c;
+        for (int64_t k = 0; k < c; k++) {
+          const float v = l[k] + r[k];
+          out[k] = v > 0.0f ? v : 0.0f;
+        }
+      }
+    }
+  return 0;
+}
+
+// PairRelu's gradient: h (its output), dOut [B,M,M,C] -> d_left = sum_j dOut * (h > 0),
+// d_right = sum_i dOut * (h > 0), [B,M,C] each.
+int PairReluVjp(int nparam, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  if (nparam != 4) return 1;
+  const int64_t b_n = shapes[0][0], m_n = shapes[0][1], c = shapes[0][3];
+  const float *h = In(params, 0), *dout = In(params, 1);
+  float *d_left = Out(params, 2), *d_right = Out(params, 3);
+  std::memset(d_right, 0, sizeof(float) * b_n * m_n * c);
+  for (int64_t b = 0; b < b_n; b++)
+    for (int64_t i = 0; i < m_n; i++) {
+      float *dl = d_left + (b * m_n + i) * c;
+      for (int64_t k = 0; k < c; k++) dl[k] = 0.0f;
+      for (int64_t j = 0; j < m_n; j++) {
+        const int64_t base = ((b * m_n + i) * m_n + j) * c;
+        float *dr = d_right + (b * m_n + j) * c;
+        for (int64_t k = 0; k < c; k++) {
+          const float g = h[base + k] > 0.0f ? dout[base + k] : 0.0f;
+          dl[k] += g;
+          dr[k] += g;
+        }
+      }
+    }
+  return 0;
+}
+
+// The latent inner loop's update for K samples per class: z + rate * (gz + h), the class
+// part gz [B,N,1,L] the same for the K samples. z, rate [L], gz, h [B,N,K,L] -> [B,N,K,L].
+int DescendCopies(int nparam, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  if (nparam != 5) return 1;
+  const int64_t groups = shapes[0][0] * shapes[0][1], k_n = shapes[0][2], c = shapes[0][3];
+  const float *z = In(params, 0), *rate = In(params, 1), *gz = In(params, 2), *h = In(params, 3);
+  float *out = Out(params, 4);
+  for (int64_t g = 0; g < groups; g++)
+    for (int64_t k = 0; k < k_n; k++) {
+      const int64_t base = (g * k_n + k) * c;
+      for (int64_t i = 0; i < c; i++) out[base + i] = z[base + i] + rate[i] * (gz[g * c + i] + h[base + i]);
+    }
+  return 0;
+}
+
+// DescendCopies' gradients other than z's (the cotangent itself): rate, gz, h, dOut ->
+// d_rate [L] = sum dOut * (gz + h), d_gz [B,N,1,L] = sum_k dOut * rate, d_h = dOut * rate.
+int DescendCopiesVjp(int nparam, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  if (nparam != 7) return 1;
+  const int64_t groups = shapes[2][0] * shapes[2][1], k_n = shapes[2][2], c = shapes[2][3];
+  const float *rate = In(params, 0), *gz = In(params, 1), *h = In(params, 2), *dout = In(params, 3);
+  float *d_rate = Out(params, 4), *d_gz = Out(params, 5), *d_h = Out(params, 6);
+  std::memset(d_rate, 0, sizeof(float) * c);
+  for (int64_t g = 0; g < groups; g++) {
+    float *dg = d_gz + g * c;
+    for (int64_t i = 0; i < c; i++) dg[i] = 0.0f;
+    for (int64_t k = 0; k < k_n; k++) {
+      const int64_t base = (g * k_n + k) * c;
+      for (int64_t i = 0; i < c; i++) {
+        d_rate[i] += dout[base + i] * (gz[g * c + i] + h[base + i]);
+        dg[i] += dout[base + i];
+        d_h[base + i] = dout[base + i] * rate[i];
+      }
+    }
+    for (int64_t i = 0; i < c; i++) dg[i] *= rate[i];
+  }
+  return 0;
+}
+
+// The K latent samples of each class and the one-sample KL estimate per task:
+// std = max(exp(u) - 1, 1e-10), z = mean + std * eps, and
+// kl[b] = mean over (n, k, l) of (z^2 - eps^2) / 2 - mean over (n, l) of log std.
+// mean, u [B,N,1,L], eps [B,N,K,L] -> z [B,N,K,L], kl [B].
+int LatentSample(int nparam, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  if (nparam != 5) return 1;
+  const int64_t b_n = shapes[2][0], n_n = shapes[2][1], k_n = shapes[2][2], c = shapes[2][3];
+  const float *mean = In(params, 0), *u = In(params, 1), *eps = In(params, 2);
+  float *z = Out(params, 3), *kl = Out(params, 4);
+  for (int64_t b = 0; b < b_n; b++) {
+    double square_sum = 0, log_sum = 0;
+    for (int64_t n = 0; n < n_n; n++) {
+      const int64_t g = b * n_n + n;
+      for (int64_t i = 0; i < c; i++) {
+        const float sd = std::max(Exp(u[g * c + i]) - 1.0f, 1e-10f);
+        log_sum += std::log(sd);
+        for (int64_t k = 0; k < k_n; k++) {
+          const int64_t at = (g * k_n + k) * c + i;
+          const float v = mean[g * c + i] + sd * eps[at];
+          z[at] = v;
+          square_sum += 0.5 * (static_cast<double>(v) * v - static_cast<double>(eps[at]) * eps[at]);
+        }
+      }
+    }
+    kl[b] = static_cast<float>(square_sum / (n_n * k_n * c) - log_sum / (n_n * c));
+  }
+  return 0;
+}
+
+// LatentSample's gradient: u, eps, z (its output), dZ [B,N,K,L], dKl [B] ->
+// d_mean, d_u [B,N,1,L]. With dZ' = dZ + dKl * z / (N K L): d_mean = sum_k dZ',
+// d_u = (sum_k dZ' * eps - dKl / (N L std)) * exp(u) where the clamp is inactive, else 0.
+int LatentSampleVjp(int nparam, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  if (nparam != 7) return 1;
+  const int64_t b_n = shapes[1][0], n_n = shapes[1][1], k_n = shapes[1][2], c = shapes[1][3];
+  const float *u = In(params, 0), *eps = In(params, 1), *z = In(params, 2), *dz = In(params, 3),
+              *dkl = In(params, 4);
+  float *d_mean = Out(params, 5), *d_u = Out(params, 6);
+  for (int64_t b = 0; b < b_n; b++) {
+    const float per_sample = dkl[b] / static_cast<float>(n_n * k_n * c);
+    const float per_class = dkl[b] / static_cast<float>(n_n * c);
+    for (int64_t n = 0; n < n_n; n++) {
+      const int64_t g = b * n_n + n;
+      for (int64_t i = 0; i < c; i++) {
+        float to_mean = 0, to_std = 0;
+        for (int64_t k = 0; k < k_n; k++) {
+          const int64_t at = (g * k_n + k) * c + i;
+          const float total = dz[at] + per_sample * z[at];
+          to_mean += total;
+          to_std += total * eps[at];
+        }
+        const float e = Exp(u[g * c + i]);
+        const float sd = e - 1.0f;
+        d_mean[g * c + i] = to_mean;
+        d_u[g * c + i] = sd > 1e-10f ? (to_std - per_class / sd) * e : 0.0f;
+      }
+    }
+  }
+  return 0;
+}
+
+// The query set's mean cross-entropy and accuracy per task: x [B,M,D], one-hot y [B,M,N],
+// w [B,N,D] -> ce [B], acc [B] (a query counts as correct when its label's logit is the
+// first largest, as argmax).
+int QueryCe(int nparam, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  if (nparam != 5) return 1;
+  const int64_t b_n = shapes[0][0], m_n = shapes[0][1], d = shapes[0][2], c_n = shapes[1][2];
+  const float *x = In(params, 0), *y = In(params, 1), *w = In(params, 2);
+  float *ce = Out(params, 3), *acc = Out(params, 4);
+  std::vector<float> logit(c_n);
+  for (int64_t b = 0; b < b_n; b++) {
+    double ce_sum = 0;
+    int64_t correct = 0;
+    for (int64_t m = 0; m < m_n; m++) {
+      const float *xm = x + (b * m_n + m) * d, *ym = y + (b * m_n + m) * c_n;
+      int64_t top = 0;
+      for (int64_t c = 0; c < c_n; c++) {
+        logit[c] = Dot(xm, w + (b * c_n + c) * d, d);
+        if (logit[c] > logit[top]) top = c;
+      }
+      float sum = 0;
+      for (int64_t c = 0; c < c_n; c++) sum += std::exp(logit[c] - logit[top]);
+      const float log_sum = std::log(sum) + logit[top];
+      for (int64_t c = 0; c < c_n; c++) ce_sum -= ym[c] * (logit[c] - log_sum);
+      correct += ym[top] > 0.5f;
+    }
+    ce[b] = static_cast<float>(ce_sum / m_n);
+    acc[b] = static_cast<float>(correct) / static_cast<float>(m_n);
+  }
+  return 0;
+}
+
+// QueryCe's gradient with respect to w: x, y, w, dCe [B] -> dw[b] = dCe[b] / M *
+// (softmax(x w^T) - y)^T x (sum_c y = 1 for one-hot labels).
+int QueryCeVjp(int nparam, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  if (nparam != 5) return 1;
+  const int64_t b_n = shapes[0][0], m_n = shapes[0][1], d = shapes[0][2], c_n = shapes[1][2];
+  const float *x = In(params, 0), *y = In(params, 1), *w = In(params, 2), *dce = In(params, 3);
+  float *dw = Out(params, 4);
+  std::vector<float> p(c_n);
+  std::memset(dw, 0, sizeof(float) * b_n * c_n * d);
+  for (int64_t b = 0; b < b_n; b++) {
+    const float scale = dce[b] / static_cast<float>(m_n);
+    for (int64_t m = 0; m < m_n; m++) {
+      const float *xm = x + (b * m_n + m) * d;
+      SoftmaxRow(xm, w + b * c_n * d, c_n, d, p.data());
+      for (int64_t c = 0; c < c_n; c++) {
+        const float coef = scale * (p[c] - y[(b * m_n + m) * c_n + c]);
+        float *dwc = dw + (b * c_n + c) * d;
+        for (int64_t i = 0; i < d; i++) dwc[i] += coef * xm[i];
       }
     }
   }

@@ -146,6 +146,64 @@ def test_chain_copies(fused):
     _check(fused.chain_copies, lambda g, d: ops.broadcast_to(g, d.shape) * d, (g, dw_du), grad_positions=(0, 1))
 
 
+@pytest.mark.parametrize("m", [N * 1, N * 5])
+def test_pair_relu(fused, m):
+    rng = _rng(6)
+    left, right = rng.standard_normal((B, m, 2 * L)), rng.standard_normal((B, m, 2 * L))
+
+    def builtin(left, right):
+        return ops.relu(ops.expand_dims(left, 2) + ops.expand_dims(right, 1))
+
+    _check(fused.pair_relu, builtin, (left, right), grad_positions=(0, 1))
+
+
+def test_descend_copies(fused):
+    rng = _rng(7)
+    z, h = rng.standard_normal((B, N, K, L)), rng.standard_normal((B, N, K, L))
+    gz, rate = rng.standard_normal((B, N, 1, L)), rng.uniform(-1, 1, (L,))
+    _check(fused.descend_copies, lambda z, r, gz, h: z + r * (gz + h), (z, rate, gz, h),
+           grad_positions=(0, 1, 2, 3))
+
+
+@pytest.mark.parametrize("k", [1, K])
+def test_latent_sample(fused, k):
+    rng = _rng(8 + k)
+    mean, eps = rng.standard_normal((B, N, 1, L)), rng.standard_normal((B, N, k, L))
+    u = rng.uniform(-0.3, 0.5, (B, N, 1, L))  # part of exp(u) - 1 at the clamp
+
+    def builtin(mean, u, eps):
+        std = ops.maximum(ops.exp(u) - 1.0, 1e-10)
+        z = mean + std * eps
+        kl = (0.5 * (ops.square(z) - ops.square(eps))).mean(axis=(1, 2, 3)) - ops.log(std).mean(axis=(1, 2, 3))
+        return z, kl
+
+    assert (np.exp(u) - 1 < 1e-10).any()
+    _check(fused.latent_sample, builtin, (mean, u, eps), grad_positions=(0, 1), rtol=1e-4, atol=EXP_ATOL)
+
+
+def test_query_ce(fused):
+    rng = _rng(9)
+    m = N * 15
+    x = np.abs(rng.standard_normal((B, m, D))) / 20
+    labels = rng.integers(0, N, (B, m))
+    w = rng.standard_normal((B, N, D)) * 0.3
+    bmm_nt = ops.BatchMatMul(transpose_b=True)
+    args = [_t(x), _t(np.eye(N)[labels]), _t(w)]
+
+    def builtin(x, y, w):
+        logits = bmm_nt(x, w)
+        ce = -(y * ops.log_softmax(logits, axis=-1)).sum(axis=-1).mean(axis=1)
+        correct = (ops.argmax(logits, dim=-1) == ms.Tensor(labels, ms.int32)).astype(ms.float32)
+        return ce, correct.mean(axis=1)
+
+    acc = fused.query_ce(*args)[1].asnumpy()
+    assert 0 < acc.min() and acc.max() < 1  # some right, some wrong
+    # Gradient with respect to w of the cross-entropy (accuracy has none).
+    _check(lambda *a: fused.query_ce(*a)[0], lambda *a: builtin(*a)[0], (x, np.eye(N)[labels], w),
+           grad_positions=(2,))
+    np.testing.assert_array_equal(acc, builtin(*args)[1].asnumpy())
+
+
 def test_exp_accuracy_over_the_float_range(fused):
     """The library's own exp (vectorisable) within 2 ulp of float64's, through the weight
     sampling's dw_du = eps * exp(u) with eps = 1 and u far from the clamp."""
