@@ -6,7 +6,8 @@ Each operator here replaces a chain of built-in ones with one "aot" Custom opera
 computes the same values, and its gradient with another: the softmax-minus-labels and both
 batched products of the support gradient, the inner loops' update and its rate gradient,
 the weight sampling and the chain rule's products, the latent sampling with its KL term,
-the relation network's pair sums with their ReLU, and the query cross-entropy. `leo_core.model` uses them on the CPU
+the relation network's pair sums with their ReLU, the query cross-entropy, the decoder's
+orthogonality penalty, the encoder penalty and the meta-loss's sum of its terms. `leo_core.model` uses them on the CPU
 when they compile (`load`); elsewhere, or with LEO_FUSED_OPS=0, it builds the same
 functions from built-in operators. tests/leo_core/test_fused_ops.py checks each operator and
 gradient against the built-in chain, and test_model.py the whole model both ways.
@@ -242,8 +243,33 @@ def make_ops(path: Path) -> SimpleNamespace:
 
     query_ce = custom("QueryCe", lambda x, y, w: (x[:1], x[:1]), outputs=2, bprop=query_ce_bprop)
 
-    def offset_tensor(value: float):
-        return ms.Tensor([value], ms.float32)
+    # The decoder's orthogonality penalty with its closed-form gradient as a second output.
+    def orthogonality_bprop(w, out, dout):  # noqa: ARG001
+        return (dout[0] * out[1],)
+
+    orthogonality = custom("Orthogonality", lambda w: ([], w), outputs=2, bprop=orthogonality_bprop)
+
+    # The encoder penalty per task, its second argument under stop-gradient.
+    encoder_penalty_vjp = custom("EncoderPenaltyVjp", lambda z0, z, dout: z0)
+
+    def encoder_penalty_bprop(z0, z, out, dout):  # noqa: ARG001
+        return encoder_penalty_vjp(z0, z, dout), zeros(z)
+
+    encoder_penalty = custom("EncoderPenalty", lambda z0, z: z0[:1], bprop=encoder_penalty_bprop)
+
+    # The meta-loss from its terms; `weights` holds (kl, encoder penalty, orthogonality) weights.
+    total_vjp = custom("TotalVjp", lambda ce, task_weight, reg_weight, weights, dt: (ce, ce, ce, []),
+                       outputs=4)
+
+    def total_bprop(ce, kl, penalty, orth, task_weight, reg_weight, weights, out, dout):  # noqa: ARG001
+        d_ce, d_kl, d_penalty, d_orth = total_vjp(ce, task_weight, reg_weight, weights, dout)
+        return d_ce, d_kl, d_penalty, d_orth, zeros(task_weight), zeros(reg_weight), zeros(weights)
+
+    total = custom("Total", lambda ce, kl, penalty, orth, task_weight, reg_weight, weights: [],
+                   bprop=total_bprop)
+
+    def constants(*values: float):
+        return ms.Tensor(list(values), ms.float32)
 
     return SimpleNamespace(
         class_grad=class_grad, class_grad_vjp=class_grad_vjp, descend=descend, descend_vjp=descend_vjp,
@@ -253,6 +279,8 @@ def make_ops(path: Path) -> SimpleNamespace:
         chain_copies_vjp=chain_copies_vjp, pair_relu=pair_relu, pair_relu_vjp=pair_relu_vjp,
         descend_copies=descend_copies, descend_copies_vjp=descend_copies_vjp,
         latent_sample=latent_sample, latent_sample_vjp=latent_sample_vjp,
-        query_ce=query_ce, query_ce_vjp=query_ce_vjp, offset_tensor=offset_tensor,
+        query_ce=query_ce, query_ce_vjp=query_ce_vjp, orthogonality=orthogonality,
+        encoder_penalty=encoder_penalty, encoder_penalty_vjp=encoder_penalty_vjp, total=total,
+        total_vjp=total_vjp, constants=constants,
     )
 

@@ -355,7 +355,8 @@ def make_functions(cfg: ExperimentConfig, dim: int = EMBEDDING_DIM, fused: Simpl
     pair_sum = _pair_sum_cell()
     weight_sample = _weight_sample_cell(weight_offset)
     descend = fused.descend if fused is not None else _step_cell()
-    fused_offset = fused.offset_tensor(weight_offset) if fused is not None else None
+    fused_offset = fused.constants(weight_offset) if fused is not None else None
+    loss_weights = fused.constants(kl_weight, penalty_weight, orth_weight) if fused is not None else None
     copies = _copies_cell(k)
     orthogonality = _orthogonality_cell()
 
@@ -521,7 +522,9 @@ def make_functions(cfg: ExperimentConfig, dim: int = EMBEDDING_DIM, fused: Simpl
                 z = descend(z, inner_rate, latent_grad(grad_w, dw_du, dec))
             w_mean, dw_du, grad = decode_step(z, step + 1)
         penalty = None
-        if training:
+        if training and fused is not None:
+            penalty = fused.encoder_penalty(z_start, z)  # z under stop-gradient, as below
+        elif training:
             penalty = ops.square(z_start - ops.stop_gradient(z)).mean(axis=(1, 2, 3))
         for step in range(finetune_steps):
             w_mean = descend(w_mean, finetuning_rate, grad)
@@ -531,7 +534,7 @@ def make_functions(cfg: ExperimentConfig, dim: int = EMBEDDING_DIM, fused: Simpl
 
     def orthogonality_penalty(w_dec):
         """Orthogonality of the decoder's rows: over their 64x64 correlation matrix."""
-        return orthogonality(w_dec)[0]
+        return (fused.orthogonality if fused is not None else orthogonality)(w_dec)[0]
 
     decodes = inner_steps + 1
 
@@ -544,13 +547,15 @@ def make_functions(cfg: ExperimentConfig, dim: int = EMBEDDING_DIM, fused: Simpl
         weight_eps, supports = noise[:decodes], noise[decodes:]
         params = (w_enc, w_r0, w_r1, w_r2, w_dec, inner_lr, finetuning_lr)
         w, kl, penalty = adapt(params, None, tr_y, (latent_eps, weight_eps, supports))
-        if fused is not None:
-            ce, acc = fused.query_ce(val_x, val_y, w)
-        else:
-            ce, acc = query_ce_and_accuracy(val_x, val_y, val_labels, w)
-        task_loss = ce + kl_weight * kl + penalty_weight * penalty
         # The L2 penalty is added on the host (`LEO.loss_and_grads`): its gradient is the
         # weights themselves, so the graph would spend 15 launches on a closed form.
+        if fused is not None:  # the same terms, one operator each
+            ce, acc = fused.query_ce(val_x, val_y, w)
+            total = fused.total(ce, kl, penalty, orthogonality_penalty(w_dec), task_weight, reg_weight,
+                                loss_weights)
+            return total, ce, acc
+        ce, acc = query_ce_and_accuracy(val_x, val_y, val_labels, w)
+        task_loss = ce + kl_weight * kl + penalty_weight * penalty
         total = task_loss.sum() * task_weight + orth_weight * orthogonality_penalty(w_dec) * reg_weight
         return total, ce, acc
 

@@ -524,4 +524,102 @@ int QueryCeVjp(int nparam, void **params, int *, int64_t **shapes, const char **
   return 0;
 }
 
+// The decoder's orthogonality penalty and its gradient in closed form (see
+// model._orthogonality_cell): with U the rows of w [R,C] divided by their norms n and
+// E = U U^T - I, penalty = mean(E^2) and dPenalty/dw_i = (T_i - (T_i . U_i) U_i) / n_i with
+// T = 4 E U / R^2. w -> penalty [1], grad [R,C].
+int Orthogonality(int nparam, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  if (nparam != 3) return 1;
+  const int64_t r_n = shapes[0][0], c = shapes[0][1];
+  const float *w = In(params, 0);
+  float *penalty = Out(params, 1), *grad = Out(params, 2);
+  std::vector<float> rows(r_n * c), norms(r_n), excess(r_n * r_n);
+  for (int64_t i = 0; i < r_n; i++) {
+    norms[i] = std::sqrt(Dot(w + i * c, w + i * c, c)) + 1e-32f;
+    for (int64_t k = 0; k < c; k++) rows[i * c + k] = w[i * c + k] / norms[i];
+  }
+  double sum = 0;
+  for (int64_t i = 0; i < r_n; i++)
+    for (int64_t j = 0; j <= i; j++) {
+      const float e = Dot(&rows[i * c], &rows[j * c], c) - (i == j ? 1.0f : 0.0f);
+      excess[i * r_n + j] = excess[j * r_n + i] = e;
+      sum += (i == j ? 1.0 : 2.0) * static_cast<double>(e) * e;
+    }
+  penalty[0] = static_cast<float>(sum / (r_n * r_n));
+  const float scale = 4.0f / static_cast<float>(r_n * r_n);
+  std::vector<float> toward(c);
+  for (int64_t i = 0; i < r_n; i++) {
+    for (int64_t k = 0; k < c; k++) toward[k] = 0.0f;
+    for (int64_t j = 0; j < r_n; j++) {
+      const float e = excess[i * r_n + j] * scale;
+      const float *row = &rows[j * c];
+      for (int64_t k = 0; k < c; k++) toward[k] += e * row[k];
+    }
+    const float *own = &rows[i * c];
+    const float along = Dot(toward.data(), own, c);
+    for (int64_t k = 0; k < c; k++) grad[i * c + k] = (toward[k] - along * own[k]) / norms[i];
+  }
+  return 0;
+}
+
+// The encoder penalty per task, mean over (n, k, l) of (z0 - z)^2 with z the inner loop's
+// final latents under stop-gradient: z0, z [B,N,K,L] -> [B].
+int EncoderPenalty(int nparam, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  if (nparam != 3) return 1;
+  const int64_t b_n = shapes[0][0], per = Size(4, shapes[0]) / b_n;
+  const float *z0 = In(params, 0), *z = In(params, 1);
+  float *out = Out(params, 2);
+  for (int64_t b = 0; b < b_n; b++) {
+    double sum = 0;
+    for (int64_t i = b * per; i < (b + 1) * per; i++) sum += static_cast<double>(z0[i] - z[i]) * (z0[i] - z[i]);
+    out[b] = static_cast<float>(sum / per);
+  }
+  return 0;
+}
+
+// EncoderPenalty's gradient with respect to z0: z0, z, dOut [B] -> 2 (z0 - z) dOut[b] / (N K L).
+int EncoderPenaltyVjp(int nparam, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  if (nparam != 4) return 1;
+  const int64_t b_n = shapes[0][0], per = Size(4, shapes[0]) / b_n;
+  const float *z0 = In(params, 0), *z = In(params, 1), *dout = In(params, 2);
+  float *d = Out(params, 3);
+  for (int64_t b = 0; b < b_n; b++) {
+    const float scale = 2.0f * dout[b] / static_cast<float>(per);
+    for (int64_t i = b * per; i < (b + 1) * per; i++) d[i] = scale * (z0[i] - z[i]);
+  }
+  return 0;
+}
+
+// The meta-loss of this rank's tasks: sum_b (ce + kl_weight kl + penalty_weight penalty)[b]
+// * task_weight + orthogonality_weight * orthogonality * reg_weight. ce, kl, penalty [B],
+// orthogonality, task_weight, reg_weight [], weights [3] = (kl_weight, penalty_weight,
+// orthogonality_weight) -> total [].
+int Total(int nparam, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  if (nparam != 8) return 1;
+  const int64_t b_n = shapes[0][0];
+  const float *ce = In(params, 0), *kl = In(params, 1), *pen = In(params, 2), *wt = In(params, 6);
+  const float orth = In(params, 3)[0], task_weight = In(params, 4)[0], reg_weight = In(params, 5)[0];
+  float sum = 0;
+  for (int64_t b = 0; b < b_n; b++) sum += ce[b] + wt[0] * kl[b] + wt[1] * pen[b];
+  Out(params, 7)[0] = sum * task_weight + wt[2] * orth * reg_weight;
+  return 0;
+}
+
+// Total's gradients: ce (for its shape), task_weight, reg_weight, weights [3], dTotal [] ->
+// d_ce, d_kl, d_penalty [B], d_orthogonality [].
+int TotalVjp(int nparam, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  if (nparam != 9) return 1;
+  const int64_t b_n = shapes[0][0];
+  const float task_weight = In(params, 1)[0], reg_weight = In(params, 2)[0], dt = In(params, 4)[0];
+  const float *wt = In(params, 3);
+  float *d_ce = Out(params, 5), *d_kl = Out(params, 6), *d_pen = Out(params, 7);
+  for (int64_t b = 0; b < b_n; b++) {
+    d_ce[b] = dt * task_weight;
+    d_kl[b] = dt * task_weight * wt[0];
+    d_pen[b] = dt * task_weight * wt[1];
+  }
+  Out(params, 8)[0] = dt * wt[2] * reg_weight;
+  return 0;
+}
+
 }  // extern "C"

@@ -204,6 +204,47 @@ def test_query_ce(fused):
     np.testing.assert_array_equal(acc, builtin(*args)[1].asnumpy())
 
 
+def test_orthogonality(fused):
+    rng = _rng(10)
+    w = rng.standard_normal((L, 2 * D)) * 0.05
+    w[3] = w[5] * 2 + w[3] * 0.01  # two nearly parallel rows: a large penalty term
+
+    def builtin(w):
+        norms = ops.sqrt((w * w).sum(axis=1, keepdims=True)) + 1e-32
+        rows = w / norms
+        return ops.square(ops.matmul(rows, rows.T) - ops.eye(L, L, ms.float32)).mean()
+
+    penalty, _ = fused.orthogonality(_t(w))
+    assert penalty.shape == ()
+    _check(lambda w: fused.orthogonality(w)[0], builtin, (w,), grad_positions=(0,))
+
+
+def test_encoder_penalty(fused):
+    rng = _rng(11)
+    z0, z = rng.standard_normal((B, N, K, L)), rng.standard_normal((B, N, K, L))
+
+    def builtin(z0, z):
+        return ops.square(z0 - ops.stop_gradient(z)).mean(axis=(1, 2, 3))
+
+    _check(fused.encoder_penalty, builtin, (z0, z), grad_positions=(0,))
+    d_z = ms.grad(lambda a, b: fused.encoder_penalty(a, b).sum(), grad_position=1)(_t(z0), _t(z))
+    assert not d_z.asnumpy().any()  # the stop-gradient
+
+
+def test_total(fused):
+    rng = _rng(12)
+    ce, kl, penalty = rng.uniform(0, 2, (3, B))
+    orth, task_weight, reg_weight = np.float32(0.7), np.float32(0.25), np.float32(0.5)
+    weights = np.array([0.01, 1e-3, 0.2])
+
+    def builtin(ce, kl, penalty, orth, task_weight, reg_weight, weights):
+        task_loss = ce + weights[0] * kl + weights[1] * penalty
+        return task_loss.sum() * task_weight + weights[2] * orth * reg_weight
+
+    _check(fused.total, builtin, (ce, kl, penalty, orth, task_weight, reg_weight, weights),
+           grad_positions=(0, 1, 2, 3))
+
+
 def test_exp_accuracy_over_the_float_range(fused):
     """The library's own exp (vectorisable) within 2 ulp of float64's, through the weight
     sampling's dw_du = eps * exp(u) with eps = 1 and u far from the clamp."""
