@@ -19,6 +19,7 @@ the model falls back to the built-in operators and says so once on stderr.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
 import platform
@@ -84,6 +85,17 @@ def start_compile() -> None:
         _LIBRARY.append(None)
         return
     _PENDING.append((process, compiler, partial, target))
+    atexit.register(_abandon)
+
+
+def _abandon() -> None:
+    """At exit with the compile still pending (the run ended before its first graph, e.g. a
+    bad config): stop the compiler and remove its partial file."""
+    for process, _, partial, _ in _PENDING:
+        process.kill()
+        process.wait()
+        Path(partial).unlink(missing_ok=True)
+    _PENDING.clear()
 
 
 def library() -> Path | None:

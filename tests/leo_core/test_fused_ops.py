@@ -294,6 +294,14 @@ def test_compile_in_the_background_then_cached(monkeypatch, tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["fused_ops.so"]  # no partial files left
 
 
+def test_pending_compile_abandoned_at_exit_leaves_no_file(monkeypatch, tmp_path):
+    _fresh(monkeypatch, tmp_path)
+    fused_ops.start_compile()
+    fused_ops._abandon()
+    assert not fused_ops._PENDING
+    assert not [p for p in (tmp_path / "fused-ops").rglob("*") if p.is_file()]
+
+
 def test_switched_off_by_environment(monkeypatch):
     monkeypatch.setenv(fused_ops.ENV, "0")
     assert fused_ops.load() is None
