@@ -3,11 +3,13 @@
 MindSpore's CPU runtime pays ~25 us of host time per operator launch, whatever the tensor
 size, and a LEO step is a few hundred launches on tiny tensors (tests/benchmarks/README.md).
 Each operator here replaces a chain of built-in ones with one "aot" Custom operator that
-computes the same values, and its gradient with another: the softmax-minus-labels and both
-batched products of the support gradient, the inner loops' update and its rate gradient,
-the weight sampling and the chain rule's products, the latent sampling with its KL term,
-the relation network's pair sums with their ReLU, the query cross-entropy, the decoder's
-orthogonality penalty, the encoder penalty and the meta-loss's sum of its terms. `leo_core.model` uses them on the CPU
+computes the same values, and its gradient with another: the support gradient
+(softmax minus labels and both batched products); an inner-loop decode (weight sampling,
+the support gradient at the sampled weights and the chain rule's product, for K = 1 and
+K > 1); a fine-tuning step with the next support gradient; the latent updates with their
+rate gradient; the latent sampling with its KL term; the relation network's pair sums with
+their ReLU; the query cross-entropy and accuracy; the decoder's orthogonality penalty; the
+encoder penalty; the meta-loss's sum of its terms. `leo_core.model` uses them on the CPU
 when they compile (`load`); elsewhere, or with LEO_FUSED_OPS=0, it builds the same
 functions from built-in operators. tests/leo_core/test_fused_ops.py checks each operator and
 gradient against the built-in chain, and test_model.py the whole model both ways.
@@ -184,41 +186,6 @@ def make_ops(path: Path) -> SimpleNamespace:
 
     descend = custom("Descend", lambda x, rate, g: x, bprop=descend_bprop)
 
-    # One weight sample per class from the decoder's [mean | u] output.
-    sample_weights_vjp = custom("SampleWeightsVjp", lambda dw_du, d_w, d_dwdu: doubled(dw_du))
-
-    def sample_weights_bprop(o, eps, offset, out, dout):  # noqa: ARG001
-        return sample_weights_vjp(out[1], dout[0], dout[1]), zeros(eps), zeros(offset)
-
-    sample_weights = custom("SampleWeights", lambda o, eps, offset: (eps, eps), outputs=2,
-                            bprop=sample_weights_bprop)
-
-    # The class mean of K weight samples.
-    sample_class_mean_vjp = custom("SampleClassMeanVjp", lambda dw_du, d_w, d_dwdu: dw_du)
-
-    def sample_class_mean_bprop(m, u, eps, offset, out, dout):  # noqa: ARG001
-        d_u = sample_class_mean_vjp(out[1], dout[0], dout[1])
-        return dout[0], d_u, zeros(eps), zeros(offset)
-
-    sample_class_mean = custom("SampleClassMean", lambda m, u, eps, offset: (m, u), outputs=2,
-                               bprop=sample_class_mean_bprop)
-
-    # The chain rule's products through the sampling: [g | g * dw_du] (K = 1) and
-    # g * dw_du over the K samples.
-    chain_one_vjp = custom("ChainOneVjp", lambda g, dw_du, dout: (g, g), outputs=2)
-
-    def chain_one_bprop(g, dw_du, out, dout):  # noqa: ARG001
-        return chain_one_vjp(g, dw_du, dout)
-
-    chain_one = custom("ChainOne", lambda g, dw_du: doubled(g), bprop=chain_one_bprop)
-
-    chain_copies_vjp = custom("ChainCopiesVjp", lambda g, dw_du, dout: (g, dw_du), outputs=2)
-
-    def chain_copies_bprop(g, dw_du, out, dout):  # noqa: ARG001
-        return chain_copies_vjp(g, dw_du, dout)
-
-    chain_copies = custom("ChainCopies", lambda g, dw_du: dw_du, bprop=chain_copies_bprop)
-
     # The relation network's first layer over all pairs, relu(left_i + right_j).
     pair_relu_vjp = custom("PairReluVjp", lambda h, dout: ([h[0], h[1], h[3]],) * 2, outputs=2)
 
@@ -280,19 +247,56 @@ def make_ops(path: Path) -> SimpleNamespace:
     total = custom("Total", lambda ce, kl, penalty, orth, task_weight, reg_weight, weights: [],
                    bprop=total_bprop)
 
+    # Merged inner-loop decodes: sampling, the support gradient and the chain rule's product
+    # in one operator (K = 1: SampleWeights, ClassGrad, ChainOne; K > 1: SampleClassMean,
+    # ClassGrad, ChainCopies), each gradient likewise in one.
+    decode_one_vjp = custom("DecodeOneVjp", lambda x, y, w, dw_du, grad, *cot: cot[-1])
+
+    def decode_one_bprop(o, eps, offset, x, y, out, dout):  # noqa: ARG001
+        w, dw_du, grad, _ = out
+        d_o = decode_one_vjp(x, y, w, dw_du, grad, *dout)
+        return d_o, zeros(eps), zeros(offset), zeros(x), zeros(y)
+
+    def class_weights(y, eps):  # [B, N, D]
+        return [y[0], eps[1], eps[3]]
+
+    decode_one = custom("DecodeOne", lambda o, eps, offset, x, y: (class_weights(y, eps), eps,
+                                                                  class_weights(y, eps), o),
+                        outputs=4, bprop=decode_one_bprop)
+
+    decode_copies_vjp = custom("DecodeCopiesVjp", lambda x, y, w, dw_du, grad, *cot: (w, dw_du), outputs=2)
+
+    def decode_copies_bprop(m, u, eps, offset, x, y, out, dout):  # noqa: ARG001
+        w, dw_du, grad, _ = out
+        d_m, d_u = decode_copies_vjp(x, y, w, dw_du, grad, *dout)
+        return d_m, d_u, zeros(eps), zeros(offset), zeros(x), zeros(y)
+
+    decode_copies = custom("DecodeCopies", lambda m, u, eps, offset, x, y: (m, u, m, u), outputs=4,
+                           bprop=decode_copies_bprop)
+
+    # A fine-tuning step merged with the next support gradient.
+    finetune_step_vjp = custom("FinetuneStepVjp", lambda rate, g, x, y, w2, d_w2, d_g2: (g, rate, g),
+                               outputs=3)
+
+    def finetune_step_bprop(w, rate, g, x, y, out, dout):  # noqa: ARG001
+        d_w, d_rate, d_g = finetune_step_vjp(rate, g, x, y, out[0], dout[0], dout[1])
+        return d_w, d_rate, d_g, zeros(x), zeros(y)
+
+    finetune_step = custom("FinetuneStep", lambda w, rate, g, x, y: (w, w), outputs=2,
+                           bprop=finetune_step_bprop)
+
     def constants(*values: float):
         return ms.Tensor(list(values), ms.float32)
 
     return SimpleNamespace(
         class_grad=class_grad, class_grad_vjp=class_grad_vjp, descend=descend, descend_vjp=descend_vjp,
-        sample_weights=sample_weights, sample_weights_vjp=sample_weights_vjp,
-        sample_class_mean=sample_class_mean, sample_class_mean_vjp=sample_class_mean_vjp,
-        chain_one=chain_one, chain_one_vjp=chain_one_vjp, chain_copies=chain_copies,
-        chain_copies_vjp=chain_copies_vjp, pair_relu=pair_relu, pair_relu_vjp=pair_relu_vjp,
+        pair_relu=pair_relu, pair_relu_vjp=pair_relu_vjp,
         descend_copies=descend_copies, descend_copies_vjp=descend_copies_vjp,
         latent_sample=latent_sample, latent_sample_vjp=latent_sample_vjp,
         query_ce=query_ce, query_ce_vjp=query_ce_vjp, orthogonality=orthogonality,
         encoder_penalty=encoder_penalty, encoder_penalty_vjp=encoder_penalty_vjp, total=total,
-        total_vjp=total_vjp, constants=constants,
+        total_vjp=total_vjp, decode_one=decode_one, decode_one_vjp=decode_one_vjp,
+        decode_copies=decode_copies, decode_copies_vjp=decode_copies_vjp, finetune_step=finetune_step,
+        finetune_step_vjp=finetune_step_vjp, constants=constants,
     )
 

@@ -433,9 +433,6 @@ def make_functions(cfg: ExperimentConfig, dim: int = EMBEDDING_DIM, fused: Simpl
     def class_mean_weights_1(z, dec, eps):
         """The class means of the decoded weights [B, N, D] and their derivative with
         respect to `u` times eps (see `decode`)."""
-        if fused is not None and eps is not None:
-            w, dw_du = fused.sample_weights(linear(z, dec[0]), eps, fused_offset)
-            return mean_axis(w, 2), dw_du
         w, dw_du, _ = decode(z, dec, eps)
         return mean_axis(w, 2), dw_du
 
@@ -447,9 +444,6 @@ def make_functions(cfg: ExperimentConfig, dim: int = EMBEDDING_DIM, fused: Simpl
         if eps is None:
             return class_mean_weights_1(z, dec, eps)
         _, w_mean_part, w_u_part = dec
-        if fused is not None:
-            return fused.sample_class_mean(linear(mean_axis(z, 2), w_mean_part), linear(z, w_u_part),
-                                           eps, fused_offset)
         spread, dw_du = weight_sample(linear(z, w_u_part), eps)
         return linear(mean_axis(z, 2), w_mean_part) + mean_axis(spread, 2), dw_du
 
@@ -462,12 +456,9 @@ def make_functions(cfg: ExperimentConfig, dim: int = EMBEDDING_DIM, fused: Simpl
         if dw_du is None:
             return linear_t(grad_w, w_mean_part)
         if k == 1:  # one product with the whole decoder weight
-            chained = fused.chain_one(grad_w, dw_du) if fused is not None else \
-                ops.concat((grad_w, grad_w * dw_du), axis=-1)
-            return linear_t(chained, w_dec)
+            return linear_t(ops.concat((grad_w, grad_w * dw_du), axis=-1), w_dec)
         grad_z = linear_t(grad_w, w_mean_part)  # [B, N, 1, L]: the same for the K copies
-        scaled = fused.chain_copies(grad_w, dw_du) if fused is not None else copies(grad_w) * dw_du
-        return copies(grad_z) + linear_t(scaled, w_u_part)
+        return copies(grad_z) + linear_t(copies(grad_w) * dw_du, w_u_part)
 
     def sample_latents(mean, u, eps):
         """K latent samples per class, broadcast from the class's distribution [B, N, 1, L],
@@ -479,9 +470,45 @@ def make_functions(cfg: ExperimentConfig, dim: int = EMBEDDING_DIM, fused: Simpl
         kl = (0.5 * (ops.square(z) - ops.square(eps))).mean(axis=(1, 2, 3)) - ops.log(std).mean(axis=(1, 2, 3))
         return z, kl
 
-    def adapt(params, tr_x, tr_y, noise):
+    # The latent loop's two halves: a decode returns (class-mean weights, their support
+    # gradient, `chain`: what the update needs from the decode), the update steps the latents.
+    # With the fused CPU operators in meta-training a decode's sampling, support gradient and
+    # chain-rule product are one operator (DecodeOne, DecodeCopies) and `chain` that product;
+    # otherwise `chain` is dw_du for `latent_grad`. Chosen here, in Python, and passed to
+    # `adapt`: branching on it inside a nested graph function made MindSpore 2.10 mis-infer
+    # the tuples it returns.
+    def decode_plain(z, dec, eps, x, y):
+        w_mean, dw_du = class_mean_weights(z, dec, eps)
+        return w_mean, class_grad(x, y, w_mean), dw_du
+
+    def update_plain(z, rate, grad, dw_du, dec):
+        return descend(z, rate, latent_grad(ops.expand_dims(grad, 2), dw_du, dec))
+
+    def decode_merged_one(z, dec, eps, x, y):
+        w_mean, _, grad, chained = fused.decode_one(linear(z, dec[0]), eps, fused_offset, x, y)
+        return w_mean, grad, chained
+
+    def update_merged_one(z, rate, grad, chained, dec):  # noqa: ARG001
+        return descend(z, rate, linear_t(chained, dec[0]))
+
+    def decode_merged_k(z, dec, eps, x, y):
+        w_mean, _, grad, scaled = fused.decode_copies(linear(mean_axis(z, 2), dec[1]), linear(z, dec[2]), eps,
+                                                      fused_offset, x, y)
+        return w_mean, grad, scaled
+
+    def update_merged_k(z, rate, grad, scaled, dec):
+        # latent_grad's two parts and the update in one operator (class part broadcast inside).
+        return fused.descend_copies(z, rate, linear_t(ops.expand_dims(grad, 2), dec[1]), linear_t(scaled, dec[2]))
+
+    plain_steps = (decode_plain, update_plain)
+    if fused is None:
+        training_steps = plain_steps
+    else:
+        training_steps = (decode_merged_one, update_merged_one) if k == 1 else (decode_merged_k, update_merged_k)
+
+    def adapt(params, tr_x, tr_y, noise, loop_steps):
         """Latent inner loop, then fine-tuning; returns the adapted class-mean weights
-        [B, N, D], KL and encoder penalty."""
+        [B, N, D], KL and encoder penalty. `loop_steps`: (decode, update) of the latent loop."""
         w_enc, w_r0, w_r1, w_r2, w_dec, inner_lr, finetuning_lr = params
         # The loops step along the class gradient (`class_grad`); each of the K weight
         # samples receives 1/K of it, folded into the (negated) rates once.
@@ -506,30 +533,25 @@ def make_functions(cfg: ExperimentConfig, dim: int = EMBEDDING_DIM, fused: Simpl
             z, kl = mean, None
         z_start = z
 
-        def decode_step(z, i):
-            w_mean, dw_du = class_mean_weights(z, dec, weight_eps[i] if training else None)
-            return w_mean, dw_du, class_grad(support(i + 1), tr_y, w_mean)
-
-        w_mean, dw_du, grad = decode_step(z, 0)
+        decode_step, update = loop_steps
+        w_mean, grad, chain = decode_step(z, dec, weight_eps[0] if training else None, support(1), tr_y)
         for step in range(inner_steps):
-            grad_w = ops.expand_dims(grad, 2)
-            if fused is not None and k > 1 and training:
-                # latent_grad's two parts and the update in one operator (the class part
-                # broadcast over the K samples inside).
-                z = fused.descend_copies(z, inner_rate, linear_t(grad_w, dec[1]),
-                                         linear_t(fused.chain_copies(grad_w, dw_du), dec[2]))
-            else:
-                z = descend(z, inner_rate, latent_grad(grad_w, dw_du, dec))
-            w_mean, dw_du, grad = decode_step(z, step + 1)
+            z = update(z, inner_rate, grad, chain, dec)
+            w_mean, grad, chain = decode_step(z, dec, weight_eps[step + 1] if training else None,
+                                              support(step + 2), tr_y)
         penalty = None
         if training and fused is not None:
             penalty = fused.encoder_penalty(z_start, z)  # z under stop-gradient, as below
         elif training:
             penalty = ops.square(z_start - ops.stop_gradient(z)).mean(axis=(1, 2, 3))
         for step in range(finetune_steps):
-            w_mean = descend(w_mean, finetuning_rate, grad)
-            if step + 1 < finetune_steps:
-                grad = class_grad(support(inner_steps + 2 + step), tr_y, w_mean)
+            if step + 1 < finetune_steps and fused is not None:  # the step and the next gradient
+                w_mean, grad = fused.finetune_step(w_mean, finetuning_rate, grad,
+                                                   support(inner_steps + 2 + step), tr_y)
+            else:
+                w_mean = descend(w_mean, finetuning_rate, grad)
+                if step + 1 < finetune_steps:
+                    grad = class_grad(support(inner_steps + 2 + step), tr_y, w_mean)
         return w_mean, kl, penalty
 
     def orthogonality_penalty(w_dec):
@@ -546,7 +568,7 @@ def make_functions(cfg: ExperimentConfig, dim: int = EMBEDDING_DIM, fused: Simpl
         separate arguments, so no recompilation and no tuple inputs (see `train_inputs`)."""
         weight_eps, supports = noise[:decodes], noise[decodes:]
         params = (w_enc, w_r0, w_r1, w_r2, w_dec, inner_lr, finetuning_lr)
-        w, kl, penalty = adapt(params, None, tr_y, (latent_eps, weight_eps, supports))
+        w, kl, penalty = adapt(params, None, tr_y, (latent_eps, weight_eps, supports), training_steps)
         # The L2 penalty is added on the host (`LEO.loss_and_grads`): its gradient is the
         # weights themselves, so the graph would spend 15 launches on a closed form.
         if fused is not None:  # the same terms, one operator each
@@ -563,7 +585,7 @@ def make_functions(cfg: ExperimentConfig, dim: int = EMBEDDING_DIM, fused: Simpl
         linear=linear, mean_axis=mean_axis, split_decoder=split_decoder,
         support_grad=support_grad, support_loss_and_grad=support_loss_and_grad,
         query_ce_and_accuracy=query_ce_and_accuracy, sample=sample, encode=encode,
-        decode=decode, latent_grad=latent_grad, adapt=adapt, orthogonality_penalty=orthogonality_penalty,
+        decode=decode, latent_grad=latent_grad, adapt=adapt, plain_steps=plain_steps, orthogonality_penalty=orthogonality_penalty,
         meta_loss=meta_loss, weight_offset=weight_offset,
     )
 
@@ -584,7 +606,7 @@ def _build_graphs(cfg: ExperimentConfig, dim: int, fused: bool):
     def evaluate(w_enc, w_r0, w_r1, w_r2, w_dec, inner_lr, finetuning_lr,
                  tr_x, tr_y, val_x, val_y, val_labels):
         params = (w_enc, w_r0, w_r1, w_r2, w_dec, inner_lr, finetuning_lr)
-        w, _, _ = f.adapt(params, tr_x, tr_y, None)
+        w, _, _ = f.adapt(params, tr_x, tr_y, None, f.plain_steps)
         return f.query_ce_and_accuracy(val_x, val_y, val_labels, w)
 
     @ms.jit
@@ -594,7 +616,7 @@ def _build_graphs(cfg: ExperimentConfig, dim: int, fused: bool):
     @ms.jit
     def adapted_weights(w_enc, w_r0, w_r1, w_r2, w_dec, inner_lr, finetuning_lr, tr_x, tr_y):
         params = (w_enc, w_r0, w_r1, w_r2, w_dec, inner_lr, finetuning_lr)
-        return f.adapt(params, tr_x, tr_y, None)[0]
+        return f.adapt(params, tr_x, tr_y, None, f.plain_steps)[0]
 
     return train_step, evaluate, orthogonality_value, adapted_weights
 

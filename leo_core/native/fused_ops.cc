@@ -124,55 +124,72 @@ inline void Spread(float u, float eps, float offset, float *spread, float *dw_du
   *dw_du = live ? eps * e : 0.0f;
 }
 
+// The support set of B tasks: x [B,M,D] (M examples of width D), one-hot labels y [B,M,N].
+struct Support {
+  int64_t b_n, m_n, d, c_n;
+  const float *x, *y;
+};
+
+Support SupportOf(int64_t **shapes, void **params, int x_at) {
+  return {shapes[x_at][0], shapes[x_at][1], shapes[x_at][2], shapes[x_at + 1][2], In(params, x_at),
+          In(params, x_at + 1)};
+}
+
+// g[b] = (softmax(x[b] w[b]^T) - y[b])^T x[b]: the gradient of the summed support
+// cross-entropy with respect to the class weights w [B,N,D].
+void ClassGradCore(const Support &s, const float *w, float *g) {
+  std::vector<float> p(s.c_n);
+  std::memset(g, 0, sizeof(float) * s.b_n * s.c_n * s.d);
+  for (int64_t b = 0; b < s.b_n; b++) {
+    const float *wb = w + b * s.c_n * s.d;
+    float *gb = g + b * s.c_n * s.d;
+    for (int64_t m = 0; m < s.m_n; m++) {
+      const float *xm = s.x + (b * s.m_n + m) * s.d;
+      SoftmaxRow(xm, wb, s.c_n, s.d, p.data());
+      for (int64_t c = 0; c < s.c_n; c++) p[c] -= s.y[(b * s.m_n + m) * s.c_n + c];  // delta
+      AxpyRows(p.data(), xm, s.c_n, s.d, gb);
+    }
+  }
+}
+
+// dw += the gradient of ClassGradCore's output with respect to w given its cotangent
+// cot [B,N,D]: with p = softmax(x w^T), dDelta = x cot^T, dLogits = p * (dDelta -
+// sum(p * dDelta)), dw = dLogits^T x.
+void ClassGradVjpCore(const Support &s, const float *w, const float *cot, float *dw) {
+  std::vector<float> p(s.c_n), dl(s.c_n);
+  for (int64_t b = 0; b < s.b_n; b++) {
+    const float *wb = w + b * s.c_n * s.d, *gb = cot + b * s.c_n * s.d;
+    float *dwb = dw + b * s.c_n * s.d;
+    for (int64_t m = 0; m < s.m_n; m++) {
+      const float *xm = s.x + (b * s.m_n + m) * s.d;
+      SoftmaxRow(xm, wb, s.c_n, s.d, p.data());
+      DotRows(xm, gb, s.c_n, s.d, dl.data());
+      float along = 0;
+      for (int64_t c = 0; c < s.c_n; c++) along += p[c] * dl[c];
+      for (int64_t c = 0; c < s.c_n; c++) dl[c] = p[c] * (dl[c] - along);
+      AxpyRows(dl.data(), xm, s.c_n, s.d, dwb);
+    }
+  }
+}
+
 }  // namespace
 
 extern "C" {
 
-// g[b] = (softmax(x[b] w[b]^T) - y[b])^T x[b]: the gradient of the summed support
-// cross-entropy with respect to the class weights. x [B,M,D], y [B,M,N], w [B,N,D] -> g [B,N,D].
-int ClassGrad(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+// The support gradient: x [B,M,D], y [B,M,N], w [B,N,D] -> g [B,N,D] (ClassGradCore).
+int ClassGrad(int nparam, void **params, int *, int64_t **shapes, const char **, void *, void *) {
   if (nparam != 4) return 1;
-  const int64_t b_n = shapes[0][0], m_n = shapes[0][1], d = shapes[0][2], c_n = shapes[1][2];
-  const float *x = In(params, 0), *y = In(params, 1), *w = In(params, 2);
-  float *g = Out(params, 3);
-  std::vector<float> p(c_n);
-  std::memset(g, 0, sizeof(float) * Size(ndims[3], shapes[3]));
-  for (int64_t b = 0; b < b_n; b++) {
-    const float *wb = w + b * c_n * d;
-    float *gb = g + b * c_n * d;
-    for (int64_t m = 0; m < m_n; m++) {
-      const float *xm = x + (b * m_n + m) * d;
-      SoftmaxRow(xm, wb, c_n, d, p.data());
-      for (int64_t c = 0; c < c_n; c++) p[c] -= y[(b * m_n + m) * c_n + c];  // delta
-      AxpyRows(p.data(), xm, c_n, d, gb);
-    }
-  }
+  ClassGradCore(SupportOf(shapes, params, 0), In(params, 2), Out(params, 3));
   return 0;
 }
 
-// The gradient of ClassGrad's output with respect to w, given its cotangent G [B,N,D]:
-// with p = softmax(x w^T), dDelta = x G^T, dLogits = p * (dDelta - sum(p * dDelta)),
-// dw = dLogits^T x. x, y, w, G -> dw [B,N,D].
-int ClassGradVjp(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+// ClassGrad's gradient with respect to w: x, y, w, cot [B,N,D] -> dw [B,N,D].
+int ClassGradVjp(int nparam, void **params, int *, int64_t **shapes, const char **, void *, void *) {
   if (nparam != 5) return 1;
-  const int64_t b_n = shapes[0][0], m_n = shapes[0][1], d = shapes[0][2], c_n = shapes[1][2];
-  const float *x = In(params, 0), *w = In(params, 2), *cot = In(params, 3);
+  const Support s = SupportOf(shapes, params, 0);
   float *dw = Out(params, 4);
-  std::vector<float> p(c_n), dl(c_n);
-  std::memset(dw, 0, sizeof(float) * Size(ndims[4], shapes[4]));
-  for (int64_t b = 0; b < b_n; b++) {
-    const float *wb = w + b * c_n * d, *gb = cot + b * c_n * d;
-    float *dwb = dw + b * c_n * d;
-    for (int64_t m = 0; m < m_n; m++) {
-      const float *xm = x + (b * m_n + m) * d;
-      SoftmaxRow(xm, wb, c_n, d, p.data());
-      DotRows(xm, gb, c_n, d, dl.data());
-      float along = 0;
-      for (int64_t c = 0; c < c_n; c++) along += p[c] * dl[c];
-      for (int64_t c = 0; c < c_n; c++) dl[c] = p[c] * (dl[c] - along);
-      AxpyRows(dl.data(), xm, c_n, d, dwb);
-    }
-  }
+  std::memset(dw, 0, sizeof(float) * s.b_n * s.c_n * s.d);
+  ClassGradVjpCore(s, In(params, 2), In(params, 3), dw);
   return 0;
 }
 
@@ -200,151 +217,6 @@ int DescendVjp(int nparam, void **params, int *ndims, int64_t **shapes, const ch
       d_rate[i] += dout[r * c + i] * g[r * c + i];
       d_g[r * c + i] = dout[r * c + i] * rate[i];
     }
-  return 0;
-}
-
-// One weight sample per class (K = 1) from the decoder's output o = [mean | u] [R, 2D]:
-// w = mean + std(u) * eps and dw/du (see Spread). o, eps [R,D], offset [1] -> w, dw_du [R,D].
-int SampleWeights(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
-  if (nparam != 5) return 1;
-  const int64_t d = shapes[1][ndims[1] - 1], rows = Size(ndims[1], shapes[1]) / d;
-  const float *o = In(params, 0), *eps = In(params, 1), offset = In(params, 2)[0];
-  float *w = Out(params, 3), *dw_du = Out(params, 4);
-  for (int64_t r = 0; r < rows; r++) {
-    const float *mean = o + r * 2 * d, *u = mean + d;
-    for (int64_t i = 0; i < d; i++) {
-      float spread;
-      Spread(u[i], eps[r * d + i], offset, &spread, &dw_du[r * d + i]);
-      w[r * d + i] = mean[i] + spread;
-    }
-  }
-  return 0;
-}
-
-// SampleWeights' gradient: dw_du, dW, dDwdu [R,D] -> d_o [R, 2D] = [dW | (dW + dDwdu) * dw_du]
-// (both outputs have the derivative dw_du with respect to u, see model._weight_sample_cell).
-int SampleWeightsVjp(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
-  if (nparam != 4) return 1;
-  const int64_t d = shapes[0][ndims[0] - 1], rows = Size(ndims[0], shapes[0]) / d;
-  const float *dw_du = In(params, 0), *d_w = In(params, 1), *d_dwdu = In(params, 2);
-  float *d_o = Out(params, 3);
-  for (int64_t r = 0; r < rows; r++)
-    for (int64_t i = 0; i < d; i++) {
-      const int64_t k = r * d + i;
-      d_o[r * 2 * d + i] = d_w[k];
-      d_o[r * 2 * d + d + i] = (d_w[k] + d_dwdu[k]) * dw_du[k];
-    }
-  return 0;
-}
-
-// K weight samples per class: the class mean of the sampled weights, from the decoded mean
-// of the class-mean latent m [B,N,D] and the K samples' u [B,N,K,D]:
-// w_mean = m + mean_k std(u_k) * eps_k, and dw/du per sample. m, u, eps, offset [1] ->
-// w_mean [B,N,D], dw_du [B,N,K,D].
-int SampleClassMean(int nparam, void **params, int *, int64_t **shapes, const char **, void *, void *) {
-  if (nparam != 6) return 1;
-  const int64_t groups = shapes[1][0] * shapes[1][1], k_n = shapes[1][2], d = shapes[1][3];
-  const float *m = In(params, 0), *u = In(params, 1), *eps = In(params, 2), offset = In(params, 3)[0];
-  float *w = Out(params, 4), *dw_du = Out(params, 5);
-  const float inv_k = 1.0f / static_cast<float>(k_n);
-  for (int64_t g = 0; g < groups; g++) {
-    float *wg = w + g * d;
-    for (int64_t i = 0; i < d; i++) wg[i] = 0;
-    for (int64_t k = 0; k < k_n; k++) {
-      const int64_t base = (g * k_n + k) * d;
-      for (int64_t i = 0; i < d; i++) {
-        float spread;
-        Spread(u[base + i], eps[base + i], offset, &spread, &dw_du[base + i]);
-        wg[i] += spread;
-      }
-    }
-    for (int64_t i = 0; i < d; i++) wg[i] = m[g * d + i] + wg[i] * inv_k;
-  }
-  return 0;
-}
-
-// SampleClassMean's gradient with respect to u (m's is the cotangent itself):
-// dw_du [B,N,K,D], dWmean [B,N,D], dDwdu [B,N,K,D] -> d_u = (dWmean / K + dDwdu) * dw_du.
-int SampleClassMeanVjp(int nparam, void **params, int *, int64_t **shapes, const char **, void *, void *) {
-  if (nparam != 4) return 1;
-  const int64_t groups = shapes[0][0] * shapes[0][1], k_n = shapes[0][2], d = shapes[0][3];
-  const float *dw_du = In(params, 0), *d_w = In(params, 1), *d_dwdu = In(params, 2);
-  float *d_u = Out(params, 3);
-  const float inv_k = 1.0f / static_cast<float>(k_n);
-  for (int64_t g = 0; g < groups; g++)
-    for (int64_t k = 0; k < k_n; k++) {
-      const int64_t base = (g * k_n + k) * d;
-      for (int64_t i = 0; i < d; i++)
-        d_u[base + i] = (d_w[g * d + i] * inv_k + d_dwdu[base + i]) * dw_du[base + i];
-    }
-  return 0;
-}
-
-// The chain rule's input to the decoder for one sample per class (K = 1):
-// g, dw_du [R,D] -> [R, 2D] = [g | g * dw_du].
-int ChainOne(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
-  if (nparam != 3) return 1;
-  const int64_t d = shapes[0][ndims[0] - 1], rows = Size(ndims[0], shapes[0]) / d;
-  const float *g = In(params, 0), *dw_du = In(params, 1);
-  float *out = Out(params, 2);
-  for (int64_t r = 0; r < rows; r++)
-    for (int64_t i = 0; i < d; i++) {
-      out[r * 2 * d + i] = g[r * d + i];
-      out[r * 2 * d + d + i] = g[r * d + i] * dw_du[r * d + i];
-    }
-  return 0;
-}
-
-// ChainOne's gradient: g, dw_du, dOut [R,2D] -> d_g = dOut[:D] + dOut[D:] * dw_du,
-// d_dwdu = dOut[D:] * g.
-int ChainOneVjp(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
-  if (nparam != 5) return 1;
-  const int64_t d = shapes[0][ndims[0] - 1], rows = Size(ndims[0], shapes[0]) / d;
-  const float *g = In(params, 0), *dw_du = In(params, 1), *dout = In(params, 2);
-  float *d_g = Out(params, 3), *d_dwdu = Out(params, 4);
-  for (int64_t r = 0; r < rows; r++)
-    for (int64_t i = 0; i < d; i++) {
-      const int64_t k = r * d + i;
-      const float upper = dout[r * 2 * d + d + i];
-      d_g[k] = dout[r * 2 * d + i] + upper * dw_du[k];
-      d_dwdu[k] = upper * g[k];
-    }
-  return 0;
-}
-
-// The chain rule's input to the decoder's u part for K samples per class: the class
-// gradient g [B,N,1,D] times each sample's dw_du [B,N,K,D] -> [B,N,K,D].
-int ChainCopies(int nparam, void **params, int *, int64_t **shapes, const char **, void *, void *) {
-  if (nparam != 3) return 1;
-  const int64_t groups = shapes[1][0] * shapes[1][1], k_n = shapes[1][2], d = shapes[1][3];
-  const float *g = In(params, 0), *dw_du = In(params, 1);
-  float *out = Out(params, 2);
-  for (int64_t grp = 0; grp < groups; grp++)
-    for (int64_t k = 0; k < k_n; k++) {
-      const int64_t base = (grp * k_n + k) * d;
-      for (int64_t i = 0; i < d; i++) out[base + i] = g[grp * d + i] * dw_du[base + i];
-    }
-  return 0;
-}
-
-// ChainCopies' gradient: g, dw_du, dOut -> d_g [B,N,1,D] = sum_k dOut * dw_du,
-// d_dwdu = dOut * g.
-int ChainCopiesVjp(int nparam, void **params, int *, int64_t **shapes, const char **, void *, void *) {
-  if (nparam != 5) return 1;
-  const int64_t groups = shapes[1][0] * shapes[1][1], k_n = shapes[1][2], d = shapes[1][3];
-  const float *g = In(params, 0), *dw_du = In(params, 1), *dout = In(params, 2);
-  float *d_g = Out(params, 3), *d_dwdu = Out(params, 4);
-  for (int64_t grp = 0; grp < groups; grp++) {
-    float *dg = d_g + grp * d;
-    for (int64_t i = 0; i < d; i++) dg[i] = 0;
-    for (int64_t k = 0; k < k_n; k++) {
-      const int64_t base = (grp * k_n + k) * d;
-      for (int64_t i = 0; i < d; i++) {
-        dg[i] += dout[base + i] * dw_du[base + i];
-        d_dwdu[base + i] = dout[base + i] * g[grp * d + i];
-      }
-    }
-  }
   return 0;
 }
 
@@ -640,6 +512,156 @@ int TotalVjp(int nparam, void **params, int *, int64_t **shapes, const char **, 
     d_pen[b] = dt * task_weight * wt[1];
   }
   Out(params, 8)[0] = dt * wt[2] * reg_weight;
+  return 0;
+}
+
+// One inner-loop decode for one weight sample per class (K = 1), merged: SampleWeights, then
+// ClassGrad at the sampled weights, then ChainOne. o [B,N,1,2D], eps [B,N,1,D], offset [1],
+// x [B,M,D], y [B,M,N] -> w [B,N,D], dw_du [B,N,1,D], grad [B,N,D], chained [B,N,1,2D].
+int DecodeOne(int nparam, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  if (nparam != 9) return 1;
+  const Support s = SupportOf(shapes, params, 3);
+  const int64_t d = s.d, rows = s.b_n * s.c_n;
+  const float *o = In(params, 0), *eps = In(params, 1), offset = In(params, 2)[0];
+  float *w = Out(params, 5), *dw_du = Out(params, 6), *grad = Out(params, 7), *chained = Out(params, 8);
+  for (int64_t r = 0; r < rows; r++) {
+    const float *mean = o + r * 2 * d, *u = mean + d;
+    for (int64_t i = 0; i < d; i++) {
+      float spread;
+      Spread(u[i], eps[r * d + i], offset, &spread, &dw_du[r * d + i]);
+      w[r * d + i] = mean[i] + spread;
+    }
+  }
+  ClassGradCore(s, w, grad);
+  for (int64_t r = 0; r < rows; r++)
+    for (int64_t i = 0; i < d; i++) {
+      chained[r * 2 * d + i] = grad[r * d + i];
+      chained[r * 2 * d + d + i] = grad[r * d + i] * dw_du[r * d + i];
+    }
+  return 0;
+}
+
+// DecodeOne's gradient with respect to o: x, y, and its outputs w, dw_du, grad, then their
+// cotangents d_w, d_dwdu, d_grad, d_chained -> d_o [B,N,1,2D] (ChainOneVjp, ClassGradVjp and
+// SampleWeightsVjp in turn).
+int DecodeOneVjp(int nparam, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  if (nparam != 10) return 1;
+  const Support s = SupportOf(shapes, params, 0);
+  const int64_t d = s.d, rows = s.b_n * s.c_n;
+  const float *w = In(params, 2), *dw_du = In(params, 3), *grad = In(params, 4), *d_w = In(params, 5),
+              *d_dwdu = In(params, 6), *d_grad = In(params, 7), *d_chained = In(params, 8);
+  float *d_o = Out(params, 9);
+  std::vector<float> d_g(rows * d), d_dw(rows * d), to_w(d_w, d_w + rows * d);
+  for (int64_t r = 0; r < rows; r++)
+    for (int64_t i = 0; i < d; i++) {
+      const int64_t k = r * d + i;
+      const float upper = d_chained[r * 2 * d + d + i];
+      d_g[k] = d_grad[k] + d_chained[r * 2 * d + i] + upper * dw_du[k];
+      d_dw[k] = d_dwdu[k] + upper * grad[k];
+    }
+  ClassGradVjpCore(s, w, d_g.data(), to_w.data());
+  for (int64_t r = 0; r < rows; r++)
+    for (int64_t i = 0; i < d; i++) {
+      const int64_t k = r * d + i;
+      d_o[r * 2 * d + i] = to_w[k];
+      d_o[r * 2 * d + d + i] = (to_w[k] + d_dw[k]) * dw_du[k];
+    }
+  return 0;
+}
+
+// One inner-loop decode for K weight samples per class, merged: SampleClassMean, ClassGrad
+// at the class-mean weights, then ChainCopies. m [B,N,D], u, eps [B,N,K,D], offset [1],
+// x [B,M,D], y [B,M,N] -> w_mean [B,N,D], dw_du [B,N,K,D], grad [B,N,D], scaled [B,N,K,D].
+int DecodeCopies(int nparam, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  if (nparam != 10) return 1;
+  const Support s = SupportOf(shapes, params, 4);
+  const int64_t groups = shapes[1][0] * shapes[1][1], k_n = shapes[1][2], d = shapes[1][3];
+  const float *m = In(params, 0), *u = In(params, 1), *eps = In(params, 2), offset = In(params, 3)[0];
+  float *w = Out(params, 6), *dw_du = Out(params, 7), *grad = Out(params, 8), *scaled = Out(params, 9);
+  const float inv_k = 1.0f / static_cast<float>(k_n);
+  for (int64_t g = 0; g < groups; g++) {
+    float *wg = w + g * d;
+    for (int64_t i = 0; i < d; i++) wg[i] = 0;
+    for (int64_t k = 0; k < k_n; k++) {
+      const int64_t base = (g * k_n + k) * d;
+      for (int64_t i = 0; i < d; i++) {
+        float spread;
+        Spread(u[base + i], eps[base + i], offset, &spread, &dw_du[base + i]);
+        wg[i] += spread;
+      }
+    }
+    for (int64_t i = 0; i < d; i++) wg[i] = m[g * d + i] + wg[i] * inv_k;
+  }
+  ClassGradCore(s, w, grad);
+  for (int64_t g = 0; g < groups; g++)
+    for (int64_t k = 0; k < k_n; k++) {
+      const int64_t base = (g * k_n + k) * d;
+      for (int64_t i = 0; i < d; i++) scaled[base + i] = grad[g * d + i] * dw_du[base + i];
+    }
+  return 0;
+}
+
+// DecodeCopies' gradients: x, y, its outputs w_mean, dw_du, grad, then the cotangents d_w,
+// d_dwdu, d_grad, d_scaled -> d_m [B,N,D], d_u [B,N,K,D].
+int DecodeCopiesVjp(int nparam, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  if (nparam != 11) return 1;
+  const Support s = SupportOf(shapes, params, 0);
+  const int64_t groups = shapes[3][0] * shapes[3][1], k_n = shapes[3][2], d = shapes[3][3];
+  const float *w = In(params, 2), *dw_du = In(params, 3), *grad = In(params, 4), *d_w = In(params, 5),
+              *d_dwdu = In(params, 6), *d_grad = In(params, 7), *d_scaled = In(params, 8);
+  float *d_m = Out(params, 9), *d_u = Out(params, 10);
+  std::vector<float> d_g(d_grad, d_grad + groups * d);
+  for (int64_t g = 0; g < groups; g++)
+    for (int64_t k = 0; k < k_n; k++) {
+      const int64_t base = (g * k_n + k) * d;
+      for (int64_t i = 0; i < d; i++) d_g[g * d + i] += d_scaled[base + i] * dw_du[base + i];
+    }
+  std::memcpy(d_m, d_w, sizeof(float) * groups * d);
+  ClassGradVjpCore(s, w, d_g.data(), d_m);
+  const float inv_k = 1.0f / static_cast<float>(k_n);
+  for (int64_t g = 0; g < groups; g++)
+    for (int64_t k = 0; k < k_n; k++) {
+      const int64_t base = (g * k_n + k) * d;
+      for (int64_t i = 0; i < d; i++) {
+        const float to_dwdu = d_dwdu[base + i] + d_scaled[base + i] * grad[g * d + i];
+        d_u[base + i] = (d_m[g * d + i] * inv_k + to_dwdu) * dw_du[base + i];
+      }
+    }
+  return 0;
+}
+
+// One fine-tuning step followed by the next support gradient, merged: w2 = w + rate * g,
+// g2 = ClassGrad at w2. w, g [B,N,D], rate [D], x [B,M,D], y [B,M,N] -> w2, g2 [B,N,D].
+int FinetuneStep(int nparam, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  if (nparam != 7) return 1;
+  const Support s = SupportOf(shapes, params, 3);
+  const int64_t c = s.d, rows = s.b_n * s.c_n;
+  const float *w = In(params, 0), *rate = In(params, 1), *g = In(params, 2);
+  float *w2 = Out(params, 5);
+  for (int64_t r = 0; r < rows; r++)
+    for (int64_t i = 0; i < c; i++) w2[r * c + i] = w[r * c + i] + rate[i] * g[r * c + i];
+  ClassGradCore(s, w2, Out(params, 6));
+  return 0;
+}
+
+// FinetuneStep's gradients other than w's: rate, g, x, y, w2 (its output), d_w2, d_g2 ->
+// d_w, d_rate [D], d_g. With T = d_w2 + ClassGradVjp(w2, d_g2): d_w = T,
+// d_rate = sum over rows of T * g, d_g = T * rate.
+int FinetuneStepVjp(int nparam, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  if (nparam != 10) return 1;
+  const Support s = SupportOf(shapes, params, 2);
+  const int64_t c = s.d, rows = s.b_n * s.c_n;
+  const float *rate = In(params, 0), *g = In(params, 1), *w2 = In(params, 4), *d_w2 = In(params, 5),
+              *d_g2 = In(params, 6);
+  float *d_w = Out(params, 7), *d_rate = Out(params, 8), *d_g = Out(params, 9);
+  std::memcpy(d_w, d_w2, sizeof(float) * rows * c);
+  ClassGradVjpCore(s, w2, d_g2, d_w);
+  std::memset(d_rate, 0, sizeof(float) * c);
+  for (int64_t r = 0; r < rows; r++)
+    for (int64_t i = 0; i < c; i++) {
+      d_rate[i] += d_w[r * c + i] * g[r * c + i];
+      d_g[r * c + i] = d_w[r * c + i] * rate[i];
+    }
   return 0;
 }
 

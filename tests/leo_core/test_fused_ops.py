@@ -106,46 +106,6 @@ def test_descend(fused, shape):
     _check(fused.descend, lambda x, r, g: x + r * g, (x, rate, g), grad_positions=(0, 1, 2))
 
 
-def test_sample_weights(fused):
-    rng = _rng(2)
-    o = np.concatenate([rng.standard_normal((B, N, 1, D)), _u(rng, (B, N, 1, D))], axis=-1)
-    eps = rng.standard_normal((B, N, 1, D))
-    offset = np.array([OFFSET])
-
-    def builtin(o, eps, offset):  # noqa: ARG001
-        mean, u = ops.split(o, D, axis=-1)
-        spread, dw_du = _weight_sample(u, eps)
-        return mean + spread, dw_du
-
-    std = np.exp(o[..., D:]) - OFFSET
-    assert (std < 1e-10).any() and (std > 1e-3).any()
-    _check(fused.sample_weights, builtin, (o, eps, offset), grad_positions=(0,), rtol=1e-4, atol=EXP_ATOL)
-
-
-def test_sample_class_mean(fused):
-    rng = _rng(3)
-    m, u, eps = rng.standard_normal((B, N, D)), _u(rng, (B, N, K, D)), rng.standard_normal((B, N, K, D))
-
-    def builtin(m, u, eps, offset):  # noqa: ARG001
-        spread, dw_du = _weight_sample(u, eps)
-        return m + spread.mean(axis=2), dw_du
-
-    _check(fused.sample_class_mean, builtin, (m, u, eps, np.array([OFFSET])), grad_positions=(0, 1),
-           rtol=1e-4, atol=EXP_ATOL)
-
-
-def test_chain_one(fused):
-    rng = _rng(4)
-    g, dw_du = rng.standard_normal((B, N, 1, D)), rng.standard_normal((B, N, 1, D))
-    _check(fused.chain_one, lambda g, d: ops.concat((g, g * d), axis=-1), (g, dw_du), grad_positions=(0, 1))
-
-
-def test_chain_copies(fused):
-    rng = _rng(5)
-    g, dw_du = rng.standard_normal((B, N, 1, D)), rng.standard_normal((B, N, K, D))
-    _check(fused.chain_copies, lambda g, d: ops.broadcast_to(g, d.shape) * d, (g, dw_du), grad_positions=(0, 1))
-
-
 @pytest.mark.parametrize("m", [N * 1, N * 5])
 def test_pair_relu(fused, m):
     rng = _rng(6)
@@ -245,12 +205,72 @@ def test_total(fused):
            grad_positions=(0, 1, 2, 3))
 
 
+_BMM_NT, _BMM_TN = ops.BatchMatMul(transpose_b=True), ops.BatchMatMul(transpose_a=True)
+
+
+def _class_grad(x, y, w):
+    return _BMM_TN(ops.softmax(_BMM_NT(x, w), axis=-1) - y, x)
+
+
+def _support(rng, m):
+    return np.abs(rng.standard_normal((B, m, D))) / 20, np.eye(N)[rng.integers(0, N, (B, m))]
+
+
+def test_decode_one(fused):
+    """SampleWeights, ClassGrad and ChainOne merged: all four outputs and the gradient with
+    respect to the decoder's output."""
+    rng = _rng(13)
+    o = np.concatenate([rng.standard_normal((B, N, 1, D)) * 0.3, _u(rng, (B, N, 1, D))], axis=-1)
+    eps = rng.standard_normal((B, N, 1, D))
+    x, y = _support(rng, N)
+
+    def builtin(o, eps, offset, x, y):  # noqa: ARG001
+        mean, u = ops.split(o, D, axis=-1)
+        spread, dw_du = _weight_sample(u, eps)
+        w = (mean + spread).squeeze(2)
+        grad = _class_grad(x, y, w)
+        grad_w = ops.expand_dims(grad, 2)
+        return w, dw_du, grad, ops.concat((grad_w, grad_w * dw_du), axis=-1)
+
+    _check(fused.decode_one, builtin, (o, eps, np.array([OFFSET]), x, y), grad_positions=(0,),
+           rtol=1e-4, atol=EXP_ATOL)
+
+
+def test_decode_copies(fused):
+    rng = _rng(14)
+    m, u, eps = rng.standard_normal((B, N, D)) * 0.3, _u(rng, (B, N, K, D)), rng.standard_normal((B, N, K, D))
+    x, y = _support(rng, N * K)
+
+    def builtin(m, u, eps, offset, x, y):  # noqa: ARG001
+        spread, dw_du = _weight_sample(u, eps)
+        w = m + spread.mean(axis=2)
+        grad = _class_grad(x, y, w)
+        return w, dw_du, grad, ops.expand_dims(grad, 2) * dw_du
+
+    _check(fused.decode_copies, builtin, (m, u, eps, np.array([OFFSET]), x, y), grad_positions=(0, 1),
+           rtol=1e-4, atol=EXP_ATOL)
+
+
+def test_finetune_step(fused):
+    rng = _rng(15)
+    w, g = rng.standard_normal((B, N, D)) * 0.3, rng.standard_normal((B, N, D))
+    rate = rng.uniform(-0.01, 0.01, (D,))
+    x, y = _support(rng, N * K)
+
+    def builtin(w, rate, g, x, y):
+        w2 = w + rate * g
+        return w2, _class_grad(x, y, w2)
+
+    _check(fused.finetune_step, builtin, (w, rate, g, x, y), grad_positions=(0, 1, 2))
+
+
 def test_exp_accuracy_over_the_float_range(fused):
-    """The library's own exp (vectorisable) within 2 ulp of float64's, through the weight
-    sampling's dw_du = eps * exp(u) with eps = 1 and u far from the clamp."""
+    """The library's own exp (vectorisable) within 2.5e-7 relative of float64's, read through
+    the weight sampling's dw_du = eps * exp(u) with eps = 1 and offset 0."""
     u = np.linspace(-20, 20, 4001).reshape(1, 1, 1, -1)
     o = np.concatenate([np.zeros_like(u), u], axis=-1)
-    _, dw_du = fused.sample_weights(_t(o), _t(np.ones_like(u)), _t(np.array([0.0])))
+    x, y = np.zeros((1, 1, u.size)), np.ones((1, 1, 1))
+    _, dw_du, _, _ = fused.decode_one(_t(o), _t(np.ones_like(u)), _t(np.array([0.0])), _t(x), _t(y))
     want = np.exp(u.astype(np.float32).astype(np.float64))
     assert float(np.max(np.abs(dw_du.asnumpy() - want) / want)) < 2.5e-7
 
