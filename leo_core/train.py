@@ -45,7 +45,15 @@ if __package__ in (None, ""):  # run as a script (msrun takes a script path)
 
 import numpy as np
 
-from leo_core import checkpoint, cli_common, compile_cache, distributed, fused_ops, hostmem, profiling
+from leo_core import (
+    checkpoint,
+    cli_common,
+    compile_cache,
+    distributed,
+    fused_ops,
+    hostmem,
+    profiling,
+)
 from leo_core.config import ConfigError, ExperimentConfig
 from leo_core.distributed import Comm, shard
 
