@@ -211,12 +211,13 @@ int DescendVjp(int nparam, void **params, int *ndims, int64_t **shapes, const ch
   const int64_t c = shapes[0][0], rows = Size(ndims[1], shapes[1]) / c;
   const float *rate = In(params, 0), *g = In(params, 1), *dout = In(params, 2);
   float *d_rate = Out(params, 3), *d_g = Out(params, 4);
-  std::memset(d_rate, 0, sizeof(float) * c);
+  std::vector<double> sum(c, 0.0);  // across tasks: double, so a split over ranks rounds alike
   for (int64_t r = 0; r < rows; r++)
     for (int64_t i = 0; i < c; i++) {
-      d_rate[i] += dout[r * c + i] * g[r * c + i];
+      sum[i] += dout[r * c + i] * g[r * c + i];
       d_g[r * c + i] = dout[r * c + i] * rate[i];
     }
+  for (int64_t i = 0; i < c; i++) d_rate[i] = static_cast<float>(sum[i]);
   return 0;
 }
 
@@ -289,20 +290,21 @@ int DescendCopiesVjp(int nparam, void **params, int *, int64_t **shapes, const c
   const int64_t groups = shapes[2][0] * shapes[2][1], k_n = shapes[2][2], c = shapes[2][3];
   const float *rate = In(params, 0), *gz = In(params, 1), *h = In(params, 2), *dout = In(params, 3);
   float *d_rate = Out(params, 4), *d_gz = Out(params, 5), *d_h = Out(params, 6);
-  std::memset(d_rate, 0, sizeof(float) * c);
+  std::vector<double> sum(c, 0.0);  // across tasks: double, so a split over ranks rounds alike
   for (int64_t g = 0; g < groups; g++) {
     float *dg = d_gz + g * c;
     for (int64_t i = 0; i < c; i++) dg[i] = 0.0f;
     for (int64_t k = 0; k < k_n; k++) {
       const int64_t base = (g * k_n + k) * c;
       for (int64_t i = 0; i < c; i++) {
-        d_rate[i] += dout[base + i] * (gz[g * c + i] + h[base + i]);
+        sum[i] += dout[base + i] * (gz[g * c + i] + h[base + i]);
         dg[i] += dout[base + i];
         d_h[base + i] = dout[base + i] * rate[i];
       }
     }
     for (int64_t i = 0; i < c; i++) dg[i] *= rate[i];
   }
+  for (int64_t i = 0; i < c; i++) d_rate[i] = static_cast<float>(sum[i]);
   return 0;
 }
 
@@ -492,9 +494,9 @@ int Total(int nparam, void **params, int *, int64_t **shapes, const char **, voi
   const int64_t b_n = shapes[0][0];
   const float *ce = In(params, 0), *kl = In(params, 1), *pen = In(params, 2), *wt = In(params, 6);
   const float orth = In(params, 3)[0], task_weight = In(params, 4)[0], reg_weight = In(params, 5)[0];
-  float sum = 0;
+  double sum = 0;
   for (int64_t b = 0; b < b_n; b++) sum += ce[b] + wt[0] * kl[b] + wt[1] * pen[b];
-  Out(params, 7)[0] = sum * task_weight + wt[2] * orth * reg_weight;
+  Out(params, 7)[0] = static_cast<float>(sum * task_weight + wt[2] * orth * reg_weight);
   return 0;
 }
 
@@ -656,12 +658,13 @@ int FinetuneStepVjp(int nparam, void **params, int *, int64_t **shapes, const ch
   float *d_w = Out(params, 7), *d_rate = Out(params, 8), *d_g = Out(params, 9);
   std::memcpy(d_w, d_w2, sizeof(float) * rows * c);
   ClassGradVjpCore(s, w2, d_g2, d_w);
-  std::memset(d_rate, 0, sizeof(float) * c);
+  std::vector<double> sum(c, 0.0);  // across tasks: double, so a split over ranks rounds alike
   for (int64_t r = 0; r < rows; r++)
     for (int64_t i = 0; i < c; i++) {
-      d_rate[i] += d_w[r * c + i] * g[r * c + i];
+      sum[i] += d_w[r * c + i] * g[r * c + i];
       d_g[r * c + i] = d_w[r * c + i] * rate[i];
     }
+  for (int64_t i = 0; i < c; i++) d_rate[i] = static_cast<float>(sum[i]);
   return 0;
 }
 
