@@ -14,9 +14,10 @@ when they compile (`load`); elsewhere, or with LEO_FUSED_OPS=0, it builds the sa
 functions from built-in operators. tests/leo_core/test_fused_ops.py checks each operator and
 gradient against the built-in chain, and test_model.py the whole model both ways.
 
-The shared library is compiled once per source version with the C++ compiler (`CXX`,
-default g++) into LEO_CACHE_DIR (or ~/.cache/leo-launch) and reused; without a compiler
-the model falls back to the built-in operators and says so once on stderr.
+The shared library is compiled once per source version and CPU with the C++ compiler (`CXX`,
+default g++) into the user's cache ($XDG_CACHE_HOME or ~/.cache, `leo-launch/fused-ops/`)
+and reused; without a compiler the model falls back to the built-in operators and says so
+once on stderr.
 """
 
 from __future__ import annotations
@@ -52,8 +53,11 @@ def wanted() -> bool:
 
 
 def _cache_root() -> Path:
-    base = os.environ.get("LEO_CACHE_DIR", "").strip()
-    return Path(base) / "fused-ops" if base else Path.home() / ".cache" / "leo-launch" / "fused-ops"
+    """The machine's user cache ($XDG_CACHE_HOME or ~/.cache): the library depends on the
+    source and the CPU only, so every job on the machine shares it (a job's own cache dir,
+    LEO_CACHE_DIR, would compile it once per job)."""
+    base = os.environ.get("XDG_CACHE_HOME", "").strip() or str(Path.home() / ".cache")
+    return Path(base) / "leo-launch" / "fused-ops"
 
 
 def _compiler() -> str | None:

@@ -279,7 +279,7 @@ def _fresh(monkeypatch, tmp_path):
     """No library decided yet in this process, and an empty cache."""
     monkeypatch.setattr(fused_ops, "_LIBRARY", [])
     monkeypatch.setattr(fused_ops, "_PENDING", [])
-    monkeypatch.setenv("LEO_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
 
 
 def test_unavailable_compiler_falls_back_with_one_line(monkeypatch, capsys, tmp_path):
@@ -297,7 +297,7 @@ def test_failing_compile_falls_back_with_one_line_and_no_partial_file(monkeypatc
     assert fused_ops.library() is None
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "false failed" in err[0]
-    assert not [p for p in (tmp_path / "fused-ops").rglob("*") if p.is_file()]
+    assert not [p for p in (tmp_path / "leo-launch" / "fused-ops").rglob("*") if p.is_file()]
 
 
 def test_compile_in_the_background_then_cached(monkeypatch, tmp_path):
@@ -305,7 +305,7 @@ def test_compile_in_the_background_then_cached(monkeypatch, tmp_path):
     fused_ops.start_compile()
     assert fused_ops._PENDING  # compiling while the caller goes on
     path = fused_ops.library()
-    assert path is not None and path.is_relative_to(tmp_path / "fused-ops")
+    assert path is not None and path.is_relative_to(tmp_path / "leo-launch" / "fused-ops")
     stamp = path.stat().st_mtime_ns
     monkeypatch.setattr(fused_ops, "_LIBRARY", [])
     fused_ops.start_compile()
@@ -319,7 +319,7 @@ def test_pending_compile_abandoned_at_exit_leaves_no_file(monkeypatch, tmp_path)
     fused_ops.start_compile()
     fused_ops._abandon()
     assert not fused_ops._PENDING
-    assert not [p for p in (tmp_path / "fused-ops").rglob("*") if p.is_file()]
+    assert not [p for p in (tmp_path / "leo-launch" / "fused-ops").rglob("*") if p.is_file()]
 
 
 def test_switched_off_by_environment(monkeypatch):
