@@ -285,8 +285,9 @@ class Trainer:
                   f"{cfg.metatrain_batch_size} over {self.comm.world} rank(s), "
                   f"validation every {cfg.checkpoint_steps} steps", flush=True)
         if self.validates_first:
-            if self.step < total_steps:
-                self.compile_training_step()
+            # Even with no step to train: the compile order must not depend on the step count,
+            # which the compile cache's key leaves out.
+            self.compile_training_step()
             # As the original: validate before any update, so the untrained model is
             # `best` until a trained step beats it (its checkpoint is step-0).
             self._validate_and_log()
