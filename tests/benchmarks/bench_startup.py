@@ -14,8 +14,9 @@ Variants, alternating run by run so the machine's load drifts hit all alike:
 
 The phases are measured from the process's spawn by when output lines arrive (the
 bootstrap's `[rank 0] ` tag stripped): to the "training ..." line (interpreter, imports,
-data loading, MindSpore set-up), to the step-0 validation line (its graph compile and the
-validation of the untrained model), to the first step. `--resume` times a restart (a
+data loading, MindSpore set-up), to the step-0 validation line (the training step's graph
+compile, which comes first since issue 25, the evaluation graph's and the validation of the
+untrained model), to the first step. `--resume` times a restart (a
 checkpoint exists: no step-0 validation) from the checkpoint of a fresh run by the
 bootstrap; there the bootstrap's compile cache (`<cache>/compile-cache`) is kept from that
 fresh run to every restart, as a pod's /cache is across container restarts (per-run lines
