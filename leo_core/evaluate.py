@@ -67,7 +67,8 @@ def evaluate_models(models: dict, sampler, num_tasks: int, comm: Comm, progress=
     chunk = (EPISODE_CHUNK_PER_RANK if episodes else CHUNK_PER_RANK) * comm.world
     # With `episode_weights`, a chunk is scored (its query logits and results, NumPy) in a
     # second thread while the next chunk is drawn and adapted (MindSpore): on 2 cores the
-    # step-0 validation took 0.1 s less of ~1 s. Chunks are summed in order: same numbers.
+    # step-0 validation took 1.0-1.3 s instead of 1.15-1.4 s (no gain on a loaded machine).
+    # Chunks are summed in order: same numbers.
     pending: deque[tuple[int, Future]] = deque()  # (tasks done after the chunk, its results)
     with ThreadPoolExecutor(1, thread_name_prefix="leo-eval") as scorer:
         for done in range(0, num_tasks, chunk):

@@ -215,7 +215,7 @@ class Trainer:
 
     # -- one meta-training step
     def train_step(self) -> tuple[float, float]:
-        from leo_core.model import PARAM_NAMES, WEIGHT_NAMES
+        from leo_core.model import WEIGHT_NAMES
         from leo_core.optim import clip_gradients, has_nan, nan_guard_gradients
         from leo_core.prefetch import StepPrefetcher, prepare_step
 
@@ -231,16 +231,7 @@ class Trainer:
         loss, ce, acc, grads = self.model.loss_and_grads(
             batch.tr_x, batch.tr_y, batch.val_x, batch.val_y, noise,
             task_weight=1.0 / batch_size, reg_weight=1.0 / comm.world, inputs=prepared.inputs)
-        # One all-reduce carries every gradient and the step's statistics.
-        flat = np.concatenate([grads[name].ravel() for name in PARAM_NAMES]
-                              + [np.array([loss, acc.sum()], np.float32)])
-        flat = comm.allreduce_sum(flat)
-        offset = 0
-        for name in PARAM_NAMES:
-            size = grads[name].size
-            grads[name] = flat[offset:offset + size].reshape(grads[name].shape)
-            offset += size
-        loss, acc_sum = float(flat[-2]), float(flat[-1])
+        loss, acc_sum, grads = self._all_reduced(loss, acc, grads)
         self._dump_step(loss, grads)
         if has_nan(loss, grads):
             grads = nan_guard_gradients(self.model.params, WEIGHT_NAMES)
@@ -250,12 +241,28 @@ class Trainer:
         self.step += 1
         return loss, acc_sum / batch_size
 
+    def _all_reduced(self, loss: float, acc: np.ndarray, grads: dict) -> tuple[float, float, dict]:
+        """The step's loss, accuracy sum and gradients summed over the ranks: one all-reduce
+        carries every gradient and the step's statistics."""
+        from leo_core.model import PARAM_NAMES
+
+        flat = np.concatenate([grads[name].ravel() for name in PARAM_NAMES]
+                              + [np.array([loss, acc.sum()], np.float32)])
+        flat = self.comm.allreduce_sum(flat)
+        offset = 0
+        for name in PARAM_NAMES:
+            size = grads[name].size
+            grads[name] = flat[offset:offset + size].reshape(grads[name].shape)
+            offset += size
+        return float(flat[-2]), float(flat[-1]), grads
+
     def compile_training_step(self) -> None:
-        """Compile the training step's graph now, on zeros of its shapes (the result is
-        dropped; the weights do not change). A fresh run calls it before the step-0
-        validation, so both fresh and resumed runs compile the training step first:
-        MindSpore's compile cache names graphs by their order (leo_core.compile_cache), and
-        a fresh run's cache then serves its first restart too."""
+        """Compile the training step's graphs now (its loss and gradients, then with several
+        ranks its all-reduce) on zeros of its shapes; the result is dropped and the weights
+        do not change. A fresh run calls it before the step-0 validation, so fresh and
+        resumed runs compile the same graphs in the same order: MindSpore's compile cache
+        names graphs by their order (leo_core.compile_cache), and a fresh run's cache then
+        serves its first restart too. Every rank calls it (the all-reduce is collective)."""
         from leo_core.model import empty_noise
 
         cfg, tasks = self.cfg, len(self.my_tasks)
@@ -265,8 +272,10 @@ class Trainer:
             array.fill(0.0)
         x = np.zeros((tasks, n, k + q, self.model.dim), np.float32)
         y = np.zeros((tasks, n, k + q), np.int64)
-        self.model.loss_and_grads(x[:, :, :k], y[:, :, :k], x[:, :, k:], y[:, :, k:], noise,
-                                  task_weight=1.0 / cfg.metatrain_batch_size, reg_weight=1.0 / self.comm.world)
+        loss, _, acc, grads = self.model.loss_and_grads(
+            x[:, :, :k], y[:, :, :k], x[:, :, k:], y[:, :, k:], noise,
+            task_weight=1.0 / cfg.metatrain_batch_size, reg_weight=1.0 / self.comm.world)
+        self._all_reduced(loss, acc, grads)
 
     def validate(self) -> dict:
         from leo_core.data import make_rng
