@@ -12,10 +12,10 @@ script and the modules it imports at its top level that are not installed packag
 functions compiled in the other order get each other's graph (seen: `g(x)` returned `f(x)`),
 and an installed or lazily imported module (leo_core.model, in the images) is not checked.
 So the folder's name hashes the MindSpore and Python versions, every leo_core source file
-(and the fused operators' C++ source and library path),
-the experiment config, the device, the world size, the profiler flag, and whether the run
-starts with the step-0 validation (a fresh run compiles the evaluation graph first, a
-resumed one the training step). A damaged cache file is recompiled by MindSpore itself
+(the fused operators' C++ source and library path too), the experiment config, the device,
+the world size and the profiler flag; and every run compiles the training step first (a
+fresh one before its step-0 validation, `Trainer.compile_training_step`), so a fresh run's
+cache serves its restarts, the first one included. A damaged cache file is recompiled by MindSpore itself
 (seen: "Failed to load the compilation cache file. Execute all the compilation actions").
 """
 
@@ -33,13 +33,15 @@ ENV = "LEO_COMPILE_CACHE"
 _SOURCES = Path(__file__).resolve().parent
 
 
-def cache_key(config: dict, *, device: str, world: int, validate_first: bool, profile: bool = False) -> str:
+def cache_key(config: dict, *, device: str, world: int, profile: bool = False) -> str:
     """The folder name: a hash of everything that decides which graphs compile, and in which order."""
     import mindspore
 
     digest = hashlib.sha256()
+    # The step limit decides no graph: a run extended with more steps keeps its cache.
+    config = {key: value for key, value in config.items() if key != "num_steps_limit"}
     fixed = {"mindspore": mindspore.__version__, "python": sys.version, "config": config, "device": device,
-             "world": world, "validate_first": validate_first, "profile": profile,
+             "world": world, "profile": profile,
              # The graphs name the fused operators' library by its path (None: built-in operators).
              "fused_ops": str(fused_ops.library()) if fused_ops.wanted() else None}
     digest.update(json.dumps(fixed, sort_keys=True, default=str).encode())

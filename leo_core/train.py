@@ -33,11 +33,13 @@ restart loads its graphs instead of compiling them.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script (msrun takes a script path)
@@ -85,18 +87,25 @@ def parse_args(argv):
     return args
 
 
+def load_splits(cfg: ExperimentConfig, data_root: Path) -> tuple:
+    """The training and validation splits `Trainer` samples from (leo_core.data.Split)."""
+    from leo_core import data
+
+    return (data.load_split(data_root, cfg.dataset_name, cfg.embedding_crop, "train", train_on_val=cfg.train_on_val),
+            data.load_split(data_root, cfg.dataset_name, cfg.embedding_crop, "val"))
+
+
 class Trainer:
     def __init__(self, cfg: ExperimentConfig, data_root: Path, out: Path, seed: int, comm: Comm,
-                 log_every: int = 100):
+                 log_every: int = 100, splits: tuple | None = None):
+        """`splits`: `load_splits(cfg, data_root)` when already loaded."""
         from leo_core import data
         from leo_core.model import LEO
         from leo_core.optim import Adam
 
         self.cfg, self.out, self.seed, self.comm, self.log_every = cfg, out, seed, comm, log_every
         k = cfg.num_tr_examples_per_class
-        train_split = data.load_split(data_root, cfg.dataset_name, cfg.embedding_crop, "train",
-                                      train_on_val=cfg.train_on_val)
-        self.val_split = data.load_split(data_root, cfg.dataset_name, cfg.embedding_crop, "val")
+        train_split, self.val_split = splits or load_splits(cfg, data_root)
         # The same stream on every rank: all draw the global meta-batch.
         self.sampler = data.EpisodeSampler(train_split, cfg.num_classes, k,
                                            cfg.num_val_examples_per_class, data.make_rng(seed, 0))
@@ -214,7 +223,7 @@ class Trainer:
 
     # -- one meta-training step
     def train_step(self) -> tuple[float, float]:
-        from leo_core.model import PARAM_NAMES, WEIGHT_NAMES
+        from leo_core.model import WEIGHT_NAMES
         from leo_core.optim import clip_gradients, has_nan, nan_guard_gradients
         from leo_core.prefetch import StepPrefetcher, prepare_step
 
@@ -230,16 +239,7 @@ class Trainer:
         loss, ce, acc, grads = self.model.loss_and_grads(
             batch.tr_x, batch.tr_y, batch.val_x, batch.val_y, noise,
             task_weight=1.0 / batch_size, reg_weight=1.0 / comm.world, inputs=prepared.inputs)
-        # One all-reduce carries every gradient and the step's statistics.
-        flat = np.concatenate([grads[name].ravel() for name in PARAM_NAMES]
-                              + [np.array([loss, acc.sum()], np.float32)])
-        flat = comm.allreduce_sum(flat)
-        offset = 0
-        for name in PARAM_NAMES:
-            size = grads[name].size
-            grads[name] = flat[offset:offset + size].reshape(grads[name].shape)
-            offset += size
-        loss, acc_sum = float(flat[-2]), float(flat[-1])
+        loss, acc_sum, grads = self._all_reduced(loss, acc, grads)
         self._dump_step(loss, grads)
         if has_nan(loss, grads):
             grads = nan_guard_gradients(self.model.params, WEIGHT_NAMES)
@@ -248,6 +248,42 @@ class Trainer:
         self.adam.update(self.model.params, grads)
         self.step += 1
         return loss, acc_sum / batch_size
+
+    def _all_reduced(self, loss: float, acc: np.ndarray, grads: dict) -> tuple[float, float, dict]:
+        """The step's loss, accuracy sum and gradients summed over the ranks: one all-reduce
+        carries every gradient and the step's statistics."""
+        from leo_core.model import PARAM_NAMES
+
+        flat = np.concatenate([grads[name].ravel() for name in PARAM_NAMES]
+                              + [np.array([loss, acc.sum()], np.float32)])
+        flat = self.comm.allreduce_sum(flat)
+        offset = 0
+        for name in PARAM_NAMES:
+            size = grads[name].size
+            grads[name] = flat[offset:offset + size].reshape(grads[name].shape)
+            offset += size
+        return float(flat[-2]), float(flat[-1]), grads
+
+    def compile_training_step(self) -> None:
+        """Compile the training step's graphs now (its loss and gradients, then with several
+        ranks its all-reduce) on zeros of its shapes; the result is dropped and the weights
+        do not change. A fresh run calls it before the step-0 validation, so fresh and
+        resumed runs compile the same graphs in the same order: MindSpore's compile cache
+        names graphs by their order (leo_core.compile_cache), and a fresh run's cache then
+        serves its first restart too. Every rank calls it (the all-reduce is collective)."""
+        from leo_core.model import empty_noise
+
+        cfg, tasks = self.cfg, len(self.my_tasks)
+        n, k, q = cfg.num_classes, cfg.num_tr_examples_per_class, cfg.num_val_examples_per_class
+        noise = empty_noise(cfg, tasks, q, self.model.dim)
+        for array in noise.as_tuple():
+            array.fill(0.0)
+        x = np.zeros((tasks, n, k + q, self.model.dim), np.float32)
+        y = np.zeros((tasks, n, k + q), np.int64)
+        loss, _, acc, grads = self.model.loss_and_grads(
+            x[:, :, :k], y[:, :, :k], x[:, :, k:], y[:, :, k:], noise,
+            task_weight=1.0 / cfg.metatrain_batch_size, reg_weight=1.0 / self.comm.world)
+        self._all_reduced(loss, acc, grads)
 
     def validate(self) -> dict:
         from leo_core.data import make_rng
@@ -266,6 +302,9 @@ class Trainer:
                   f"{cfg.metatrain_batch_size} over {self.comm.world} rank(s), "
                   f"validation every {cfg.checkpoint_steps} steps", flush=True)
         if self.validates_first:
+            # Even with no step to train: the compile order must not depend on the step count,
+            # which the compile cache's key leaves out.
+            self.compile_training_step()
             # As the original: validate before any update, so the untrained model is
             # `best` until a trained step beats it (its checkpoint is step-0).
             self._validate_and_log()
@@ -276,6 +315,7 @@ class Trainer:
             loss, acc = self.train_step()
             if first:
                 self._log_startup()
+                _collect_garbage_again()
                 first = False
             if self.profiler is not None:
                 self.profiler.step_done()
@@ -357,14 +397,21 @@ def _exit_failed_rank(comm: Comm) -> None:
     os._exit(1)
 
 
+def _collect_garbage_again() -> None:
+    """End `main`'s start-up without garbage collections: what is alive now (modules,
+    data, graphs) stays and is frozen out of later collections' scans."""
+    if not gc.isenabled():
+        gc.freeze()
+        gc.enable()
+
+
 def _enable_compile_cache(trainer: Trainer, args) -> None:
     """With LEO_COMPILE_CACHE (the bootstrap sets it): MindSpore's compile cache, keyed (see
     leo_core.compile_cache); before the first graph is compiled."""
     if not os.environ.get(compile_cache.ENV, "").strip():
         return
     key = compile_cache.cache_key(trainer.cfg.to_dict(), device=args.device or distributed.default_device(),
-                                  world=trainer.comm.world, validate_first=trainer.validates_first,
-                                  profile=bool(args.profile))
+                                  world=trainer.comm.world, profile=bool(args.profile))
     path = compile_cache.enable(key)
     if trainer.comm.is_main:
         print(f"compile cache: {path}", flush=True)
@@ -377,14 +424,29 @@ def main(argv: list[str] | None = None) -> int:
     hostmem.keep_freed_memory()
     if (args.device or distributed.default_device()) == "CPU":
         fused_ops.start_compile()  # in the background, while MindSpore imports
+    # No garbage collections until the first step (`_collect_garbage_again`): they found
+    # nothing to free in MindSpore's import and graph compiles, and took ~0.1 s of the import.
+    gc.disable()
+    try:
+        return _train(args)
+    finally:
+        gc.enable()
+
+
+def _train(args) -> int:
     with cli_common.exit_on_user_error():
         cfg = cli_common.resolve_config(args)
         if args.steps is not None:
             cfg = cfg.with_overrides({"num_steps_limit": args.steps})
         from leo_core.distributed import setup
 
-        comm = setup(args.device)
-        trainer = Trainer(cfg, Path(args.data_root), args.out, args.seed, comm, args.log_every)
+        # The data is read while MindSpore is imported (NumPy and file reads, mostly
+        # outside the GIL): ~0.1 s off a staged miniImageNet start, more on larger data.
+        with ThreadPoolExecutor(1, thread_name_prefix="leo-load") as loader:
+            splits = loader.submit(load_splits, cfg, Path(args.data_root))
+            comm = setup(args.device)
+            trainer = Trainer(cfg, Path(args.data_root), args.out, args.seed, comm, args.log_every,
+                              splits=splits.result())
         resumed = args.resume and trainer.restore()
         if args.init and not resumed:
             trainer.initialise_from(args.init)

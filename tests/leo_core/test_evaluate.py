@@ -146,3 +146,26 @@ def test_episode_results_follow_argmax_on_ties_and_nan():
         ce_ref, acc_ref = _nan_safe_results(case)
         np.testing.assert_array_equal(acc, acc_ref)
         np.testing.assert_allclose(ce, ce_ref, rtol=1e-6)
+
+
+def test_chunks_are_scored_beside_the_next_adaptation_and_summed_in_order(test_split):
+    """The query pass (NumPy) of a chunk runs in a second thread, so it can overlap the next
+    chunk's adaptation (MindSpore); progress still arrives chunk by chunk, in order."""
+    import threading
+
+    cfg = load_experiment("mini_1shot", ["total_examples_per_class=60"])
+    threads = set()
+
+    class Recording(data.EpisodeSampler):
+        def query_logits(self, rows, weights):
+            threads.add(threading.current_thread().name)
+            return super().query_logits(rows, weights)
+
+    sampler = Recording(test_split, 5, 1, 59, data.make_rng(3, 2))
+    reported = []
+    models = {"trained": LEO(cfg, seed=7), "untrained": LEO(cfg, 0), "nearest_class_mean": NearestClassMean()}
+    results = evaluate_with_baselines(models, lambda: sampler, 250, Comm(), lambda *done: reported.append(done))
+    assert threads and threading.main_thread().name not in threads
+    assert reported == [(100, 250), (200, 250), (250, 250)]
+    for name, (accuracy, _, _) in PINNED["mini_1shot"].items():
+        assert results[name]["accuracy"] == pytest.approx(accuracy, rel=0, abs=1e-12), name

@@ -254,26 +254,28 @@ def _graph_dirs(cache):
     return sorted(p.parent.parent.name for p in cache.glob("*/rank_0/graph_cache"))
 
 
-def test_a_warm_compile_cache_fresh_and_resumed_trains_exactly_as_no_cache(tiny_root, trained, tmp_path,
-                                                                             monkeypatch):
-    """leo_core.compile_cache: its key keeps a resumed run (training graph compiled first)
-    off a fresh run's cache (evaluation first); unkeyed, the resumed run loaded the
-    evaluation graph for its step and failed (Reshape sizes)."""
+def test_the_first_restart_finds_the_fresh_runs_compile_cache_warm_and_trains_exactly_as_no_cache(
+        tiny_root, trained, tmp_path, monkeypatch):
+    """leo_core.compile_cache: a fresh run compiles the training step before its step-0
+    validation, as a resumed run does, so their graphs share one cache folder and a
+    restart loads them (before, the first restart compiled everything again: another
+    order, another folder); a warm cache trains exactly as no cache."""
     from leo_core import compile_cache
 
     cache = tmp_path / "cache"
     monkeypatch.setenv(compile_cache.ENV, str(cache))
     split = tmp_path / "split"
-    first = train(tiny_root, split, 3)  # fresh: evaluation graph, then the training step's
+    first = train(tiny_root, split, 3)
     assert f"compile cache: {cache}" in first.stdout
+    assert "Use the compilation cache" not in first.stderr  # cold: nothing to load
     fresh_keys = _graph_dirs(cache)
     assert len(fresh_keys) == 1
-    train(tiny_root, split, 6, "--resume")  # resumed: another order, another folder
-    assert len(_graph_dirs(cache)) == 2
-    again = tmp_path / "again"  # the same two runs, now with the warm cache of both
+    resumed = train(tiny_root, split, 6, "--resume")  # the first restart
+    assert _graph_dirs(cache) == fresh_keys and "Use the compilation cache" in resumed.stderr
+    again = tmp_path / "again"  # the same two runs, now with the warm cache
     train(tiny_root, again, 3)
     train(tiny_root, again, 6, "--resume")
-    assert len(_graph_dirs(cache)) == 2 and fresh_keys[0] in _graph_dirs(cache)
+    assert _graph_dirs(cache) == fresh_keys
     straight = trained[0]  # six steps, no cache
     for run in (split, again):
         a, b = weights(straight / "checkpoints/step-6"), weights(run / "checkpoints/step-6")
@@ -282,3 +284,45 @@ def test_a_warm_compile_cache_fresh_and_resumed_trains_exactly_as_no_cache(tiny_
     validations = [[(r["step"], r["accuracy"]) for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
                     if r["kind"] == "validation"] for run in (straight, split, again)]
     assert validations[0] == validations[1] == validations[2] and len(validations[0]) == 3
+
+
+START_UP_PROBE = """
+import gc, json, sys, threading
+from leo_core import train
+seen = {"order": []}
+load, compile_step, validate, step = (train.load_splits, train.Trainer.compile_training_step,
+                                      train.Trainer.validate, train.Trainer.train_step)
+def loading(*a):
+    seen["load_thread"] = threading.current_thread() is not threading.main_thread()
+    return load(*a)
+def compiling(self):
+    seen["order"].append("compile")
+    return compile_step(self)
+def validating(self):
+    seen["order"].append(f"validate {self.step}")
+    return validate(self)
+def stepping(self):
+    seen["order"].append(f"step {self.step}")
+    seen.setdefault("gc_in_first_step", gc.isenabled())
+    return step(self)
+train.load_splits, train.Trainer.compile_training_step = loading, compiling
+train.Trainer.validate, train.Trainer.train_step = validating, stepping
+code = train.main(sys.argv[1:])
+seen["gc_after"], seen["frozen"] = gc.isenabled(), gc.get_freeze_count() > 0
+print("PROBE " + json.dumps(seen))
+sys.exit(code)
+"""
+
+
+def test_start_up_reads_data_beside_the_import_compiles_the_step_first_without_gc(tiny_root, tmp_path):
+    """Start-up (issue 25): the data is read in a second thread while MindSpore is imported,
+    the training step compiles before the step-0 validation (one compile order for fresh
+    and resumed runs), and no garbage collection runs until the first step is done."""
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-c", START_UP_PROBE, "--experiment", "mini_5shot", "--data-root",
+                           str(tiny_root), "--out", str(out), "--steps", "2", "--log-every", "1", *TINY],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    seen = json.loads(proc.stdout.split("PROBE ")[1])
+    assert seen == {"load_thread": True, "order": ["compile", "validate 0", "step 0", "step 1", "validate 2"],
+                    "gc_in_first_step": False, "gc_after": True, "frozen": True}
