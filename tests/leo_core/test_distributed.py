@@ -36,6 +36,7 @@ import pytest
 from leo_core import distributed
 from leo_core.distributed import default_device, failure_timeouts, launched_distributed, shard
 from tests import msrun_util
+from tests.trajectory import WEIGHT_ATOL, assert_same_weights
 
 pytestmark = pytest.mark.integration
 
@@ -50,8 +51,6 @@ SETTINGS = ["--set", "total_examples_per_class=20", "--set", "num_validation_bat
             "--set", f"metavalid_batch_size={VALIDATION_TASKS}", "--set", "checkpoint_steps=3",
             "--set", "kl_weight=0"]
 GRAD_RTOL = 1e-5  # float32; measured ~3e-7
-WEIGHT_ATOL = 1e-5  # float32; measured ~1e-7
-OUTER_LR = 1e-4  # mini_5shot's outer learning rate: Adam's step size
 KILL_BOUND_S = 60  # expected ~MS_NODE_TIMEOUT + 5 s = 25 s
 JOB_TIMEOUT_S = 360  # wall-clock limit of one job (compilation on 2 busy cores)
 
@@ -232,21 +231,8 @@ def test_two_ranks_of_six_tasks_equal_one_process_of_twelve(two_ranks, one_proce
     dist = load_npz(two_ranks[0] / "dump/params-rank0.npz")
     single = load_npz(one_process[0] / "dump/params-rank0.npz")
     initial = init_parameters(load_experiment("mini_5shot"), 0)  # seed 0, as the runs
-    worst, moved = 0.0, 0.0
-    for name in PARAM_NAMES:
-        # Adam steps each weight by about the learning rate whatever the size of its gradient,
-        # so where a gradient is within float32 rounding of zero (seen: 1e-7, against 1e-2
-        # elsewhere in the tensor) the two runs may step opposite ways once: a few such
-        # elements may differ by up to the learning rate, all others agree to WEIGHT_ATOL.
-        # Seen with the fused CPU operators: 3 of 40,960 in encoder/w (max 1.75e-5) and 23 of
-        # 16,384 in relation/w_0; with the built-in ones none (max 6.7e-8). A wrong shard or
-        # reduction moves most elements by the learning rate. Each step's gradient and
-        # update are checked exactly in the test above.
-        diff = np.abs(dist[name] - single[name])
-        assert (diff > WEIGHT_ATOL).mean() <= 0.01, f"{name}: {(diff > WEIGHT_ATOL).sum()} elements differ"
-        assert diff.max() <= OUTER_LR, f"{name}: max difference {diff.max():.2e}"
-        worst = max(worst, float(np.median(diff)))
-        moved = max(moved, float(np.abs(single[name] - initial[name]).max()))
+    worst = assert_same_weights(dist, single, PARAM_NAMES)  # see tests/trajectory.py
+    moved = max(float(np.abs(single[name] - initial[name]).max()) for name in PARAM_NAMES)
     assert moved > 100 * WEIGHT_ATOL, f"training barely moved the weights ({moved})"
     print(f"median |2 ranks - 1 process| = {worst:.2e}; max |weights - init| = {moved:.2e}")
 
@@ -256,7 +242,7 @@ def test_two_ranks_of_six_tasks_equal_one_process_of_twelve(two_ranks, one_proce
     opt_a, opt_b = load_npz(a / "optimizer.npz"), load_npz(b / "optimizer.npz")
     assert opt_a.keys() == opt_b.keys()
     for name in opt_a:
-        # The few weights that stepped apart (above) move the encoder's and relation
+        # The few weights that stepped apart (tests/trajectory.py) move the encoder's and relation
         # network's later gradients, hence their moments, by up to 7e-4 of the largest (seen
         # with the fused CPU operators; 1e-6 elsewhere and with the built-in operators).
         scale = max(float(np.abs(opt_b[name]).max()), 1e-12)
