@@ -40,10 +40,11 @@ def cache_key(config: dict, *, device: str, world: int, profile: bool = False) -
     digest = hashlib.sha256()
     # The step limit decides no graph: a run extended with more steps keeps its cache.
     config = {key: value for key, value in config.items() if key != "num_steps_limit"}
+    library = fused_ops.active_library()
     fixed = {"mindspore": mindspore.__version__, "python": sys.version, "config": config, "device": device,
              "world": world, "profile": profile,
              # The graphs name the fused operators' library by its path (None: built-in operators).
-             "fused_ops": str(fused_ops.library()) if fused_ops.wanted() else None}
+             "fused_ops": str(library) if library is not None else None}
     digest.update(json.dumps(fixed, sort_keys=True, default=str).encode())
     for path in sorted([*_SOURCES.rglob("*.py"), *_SOURCES.rglob("*.cc")]):
         digest.update(str(path.relative_to(_SOURCES)).encode() + b"\0" + path.read_bytes() + b"\0")

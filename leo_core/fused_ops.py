@@ -10,7 +10,7 @@ K > 1); a fine-tuning step with the next support gradient; the latent updates wi
 rate gradient; the latent sampling with its KL term; the relation network's pair sums with
 their ReLU; the query cross-entropy and accuracy; the decoder's orthogonality penalty; the
 encoder penalty; the meta-loss's sum of its terms. `leo_core.model` uses them on the CPU
-when they compile (`load`); elsewhere, or with LEO_FUSED_OPS=0, it builds the same
+when they compile (`active_library`); elsewhere, or with LEO_FUSED_OPS=0, it builds the same
 functions from built-in operators. tests/leo_core/test_fused_ops.py checks each operator and
 gradient against the built-in chain, and test_model.py the whole model both ways.
 
@@ -23,6 +23,7 @@ once on stderr.
 from __future__ import annotations
 
 import atexit
+import functools
 import hashlib
 import os
 import platform
@@ -42,14 +43,24 @@ _LIBRARY: list = []  # [path or None] once decided
 _PENDING: list = []  # [(process, compiler, partial file, target)] while compiling
 
 
+def _switched_off() -> bool:
+    return os.environ.get(ENV, "").strip() == "0"
+
+
 def wanted() -> bool:
     """Whether the fused operators are to be used: on MindSpore's CPU target, unless
     LEO_FUSED_OPS=0."""
-    if os.environ.get(ENV, "").strip() == "0":
+    if _switched_off():
         return False
     import mindspore as ms
 
     return ms.get_context("device_target") == "CPU"
+
+
+def active_library() -> Path | None:
+    """The library the model is to use: `library()` where `wanted()`, else None. The one
+    decision `leo_core.model` and the compile cache's key both read."""
+    return library() if wanted() else None
 
 
 def _cache_root() -> Path:
@@ -68,7 +79,7 @@ def start_compile() -> None:
     """Begin compiling the library in the background when it is not cached yet (a fresh
     pod: ~0.6 s of g++), so that it overlaps the interpreter's imports; `library()` waits
     for it. Does nothing with LEO_FUSED_OPS=0."""
-    if _LIBRARY or _PENDING or os.environ.get(ENV, "").strip() == "0":
+    if _LIBRARY or _PENDING or _switched_off():
         return
     compiler = _compiler()
     if compiler is None:
@@ -126,6 +137,7 @@ def library() -> Path | None:
     return _LIBRARY[0]
 
 
+@functools.cache
 def _cpu() -> str:
     """This CPU's model and feature flags (Linux), part of the library's cache key: a library
     compiled for one CPU's instructions is never loaded on another."""
@@ -147,14 +159,6 @@ def _warn(reason: str) -> None:
           "operators (slower steps, same results)", file=sys.stderr, flush=True)
 
 
-def load() -> SimpleNamespace | None:
-    """The fused operators as callables on MindSpore tensors, or None (see `wanted`)."""
-    if not wanted():
-        return None
-    path = library()
-    return None if path is None else make_ops(path)
-
-
 def make_ops(path: Path) -> SimpleNamespace:
     """Custom operators from the library at `path`, each with its gradient."""
     import mindspore as ms
@@ -167,9 +171,6 @@ def make_ops(path: Path) -> SimpleNamespace:
 
         return ops.Custom(f"{path}:{name}", out_shape=out_shape, out_dtype=out_dtype,
                           func_type="aot", bprop=bprop)
-
-    def doubled(shape):  # [..., D] -> [..., 2D]
-        return [*shape[:-1], 2 * shape[-1]]
 
     zeros = ops.zeros_like
 
@@ -251,9 +252,9 @@ def make_ops(path: Path) -> SimpleNamespace:
     total = custom("Total", lambda ce, kl, penalty, orth, task_weight, reg_weight, weights: [],
                    bprop=total_bprop)
 
-    # Merged inner-loop decodes: sampling, the support gradient and the chain rule's product
-    # in one operator (K = 1: SampleWeights, ClassGrad, ChainOne; K > 1: SampleClassMean,
-    # ClassGrad, ChainCopies), each gradient likewise in one.
+    # Inner-loop decodes: the weight sampling, the support gradient at the sampled weights
+    # and the chain rule's product in one operator (K = 1; K > 1 with the class mean of
+    # the K samples), each gradient likewise in one.
     decode_one_vjp = custom("DecodeOneVjp", lambda x, y, w, dw_du, grad, *cot: cot[-1])
 
     def decode_one_bprop(o, eps, offset, x, y, out, dout):  # noqa: ARG001
@@ -292,15 +293,11 @@ def make_ops(path: Path) -> SimpleNamespace:
     def constants(*values: float):
         return ms.Tensor(list(values), ms.float32)
 
+    # The gradient operators are reached through the forward operators' bprop only.
     return SimpleNamespace(
-        class_grad=class_grad, class_grad_vjp=class_grad_vjp, descend=descend, descend_vjp=descend_vjp,
-        pair_relu=pair_relu, pair_relu_vjp=pair_relu_vjp,
-        descend_copies=descend_copies, descend_copies_vjp=descend_copies_vjp,
-        latent_sample=latent_sample, latent_sample_vjp=latent_sample_vjp,
-        query_ce=query_ce, query_ce_vjp=query_ce_vjp, orthogonality=orthogonality,
-        encoder_penalty=encoder_penalty, encoder_penalty_vjp=encoder_penalty_vjp, total=total,
-        total_vjp=total_vjp, decode_one=decode_one, decode_one_vjp=decode_one_vjp,
-        decode_copies=decode_copies, decode_copies_vjp=decode_copies_vjp, finetune_step=finetune_step,
-        finetune_step_vjp=finetune_step_vjp, constants=constants,
+        class_grad=class_grad, descend=descend, pair_relu=pair_relu, descend_copies=descend_copies,
+        latent_sample=latent_sample, query_ce=query_ce, orthogonality=orthogonality,
+        encoder_penalty=encoder_penalty, total=total, decode_one=decode_one, decode_copies=decode_copies,
+        finetune_step=finetune_step, constants=constants,
     )
 

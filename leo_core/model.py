@@ -299,10 +299,10 @@ def make_functions(cfg: ExperimentConfig, dim: int = EMBEDDING_DIM, fused: Simpl
     """The model's MindSpore functions for one configuration (uncompiled; tests call
     them in PyNative mode to check the closed-form gradients against autodiff).
 
-    `fused`: `leo_core.fused_ops.load()`'s operators (CPU), which compute the support
-    gradient, the loops' update, the weight sampling and the chain rule's products in one
-    launch each (and their gradients in one more); None builds the same functions from
-    MindSpore's built-in operators.
+    `fused`: `leo_core.fused_ops.make_ops`'s operators (CPU), which compute each chain
+    between the matrix products (a decode with its support gradient, a loop's update, the
+    latent sampling, the penalties, ...) in one launch and its gradient in one more; None
+    builds the same functions from MindSpore's built-in operators.
 
     Written for few, large operators (MindSpore's CPU runtime pays a fixed cost per
     operator launch, which dominates a LEO step): noise tensors arrive one per use
@@ -590,11 +590,12 @@ def make_functions(cfg: ExperimentConfig, dim: int = EMBEDDING_DIM, fused: Simpl
     )
 
 
-def _build_graphs(cfg: ExperimentConfig, dim: int, fused: bool):
-    """Compile-once MindSpore functions for one configuration."""
+def _build_graphs(cfg: ExperimentConfig, dim: int, library):
+    """Compile-once MindSpore functions for one configuration; `library`: the fused
+    operators' (leo_core.fused_ops), None for MindSpore's built-in operators."""
     import mindspore as ms
 
-    f = make_functions(cfg, dim, fused_ops.load() if fused else None)
+    f = make_functions(cfg, dim, fused_ops.make_ops(library) if library is not None else None)
     grad_fn = ms.value_and_grad(f.meta_loss, grad_position=(0, 1, 2, 3, 4, 5, 6), has_aux=True)
 
     @ms.jit
@@ -673,10 +674,11 @@ class LEO:
         self.params = init_parameters(cfg, seed, dim)
         configure_runtime()
         # The fused CPU operators when they compile (leo_core.fused_ops), else built-in ones.
-        self.fused = fused = fused_ops.wanted() and fused_ops.library() is not None
-        key = (cfg, dim, fused)
+        library = fused_ops.active_library()
+        self.fused = library is not None
+        key = (cfg, dim, library)
         if key not in _GRAPHS:
-            _GRAPHS[key] = _build_graphs(cfg, dim, fused)
+            _GRAPHS[key] = _build_graphs(cfg, dim, library)
         self._train_step, self._evaluate, self._orthogonality, self._adapted = _GRAPHS[key]
 
     # -- parameters

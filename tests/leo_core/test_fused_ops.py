@@ -324,4 +324,4 @@ def test_pending_compile_abandoned_at_exit_leaves_no_file(monkeypatch, tmp_path)
 
 def test_switched_off_by_environment(monkeypatch):
     monkeypatch.setenv(fused_ops.ENV, "0")
-    assert fused_ops.load() is None
+    assert fused_ops.active_library() is None
