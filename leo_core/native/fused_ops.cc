@@ -136,8 +136,9 @@ Support SupportOf(int64_t **shapes, void **params, int x_at) {
 }
 
 // g[b] = (softmax(x[b] w[b]^T) - y[b])^T x[b]: the gradient of the summed support
-// cross-entropy with respect to the class weights w [B,N,D].
-void ClassGradCore(const Support &s, const float *w, float *g) {
+// cross-entropy with respect to the class weights w [B,N,D]; with `scale` [B], task b's
+// gradient times scale[b].
+void ClassGradCore(const Support &s, const float *w, float *g, const float *scale = nullptr) {
   std::vector<float> p(s.c_n);
   std::memset(g, 0, sizeof(float) * s.b_n * s.c_n * s.d);
   for (int64_t b = 0; b < s.b_n; b++) {
@@ -146,7 +147,10 @@ void ClassGradCore(const Support &s, const float *w, float *g) {
     for (int64_t m = 0; m < s.m_n; m++) {
       const float *xm = s.x + (b * s.m_n + m) * s.d;
       SoftmaxRow(xm, wb, s.c_n, s.d, p.data());
-      for (int64_t c = 0; c < s.c_n; c++) p[c] -= s.y[(b * s.m_n + m) * s.c_n + c];  // delta
+      for (int64_t c = 0; c < s.c_n; c++) {
+        const float delta = p[c] - s.y[(b * s.m_n + m) * s.c_n + c];
+        p[c] = scale == nullptr ? delta : scale[b] * delta;
+      }
       AxpyRows(p.data(), xm, s.c_n, s.d, gb);
     }
   }
@@ -170,6 +174,25 @@ void ClassGradVjpCore(const Support &s, const float *w, const float *cot, float 
       AxpyRows(dl.data(), xm, s.c_n, s.d, dwb);
     }
   }
+}
+
+// out = x + rate * g over `rows` rows of width c, rate [c].
+void DescendCore(const float *x, const float *rate, const float *g, int64_t rows, int64_t c, float *out) {
+  for (int64_t r = 0; r < rows; r++)
+    for (int64_t i = 0; i < c; i++) out[r * c + i] = x[r * c + i] + rate[i] * g[r * c + i];
+}
+
+// DescendCore's gradients other than x's (the cotangent itself): d_rate [c] = sum over
+// rows of dout * g, d_g = dout * rate.
+void DescendVjpCore(const float *rate, const float *g, const float *dout, int64_t rows, int64_t c,
+                    float *d_rate, float *d_g) {
+  std::vector<double> sum(c, 0.0);  // across tasks: double, so a split over ranks rounds alike
+  for (int64_t r = 0; r < rows; r++)
+    for (int64_t i = 0; i < c; i++) {
+      sum[i] += dout[r * c + i] * g[r * c + i];
+      d_g[r * c + i] = dout[r * c + i] * rate[i];
+    }
+  for (int64_t i = 0; i < c; i++) d_rate[i] = static_cast<float>(sum[i]);
 }
 
 }  // namespace
@@ -197,27 +220,15 @@ int ClassGradVjp(int nparam, void **params, int *, int64_t **shapes, const char 
 int Descend(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
   if (nparam != 4) return 1;
   const int64_t c = shapes[1][0], rows = Size(ndims[0], shapes[0]) / c;
-  const float *x = In(params, 0), *rate = In(params, 1), *g = In(params, 2);
-  float *out = Out(params, 3);
-  for (int64_t r = 0; r < rows; r++)
-    for (int64_t i = 0; i < c; i++) out[r * c + i] = x[r * c + i] + rate[i] * g[r * c + i];
+  DescendCore(In(params, 0), In(params, 1), In(params, 2), rows, c, Out(params, 3));
   return 0;
 }
 
-// Descend's gradients other than x's (which is the cotangent itself): rate, g, dout ->
-// d_rate [C] = sum over rows of dout * g, d_g = dout * rate.
+// Descend's gradients other than x's: rate, g, dout -> d_rate [C], d_g (DescendVjpCore).
 int DescendVjp(int nparam, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
   if (nparam != 5) return 1;
   const int64_t c = shapes[0][0], rows = Size(ndims[1], shapes[1]) / c;
-  const float *rate = In(params, 0), *g = In(params, 1), *dout = In(params, 2);
-  float *d_rate = Out(params, 3), *d_g = Out(params, 4);
-  std::vector<double> sum(c, 0.0);  // across tasks: double, so a split over ranks rounds alike
-  for (int64_t r = 0; r < rows; r++)
-    for (int64_t i = 0; i < c; i++) {
-      sum[i] += dout[r * c + i] * g[r * c + i];
-      d_g[r * c + i] = dout[r * c + i] * rate[i];
-    }
-  for (int64_t i = 0; i < c; i++) d_rate[i] = static_cast<float>(sum[i]);
+  DescendVjpCore(In(params, 0), In(params, 1), In(params, 2), rows, c, Out(params, 3), Out(params, 4));
   return 0;
 }
 
@@ -399,30 +410,21 @@ int QueryCe(int nparam, void **params, int *, int64_t **shapes, const char **, v
 }
 
 // QueryCe's gradient with respect to w: x, y, w, dCe [B] -> dw[b] = dCe[b] / M *
-// (softmax(x w^T) - y)^T x (sum_c y = 1 for one-hot labels).
+// (softmax(x w^T) - y)^T x (sum_c y = 1 for one-hot labels): ClassGrad, scaled per task.
 int QueryCeVjp(int nparam, void **params, int *, int64_t **shapes, const char **, void *, void *) {
   if (nparam != 5) return 1;
-  const int64_t b_n = shapes[0][0], m_n = shapes[0][1], d = shapes[0][2], c_n = shapes[1][2];
-  const float *x = In(params, 0), *y = In(params, 1), *w = In(params, 2), *dce = In(params, 3);
-  float *dw = Out(params, 4);
-  std::vector<float> p(c_n);
-  std::memset(dw, 0, sizeof(float) * b_n * c_n * d);
-  for (int64_t b = 0; b < b_n; b++) {
-    const float scale = dce[b] / static_cast<float>(m_n);
-    for (int64_t m = 0; m < m_n; m++) {
-      const float *xm = x + (b * m_n + m) * d;
-      SoftmaxRow(xm, w + b * c_n * d, c_n, d, p.data());
-      for (int64_t c = 0; c < c_n; c++) p[c] = scale * (p[c] - y[(b * m_n + m) * c_n + c]);
-      AxpyRows(p.data(), xm, c_n, d, dw + b * c_n * d);
-    }
-  }
+  const Support s = SupportOf(shapes, params, 0);
+  const float *dce = In(params, 3);
+  std::vector<float> scale(s.b_n);
+  for (int64_t b = 0; b < s.b_n; b++) scale[b] = dce[b] / static_cast<float>(s.m_n);
+  ClassGradCore(s, In(params, 2), Out(params, 4), scale.data());
   return 0;
 }
 
 // The decoder's orthogonality penalty and its gradient in closed form (see
 // model._orthogonality_cell): with U the rows of w [R,C] divided by their norms n and
 // E = U U^T - I, penalty = mean(E^2) and dPenalty/dw_i = (T_i - (T_i . U_i) U_i) / n_i with
-// T = 4 E U / R^2. w -> penalty [1], grad [R,C].
+// T = 4 E U / R^2. w -> penalty [], grad [R,C].
 int Orthogonality(int nparam, void **params, int *, int64_t **shapes, const char **, void *, void *) {
   if (nparam != 3) return 1;
   const int64_t r_n = shapes[0][0], c = shapes[0][1];
@@ -517,8 +519,9 @@ int TotalVjp(int nparam, void **params, int *, int64_t **shapes, const char **, 
   return 0;
 }
 
-// One inner-loop decode for one weight sample per class (K = 1), merged: SampleWeights, then
-// ClassGrad at the sampled weights, then ChainOne. o [B,N,1,2D], eps [B,N,1,D], offset [1],
+// One inner-loop decode for one weight sample per class (K = 1), merged: the weight
+// sampling (Spread), ClassGrad at the sampled weights, then the chain rule's input to the
+// decoder [grad | grad * dw_du]. o [B,N,1,2D], eps [B,N,1,D], offset [1],
 // x [B,M,D], y [B,M,N] -> w [B,N,D], dw_du [B,N,1,D], grad [B,N,D], chained [B,N,1,2D].
 int DecodeOne(int nparam, void **params, int *, int64_t **shapes, const char **, void *, void *) {
   if (nparam != 9) return 1;
@@ -544,8 +547,9 @@ int DecodeOne(int nparam, void **params, int *, int64_t **shapes, const char **,
 }
 
 // DecodeOne's gradient with respect to o: x, y, and its outputs w, dw_du, grad, then their
-// cotangents d_w, d_dwdu, d_grad, d_chained -> d_o [B,N,1,2D] (ChainOneVjp, ClassGradVjp and
-// SampleWeightsVjp in turn).
+// cotangents d_w, d_dwdu, d_grad, d_chained -> d_o [B,N,1,2D] (back through the chain
+// product, ClassGrad and the sampling in turn; both sampling outputs have the derivative
+// dw_du with respect to u).
 int DecodeOneVjp(int nparam, void **params, int *, int64_t **shapes, const char **, void *, void *) {
   if (nparam != 10) return 1;
   const Support s = SupportOf(shapes, params, 0);
@@ -571,8 +575,9 @@ int DecodeOneVjp(int nparam, void **params, int *, int64_t **shapes, const char 
   return 0;
 }
 
-// One inner-loop decode for K weight samples per class, merged: SampleClassMean, ClassGrad
-// at the class-mean weights, then ChainCopies. m [B,N,D], u, eps [B,N,K,D], offset [1],
+// One inner-loop decode for K weight samples per class, merged: the class mean of the K
+// sampled weights (m + mean_k std_k * eps_k), ClassGrad at it, then each sample's chain
+// rule input grad * dw_du. m [B,N,D], u, eps [B,N,K,D], offset [1],
 // x [B,M,D], y [B,M,N] -> w_mean [B,N,D], dw_du [B,N,K,D], grad [B,N,D], scaled [B,N,K,D].
 int DecodeCopies(int nparam, void **params, int *, int64_t **shapes, const char **, void *, void *) {
   if (nparam != 10) return 1;
@@ -638,10 +643,8 @@ int FinetuneStep(int nparam, void **params, int *, int64_t **shapes, const char 
   if (nparam != 7) return 1;
   const Support s = SupportOf(shapes, params, 3);
   const int64_t c = s.d, rows = s.b_n * s.c_n;
-  const float *w = In(params, 0), *rate = In(params, 1), *g = In(params, 2);
   float *w2 = Out(params, 5);
-  for (int64_t r = 0; r < rows; r++)
-    for (int64_t i = 0; i < c; i++) w2[r * c + i] = w[r * c + i] + rate[i] * g[r * c + i];
+  DescendCore(In(params, 0), In(params, 1), In(params, 2), rows, c, w2);
   ClassGradCore(s, w2, Out(params, 6));
   return 0;
 }
@@ -653,18 +656,10 @@ int FinetuneStepVjp(int nparam, void **params, int *, int64_t **shapes, const ch
   if (nparam != 10) return 1;
   const Support s = SupportOf(shapes, params, 2);
   const int64_t c = s.d, rows = s.b_n * s.c_n;
-  const float *rate = In(params, 0), *g = In(params, 1), *w2 = In(params, 4), *d_w2 = In(params, 5),
-              *d_g2 = In(params, 6);
-  float *d_w = Out(params, 7), *d_rate = Out(params, 8), *d_g = Out(params, 9);
-  std::memcpy(d_w, d_w2, sizeof(float) * rows * c);
-  ClassGradVjpCore(s, w2, d_g2, d_w);
-  std::vector<double> sum(c, 0.0);  // across tasks: double, so a split over ranks rounds alike
-  for (int64_t r = 0; r < rows; r++)
-    for (int64_t i = 0; i < c; i++) {
-      sum[i] += d_w[r * c + i] * g[r * c + i];
-      d_g[r * c + i] = d_w[r * c + i] * rate[i];
-    }
-  for (int64_t i = 0; i < c; i++) d_rate[i] = static_cast<float>(sum[i]);
+  float *d_w = Out(params, 7);
+  std::memcpy(d_w, In(params, 5), sizeof(float) * rows * c);
+  ClassGradVjpCore(s, In(params, 4), In(params, 6), d_w);
+  DescendVjpCore(In(params, 0), In(params, 1), d_w, rows, c, Out(params, 8), Out(params, 9));
   return 0;
 }
 
