@@ -55,6 +55,7 @@ from leo_core import (
     fused_ops,
     hostmem,
     profiling,
+    runtime_threads,
 )
 from leo_core.config import ConfigError, ExperimentConfig
 from leo_core.distributed import Comm, shard
@@ -216,6 +217,15 @@ class Trainer:
             print(f"start-up: first training step done {seconds:.1f} s after the {since} started",
                   flush=True)
 
+    def _confine_runtime_threads(self) -> None:
+        """One training process on the CPU: MindSpore's runtime threads (alive once the
+        first step ran) off one core, which the prefetch thread then has to itself
+        (leo_core.runtime_threads)."""
+        import mindspore as ms
+
+        if self.comm.world == 1 and ms.get_context("device_target") == "CPU":
+            runtime_threads.confine()
+
     @property
     def validates_first(self) -> bool:
         """Whether run() starts with the step-0 validation (a fresh run, not a resumed one)."""
@@ -316,6 +326,7 @@ class Trainer:
             if first:
                 self._log_startup()
                 _collect_garbage_again()
+                self._confine_runtime_threads()
                 first = False
             if self.profiler is not None:
                 self.profiler.step_done()

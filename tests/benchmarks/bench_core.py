@@ -278,21 +278,28 @@ def _train_worker(framework: str, cfg):
         prefetcher = StepPrefetcher(
             lambda step: prepare_step(sampler, cfg, 0, step, range(batch_size), batch_size),
             enabled=prefetch)
-        waits = []
+        from leo_core import runtime_threads
+
+        waits, confined = [], []
 
         def step():
             start = time.perf_counter()
-            prepared = prefetcher.get(next(counter))
+            index = next(counter)
+            prepared = prefetcher.get(index)
             waits.append(time.perf_counter() - start)
             b = prepared.batch
             model.loss_and_grads(b.tr_x, b.tr_y, b.val_x, b.val_y, prepared.noise,
                                  task_weight=1.0 / batch_size, inputs=prepared.inputs)
+            if index == 0:  # as leo_core.train after its first step
+                confined.append(runtime_threads.confine())
 
         def info():
             prefetcher.close()
+            cores = confined[0] if confined else None
             return {"host_wait_ms": 1e3 * statistics.median(waits[-10:]),
                     "host_prepare_ms": 1e3 * prefetcher.prepare_seconds / prefetcher.steps,
-                    "prefetch": prefetch, "threads": _threads()}
+                    "prefetch": prefetch, "threads": _threads(),
+                    "runtime_cores": sorted(cores) if cores else None}
 
         return step, info
     import torch
@@ -618,7 +625,10 @@ def main() -> None:
         print(f"\nThreads: PyTorch intra-op as in the column, inter-op "
               f"{pt['torch_interop_threads']}, {pt['threads']} OS threads in its process; "
               f"MindSpore {ms_['threads']} OS threads in its process (runtime defaults"
-              f"{', prefetch thread included' if ms_['prefetch'] else ''}). "
+              f"{', prefetch thread included' if ms_['prefetch'] else ''}; "
+              + (f"runtime threads confined to cores {ms_['runtime_cores']} after the first step, "
+                 "as leo_core.train does" if ms_.get("runtime_cores") else "runtime threads not confined")
+              + "). "
               "MS first call (graph compilation): "
               + ", ".join(f"{e} {_med(r['mindspore'], 'first_s'):.1f} s" for e, r in train.items())
               + ". PyTorch baseline vs the float64 reference (2 tasks, same noise), max error "

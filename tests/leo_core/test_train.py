@@ -1,6 +1,7 @@
 """leo_core.train and leo_core.evaluate as a user runs them: real processes, tiny data."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -287,8 +288,8 @@ def test_the_first_restart_finds_the_fresh_runs_compile_cache_warm_and_trains_ex
 
 
 START_UP_PROBE = """
-import gc, json, sys, threading
-from leo_core import train
+import gc, json, os, sys, threading
+from leo_core import runtime_threads, train
 seen = {"order": []}
 load, compile_step, validate, step = (train.load_splits, train.Trainer.compile_training_step,
                                       train.Trainer.validate, train.Trainer.train_step)
@@ -309,6 +310,8 @@ train.load_splits, train.Trainer.compile_training_step = loading, compiling
 train.Trainer.validate, train.Trainer.train_step = validating, stepping
 code = train.main(sys.argv[1:])
 seen["gc_after"], seen["frozen"] = gc.isenabled(), gc.get_freeze_count() > 0
+usable, ids = sorted(os.sched_getaffinity(0)), runtime_threads.runtime_thread_ids()
+seen["runtime_confined"] = bool(ids) and all(sorted(os.sched_getaffinity(t)) == usable[1:] for t in ids)
 print("PROBE " + json.dumps(seen))
 sys.exit(code)
 """
@@ -317,7 +320,8 @@ sys.exit(code)
 def test_start_up_reads_data_beside_the_import_compiles_the_step_first_without_gc(tiny_root, tmp_path):
     """Start-up (issue 25): the data is read in a second thread while MindSpore is imported,
     the training step compiles before the step-0 validation (one compile order for fresh
-    and resumed runs), and no garbage collection runs until the first step is done."""
+    and resumed runs), and no garbage collection runs until the first step is done; after
+    it, MindSpore's runtime threads leave one core to the prefetch (leo_core.runtime_threads)."""
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-c", START_UP_PROBE, "--experiment", "mini_5shot", "--data-root",
                            str(tiny_root), "--out", str(out), "--steps", "2", "--log-every", "1", *TINY],
@@ -325,4 +329,5 @@ def test_start_up_reads_data_beside_the_import_compiles_the_step_first_without_g
     assert proc.returncode == 0, proc.stdout + proc.stderr
     seen = json.loads(proc.stdout.split("PROBE ")[1])
     assert seen == {"load_thread": True, "order": ["compile", "validate 0", "step 0", "step 1", "validate 2"],
-                    "gc_in_first_step": False, "gc_after": True, "frozen": True}
+                    "gc_in_first_step": False, "gc_after": True, "frozen": True,
+                    "runtime_confined": len(os.sched_getaffinity(0)) >= 2}
