@@ -1,14 +1,17 @@
 """Keep MindSpore's CPU runtime threads off one core, for the host-input thread.
 
-A meta-training step's graph runs on MindSpore's actor thread, which hands halves of its
-matrix products to a kernel thread and spins (sched_yield) until they come back. The
-prefetch thread (`leo_core.prefetch`) draws the next step's episodes and noise meanwhile,
-~9 ms of CPU per 1-shot step. On a 2-core machine it takes a core from the pair, and the
-actor thread then waits for a kernel thread that is not running: measured here, each ms of
-prefetch CPU cost ~0.8 ms of step time. With the runtime's threads confined to all cores
-but one, their parallel launches run in turn on their cores and never wait for a
-descheduled partner, while the prefetch and main threads use the core left free: 1-shot
-24.2 → 21.3 ms, 5-shot 59 → 47 ms (tests/benchmarks/README.md, "Issue 25").
+A meta-training step passes through MindSpore's runtime threads: the pipeline's queue
+threads (frontend, infer, resize, launch) hand the graph to the actor thread, which runs
+the operators and hands halves of its matrix products to a kernel thread, spinning
+(sched_yield) until they come back. Meanwhile the prefetch thread (`leo_core.prefetch`)
+draws the next step's episodes and noise, ~8 ms of CPU per 1-shot step. On a 2-core machine,
+wherever it runs it takes the core of one of those threads, and every hand-off to that
+thread waits. With all of them confined to all usable cores but the first, the prefetch and
+main threads have that core to themselves. Measured on 2 cores, alternating layouts in one
+process every 10 steps: 1-shot 19.6 → 16.0 ms, 5-shot 43.0 → 40.8 ms per step against the
+actor and kernel threads alone confined, which were themselves 24 → 21 ms (1-shot) and
+59 → 47 ms (5-shot) against no confinement, one process each
+(tests/benchmarks/README.md, "Issue 25").
 
 Only for a single training process on the CPU (with several ranks on one host each rank
 would confine its runtime to the same cores), and only with at least two usable cores.
@@ -21,8 +24,10 @@ import os
 from pathlib import Path
 
 ENV = "LEO_CONFINE_RUNTIME"
-# MindSpore's thread pool names its threads ActorThread_<i> and KernelThread_<i> (mindrt).
-RUNTIME_THREAD_PREFIXES = ("ActorThread_", "KernelThread_")
+# MindSpore's thread pool names its threads ActorThread_<i> and KernelThread_<i> (mindrt);
+# its runtime pipeline's threads are named after their queues.
+RUNTIME_THREAD_PREFIXES = ("ActorThread_", "KernelThread_", "frontend_queue", "infer_queue", "resize_queue",
+                           "launch_queue")
 
 
 def _threads() -> dict[int, str]:
