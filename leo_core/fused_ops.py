@@ -219,13 +219,12 @@ def make_ops(path: Path) -> SimpleNamespace:
     latent_sample = custom("LatentSample", lambda mean, u, eps: (eps, eps[:1]), outputs=2,
                            bprop=latent_sample_bprop)
 
-    # The query set's mean cross-entropy and accuracy per task.
-    query_ce_vjp = custom("QueryCeVjp", lambda x, y, w, dce: w)
-
+    # The query set's mean cross-entropy and accuracy per task, and the cross-entropy's
+    # gradient with respect to w (a third output, summed in the same pass over the queries).
     def query_ce_bprop(x, y, w, out, dout):  # noqa: ARG001
-        return zeros(x), zeros(y), query_ce_vjp(x, y, w, dout[0])
+        return zeros(x), zeros(y), dout[0].reshape(-1, 1, 1) * out[2]
 
-    query_ce = custom("QueryCe", lambda x, y, w: (x[:1], x[:1]), outputs=2, bprop=query_ce_bprop)
+    query_ce = custom("QueryCe", lambda x, y, w: (x[:1], x[:1], w), outputs=3, bprop=query_ce_bprop)
 
     # The decoder's orthogonality penalty with its closed-form gradient as a second output.
     def orthogonality_bprop(w, out, dout):  # noqa: ARG001

@@ -572,7 +572,7 @@ def make_functions(cfg: ExperimentConfig, dim: int = EMBEDDING_DIM, fused: Simpl
         # The L2 penalty is added on the host (`LEO.loss_and_grads`): its gradient is the
         # weights themselves, so the graph would spend 15 launches on a closed form.
         if fused is not None:  # the same terms, one operator each
-            ce, acc = fused.query_ce(val_x, val_y, w)
+            ce, acc, _ = fused.query_ce(val_x, val_y, w)  # the third: its gradient, for the backward
             total = fused.total(ce, kl, penalty, orthogonality_penalty(w_dec), task_weight, reg_weight,
                                 loss_weights)
             return total, ce, acc

@@ -382,13 +382,17 @@ int LatentSampleVjp(int nparam, void **params, int *, int64_t **shapes, const ch
 
 // The query set's mean cross-entropy and accuracy per task: x [B,M,D], one-hot y [B,M,N],
 // w [B,N,D] -> ce [B], acc [B] (a query counts as correct when its label's logit is the
-// first largest, as argmax).
+// first largest, as argmax), and grad [B,N,D] = dce[b]/dw[b] = (softmax(x w^T) - y)^T x / M,
+// which the backward only scales by each task's cotangent: summed here while each query row
+// is in cache, where a gradient operator would read the whole query set [B,M,D] again.
 int QueryCe(int nparam, void **params, int *, int64_t **shapes, const char **, void *, void *) {
-  if (nparam != 5) return 1;
+  if (nparam != 6) return 1;
   const int64_t b_n = shapes[0][0], m_n = shapes[0][1], d = shapes[0][2], c_n = shapes[1][2];
   const float *x = In(params, 0), *y = In(params, 1), *w = In(params, 2);
-  float *ce = Out(params, 3), *acc = Out(params, 4);
-  std::vector<float> logit(c_n);
+  float *ce = Out(params, 3), *acc = Out(params, 4), *grad = Out(params, 5);
+  std::vector<float> logit(c_n), delta(c_n);
+  std::memset(grad, 0, sizeof(float) * b_n * c_n * d);
+  const float per_query = 1.0f / static_cast<float>(m_n);
   for (int64_t b = 0; b < b_n; b++) {
     double ce_sum = 0;
     int64_t correct = 0;
@@ -398,26 +402,18 @@ int QueryCe(int nparam, void **params, int *, int64_t **shapes, const char **, v
       int64_t top = 0;
       for (int64_t c = 0; c < c_n; c++) top = logit[c] > logit[top] ? c : top;
       float sum = 0;
-      for (int64_t c = 0; c < c_n; c++) sum += std::exp(logit[c] - logit[top]);
+      for (int64_t c = 0; c < c_n; c++) sum += (delta[c] = std::exp(logit[c] - logit[top]));
       const float log_sum = std::log(sum) + logit[top];
-      for (int64_t c = 0; c < c_n; c++) ce_sum -= ym[c] * (logit[c] - log_sum);
+      for (int64_t c = 0; c < c_n; c++) {
+        ce_sum -= ym[c] * (logit[c] - log_sum);
+        delta[c] = (delta[c] / sum - ym[c]) * per_query;
+      }
       correct += ym[top] > 0.5f;
+      AxpyRows(delta.data(), xm, c_n, d, grad + b * c_n * d);
     }
     ce[b] = static_cast<float>(ce_sum / m_n);
     acc[b] = static_cast<float>(correct) / static_cast<float>(m_n);
   }
-  return 0;
-}
-
-// QueryCe's gradient with respect to w: x, y, w, dCe [B] -> dw[b] = dCe[b] / M *
-// (softmax(x w^T) - y)^T x (sum_c y = 1 for one-hot labels): ClassGrad, scaled per task.
-int QueryCeVjp(int nparam, void **params, int *, int64_t **shapes, const char **, void *, void *) {
-  if (nparam != 5) return 1;
-  const Support s = SupportOf(shapes, params, 0);
-  const float *dce = In(params, 3);
-  std::vector<float> scale(s.b_n);
-  for (int64_t b = 0; b < s.b_n; b++) scale[b] = dce[b] / static_cast<float>(s.m_n);
-  ClassGradCore(s, In(params, 2), Out(params, 4), scale.data());
   return 0;
 }
 
