@@ -43,8 +43,9 @@ SOURCE = Path(__file__).with_name("native") / "fused_ops.cc"
 _FLAGS = ("-O3", "-fno-trapping-math", "-shared", "-fPIC", "-std=c++17")
 # A library built on one machine for others (the CPU image) cannot know their CPU, and an
 # instruction a CPU lacks kills the process (SIGILL) where no fallback can help. x86-64-v2
-# (SSE4.2, POPCNT; Intel since 2008, AMD since 2011, RHEL 9's baseline) is on every x86
-# Kubernetes node; AVX2 (v3) is not (older and low-power CPUs, some virtual CPU models).
+# (SSE4.2, POPCNT; Intel since 2008, AMD since 2011, RHEL 9's baseline) is on any x86-64
+# server still in service; AVX2 (v3) is not (low-power CPUs, some virtual CPU models), and
+# measured no faster here (images/README.md).
 # Elsewhere the compiler's default (aarch64: armv8-a) is the portable baseline.
 PORTABLE_FLAGS = {"x86_64": ("-march=x86-64-v2",)}
 # What x86-64-v2 needs, as /proc/cpuinfo names it: checked before a prebuilt library loads.
@@ -88,7 +89,7 @@ def _compiler() -> str | None:
 def start_compile() -> None:
     """Begin compiling the library in the background when it is not cached yet (a fresh
     pod: ~0.6 s of g++), so that it overlaps the interpreter's imports; `library()` waits
-    for it. Does nothing with LEO_FUSED_OPS=0."""
+    for it. Does nothing with LEO_FUSED_OPS=0 or a prebuilt library (LEO_FUSED_OPS_LIBRARY)."""
     if _LIBRARY or _PENDING or _switched_off() or _prebuilt_path():
         return
     compiler = _compiler()
@@ -156,15 +157,17 @@ def _prebuilt_path() -> str:
 
 
 def _load_prebuilt(path: Path) -> Path | None:
-    """`path` when the dynamic loader accepts it (right architecture, libraries found), so
-    that a broken image falls back instead of failing in MindSpore's first graph."""
+    """`path` when this CPU has the portable build's instructions (`_PORTABLE_CPU`) and the
+    dynamic loader accepts it (architecture, libraries), so that a broken image or an old
+    node falls back instead of failing in MindSpore's first graph or dying of SIGILL."""
     import ctypes
 
     if not path.is_file():
         _warn(f"{LIBRARY_ENV}={path} does not exist")
         return None
-    missing = _PORTABLE_CPU.get(platform.machine(), set()) - set(_cpu().replace("\n", " ").split())
-    if _cpu() and missing:
+    cpu = _cpu()
+    missing = _PORTABLE_CPU.get(platform.machine(), set()) - set(cpu.split())
+    if cpu and missing:
         _warn(f"this CPU lacks {', '.join(sorted(missing))}, which {path} needs")
         return None
     try:
@@ -347,7 +350,6 @@ def make_ops(path: Path) -> SimpleNamespace:
         encoder_penalty=encoder_penalty, total=total, decode_one=decode_one, decode_copies=decode_copies,
         finetune_step=finetune_step, constants=constants,
     )
-
 
 
 if __name__ == "__main__":  # the CPU image's builder stage: python -m leo_core.fused_ops --build-portable OUT
