@@ -17,7 +17,8 @@ gradient against the built-in chain, and test_model.py the whole model both ways
 The shared library is compiled once per source version and CPU with the C++ compiler (`CXX`,
 default g++) into the user's cache ($XDG_CACHE_HOME or ~/.cache, `leo-launch/fused-ops/`)
 and reused; without a compiler the model falls back to the built-in operators and says so
-once on stderr.
+once on stderr. A prebuilt library named by LEO_FUSED_OPS_LIBRARY (the CPU image's, built
+with `python -m leo_core.fused_ops --build-portable OUT`) is used instead, never compiled.
 """
 
 from __future__ import annotations
@@ -35,10 +36,20 @@ from pathlib import Path
 from types import SimpleNamespace
 
 ENV = "LEO_FUSED_OPS"
+LIBRARY_ENV = "LEO_FUSED_OPS_LIBRARY"
 SOURCE = Path(__file__).with_name("native") / "fused_ops.cc"
 # -fno-trapping-math lets the compiler turn the clamps into vector min/max (loops with
 # them vectorise); no result depends on floating-point exceptions.
 _FLAGS = ("-O3", "-fno-trapping-math", "-shared", "-fPIC", "-std=c++17")
+# A library built on one machine for others (the CPU image) cannot know their CPU, and an
+# instruction a CPU lacks kills the process (SIGILL) where no fallback can help. x86-64-v2
+# (SSE4.2, POPCNT; Intel since 2008, AMD since 2011, RHEL 9's baseline) is on any x86-64
+# server still in service; AVX2 (v3) is not (low-power CPUs, some virtual CPU models), and
+# measured no faster here (images/README.md).
+# Elsewhere the compiler's default (aarch64: armv8-a) is the portable baseline.
+PORTABLE_FLAGS = {"x86_64": ("-march=x86-64-v2",)}
+# What x86-64-v2 needs, as /proc/cpuinfo names it: checked before a prebuilt library loads.
+_PORTABLE_CPU = {"x86_64": {"cx16", "lahf_lm", "popcnt", "pni", "sse4_1", "sse4_2", "ssse3"}}
 _LIBRARY: list = []  # [path or None] once decided
 _PENDING: list = []  # [(process, compiler, partial file, target)] while compiling
 
@@ -78,8 +89,8 @@ def _compiler() -> str | None:
 def start_compile() -> None:
     """Begin compiling the library in the background when it is not cached yet (a fresh
     pod: ~0.6 s of g++), so that it overlaps the interpreter's imports; `library()` waits
-    for it. Does nothing with LEO_FUSED_OPS=0."""
-    if _LIBRARY or _PENDING or _switched_off():
+    for it. Does nothing with LEO_FUSED_OPS=0 or a prebuilt library (LEO_FUSED_OPS_LIBRARY)."""
+    if _LIBRARY or _PENDING or _switched_off() or _prebuilt_path():
         return
     compiler = _compiler()
     if compiler is None:
@@ -118,7 +129,11 @@ def _abandon() -> None:
 def library() -> Path | None:
     """The compiled operators' shared library (compiled on first use, or waiting for
     `start_compile`'s compile), or None when no compiler is available or the compile fails
-    (one line on stderr says why)."""
+    (one line on stderr says why). With LEO_FUSED_OPS_LIBRARY set, that file, unless it
+    is missing or does not load (then None, with one line on stderr)."""
+    prebuilt = _prebuilt_path()
+    if prebuilt and not _LIBRARY:
+        _LIBRARY.append(_load_prebuilt(Path(prebuilt)))
     if not _LIBRARY and not _PENDING:
         start_compile()
         if not _LIBRARY and not _PENDING:
@@ -135,6 +150,42 @@ def library() -> Path | None:
             _warn(f"{compiler} failed: {(err.strip().splitlines() or ['?'])[0]}")
             _LIBRARY.append(None)
     return _LIBRARY[0]
+
+
+def _prebuilt_path() -> str:
+    return os.environ.get(LIBRARY_ENV, "").strip()
+
+
+def _load_prebuilt(path: Path) -> Path | None:
+    """`path` when this CPU has the portable build's instructions (`_PORTABLE_CPU`) and the
+    dynamic loader accepts it (architecture, libraries), so that a broken image or an old
+    node falls back instead of failing in MindSpore's first graph or dying of SIGILL."""
+    import ctypes
+
+    if not path.is_file():
+        _warn(f"{LIBRARY_ENV}={path} does not exist")
+        return None
+    cpu = _cpu()
+    missing = _PORTABLE_CPU.get(platform.machine(), set()) - set(cpu.split())
+    if cpu and missing:
+        _warn(f"this CPU lacks {', '.join(sorted(missing))}, which {path} needs")
+        return None
+    try:
+        ctypes.CDLL(str(path))
+    except OSError as err:
+        _warn(f"{LIBRARY_ENV}={path} does not load: {err}")
+        return None
+    return path
+
+
+def build_portable(out: Path) -> None:
+    """Compile the library into `out` for any CPU of this architecture (`PORTABLE_FLAGS`),
+    in the foreground: the CPU image's builder stage runs this."""
+    compiler = _compiler()
+    if compiler is None:
+        raise SystemExit("no C++ compiler (set CXX or install g++)")
+    flags = (*_FLAGS, *PORTABLE_FLAGS.get(platform.machine(), ()))
+    subprocess.run([compiler, *flags, "-o", str(out), str(SOURCE)], check=True)
 
 
 @functools.cache
@@ -300,3 +351,11 @@ def make_ops(path: Path) -> SimpleNamespace:
         finetune_step=finetune_step, constants=constants,
     )
 
+
+if __name__ == "__main__":  # the CPU image's builder stage: python -m leo_core.fused_ops --build-portable OUT
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m leo_core.fused_ops")
+    parser.add_argument("--build-portable", metavar="OUT", type=Path, required=True,
+                        help="compile the library for any CPU of this architecture into OUT")
+    build_portable(parser.parse_args().build_portable)

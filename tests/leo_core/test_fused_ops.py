@@ -10,6 +10,8 @@ against the float64 reference with and without the fused operators in test_model
 from __future__ import annotations
 
 import math
+import re
+import subprocess
 
 import numpy as np
 import pytest
@@ -324,4 +326,71 @@ def test_pending_compile_abandoned_at_exit_leaves_no_file(monkeypatch, tmp_path)
 
 def test_switched_off_by_environment(monkeypatch):
     monkeypatch.setenv(fused_ops.ENV, "0")
+    assert fused_ops.active_library() is None
+
+
+@pytest.fixture(scope="module")
+def portable(tmp_path_factory):
+    """The library as the CPU image's builder stage builds it."""
+    out = tmp_path_factory.mktemp("prebuilt") / "fused_ops.so"
+    fused_ops.build_portable(out)
+    return out
+
+
+@pytest.mark.skipif(fused_ops.platform.machine() != "x86_64", reason="x86-64's portable flags")
+def test_portable_build_uses_no_instruction_beyond_x86_64_v2(portable):
+    # -march=native here (AVX-512 on the test machines) would use ymm/zmm registers; an
+    # image's library must run on nodes without AVX
+    disassembly = subprocess.run(["objdump", "-d", str(portable)], capture_output=True, text=True,
+                                 check=True).stdout
+    assert "DecodeOne" in disassembly and not re.search(r"%[yz]mm\d", disassembly)
+
+
+def test_prebuilt_library_is_used_without_compiling(monkeypatch, capsys, tmp_path, portable, fused):
+    _fresh(monkeypatch, tmp_path)
+    monkeypatch.setenv("CXX", "false")  # a compile would fail and say so
+    monkeypatch.setenv(fused_ops.LIBRARY_ENV, str(portable))
+    fused_ops.start_compile()
+    assert not fused_ops._PENDING
+    assert fused_ops.active_library() == portable and fused_ops.library() == portable
+    assert capsys.readouterr().err == ""
+    assert not (tmp_path / "leo-launch").exists()
+    # its operators compute what the locally compiled ones do
+    rng = _rng(3)
+    x, y = np.abs(rng.standard_normal((B, N, D))) / 20, np.eye(N)[rng.integers(0, N, (B, N))]
+    w = rng.standard_normal((B, N, D)) * 0.3
+    got = fused_ops.make_ops(portable).class_grad(_t(x), _t(y), _t(w)).asnumpy()
+    np.testing.assert_allclose(got, fused.class_grad(_t(x), _t(y), _t(w)).asnumpy(), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("content", [None, b"not a shared library"])
+def test_missing_or_broken_prebuilt_library_falls_back_with_one_line(monkeypatch, capsys, tmp_path, content):
+    _fresh(monkeypatch, tmp_path)
+    monkeypatch.setenv("CXX", "false")
+    path = tmp_path / "fused_ops.so"
+    if content is not None:
+        path.write_bytes(content)
+    monkeypatch.setenv(fused_ops.LIBRARY_ENV, str(path))
+    fused_ops.start_compile()
+    assert fused_ops.library() is None and fused_ops.active_library() is None
+    assert not fused_ops._PENDING
+    err = capsys.readouterr().err.strip().splitlines()
+    reason = "does not exist" if content is None else "does not load"
+    assert len(err) == 1 and f"LEO_FUSED_OPS_LIBRARY={path} {reason}" in err[0] and "same results" in err[0]
+
+
+def test_prebuilt_library_refused_on_a_cpu_without_x86_64_v2(monkeypatch, capsys, tmp_path, portable):
+    _fresh(monkeypatch, tmp_path)
+    monkeypatch.setattr(fused_ops.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(fused_ops, "_cpu", lambda: "flags\t\t: fpu sse sse2 cx16 lahf_lm pni")
+    monkeypatch.setenv(fused_ops.LIBRARY_ENV, str(portable))
+    assert fused_ops.library() is None
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "lacks popcnt, sse4_1, sse4_2, ssse3" in err[0]
+
+
+def test_switched_off_with_a_prebuilt_library(monkeypatch, tmp_path, portable):
+    _fresh(monkeypatch, tmp_path)
+    monkeypatch.setenv(fused_ops.ENV, "0")
+    monkeypatch.setenv(fused_ops.LIBRARY_ENV, str(portable))
     assert fused_ops.active_library() is None

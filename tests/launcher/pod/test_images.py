@@ -27,6 +27,7 @@ from launcher.render import render
 from launcher.spec import contract
 from launcher.spec import jobspec as js
 from launcher.spec.jobspec import build_job_spec
+from leo_core import fused_ops
 from tests.launcher.render_helpers import env_of, pod_template
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -315,7 +316,7 @@ def test_no_secrets_in_env_or_args(accel):
     assert not [n for n in names if SECRET_NAME.search(n)]
     # storage endpoint and credentials reach pods from the JobSpec and a Secret only
     image_settings = (contract.ENV_CONFIG_DIR, contract.ENV_CACHE_DIR, contract.ENV_ACCELERATOR,
-                      "LEO_UID", "LEO_GID")
+                      "LEO_UID", "LEO_GID", fused_ops.LIBRARY_ENV)
     assert not [n for n in names if n in contract.SECRET_KEYS
                 or (n.startswith(("AWS_", "LEO_")) and n not in image_settings)]
 
@@ -345,6 +346,43 @@ def test_every_copy_source_is_allowed_by_dockerignore(accel):
                 assert any(fnmatch.fnmatch(source, pattern) or under(source, pattern)
                            for pattern in allowed), source
             assert all(".." not in s and not s.startswith("/") for s in sources)
+
+
+# ------------------------------------------------------------------ fused CPU operators
+
+def test_the_cpu_image_ships_a_portable_fused_ops_library_and_no_compiler():
+    parsed = dockerfile("cpu")
+    builder = next(s for s in parsed.stages if s.alias == "fused-ops")
+    # the builder stage starts from the final stage's base (same libc and libstdc++)
+    assert builder.base == parsed.final.base == "${PYTHON_IMAGE}"
+    build = [[t for t in argv if "=" not in t or t.startswith("-")]  # without VAR=value prefixes
+             for rest in builder.all("RUN") for argv in shell_commands(builder.expand(rest))]
+    assert any(argv[:2] == ["apt-get", "install"] and "g++" in argv
+               and "--no-install-recommends" in argv for argv in build)
+    assert ["rm", "-rf", "/var/lib/apt/lists/*"] in build
+    # the flags live in leo_core.fused_ops (PORTABLE_FLAGS), not in the Dockerfile
+    out = next(argv[-1] for argv in build if argv[:4] == ["python", "-m", "leo_core.fused_ops",
+                                                           "--build-portable"])
+    assert "-march" not in (ROOT / "images/cpu/Dockerfile").read_text()
+    assert all(not flag.startswith("-march=native") and flag != "-mcpu=native"
+               for flags in fused_ops.PORTABLE_FLAGS.values() for flag in flags)
+    assert fused_ops.PORTABLE_FLAGS["x86_64"] == ("-march=x86-64-v2",)
+    # the final stage copies the library only, and the model reads it from the environment
+    final = parsed.final
+    copied = [shlex.split(rest) for rest in final.all("COPY") if "--from=fused-ops" in rest]
+    assert copied == [["--from=fused-ops", out, final.env[fused_ops.LIBRARY_ENV]]]
+    assert final.env[fused_ops.LIBRARY_ENV] == "/opt/leo-launch/fused_ops.so"
+    final_commands = " ".join(token for rest in final.all("RUN") for argv in shell_commands(rest)
+                              for token in argv)
+    assert not re.search(r"\b(g\+\+|gcc|clang|build-essential|cpp)\b", final_commands)
+
+
+@pytest.mark.parametrize("accel", ["ascend", "nvidia"])
+def test_only_the_cpu_image_has_the_fused_ops_library(accel):
+    # the fused operators are for MindSpore's CPU target only
+    parsed = dockerfile(accel)
+    assert "fused-ops" not in {s.alias for s in parsed.stages}
+    assert fused_ops.LIBRARY_ENV not in parsed.final.env
 
 
 # ------------------------------------------------------------------ pinned versions
