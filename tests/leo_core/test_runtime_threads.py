@@ -2,6 +2,7 @@
 (issue 25), checked on real MindSpore threads in a fresh process (the affinity of a test
 process's own threads would outlive the test)."""
 
+import fcntl
 import json
 import os
 import subprocess
@@ -39,10 +40,12 @@ print("PROBE " + json.dumps({"cores": sorted(cores) if cores else None, "threads
 
 
 def probe(folder, *args, env=None):
+    """The probe's report; its temporary directory (where the machine-wide lock lives) is
+    `folder`, so that a training process elsewhere on this machine cannot hold it."""
     script = folder / "probe.py"
     script.write_text(PROBE)
     proc = subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, **(env or {})})
+                          timeout=300, env={**os.environ, "TMPDIR": str(folder), **(env or {})})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return json.loads(proc.stdout.split("PROBE ")[1])
 
@@ -71,6 +74,19 @@ def test_nothing_is_confined_on_one_core_or_when_turned_off(tmp_path):
     off = probe(tmp_path, env={runtime_threads.ENV: "0"})
     assert off["cores"] is None
     assert all(c == off["usable"] for group in off["threads"].values() for c in group)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two usable cores")
+def test_a_second_training_process_on_the_machine_keeps_mindspores_layout(tmp_path):
+    """While one process holds the machine's lock (a first job, a sweep's first trial), a
+    second one does not stack its runtime threads on the same cores; once the holder is
+    gone, the lock is free again."""
+    with open(tmp_path / runtime_threads.LOCK_NAME, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        second = probe(tmp_path)
+    assert second["cores"] is None
+    assert all(c == second["usable"] for group in second["threads"].values() for c in group)
+    assert probe(tmp_path)["cores"] == second["usable"][1:]
 
 
 @pytest.mark.parametrize("world, device, confined", [(1, "CPU", True), (2, "CPU", False), (1, "Ascend", False)])

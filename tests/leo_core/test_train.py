@@ -325,7 +325,8 @@ def test_start_up_reads_data_beside_the_import_compiles_the_step_first_without_g
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-c", START_UP_PROBE, "--experiment", "mini_5shot", "--data-root",
                            str(tiny_root), "--out", str(out), "--steps", "2", "--log-every", "1", *TINY],
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "TMPDIR": str(tmp_path)})  # its own runtime-threads lock
     assert proc.returncode == 0, proc.stdout + proc.stderr
     seen = json.loads(proc.stdout.split("PROBE ")[1])
     assert seen == {"load_thread": True, "order": ["compile", "validate 0", "step 0", "step 1", "validate 2"],
