@@ -44,8 +44,10 @@ _FLAGS = ("-O3", "-fno-trapping-math", "-shared", "-fPIC", "-std=c++17")
 # A library built on one machine for others (the CPU image) cannot know their CPU, and an
 # instruction a CPU lacks kills the process (SIGILL) where no fallback can help. x86-64-v2
 # (SSE4.2, POPCNT; Intel since 2008, AMD since 2011, RHEL 9's baseline) is on any x86-64
-# server still in service; AVX2 (v3) is not (low-power CPUs, some virtual CPU models), and
-# measured no faster here (images/README.md).
+# server still in service; AVX2 (v3) is not (low-power CPUs, some virtual CPU models). The
+# price, measured on this project's AVX-512 machine: a `-march=native` build's 1-shot step
+# about a tenth faster (images/README.md), which is why builds for the machine that runs
+# them (`start_compile`) keep -march=native.
 # Elsewhere the compiler's default (aarch64: armv8-a) is the portable baseline.
 PORTABLE_FLAGS = {"x86_64": ("-march=x86-64-v2",)}
 # What x86-64-v2 needs, as /proc/cpuinfo names it: checked before a prebuilt library loads.

@@ -8,7 +8,7 @@ draws the next step's episodes and noise, ~8 ms of CPU per 1-shot step. On a 2-c
 wherever it runs it takes the core of one of those threads, and every hand-off to that
 thread waits. With all of them confined to all usable cores but the first, the prefetch and
 main threads have that core to themselves. Measured on 2 cores, alternating layouts in one
-process every 10 steps: 1-shot 19.6 → 16.0 ms, 5-shot 43.0 → 40.8 ms per step against the
+process every 10 steps: 1-shot 19.6 → 16.1 ms, 5-shot 43.0 → 40.8 ms per step against the
 actor and kernel threads alone confined, which were themselves 24 → 21 ms (1-shot) and
 59 → 47 ms (5-shot) against no confinement, one process each
 (tests/benchmarks/README.md, "Issue 25").
